@@ -1,0 +1,1 @@
+//! `podflow agent`: the run loop.

@@ -1,0 +1,1 @@
+//! `cargo xtask codegen`: regenerate proto/src/gen from proto/podflow/v1/*.proto.

@@ -1,0 +1,4 @@
+//! Project tasks: `cargo xtask setup | test | demo | codegen`.
+mod codegen;
+
+fn main() {}
