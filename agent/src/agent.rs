@@ -1,1 +1,352 @@
 //! `podflow agent`: the run loop.
+//!
+//! One task owns the capture (kernel maps, attached programs) and the flow table; it reacts to
+//! netlink link events, drains the kernel every flush interval, turns the entries into records and
+//! hands them to the API hub. The gRPC server runs beside it. SIGTERM/SIGINT: a last drain (so
+//! nothing counted is dropped), then detach exactly what was attached.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use podflow_ebpf::{COUNTER_COUNT, Counter};
+use tokio::{signal::unix::SignalKind, sync::oneshot};
+use tracing::{info, warn};
+
+use crate::{
+    api::{self, ApiConfig, Hub},
+    capture::{
+        AttachModePref, Capture, CaptureConfig, CaptureError, Drain, InterfaceChange, LinkWatcher,
+    },
+    flows::{Clock, FlowTable, FlowTableConfig, Observation, timestamp_from_unix_ns},
+    proto,
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Name of this node, put on every record.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Unix socket the API is served on (mode 0600).
+    #[arg(long, default_value = crate::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Also serve the API on this TCP address (e.g. 127.0.0.1:4245).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// How often the kernel maps are drained into records (VPC flow logs' shortest aggregation
+    /// interval is 5s).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub flush_interval: Duration,
+    /// A flow not seen for this long is forgotten.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Count 1 in N packets (1 = every packet). Records carry the rate.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample_rate: u32,
+    /// Capacity of each of the two kernel flow maps (distinct flows per flush interval).
+    #[arg(long, default_value_t = podflow_ebpf::DEFAULT_FLOW_MAP_ENTRIES)]
+    pub flow_map_entries: u32,
+    /// Flows tracked in user space at most.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_flows: usize,
+    /// Events kept for `tail --last N` and late subscribers.
+    #[arg(long, default_value_t = 65_536)]
+    pub buffer: usize,
+    /// Pod veth name patterns (globs); repeat to give several. Default: veth*, cali*, lxc*, gke*.
+    #[arg(long = "veth-pattern")]
+    pub veth_patterns: Vec<String>,
+    /// Layer-3 tunnel (WireGuard) interface patterns. Default: cilium_wg*, wg*.
+    #[arg(long = "l3-pattern")]
+    pub l3_patterns: Vec<String>,
+    /// Interface name patterns never attached to, even if an include pattern matches.
+    #[arg(long = "exclude")]
+    pub exclude_patterns: Vec<String>,
+    /// How to attach: tcx where the kernel has it (≥ 6.6) else clsact + cls_bpf (auto), or force one.
+    #[arg(long, value_enum, default_value_t = AttachModePref::Auto)]
+    pub attach_mode: AttachModePref,
+    /// Re-list interfaces this often, in case a netlink event was missed.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("capture failed")]
+    Capture {
+        #[source]
+        source: CaptureError,
+    },
+    #[error("api server failed")]
+    Api {
+        #[source]
+        source: api::ApiError,
+    },
+    #[error("installing signal handlers failed")]
+    Signal {
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<CaptureError> for AgentError {
+    fn from(source: CaptureError) -> Self {
+        AgentError::Capture { source }
+    }
+}
+
+fn node_name(args: &AgentArgs) -> String {
+    if let Some(n) = args.node_name.as_ref().filter(|n| !n.is_empty()) {
+        return n.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Loss and informational counters of user space and kernel, as reported in the status.
+struct Counters {
+    kernel: [u64; COUNTER_COUNT as usize],
+    kernel_reported: [u64; COUNTER_COUNT as usize],
+}
+
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    let node = node_name(&args);
+    let mut cfg = CaptureConfig::default();
+    if !args.veth_patterns.is_empty() {
+        cfg.veth_patterns = args.veth_patterns.clone();
+    }
+    if !args.l3_patterns.is_empty() {
+        cfg.l3_patterns = args.l3_patterns.clone();
+    }
+    cfg.exclude_patterns = args.exclude_patterns.clone();
+    cfg.attach_mode = args.attach_mode;
+    cfg.flow_map_entries = args.flow_map_entries;
+    cfg.sample_rate = args.sample_rate;
+
+    let mut capture = Capture::load(cfg)?;
+    // Subscribe before listing, so a veth created in between is not missed until the re-sync.
+    let mut links = LinkWatcher::new()?;
+    for change in capture.sync_interfaces()? {
+        log_change(&change);
+    }
+    let mut table = FlowTable::new(FlowTableConfig {
+        node: node.clone(),
+        idle_timeout: args.idle_timeout,
+        max_flows: args.max_flows,
+        sampling_rate: args.sample_rate,
+    });
+
+    let hub = Hub::new(args.buffer);
+    let started = Clock::now();
+    let start_time =
+        timestamp_from_unix_ns(i128::from(started.mono_now_ns) + started.realtime_offset_ns);
+    let (stop_api, api_stopped) = oneshot::channel::<()>();
+    let api_cfg = ApiConfig {
+        unix_socket: Some(args.socket.clone()),
+        tcp: args.listen,
+    };
+    let api_task = tokio::spawn(api::serve(hub.clone(), api_cfg, async move {
+        let _ = api_stopped.await;
+    }));
+
+    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
+        .map_err(|source| AgentError::Signal { source })?;
+    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())
+        .map_err(|source| AgentError::Signal { source })?;
+    let mut flush = tokio::time::interval(args.flush_interval);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    flush.tick().await;
+    let mut resync = tokio::time::interval(args.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
+
+    let mut counters = Counters {
+        kernel: [0; COUNTER_COUNT as usize],
+        kernel_reported: [0; COUNTER_COUNT as usize],
+    };
+    let status =
+        |capture: &Capture, table: &FlowTable, counters: &Counters| proto::GetStatusResponse {
+            node: node.clone(),
+            version: crate::VERSION.to_string(),
+            start_time: Some(start_time),
+            interfaces: capture
+                .interfaces()
+                .into_iter()
+                .map(|i| proto::Interface {
+                    name: i.name,
+                    ifindex: i.ifindex,
+                    kind: i.kind.as_str().to_string(),
+                    attach_mode: i.mode.as_str().to_string(),
+                })
+                .collect(),
+            flows_active: table.active_flows() as u64,
+            flush_interval_ms: u32::try_from(args.flush_interval.as_millis()).unwrap_or(u32::MAX),
+            sampling_rate: args.sample_rate,
+            flow_map_capacity: capture.flow_map_capacity(),
+            counters: status_counters(counters, table),
+            buffered_events: 0,
+        };
+    hub.set_status(status(&capture, &table, &counters));
+    info!(node = %node, socket = %args.socket.display(), interfaces = capture.interfaces().len(), "podflow agent running");
+
+    let mut links_open = true;
+    loop {
+        tokio::select! {
+            ev = links.next(), if links_open => match ev {
+                Some(ev) => match capture.handle_link_event_all(ev) {
+                    Ok(changes) => {
+                        apply_changes(&changes, &mut table);
+                        if !changes.is_empty() {
+                            hub.set_status(status(&capture, &table, &counters));
+                        }
+                    }
+                    // The interface is retried at the next re-sync.
+                    Err(e) => warn!(error = %error_chain(&e), "handling a link event failed"),
+                },
+                None => {
+                    warn!("netlink link watch ended; relying on periodic re-sync");
+                    links_open = false;
+                }
+            },
+            _ = resync.tick() => match capture.sync_interfaces() {
+                Ok(changes) => {
+                    apply_changes(&changes, &mut table);
+                    if !changes.is_empty() {
+                        hub.set_status(status(&capture, &table, &counters));
+                    }
+                }
+                Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
+            },
+            _ = flush.tick() => {
+                flush_once(&mut capture, &mut table, &hub, &node, &mut counters);
+                hub.set_status(status(&capture, &table, &counters));
+            }
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+        }
+    }
+
+    // Last drain, so what was counted since the previous flush is not lost.
+    flush_once(&mut capture, &mut table, &hub, &node, &mut counters);
+    capture.detach_all();
+    let _ = stop_api.send(());
+    match api_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(source)) => return Err(AgentError::Api { source }),
+        Err(e) => warn!(error = %e, "api task panicked"),
+    }
+    info!("podflow agent stopped");
+    Ok(())
+}
+
+fn flush_once(
+    capture: &mut Capture,
+    table: &mut FlowTable,
+    hub: &Arc<Hub>,
+    node: &str,
+    counters: &mut Counters,
+) {
+    let drain: Drain = match tokio::task::block_in_place(|| capture.drain()) {
+        Ok(d) => d,
+        Err(e) => {
+            warn!(error = %error_chain(&e), "draining the flow maps failed");
+            return;
+        }
+    };
+    let clock = Clock::now();
+    let observations: Vec<Observation> = drain
+        .entries
+        .iter()
+        .map(|e| Observation {
+            key: e.key,
+            stats: e.stats,
+        })
+        .collect();
+    let records = table.ingest(&observations, &clock, &|ifindex| {
+        capture.interface_name(ifindex)
+    });
+    counters.kernel = drain.counters;
+    let mut events: Vec<proto::FlowEvent> = records
+        .into_iter()
+        .map(|f| proto::FlowEvent {
+            event: Some(proto::flow_event::Event::Flow(f)),
+        })
+        .collect();
+    events.extend(loss_events(counters, node, &clock));
+    if !events.is_empty() {
+        hub.publish(events);
+    }
+}
+
+/// Loss records for every kernel loss counter that grew since the last report.
+fn loss_events(counters: &mut Counters, node: &str, clock: &Clock) -> Vec<proto::FlowEvent> {
+    let mut out = Vec::new();
+    for c in Counter::ALL {
+        if !c.is_loss() {
+            continue;
+        }
+        let i = c as usize;
+        let delta = counters.kernel[i].saturating_sub(counters.kernel_reported[i]);
+        counters.kernel_reported[i] = counters.kernel[i];
+        if delta > 0 {
+            out.push(proto::FlowEvent {
+                event: Some(proto::flow_event::Event::Loss(proto::LossRecord {
+                    time: Some(clock.to_timestamp(clock.mono_now_ns)),
+                    node: node.to_string(),
+                    reason: c.name().to_string(),
+                    count: delta,
+                    unit: "packets".into(),
+                })),
+            });
+        }
+    }
+    out
+}
+
+fn status_counters(counters: &Counters, table: &FlowTable) -> Vec<proto::Counter> {
+    let mut out: Vec<proto::Counter> = Counter::ALL
+        .iter()
+        .map(|c| proto::Counter {
+            name: c.name().to_string(),
+            value: counters.kernel[*c as usize],
+            loss: c.is_loss(),
+            unit: "packets".into(),
+        })
+        .collect();
+    out.push(proto::Counter {
+        name: "untracked_flows".into(),
+        value: table.untracked(),
+        loss: false,
+        unit: "records".into(),
+    });
+    out
+}
+
+fn apply_changes(changes: &[InterfaceChange], table: &mut FlowTable) {
+    for change in changes {
+        if let InterfaceChange::Detached(i) = change {
+            table.forget_interface(i.ifindex);
+        }
+        log_change(change);
+    }
+}
+
+fn log_change(change: &InterfaceChange) {
+    match change {
+        InterfaceChange::Attached(i) => {
+            info!(interface = %i.name, ifindex = i.ifindex, kind = i.kind.as_str(), mode = i.mode.as_str(), "attached")
+        }
+        InterfaceChange::Detached(i) => {
+            info!(interface = %i.name, ifindex = i.ifindex, "interface gone, forgotten")
+        }
+    }
+}
+
+/// "outer: inner: innermost" for logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

@@ -1,1 +1,514 @@
 //! Flow filters (`podflow.v1.FlowFilter`), compiled once and matched against every event.
+//!
+//! Semantics (as documented in the proto): a flow matches when every non-empty field matches (AND
+//! across fields) and a field matches when any of its values matches (OR within a field); the
+//! empty filter matches everything.
+//!
+//! - IP values are addresses (`10.1.0.5`, `fd00::1`) or CIDR prefixes (`10.1.0.0/16`,
+//!   `fd00::/64`). Host bits after the prefix length are ignored (`10.1.0.5/24` is `10.1.0.0/24`),
+//!   as Go's `netip.Prefix.Contains` and Hubble do.
+//! - Address families are matched strictly: an IPv4 value matches only 4-byte flow addresses and
+//!   an IPv6 value only 16-byte ones. In particular an IPv4 value does **not** match the
+//!   IPv4-mapped IPv6 address `::ffff:a.b.c.d`: the agent records the bytes of the packet header,
+//!   IPv4 packets are recorded with 4-byte addresses, and an IPv6 packet carrying a mapped address
+//!   (which RFC 4291 §2.5.5.2 keeps off the wire) is a different, suspicious packet that a filter on
+//!   the IPv4 address should not silently fold in. Match it explicitly with `::ffff:a.b.c.d` or
+//!   `::ffff:0:0/96`.
+//! - Ports are matched as recorded, so for ICMP/ICMPv6 (whose `src_port` holds the type and
+//!   `dst_port` the code) port filters match the type and code.
+//! - Loss records carry no addresses and are never filtered out ([`CompiledFilter::matches_event`]).
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use thiserror::Error;
+
+use crate::proto::{self, flow_event::Event};
+
+/// Why a [`proto::FlowFilter`] was rejected.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FilterError {
+    #[error("invalid {field} filter {value:?}: expected an IP address or a CIDR prefix")]
+    InvalidIp {
+        field: &'static str,
+        value: String,
+        #[source]
+        source: std::net::AddrParseError,
+    },
+    #[error("invalid {field} filter {value:?}: the prefix length must be a number from 0 to {max}")]
+    InvalidPrefixLen {
+        field: &'static str,
+        value: String,
+        max: u8,
+    },
+    #[error("invalid {field} filter {value}: ports range from 0 to 65535")]
+    InvalidPort { field: &'static str, value: u32 },
+    #[error("invalid protocol filter {value}: IP protocol numbers range from 0 to 255")]
+    InvalidProtocol { value: u32 },
+    #[error("invalid interface filter: the interface name is empty")]
+    EmptyInterface,
+}
+
+/// An IPv4 or IPv6 prefix; an address is a prefix of full length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prefix {
+    V4 { addr: u32, mask: u32 },
+    V6 { addr: u128, mask: u128 },
+}
+
+impl Prefix {
+    fn parse(field: &'static str, value: &str) -> Result<Self, FilterError> {
+        let trimmed = value.trim();
+        let (addr_text, len_text) = match trimmed.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (trimmed, None),
+        };
+        let addr: IpAddr = addr_text.parse().map_err(|source| FilterError::InvalidIp {
+            field,
+            value: value.to_owned(),
+            source,
+        })?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match len_text {
+            None => max,
+            Some(text) => text
+                .parse::<u8>()
+                .ok()
+                // Only plain decimal digits: `u8::from_str` would also take "+8".
+                .filter(|len| *len <= max && text.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| FilterError::InvalidPrefixLen {
+                    field,
+                    value: value.to_owned(),
+                    max,
+                })?,
+        };
+        Ok(match addr {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                Prefix::V4 {
+                    addr: u32::from(v4) & mask,
+                    mask,
+                }
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                Prefix::V6 {
+                    addr: u128::from(v6) & mask,
+                    mask,
+                }
+            }
+        })
+    }
+
+    /// Whether the flow address `ip` (4 or 16 bytes) is in this prefix. Other lengths never match.
+    fn contains(&self, ip: &[u8]) -> bool {
+        match (self, ip_from_bytes(ip)) {
+            (Prefix::V4 { addr, mask }, Some(IpAddr::V4(v4))) => u32::from(v4) & mask == *addr,
+            (Prefix::V6 { addr, mask }, Some(IpAddr::V6(v6))) => u128::from(v6) & mask == *addr,
+            _ => false,
+        }
+    }
+}
+
+/// The address in a flow's `src_ip`/`dst_ip` bytes: 4 bytes IPv4, 16 bytes IPv6, else `None`.
+pub fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    if let Ok(octets) = <[u8; 4]>::try_from(bytes) {
+        Some(IpAddr::V4(Ipv4Addr::from(octets)))
+    } else if let Ok(octets) = <[u8; 16]>::try_from(bytes) {
+        Some(IpAddr::V6(Ipv6Addr::from(octets)))
+    } else {
+        None
+    }
+}
+
+/// A validated [`proto::FlowFilter`], ready to match events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompiledFilter {
+    ip: Vec<Prefix>,
+    src_ip: Vec<Prefix>,
+    dst_ip: Vec<Prefix>,
+    port: Vec<u16>,
+    src_port: Vec<u16>,
+    dst_port: Vec<u16>,
+    protocol: Vec<u8>,
+    interface: Vec<String>,
+}
+
+impl CompiledFilter {
+    /// Validates and compiles `filter`.
+    pub fn new(filter: &proto::FlowFilter) -> Result<Self, FilterError> {
+        let prefixes = |field: &'static str, values: &[String]| {
+            values
+                .iter()
+                .map(|value| Prefix::parse(field, value))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let ports = |field: &'static str, values: &[u32]| {
+            values
+                .iter()
+                .map(|&value| {
+                    u16::try_from(value).map_err(|_| FilterError::InvalidPort { field, value })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let protocol = filter
+            .protocol
+            .iter()
+            .map(|&value| u8::try_from(value).map_err(|_| FilterError::InvalidProtocol { value }))
+            .collect::<Result<Vec<_>, _>>()?;
+        if filter.interface.iter().any(|name| name.is_empty()) {
+            return Err(FilterError::EmptyInterface);
+        }
+        Ok(Self {
+            ip: prefixes("ip", &filter.ip)?,
+            src_ip: prefixes("src_ip", &filter.src_ip)?,
+            dst_ip: prefixes("dst_ip", &filter.dst_ip)?,
+            port: ports("port", &filter.port)?,
+            src_port: ports("src_port", &filter.src_port)?,
+            dst_port: ports("dst_port", &filter.dst_port)?,
+            protocol,
+            interface: filter.interface.clone(),
+        })
+    }
+
+    /// Whether this filter matches everything.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether `flow` matches: every non-empty field matches, a field when any value matches.
+    pub fn matches_flow(&self, flow: &proto::Flow) -> bool {
+        let any_prefix = |prefixes: &[Prefix], ips: &[&[u8]]| {
+            prefixes.is_empty() || prefixes.iter().any(|p| ips.iter().any(|ip| p.contains(ip)))
+        };
+        let any_port = |ports: &[u16], values: &[u32]| {
+            ports.is_empty() || ports.iter().any(|p| values.contains(&u32::from(*p)))
+        };
+        any_prefix(&self.ip, &[&flow.src_ip, &flow.dst_ip])
+            && any_prefix(&self.src_ip, &[&flow.src_ip])
+            && any_prefix(&self.dst_ip, &[&flow.dst_ip])
+            && any_port(&self.port, &[flow.src_port, flow.dst_port])
+            && any_port(&self.src_port, &[flow.src_port])
+            && any_port(&self.dst_port, &[flow.dst_port])
+            && (self.protocol.is_empty()
+                || self.protocol.iter().any(|p| u32::from(*p) == flow.protocol))
+            && (self.interface.is_empty()
+                || self
+                    .interface
+                    .iter()
+                    .any(|name| flow.interfaces.contains(name)))
+    }
+
+    /// Whether `event` passes: flows by [`Self::matches_flow`], loss records always (a filter
+    /// must never hide that data is missing), empty events never.
+    pub fn matches_event(&self, event: &proto::FlowEvent) -> bool {
+        match &event.event {
+            Some(Event::Flow(flow)) => self.matches_flow(flow),
+            Some(Event::Loss(_)) => true,
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn flow(src: &[u8], dst: &[u8], sport: u32, dport: u32, protocol: u32) -> proto::Flow {
+        proto::Flow {
+            src_ip: src.to_vec(),
+            dst_ip: dst.to_vec(),
+            src_port: sport,
+            dst_port: dport,
+            protocol,
+            interfaces: vec!["veth1".into(), "eth0".into()],
+            ..Default::default()
+        }
+    }
+
+    fn v6(text: &str) -> Vec<u8> {
+        text.parse::<Ipv6Addr>().unwrap().octets().to_vec()
+    }
+
+    fn compile(filter: proto::FlowFilter) -> CompiledFilter {
+        CompiledFilter::new(&filter).unwrap()
+    }
+
+    fn ips(field: &str, values: &[&str]) -> CompiledFilter {
+        let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+        let mut filter = proto::FlowFilter::default();
+        match field {
+            "ip" => filter.ip = values,
+            "src_ip" => filter.src_ip = values,
+            "dst_ip" => filter.dst_ip = values,
+            _ => unreachable!(),
+        }
+        compile(filter)
+    }
+
+    const A: [u8; 4] = [10, 1, 0, 5];
+    const B: [u8; 4] = [10, 2, 0, 9];
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        let filter = compile(proto::FlowFilter::default());
+        assert!(filter.is_empty());
+        assert!(filter.matches_flow(&flow(&A, &B, 1, 2, 6)));
+        assert!(filter.matches_flow(&proto::Flow::default()));
+        assert!(!ips("ip", &["10.0.0.0/8"]).is_empty());
+    }
+
+    #[test]
+    fn ip_matches_either_end() {
+        let filter = ips("ip", &["10.1.0.5"]);
+        assert!(filter.matches_flow(&flow(&A, &B, 1, 2, 6)));
+        assert!(filter.matches_flow(&flow(&B, &A, 1, 2, 6)));
+        assert!(!filter.matches_flow(&flow(&B, &[10, 1, 0, 6], 1, 2, 6)));
+    }
+
+    #[test]
+    fn src_and_dst_ip_match_their_end_only() {
+        let src = ips("src_ip", &["10.1.0.5"]);
+        assert!(src.matches_flow(&flow(&A, &B, 1, 2, 6)));
+        assert!(!src.matches_flow(&flow(&B, &A, 1, 2, 6)));
+        let dst = ips("dst_ip", &["10.1.0.5"]);
+        assert!(!dst.matches_flow(&flow(&A, &B, 1, 2, 6)));
+        assert!(dst.matches_flow(&flow(&B, &A, 1, 2, 6)));
+    }
+
+    #[test]
+    fn values_within_a_field_are_ored() {
+        let filter = ips("src_ip", &["192.168.0.1", "10.2.0.0/16"]);
+        assert!(filter.matches_flow(&flow(&B, &A, 1, 2, 6)));
+        assert!(filter.matches_flow(&flow(&[192, 168, 0, 1], &A, 1, 2, 6)));
+        assert!(!filter.matches_flow(&flow(&A, &B, 1, 2, 6)));
+    }
+
+    #[test]
+    fn fields_are_anded() {
+        let filter = compile(proto::FlowFilter {
+            src_ip: vec!["10.1.0.0/16".into()],
+            dst_port: vec![80],
+            protocol: vec![6],
+            ..Default::default()
+        });
+        assert!(filter.matches_flow(&flow(&A, &B, 40000, 80, 6)));
+        assert!(!filter.matches_flow(&flow(&A, &B, 40000, 80, 17)));
+        assert!(!filter.matches_flow(&flow(&A, &B, 40000, 443, 6)));
+        assert!(!filter.matches_flow(&flow(&B, &A, 40000, 80, 6)));
+    }
+
+    #[test]
+    fn cidr_v4_edges() {
+        // /24 boundaries.
+        let filter = ips("ip", &["10.1.0.0/24"]);
+        assert!(filter.matches_flow(&flow(&[10, 1, 0, 0], &[1, 1, 1, 1], 0, 0, 6)));
+        assert!(filter.matches_flow(&flow(&[10, 1, 0, 255], &[1, 1, 1, 1], 0, 0, 6)));
+        assert!(!filter.matches_flow(&flow(&[10, 1, 1, 0], &[1, 1, 1, 1], 0, 0, 6)));
+        assert!(!filter.matches_flow(&flow(&[10, 0, 255, 255], &[1, 1, 1, 1], 0, 0, 6)));
+        // Host bits are ignored.
+        assert_eq!(ips("ip", &["10.1.0.77/24"]), filter);
+        // /0 matches every IPv4 address, and no IPv6 one.
+        let all = ips("ip", &["0.0.0.0/0"]);
+        assert!(all.matches_flow(&flow(&[255, 255, 255, 255], &[0, 0, 0, 0], 0, 0, 6)));
+        assert!(!all.matches_flow(&flow(&v6("::1"), &v6("::2"), 0, 0, 6)));
+        // /32 is the address itself; /31 its pair.
+        assert_eq!(ips("ip", &["10.1.0.5/32"]), ips("ip", &["10.1.0.5"]));
+        let pair = ips("src_ip", &["10.1.0.4/31"]);
+        assert!(pair.matches_flow(&flow(&[10, 1, 0, 4], &B, 0, 0, 6)));
+        assert!(pair.matches_flow(&flow(&[10, 1, 0, 5], &B, 0, 0, 6)));
+        assert!(!pair.matches_flow(&flow(&[10, 1, 0, 6], &B, 0, 0, 6)));
+        // Odd prefix length.
+        let odd = ips("src_ip", &["10.128.0.0/9"]);
+        assert!(odd.matches_flow(&flow(&[10, 255, 1, 1], &B, 0, 0, 6)));
+        assert!(!odd.matches_flow(&flow(&[10, 127, 255, 255], &B, 0, 0, 6)));
+    }
+
+    #[test]
+    fn cidr_v6_edges() {
+        let filter = ips("ip", &["fd00:10::/64"]);
+        assert!(filter.matches_flow(&flow(&v6("fd00:10::1"), &v6("fd00:99::1"), 0, 0, 6)));
+        assert!(filter.matches_flow(&flow(
+            &v6("fd00:10::ffff:ffff:ffff:ffff"),
+            &v6("::1"),
+            0,
+            0,
+            6
+        )));
+        assert!(!filter.matches_flow(&flow(&v6("fd00:10:0:1::"), &v6("::1"), 0, 0, 6)));
+        // IPv6 filters never match IPv4 flows.
+        assert!(!ips("ip", &["::/0"]).matches_flow(&flow(&A, &B, 0, 0, 6)));
+        assert!(ips("ip", &["::/0"]).matches_flow(&flow(&v6("::"), &v6("::"), 0, 0, 6)));
+        // /128 and /127.
+        assert_eq!(ips("ip", &["fd00::5/128"]), ips("ip", &["fd00::5"]));
+        let pair = ips("dst_ip", &["fd00::4/127"]);
+        assert!(pair.matches_flow(&flow(&A, &v6("fd00::5"), 0, 0, 6)));
+        assert!(!pair.matches_flow(&flow(&A, &v6("fd00::6"), 0, 0, 6)));
+        // Host bits ignored.
+        assert_eq!(ips("ip", &["fd00:10::abcd/64"]), filter);
+    }
+
+    #[test]
+    fn ipv4_does_not_match_ipv4_mapped_ipv6() {
+        let mapped = v6("::ffff:10.1.0.5");
+        assert!(!ips("ip", &["10.1.0.5"]).matches_flow(&flow(&mapped, &mapped, 0, 0, 6)));
+        assert!(!ips("ip", &["10.0.0.0/8"]).matches_flow(&flow(&mapped, &mapped, 0, 0, 6)));
+        assert!(ips("ip", &["::ffff:10.1.0.5"]).matches_flow(&flow(&mapped, &mapped, 0, 0, 6)));
+        assert!(ips("ip", &["::ffff:0:0/96"]).matches_flow(&flow(&mapped, &mapped, 0, 0, 6)));
+        // And the other way round.
+        assert!(!ips("ip", &["::ffff:10.1.0.5"]).matches_flow(&flow(&A, &A, 0, 0, 6)));
+    }
+
+    #[test]
+    fn malformed_flow_addresses_never_match_ip_filters() {
+        let filter = ips("ip", &["0.0.0.0/0", "::/0"]);
+        assert!(!filter.matches_flow(&flow(&[], &[1, 2, 3], 0, 0, 6)));
+        assert!(compile(proto::FlowFilter::default()).matches_flow(&flow(&[], &[], 0, 0, 6)));
+    }
+
+    #[test]
+    fn ports() {
+        let port = compile(proto::FlowFilter {
+            port: vec![53, 80],
+            ..Default::default()
+        });
+        assert!(port.matches_flow(&flow(&A, &B, 53, 40000, 17)));
+        assert!(port.matches_flow(&flow(&A, &B, 40000, 80, 6)));
+        assert!(!port.matches_flow(&flow(&A, &B, 40000, 443, 6)));
+        let src = compile(proto::FlowFilter {
+            src_port: vec![53],
+            ..Default::default()
+        });
+        assert!(src.matches_flow(&flow(&A, &B, 53, 1, 17)));
+        assert!(!src.matches_flow(&flow(&A, &B, 1, 53, 17)));
+        let dst = compile(proto::FlowFilter {
+            dst_port: vec![53],
+            ..Default::default()
+        });
+        assert!(!dst.matches_flow(&flow(&A, &B, 53, 1, 17)));
+        assert!(dst.matches_flow(&flow(&A, &B, 1, 53, 17)));
+        // Port 0 (unknown: fragments, portless protocols) can be asked for explicitly.
+        let zero = compile(proto::FlowFilter {
+            dst_port: vec![0],
+            ..Default::default()
+        });
+        assert!(zero.matches_flow(&flow(&A, &B, 0, 0, 47)));
+        // ICMP type 8 (echo request) code 0.
+        let icmp = compile(proto::FlowFilter {
+            src_port: vec![8],
+            protocol: vec![1],
+            ..Default::default()
+        });
+        assert!(icmp.matches_flow(&flow(&A, &B, 8, 0, 1)));
+        assert!(!icmp.matches_flow(&flow(&A, &B, 0, 0, 1)));
+    }
+
+    #[test]
+    fn protocol() {
+        let filter = compile(proto::FlowFilter {
+            protocol: vec![17, 132],
+            ..Default::default()
+        });
+        assert!(filter.matches_flow(&flow(&A, &B, 1, 2, 17)));
+        assert!(filter.matches_flow(&flow(&A, &B, 1, 2, 132)));
+        assert!(!filter.matches_flow(&flow(&A, &B, 1, 2, 6)));
+    }
+
+    #[test]
+    fn interface_matches_any_of_the_flow() {
+        let filter = compile(proto::FlowFilter {
+            interface: vec!["eth0".into(), "cilium_host".into()],
+            ..Default::default()
+        });
+        // "eth0" is the flow's second interface.
+        assert!(filter.matches_flow(&flow(&A, &B, 1, 2, 6)));
+        let other = compile(proto::FlowFilter {
+            interface: vec!["veth9".into()],
+            ..Default::default()
+        });
+        assert!(!other.matches_flow(&flow(&A, &B, 1, 2, 6)));
+        // Exact names, no prefix matching.
+        let prefix = compile(proto::FlowFilter {
+            interface: vec!["veth".into()],
+            ..Default::default()
+        });
+        assert!(!prefix.matches_flow(&flow(&A, &B, 1, 2, 6)));
+    }
+
+    #[test]
+    fn loss_records_always_pass() {
+        let filter = ips("ip", &["192.0.2.1"]);
+        let loss = proto::FlowEvent {
+            event: Some(Event::Loss(proto::LossRecord::default())),
+        };
+        assert!(filter.matches_event(&loss));
+        let flow_event = proto::FlowEvent {
+            event: Some(Event::Flow(flow(&A, &B, 1, 2, 6))),
+        };
+        assert!(!filter.matches_event(&flow_event));
+        assert!(!filter.matches_event(&proto::FlowEvent::default()));
+    }
+
+    #[test]
+    fn invalid_filters_are_rejected_with_readable_errors() {
+        let err = |filter: proto::FlowFilter| CompiledFilter::new(&filter).unwrap_err().to_string();
+        assert_eq!(
+            err(proto::FlowFilter {
+                ip: vec!["10.1.0.300".into()],
+                ..Default::default()
+            }),
+            "invalid ip filter \"10.1.0.300\": expected an IP address or a CIDR prefix"
+        );
+        assert_eq!(
+            err(proto::FlowFilter {
+                src_ip: vec!["10.0.0.0/33".into()],
+                ..Default::default()
+            }),
+            "invalid src_ip filter \"10.0.0.0/33\": the prefix length must be a number from 0 to 32"
+        );
+        assert_eq!(
+            err(proto::FlowFilter {
+                dst_ip: vec!["fd00::/129".into()],
+                ..Default::default()
+            }),
+            "invalid dst_ip filter \"fd00::/129\": the prefix length must be a number from 0 to 128"
+        );
+        for bad in ["10.0.0.0/", "10.0.0.0/+8", "10.0.0.0/x", "", "host.example"] {
+            assert!(
+                CompiledFilter::new(&proto::FlowFilter {
+                    ip: vec![bad.into()],
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert_eq!(
+            err(proto::FlowFilter {
+                dst_port: vec![65536],
+                ..Default::default()
+            }),
+            "invalid dst_port filter 65536: ports range from 0 to 65535"
+        );
+        assert_eq!(
+            err(proto::FlowFilter {
+                protocol: vec![256],
+                ..Default::default()
+            }),
+            "invalid protocol filter 256: IP protocol numbers range from 0 to 255"
+        );
+        assert_eq!(
+            err(proto::FlowFilter {
+                interface: vec![String::new()],
+                ..Default::default()
+            }),
+            "invalid interface filter: the interface name is empty"
+        );
+        // Boundaries that are valid.
+        compile(proto::FlowFilter {
+            ip: vec!["0.0.0.0/0".into(), "::/0".into(), " 10.0.0.1 ".into()],
+            port: vec![0, 65535],
+            protocol: vec![0, 255],
+            ..Default::default()
+        });
+    }
+}

@@ -6,9 +6,14 @@ pub mod agent;
 pub mod api;
 pub mod capture;
 pub mod cli;
+pub mod demo;
 pub mod filter;
 pub mod flows;
 pub mod logging;
+pub mod metadata;
+pub mod metrics;
+pub mod privileges;
+pub mod testbed;
 
 pub use podflow_proto::v1 as proto;
 

@@ -1,1 +1,36 @@
-//! tracing setup.
+//! tracing setup: human-readable logs on a terminal, JSON lines otherwise (the DaemonSet), and
+//! aya-log's `log` records bridged into tracing.
+use std::io::IsTerminal as _;
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text on a terminal, JSON otherwise.
+    Auto,
+    Text,
+    Json,
+}
+
+/// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`). Logs go to
+/// stderr so `podflow tail` output on stdout stays clean.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Text => false,
+        LogFormat::Json => true,
+    };
+    // `try_init` also installs tracing-log's LogTracer, so aya-log (and any other `log` user)
+    // ends up in tracing. Errors mean a subscriber is already set (tests): keep that one.
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = if json {
+        registry
+            .with(fmt::layer().json().with_writer(std::io::stderr))
+            .try_init()
+    } else {
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
+    };
+}

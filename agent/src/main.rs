@@ -1,1 +1,49 @@
-fn main() {}
+//! `podflow`: the node agent and its command-line tools.
+use clap::{Parser, Subcommand};
+use podflow::logging::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "podflow",
+    version,
+    about = "eBPF pod flow visibility for Kubernetes nodes"
+)]
+struct Cli {
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node agent in the current network namespace.
+    Agent(podflow::agent::AgentArgs),
+    /// Show flows from an agent (or collector), live with -f.
+    Tail(podflow::cli::TailArgs),
+    /// Show the agent's status: attached interfaces, active flows, every loss counter.
+    Status(podflow::cli::StatusArgs),
+    /// Run a demo node (network namespaces with pods and traffic) with live flows. Needs root.
+    Demo(podflow::demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .worker_threads(2)
+        .thread_name("podflow")
+        .build()?;
+    match cli.command {
+        Command::Agent(args) => rt.block_on(podflow::agent::run(args))?,
+        Command::Tail(args) => rt.block_on(podflow::cli::run_tail(args))?,
+        Command::Status(args) => rt.block_on(podflow::cli::run_status(args))?,
+        Command::Demo(args) => {
+            drop(rt);
+            podflow::demo::run(args)?
+        }
+    }
+    Ok(())
+}

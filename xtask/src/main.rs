@@ -1,4 +1,118 @@
-//! Project tasks: `cargo xtask setup | test | demo | codegen`.
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `setup`: install what the build and the tests need (idempotent).
+//! - `test`: setup, then every check and test CI runs (`.ci/run` calls this).
+//! - `demo`: setup, build, and run a demo node (network namespaces with pods) with live flows.
+//! - `codegen`: regenerate the protobuf code under proto/src/gen.
 mod codegen;
+mod setup;
 
-fn main() {}
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install apt packages, rust-src for nightly and bpf-linker (idempotent).
+    Setup,
+    /// Setup, then formatting, lints, unit and privileged end-to-end tests.
+    Test {
+        /// Skip clippy (faster local iterations).
+        #[arg(long)]
+        no_clippy: bool,
+        /// Extra arguments passed to `cargo test` (after `--`), e.g. a test name filter.
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Setup, build, then run a demo node with pods and live flows (`podflow demo`).
+    Demo {
+        /// Arguments passed to `podflow demo`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Regenerate proto/src/gen from proto/podflow/v1/*.proto.
+    Codegen,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run_setup(),
+        Task::Test {
+            no_clippy,
+            cargo_test_args,
+        } => test(no_clippy, &cargo_test_args),
+        Task::Demo { args } => demo(&args),
+        Task::Codegen => codegen::run(),
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs a command in the workspace root, failing on a non-zero exit.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    cmd.current_dir(workspace_root());
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, failing on a non-zero exit.
+pub fn cmd_output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn test(no_clippy: bool, extra: &[String]) -> anyhow::Result<()> {
+    setup::run_setup()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    if !no_clippy {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    // Unit tests, BPF_PROG_TEST_RUN tests and the privileged end-to-end tests (which build their
+    // own network namespaces and run the real `podflow` binary inside them).
+    run(cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .arg("--")
+        .args(extra))
+}
+
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    setup::run_setup()?;
+    run(cargo().args(["build", "--release", "-p", "podflow"]))?;
+    let bin = workspace_root().join("target/release/podflow");
+    run(Command::new(bin).arg("demo").args(args))
+}

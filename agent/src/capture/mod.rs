@@ -2,17 +2,865 @@
 //! interfaces (tcx, or clsact + cls_bpf where tcx is missing), follow netlink for interfaces that
 //! come and go, and drain the kernel's flow maps.
 //!
-//! CONTRACT used by `agent.rs` (owned by the capture work; keep these signatures or update the
-//! caller):
-//!
 //! ```ignore
 //! let mut cap = Capture::load(CaptureConfig { .. })?;      // loads + configures, attaches nothing
+//! let mut events = LinkWatcher::new()?;                      // subscribe first: nothing is missed
 //! let changes = cap.sync_interfaces()?;                      // attach to every matching existing link
-//! let mut events = LinkWatcher::new()?;                      // netlink RTM_NEWLINK/DELLINK stream
 //! while let Some(ev) = events.next().await { cap.handle_link_event(ev)?; }
 //! let drain: Drain = cap.drain()?;                           // flip, RCU-sync, read, clear
 //! cap.interfaces();                                          // Vec<AttachedInterface>
 //! cap.interface_name(ifindex);                               // also for recently removed ones
 //! cap.detach_all();                                          // on SIGTERM: only what we attached
 //! ```
+//!
+//! # Network namespaces
+//!
+//! Everything acts in the network namespace of the *calling thread*: the netlink sockets, the
+//! interface-name lookups and the attachments. Use a `Capture` from one thread (or from threads in
+//! the same namespace).
+//!
+//! # Which programs go where
+//!
+//! Interfaces are chosen by name pattern *and* link-layer type: an `ARPHRD_ETHER` device matching
+//! [`CaptureConfig::veth_patterns`] gets the L2 programs; a device without an Ethernet header
+//! (`ARPHRD_NONE`: WireGuard, TUN as created by wireguard-go) matching
+//! [`CaptureConfig::l3_patterns`] gets the L3 programs. Operational state does not matter.
+//!
+//! # Exactness of a drain
+//!
+//! The programs write into the flow map named by `CONFIG.active`. [`Capture::drain`] flips it,
+//! waits for an RCU grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)` runs `synchronize_rcu()`; tc
+//! programs run inside RCU read-side sections, so after it returns no program still holds the old
+//! map), then reads and deletes everything in the old map. A packet is therefore in exactly one
+//! drain.
+mod attach;
+mod drain;
+mod netlink;
 pub mod object;
+mod pattern;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    io,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLink},
+};
+use podflow_ebpf::{
+    CONFIG, COUNTER_COUNT, COUNTERS, Config, DEFAULT_FLOW_MAP_ENTRIES, FLOWS_0, FLOWS_1, FlowKey,
+    FlowStats, PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS,
+};
+
+pub use self::{
+    netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
+    pattern::glob_match,
+};
+
+/// `ARPHRD_ETHER`.
+pub const ARPHRD_ETHER: u16 = 1;
+/// `ARPHRD_NONE`: no link-layer header (WireGuard, TUN).
+pub const ARPHRD_NONE: u16 = 0xfffe;
+
+/// How many removed interfaces [`Capture::interface_name`] still remembers, and for how long.
+const RECENT_REMOVED_MAX: usize = 1024;
+const RECENT_REMOVED_TTL: Duration = Duration::from_secs(600);
+/// Values buffer of one batch call stays below this (keys and values for `chunk` entries).
+const BATCH_BUFFER_BYTES: usize = 4 << 20;
+/// Sleep used instead of an RCU grace period when `membarrier` is unavailable. A tc program runs
+/// for microseconds; 50 ms is far beyond any RCU read-side section of one.
+const GRACE_FALLBACK: Duration = Duration::from_millis(50);
+
+/// What to attach to and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Glob include patterns (`*`, `?`) for host-side pod veths (`ARPHRD_ETHER` devices).
+    pub veth_patterns: Vec<String>,
+    /// Glob include patterns for layer-3 tunnel devices (WireGuard: `ARPHRD_NONE`).
+    pub l3_patterns: Vec<String>,
+    /// Names matching any of these are never attached, e.g. Cilium's `lxc_health` (its health
+    /// endpoint) or `cilium_wg*` on a node where only pod veths matter. Default: none.
+    pub exclude_patterns: Vec<String>,
+    pub attach_mode: AttachModePref,
+    /// Capacity of each of the two flow maps (`EbpfLoader::set_max_entries`).
+    pub flow_map_entries: u32,
+    /// Count 1 in `sample_rate` packets (written into `CONFIG`); 0 or 1: every packet.
+    pub sample_rate: u32,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            veth_patterns: ["veth*", "cali*", "lxc*", "gke*"]
+                .map(String::from)
+                .to_vec(),
+            l3_patterns: ["cilium_wg*", "wg*"].map(String::from).to_vec(),
+            exclude_patterns: Vec::new(),
+            attach_mode: AttachModePref::Auto,
+            flow_map_entries: DEFAULT_FLOW_MAP_ENTRIES,
+            sample_rate: 1,
+        }
+    }
+}
+
+/// Requested attach mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AttachModePref {
+    /// tcx links where the kernel has them (≥ 6.6), else clsact + cls_bpf; if a tcx attach fails
+    /// on an interface, that interface falls back to netlink.
+    #[default]
+    Auto,
+    /// tcx links only.
+    Tcx,
+    /// clsact qdisc + cls_bpf filters (direct action) only.
+    Netlink,
+}
+
+/// Attach mechanism actually used on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    Tcx,
+    Netlink,
+}
+
+impl AttachMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Tcx => "tcx",
+            AttachMode::Netlink => "netlink",
+        }
+    }
+}
+
+/// Which program pair an interface gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IfaceKind {
+    /// Host-side pod veth: `podflow_veth_in` / `podflow_veth_eg`.
+    Veth,
+    /// Layer-3 tunnel (WireGuard): `podflow_l3_in` / `podflow_l3_eg`.
+    L3,
+}
+
+impl IfaceKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IfaceKind::Veth => "veth",
+            IfaceKind::L3 => "l3",
+        }
+    }
+}
+
+/// An interface podflow has attached to, on both directions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedInterface {
+    pub name: String,
+    pub ifindex: u32,
+    pub kind: IfaceKind,
+    pub mode: AttachMode,
+}
+
+/// Result of reconciling with the kernel's link set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceChange {
+    Attached(AttachedInterface),
+    /// The interface vanished (or was renamed to a non-matching name); its programs are detached.
+    Detached(AttachedInterface),
+}
+
+/// One flow of a drain, merged over CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    /// Packets/bytes summed, `first_ns` = minimum non-zero, `last_ns` = maximum, TCP flags ORed,
+    /// `ifindex` from the CPU with the latest `last_ns`.
+    pub stats: FlowStats,
+}
+
+/// What one [`Capture::drain`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drain {
+    /// Every flow entry counted since the previous drain (each packet in exactly one drain).
+    pub entries: Vec<FlowEntry>,
+    /// The `COUNTERS` array, cumulative since load, summed over CPUs, indexed by `Counter`.
+    pub counters: [u64; COUNTER_COUNT as usize],
+    /// `CLOCK_MONOTONIC` right after the flip. Packets counted here arrived before it — or at most
+    /// one RCU grace period after it, by programs that had read the old `CONFIG.active` just
+    /// before the flip; packets after that are in the next drain.
+    pub mono_ns: u64,
+}
+
+/// Errors of the capture module.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("loading the ebpf object failed")]
+    Load {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("the ebpf object has no program {name}")]
+    MissingProgram { name: &'static str },
+    #[error("the ebpf object has no map {name}")]
+    MissingMap { name: &'static str },
+    #[error("loading program {name} into the kernel failed")]
+    LoadProgram {
+        name: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("map operation failed: {op}")]
+    Map {
+        op: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("attaching {program} to {iface} ({direction}, {mode}) failed")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        direction: &'static str,
+        mode: &'static str,
+        #[source]
+        source: Box<ProgramError>,
+    },
+    #[error("setting up tc on {iface} failed: {op}")]
+    Tc {
+        iface: String,
+        op: &'static str,
+        #[source]
+        source: aya::programs::tc::TcError,
+    },
+    #[error("netlink failed: {op}")]
+    Netlink {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("undecodable netlink message: {reason}")]
+    NetlinkDecode { reason: String },
+    #[error("draining the flow map failed: {op}")]
+    Drain {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the number of possible cpus failed")]
+    Cpus {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// One attachment: the interface and the two owned links (dropping a link detaches it).
+struct Attachment {
+    iface: AttachedInterface,
+    ingress: SchedClassifierLink,
+    egress: SchedClassifierLink,
+}
+
+type FlowMap = PerCpuHashMap<MapData, FlowKey, FlowStats>;
+
+/// The loaded eBPF object, its maps and what is attached where.
+pub struct Capture {
+    // Field order matters on drop: links detach before the programs and maps go away.
+    attached: BTreeMap<u32, Attachment>,
+    ebpf: Ebpf,
+    flows: [FlowMap; 2],
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    cfg: CaptureConfig,
+    active: u32,
+    capacity: u32,
+    nr_cpus: usize,
+    /// Recently removed interfaces: (ifindex, name, when), newest last.
+    removed: VecDeque<(u32, String, Instant)>,
+    /// Interfaces (by ifindex) whose stale filters from a previous instance were already removed.
+    cleaned: HashMap<u32, String>,
+    /// `false` once `BPF_MAP_LOOKUP_AND_DELETE_BATCH` was refused: use the per-entry path.
+    batch_ok: bool,
+    membarrier_warned: bool,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("interfaces", &self.interfaces())
+            .field("active", &self.active)
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
+    ebpf.take_map(name).ok_or(CaptureError::MissingMap { name })
+}
+
+impl Capture {
+    /// Loads the embedded object ([`object::EBPF_OBJECT`]), sizes the flow maps, writes `CONFIG`
+    /// and loads the four programs. Attaches nothing.
+    pub fn load(cfg: CaptureConfig) -> Result<Capture, CaptureError> {
+        Self::load_object(object::EBPF_OBJECT, cfg)
+    }
+
+    /// [`Capture::load`] with another object (tests, benchmarks).
+    pub fn load_object(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureError> {
+        let entries = cfg.flow_map_entries.max(1);
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(FLOWS_0, entries)
+            .map_max_entries(FLOWS_1, entries)
+            .load(obj)
+            .map_err(|e| CaptureError::Load {
+                source: Box::new(e),
+            })?;
+
+        // aya-log: only if the object logs at all.
+        let logger = if ebpf.map("AYA_LOGS").is_some() {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ebpf logging unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, source)| CaptureError::Cpus { source })?;
+        let flows0 = FlowMap::try_from(take_map(&mut ebpf, FLOWS_0)?).map_err(|source| {
+            CaptureError::Map {
+                op: "open FLOWS_0",
+                source,
+            }
+        })?;
+        let flows1 = FlowMap::try_from(take_map(&mut ebpf, FLOWS_1)?).map_err(|source| {
+            CaptureError::Map {
+                op: "open FLOWS_1",
+                source,
+            }
+        })?;
+        let mut config =
+            Array::<MapData, Config>::try_from(take_map(&mut ebpf, CONFIG)?).map_err(|source| {
+                CaptureError::Map {
+                    op: "open CONFIG",
+                    source,
+                }
+            })?;
+        let counters = PerCpuArray::<MapData, u64>::try_from(take_map(&mut ebpf, COUNTERS)?)
+            .map_err(|source| CaptureError::Map {
+                op: "open COUNTERS",
+                source,
+            })?;
+
+        config
+            .set(
+                0,
+                Config {
+                    active: 0,
+                    sample_rate: cfg.sample_rate,
+                },
+                0,
+            )
+            .map_err(|source| CaptureError::Map {
+                op: "write CONFIG",
+                source,
+            })?;
+
+        for name in [
+            PROG_VETH_INGRESS,
+            PROG_VETH_EGRESS,
+            PROG_L3_INGRESS,
+            PROG_L3_EGRESS,
+        ] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::MissingProgram { name })?
+                .try_into()
+                .map_err(|e| CaptureError::LoadProgram {
+                    name,
+                    source: Box::new(e),
+                })?;
+            prog.load().map_err(|e| CaptureError::LoadProgram {
+                name,
+                source: Box::new(e),
+            })?;
+        }
+
+        let capacity = flows0.map_info_max_entries().unwrap_or(entries);
+        tracing::info!(
+            flow_map_entries = capacity,
+            sample_rate = cfg.sample_rate,
+            nr_cpus,
+            "ebpf programs loaded"
+        );
+        Ok(Capture {
+            attached: BTreeMap::new(),
+            ebpf,
+            flows: [flows0, flows1],
+            config,
+            counters,
+            cfg,
+            active: 0,
+            capacity,
+            nr_cpus,
+            removed: VecDeque::new(),
+            cleaned: HashMap::new(),
+            batch_ok: true,
+            membarrier_warned: false,
+            logger,
+        })
+    }
+
+    /// Capacity of each flow map, as the kernel created it.
+    pub fn flow_map_capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// The interfaces attached right now, by ifindex.
+    pub fn interfaces(&self) -> Vec<AttachedInterface> {
+        self.attached.values().map(|a| a.iface.clone()).collect()
+    }
+
+    /// Name of an attached interface, or of one removed recently (the last 1024, up to 10 min).
+    pub fn interface_name(&self, ifindex: u32) -> Option<String> {
+        if let Some(a) = self.attached.get(&ifindex) {
+            return Some(a.iface.name.clone());
+        }
+        self.removed
+            .iter()
+            .rev()
+            .find(|(i, _, when)| *i == ifindex && when.elapsed() < RECENT_REMOVED_TTL)
+            .map(|(_, n, _)| n.clone())
+    }
+
+    /// The kind of program pair a link gets, or `None` if it is not to be attached.
+    pub fn classify(&self, name: &str, link_type: u16) -> Option<IfaceKind> {
+        if pattern::any_match(&self.cfg.exclude_patterns, name) {
+            return None;
+        }
+        match link_type {
+            ARPHRD_ETHER if pattern::any_match(&self.cfg.veth_patterns, name) => {
+                Some(IfaceKind::Veth)
+            }
+            ARPHRD_NONE if pattern::any_match(&self.cfg.l3_patterns, name) => Some(IfaceKind::L3),
+            _ => None,
+        }
+    }
+
+    /// Lists the links (netlink dump) and reconciles: attaches every matching link not attached
+    /// yet, forgets attached ones that vanished, treats a rename as remove + add.
+    ///
+    /// A failure to attach one interface is logged (warn) and skipped — it is retried at the next
+    /// sync — so one odd device does not keep the others unattached. Errors: the dump itself.
+    pub fn sync_interfaces(&mut self) -> Result<Vec<InterfaceChange>, CaptureError> {
+        let links = dump_links()?;
+        let mut changes = Vec::new();
+        let present: HashMap<u32, &LinkInfo> = links.iter().map(|l| (l.ifindex, l)).collect();
+        // Vanished or renamed.
+        let stale: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(i, a)| present.get(i).is_none_or(|l| l.name != a.iface.name))
+            .map(|(i, _)| *i)
+            .collect();
+        for ifindex in stale {
+            let gone = !present.contains_key(&ifindex);
+            if let Some(c) = self.forget(ifindex, gone) {
+                changes.push(c);
+            }
+        }
+        for l in &links {
+            match self.ensure_attached(l) {
+                Ok(Some(c)) => changes.push(c),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(iface = %l.name, ifindex = l.ifindex,
+                    error = %crate::capture::error_chain(&e), "attaching failed; will retry at next sync"),
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Applies one link event. `Added` attaches a matching link (no-op if already attached under
+    /// that name; a rename detaches the old name first), `Removed` forgets it. `Resync` runs
+    /// [`Capture::sync_interfaces`] and logs its changes (use [`Capture::handle_link_event_all`]
+    /// to get them).
+    pub fn handle_link_event(
+        &mut self,
+        ev: LinkEvent,
+    ) -> Result<Option<InterfaceChange>, CaptureError> {
+        Ok(self.handle_link_event_all(ev)?.pop())
+    }
+
+    /// Like [`Capture::handle_link_event`], but returns every change (a rename of an attached
+    /// interface gives `Detached` then possibly `Attached`; `Resync` gives everything the sync did).
+    pub fn handle_link_event_all(
+        &mut self,
+        ev: LinkEvent,
+    ) -> Result<Vec<InterfaceChange>, CaptureError> {
+        let mut changes = Vec::new();
+        match ev {
+            LinkEvent::Added {
+                name,
+                ifindex,
+                link_type,
+            } => {
+                if let Some(a) = self.attached.get(&ifindex) {
+                    if a.iface.name == name {
+                        return Ok(changes);
+                    }
+                    // Renamed: remove + add.
+                    changes.extend(self.forget(ifindex, false));
+                }
+                let info = LinkInfo {
+                    name,
+                    ifindex,
+                    link_type,
+                };
+                changes.extend(self.ensure_attached(&info)?);
+            }
+            LinkEvent::Removed { ifindex, .. } => {
+                changes.extend(self.forget(ifindex, true));
+            }
+            LinkEvent::Resync => {
+                changes = self.sync_interfaces()?;
+                for c in &changes {
+                    match c {
+                        InterfaceChange::Attached(i) => tracing::info!(iface = %i.name,
+                            ifindex = i.ifindex, "resync: attached"),
+                        InterfaceChange::Detached(i) => tracing::info!(iface = %i.name,
+                            ifindex = i.ifindex, "resync: forgotten"),
+                    }
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Attaches `l` if it matches and is not attached yet.
+    fn ensure_attached(&mut self, l: &LinkInfo) -> Result<Option<InterfaceChange>, CaptureError> {
+        if self.attached.contains_key(&l.ifindex) {
+            return Ok(None);
+        }
+        let Some(kind) = self.classify(&l.name, l.link_type) else {
+            return Ok(None);
+        };
+        // We attach by name (aya's API): make sure the name still designates this ifindex.
+        if attach::ifname_of(l.ifindex).as_deref() != Some(l.name.as_str()) {
+            tracing::debug!(iface = %l.name, ifindex = l.ifindex, "link vanished or renamed before attach");
+            return Ok(None);
+        }
+        match self.attach_iface(&l.name, l.ifindex, kind) {
+            Ok(a) => {
+                let iface = a.iface.clone();
+                tracing::info!(iface = %iface.name, ifindex = iface.ifindex, kind = kind.as_str(),
+                    mode = iface.mode.as_str(), "attached");
+                self.attached.insert(l.ifindex, a);
+                Ok(Some(InterfaceChange::Attached(iface)))
+            }
+            Err(e) if attach::ifname_of(l.ifindex).as_deref() != Some(l.name.as_str()) => {
+                tracing::debug!(iface = %l.name, ifindex = l.ifindex, error = %e,
+                    "link vanished while attaching");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn attach_iface(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        kind: IfaceKind,
+    ) -> Result<Attachment, CaptureError> {
+        // Stale cls_bpf filters of a podflow that died (kill -9): remove them once per interface,
+        // in every mode, so a restart leaves exactly one podflow program per hook.
+        // A failure here is logged, not fatal: capturing matters more than a duplicate counter
+        // (it is retried at the interface's next attach).
+        if self.cleaned.get(&ifindex).map(String::as_str) != Some(name) {
+            let mut ok = true;
+            for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+                if let Err(e) = attach::remove_stale_filters(name, dir) {
+                    ok = false;
+                    tracing::warn!(iface = name, direction = attach::dir_str(dir), error = %e,
+                        "could not check for stale podflow tc filters");
+                }
+            }
+            if ok {
+                self.cleaned.insert(ifindex, name.to_owned());
+            }
+        }
+        match self.cfg.attach_mode {
+            AttachModePref::Tcx => self.attach_pair(name, ifindex, kind, AttachMode::Tcx),
+            AttachModePref::Netlink => self.attach_pair(name, ifindex, kind, AttachMode::Netlink),
+            AttachModePref::Auto => {
+                let tcx = aya::util::KernelVersion::current()
+                    .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+                if tcx {
+                    match self.attach_pair(name, ifindex, kind, AttachMode::Tcx) {
+                        Ok(a) => return Ok(a),
+                        Err(e) => tracing::warn!(iface = name, error = %error_chain(&e),
+                            "tcx attach failed, falling back to clsact + cls_bpf"),
+                    }
+                }
+                self.attach_pair(name, ifindex, kind, AttachMode::Netlink)
+            }
+        }
+    }
+
+    /// Attaches both directions or neither.
+    fn attach_pair(
+        &mut self,
+        name: &str,
+        ifindex: u32,
+        kind: IfaceKind,
+        mode: AttachMode,
+    ) -> Result<Attachment, CaptureError> {
+        if mode == AttachMode::Netlink {
+            attach::ensure_clsact(name).map_err(|source| CaptureError::Tc {
+                iface: name.to_owned(),
+                op: "add clsact qdisc",
+                source,
+            })?;
+        }
+        let one = |ebpf: &mut Ebpf, dir: TcAttachType| {
+            let program = attach::program_for(kind, dir);
+            attach::attach_one(ebpf, program, name, dir, mode).map_err(|e| CaptureError::Attach {
+                program,
+                iface: name.to_owned(),
+                direction: attach::dir_str(dir),
+                mode: mode.as_str(),
+                source: Box::new(e),
+            })
+        };
+        let ingress = one(&mut self.ebpf, TcAttachType::Ingress)?;
+        let egress = match one(&mut self.ebpf, TcAttachType::Egress) {
+            Ok(l) => l,
+            Err(e) => {
+                if let Err(de) = attach::detach_link(ingress, true) {
+                    tracing::warn!(iface = name, error = %de, "rolling back ingress attach failed");
+                }
+                return Err(e);
+            }
+        };
+        Ok(Attachment {
+            iface: AttachedInterface {
+                name: name.to_owned(),
+                ifindex,
+                kind,
+                mode,
+            },
+            ingress,
+            egress,
+        })
+    }
+
+    /// Drops an attachment (detaching; errors because the device is gone are expected) and
+    /// remembers its name.
+    fn forget(&mut self, ifindex: u32, gone: bool) -> Option<InterfaceChange> {
+        let a = self.attached.remove(&ifindex)?;
+        self.cleaned.remove(&ifindex);
+        for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
+            // A device that is gone took its tcx links / cls_bpf filters with it.
+            if let Err(e) = attach::detach_link(link, true)
+                && !gone
+            {
+                tracing::warn!(iface = %a.iface.name, direction = dir, error = %e, "detach failed");
+            }
+        }
+        self.remember_removed(ifindex, a.iface.name.clone());
+        tracing::info!(iface = %a.iface.name, ifindex, "detached (interface gone or renamed)");
+        Some(InterfaceChange::Detached(a.iface))
+    }
+
+    fn remember_removed(&mut self, ifindex: u32, name: String) {
+        let now = Instant::now();
+        while self.removed.len() >= RECENT_REMOVED_MAX
+            || self
+                .removed
+                .front()
+                .is_some_and(|(_, _, t)| now.duration_since(*t) > RECENT_REMOVED_TTL)
+        {
+            self.removed.pop_front();
+        }
+        self.removed.push_back((ifindex, name, now));
+    }
+
+    /// Detaches exactly the programs this instance attached (SIGTERM path). Foreign tc filters and
+    /// tcx programs, and the clsact qdiscs, stay. Errors are logged; it always completes.
+    pub fn detach_all(&mut self) {
+        let all = std::mem::take(&mut self.attached);
+        for (ifindex, a) in all {
+            for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
+                match attach::detach_link(link, true) {
+                    Ok(()) => {}
+                    Err(e) => tracing::warn!(iface = %a.iface.name, direction = dir,
+                        error = %e, "detach failed"),
+                }
+            }
+            tracing::info!(iface = %a.iface.name, ifindex, mode = a.iface.mode.as_str(), "detached");
+            self.remember_removed(ifindex, a.iface.name);
+        }
+        self.cleaned.clear();
+    }
+
+    /// Flips the active flow map, waits until no program can still write into the old one, reads
+    /// and clears it, and reads the counters. Every packet counted by the programs ends up in
+    /// exactly one drain.
+    pub fn drain(&mut self) -> Result<Drain, CaptureError> {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+        let old = self.active;
+        let new = 1 - old;
+        self.config
+            .set(
+                0,
+                Config {
+                    active: new,
+                    sample_rate: self.cfg.sample_rate,
+                },
+                0,
+            )
+            .map_err(|source| CaptureError::Map {
+                op: "flip CONFIG.active",
+                source,
+            })?;
+        self.active = new;
+        let mono_ns = monotonic_ns();
+        self.wait_grace_period();
+
+        let mut entries = Vec::new();
+        let old_map = &mut self.flows[old as usize];
+        let mut per_entry = !self.batch_ok;
+        if self.batch_ok {
+            let entry_bytes = size_of::<FlowKey>() + size_of::<FlowStats>() * self.nr_cpus;
+            let chunk =
+                (BATCH_BUFFER_BYTES / entry_bytes).clamp(64, self.capacity.max(64) as usize);
+            match drain::lookup_and_delete_batch(old_map, self.nr_cpus, chunk, &mut entries) {
+                Ok(drain::Batch::Done) => {}
+                Ok(drain::Batch::Unsupported(e)) => {
+                    tracing::info!(error = %e,
+                        "BPF_MAP_LOOKUP_AND_DELETE_BATCH unsupported; draining entry by entry");
+                    self.batch_ok = false;
+                    per_entry = true;
+                }
+                // Entries read so far are kept in `entries`; the rest is read entry by entry,
+                // so a failure half-way loses nothing.
+                Err(e) => {
+                    tracing::warn!(error = %error_chain(&e),
+                        "batch drain failed half-way; finishing entry by entry");
+                    per_entry = true;
+                }
+            }
+        }
+        if per_entry {
+            drain::lookup_then_delete(old_map, &mut entries)?;
+        }
+
+        let mut counters = [0u64; COUNTER_COUNT as usize];
+        for (i, c) in counters.iter_mut().enumerate() {
+            let v = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| CaptureError::Map {
+                    op: "read COUNTERS",
+                    source,
+                })?;
+            *c = v.iter().fold(0u64, |a, b| a.wrapping_add(*b));
+        }
+        Ok(Drain {
+            entries,
+            counters,
+            mono_ns,
+        })
+    }
+
+    /// Reads aya-log records the programs emitted (if the object logs) into the `log` crate.
+    /// [`Capture::drain`] calls it too.
+    pub fn flush_ebpf_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Uses (`true`, the default) or avoids `BPF_MAP_LOOKUP_AND_DELETE_BATCH` in [`Capture::drain`];
+    /// `false` forces the per-entry path (lookup each key, then delete each) — for benchmarks and
+    /// tests. The batch path also turns itself off if the kernel refuses the command.
+    pub fn set_batch_drain(&mut self, on: bool) {
+        self.batch_ok = on;
+    }
+
+    /// Which flow map the programs write into now (0 or 1).
+    pub fn active_map(&self) -> u32 {
+        self.active
+    }
+
+    fn wait_grace_period(&mut self) {
+        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+        // SAFETY: membarrier takes (cmd, flags, cpu_id) integers and touches no user memory.
+        let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        if r != 0 {
+            if !self.membarrier_warned {
+                tracing::warn!(error = %io::Error::last_os_error(),
+                    "membarrier(MEMBARRIER_CMD_GLOBAL) unavailable (nohz_full?); waiting 50 ms per drain instead of an RCU grace period");
+                self.membarrier_warned = true;
+            }
+            std::thread::sleep(GRACE_FALLBACK);
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // Dropping the links detaches them anyway; this logs it and skips nothing.
+        if !self.attached.is_empty() {
+            self.detach_all();
+        }
+    }
+}
+
+trait MaxEntries {
+    fn map_info_max_entries(&self) -> Option<u32>;
+}
+
+impl MaxEntries for FlowMap {
+    fn map_info_max_entries(&self) -> Option<u32> {
+        use aya::maps::IterableMap as _;
+        self.map().info().ok().map(|i| i.max_entries())
+    }
+}
+
+// The agent keeps the capture in a tokio task.
+const _: fn() = || {
+    fn assert_send<T: Send>() {}
+    assert_send::<Capture>();
+    assert_send::<LinkWatcher>();
+};
+
+/// `CLOCK_MONOTONIC` in nanoseconds (what `bpf_ktime_get_ns`/coarse variants count in).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// "outer: inner: innermost".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,524 @@
+//! Output formats of `podflow tail`: pure functions from an event to one line (no newline).
+//!
+//! - JSON: one flat object per flow; the keys are an interface, fixed from now on (new keys may
+//!   be added, none renamed). A loss record is `{"loss":{...}}`.
+//! - compact: one readable line per event.
+use std::net::IpAddr;
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::{
+    filter::ip_from_bytes,
+    proto::{self, flow_event::Event},
+};
+
+/// IP protocol numbers with a name.
+pub const ICMP: u32 = 1;
+pub const TCP: u32 = 6;
+pub const UDP: u32 = 17;
+pub const ICMPV6: u32 = 58;
+pub const SCTP: u32 = 132;
+/// Transport protocols whose records carry ports (DCCP 33 and UDP-Lite 136 besides the above).
+const PORTED: [u32; 5] = [TCP, UDP, 33, 136, SCTP];
+
+/// TCP flag names in bit order (FIN 0x01 ... CWR 0x80).
+const TCP_FLAGS: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+
+/// The name of an IP protocol number, for the ones podflow names.
+pub fn protocol_name(protocol: u32) -> Option<&'static str> {
+    match protocol {
+        ICMP => Some("ICMP"),
+        TCP => Some("TCP"),
+        UDP => Some("UDP"),
+        ICMPV6 => Some("ICMPv6"),
+        SCTP => Some("SCTP"),
+        _ => None,
+    }
+}
+
+/// Names of the TCP flags set in `flags`, in bit order.
+pub fn tcp_flag_names(flags: u32) -> Vec<&'static str> {
+    TCP_FLAGS
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| flags & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// RFC 3339 in UTC with nanoseconds (`2026-11-23T13:05:01.123456789Z`); `None` when absent or
+/// outside years 0000-9999.
+pub fn rfc3339_nanos(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let (dt, nanos) = utc(ts)?;
+    Some(format!("{}.{nanos:09}Z", date_time(&dt)))
+}
+
+/// Like [`rfc3339_nanos`] with milliseconds (`2026-11-23T13:05:01.123Z`), for people.
+pub fn rfc3339_millis(ts: Option<&prost_types::Timestamp>) -> Option<String> {
+    let (dt, nanos) = utc(ts)?;
+    Some(format!("{}.{:03}Z", date_time(&dt), nanos / 1_000_000))
+}
+
+fn utc(ts: Option<&prost_types::Timestamp>) -> Option<(OffsetDateTime, u32)> {
+    let ts = ts?;
+    let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
+    let dt = OffsetDateTime::from_unix_timestamp_nanos(nanos).ok()?;
+    (0..=9999)
+        .contains(&dt.year())
+        .then(|| (dt, dt.nanosecond()))
+}
+
+fn date_time(dt: &OffsetDateTime) -> String {
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        dt.year(),
+        u8::from(dt.month()),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second()
+    )
+}
+
+/// An address from a flow's bytes in text form; `None` unless 4 or 16 bytes.
+pub fn ip_text(bytes: &[u8]) -> Option<String> {
+    ip_from_bytes(bytes).map(|ip| ip.to_string())
+}
+
+/// `1.9 KiB`-style size (IEC units, one decimal from KiB on).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a rounded size for people")]
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1023.95 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonProtocol {
+    Name(&'static str),
+    Number(u32),
+}
+
+#[derive(Serialize)]
+struct JsonFlow<'a> {
+    start_time: Option<String>,
+    end_time: Option<String>,
+    src_ip: Option<String>,
+    dst_ip: Option<String>,
+    src_port: u32,
+    dst_port: u32,
+    protocol: JsonProtocol,
+    packets: u64,
+    bytes: u64,
+    tcp_flags: Vec<&'static str>,
+    interfaces: &'a [String],
+    same_node: bool,
+    sampling_rate: u32,
+    fragment: bool,
+    node: &'a str,
+    encrypted: bool,
+    inter_node: bool,
+}
+
+#[derive(Serialize)]
+struct JsonLoss<'a> {
+    time: Option<String>,
+    node: &'a str,
+    reason: &'a str,
+    count: u64,
+    unit: &'a str,
+}
+
+#[derive(Serialize)]
+struct JsonLossLine<'a> {
+    loss: JsonLoss<'a>,
+}
+
+/// One JSON object for `event`; `Ok(None)` for an empty event.
+pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json::Error> {
+    match &event.event {
+        Some(Event::Flow(flow)) => serde_json::to_string(&JsonFlow {
+            start_time: rfc3339_nanos(flow.start_time.as_ref()),
+            end_time: rfc3339_nanos(flow.end_time.as_ref()),
+            src_ip: ip_text(&flow.src_ip),
+            dst_ip: ip_text(&flow.dst_ip),
+            src_port: flow.src_port,
+            dst_port: flow.dst_port,
+            protocol: match protocol_name(flow.protocol) {
+                Some(name) => JsonProtocol::Name(name),
+                None => JsonProtocol::Number(flow.protocol),
+            },
+            packets: flow.packets,
+            bytes: flow.bytes,
+            tcp_flags: tcp_flag_names(flow.tcp_flags),
+            interfaces: &flow.interfaces,
+            same_node: flow.same_node,
+            sampling_rate: flow.sampling_rate,
+            fragment: flow.fragment,
+            node: &flow.node,
+            encrypted: flow.encrypted,
+            inter_node: flow.inter_node,
+        })
+        .map(Some),
+        Some(Event::Loss(loss)) => serde_json::to_string(&JsonLossLine {
+            loss: JsonLoss {
+                time: rfc3339_nanos(loss.time.as_ref()),
+                node: &loss.node,
+                reason: &loss.reason,
+                count: loss.count,
+                unit: &loss.unit,
+            },
+        })
+        .map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One readable line for `event`; `None` for an empty event.
+///
+/// `2026-11-23T13:05:01.123Z  10.1.0.5:43512 -> 10.1.0.9:80  TCP [SYN,ACK]  12 pkts  1.9 KiB
+/// veth1a,veth2b  same-node` (one line; the time is the record's end), then any of `inter-node`,
+/// `encrypted`, `sampled 1/N`, `fragment`. IPv6 endpoints are `[addr]:port`; ICMP shows
+/// `type T code C` instead of ports; protocols without ports show bare addresses.
+pub fn compact_line(event: &proto::FlowEvent) -> Option<String> {
+    match &event.event {
+        Some(Event::Flow(flow)) => Some(compact_flow(flow)),
+        Some(Event::Loss(loss)) => {
+            let mut line = format!(
+                "{}  LOST {} {} ({})",
+                rfc3339_millis(loss.time.as_ref()).unwrap_or_else(|| "-".to_owned()),
+                loss.count,
+                if loss.unit.is_empty() {
+                    "packets"
+                } else {
+                    &loss.unit
+                },
+                loss.reason
+            );
+            if !loss.node.is_empty() {
+                line.push_str(" on node ");
+                line.push_str(&loss.node);
+            }
+            Some(line)
+        }
+        None => None,
+    }
+}
+
+fn compact_flow(flow: &proto::Flow) -> String {
+    let time = rfc3339_millis(flow.end_time.as_ref()).unwrap_or_else(|| "-".to_owned());
+    let src_ip = ip_from_bytes(&flow.src_ip);
+    let dst_ip = ip_from_bytes(&flow.dst_ip);
+    let is_icmp = matches!(flow.protocol, ICMP | ICMPV6);
+    let (src, dst) = if PORTED.contains(&flow.protocol) {
+        (
+            endpoint(src_ip, Some(flow.src_port)),
+            endpoint(dst_ip, Some(flow.dst_port)),
+        )
+    } else {
+        (endpoint(src_ip, None), endpoint(dst_ip, None))
+    };
+    let mut protocol = match protocol_name(flow.protocol) {
+        Some(name) => name.to_owned(),
+        None => format!("proto {}", flow.protocol),
+    };
+    if is_icmp {
+        protocol.push_str(&format!(" type {} code {}", flow.src_port, flow.dst_port));
+    }
+    let flags = tcp_flag_names(flow.tcp_flags);
+    if flow.protocol == TCP && !flags.is_empty() {
+        protocol.push_str(&format!(" [{}]", flags.join(",")));
+    }
+    let packets = format!(
+        "{} {}",
+        flow.packets,
+        if flow.packets == 1 { "pkt" } else { "pkts" }
+    );
+    let mut fields = vec![
+        time,
+        format!("{src} -> {dst}"),
+        protocol,
+        packets,
+        human_bytes(flow.bytes),
+    ];
+    if !flow.interfaces.is_empty() {
+        fields.push(flow.interfaces.join(","));
+    }
+    if flow.same_node {
+        fields.push("same-node".to_owned());
+    }
+    if flow.inter_node {
+        fields.push("inter-node".to_owned());
+    }
+    if flow.encrypted {
+        fields.push("encrypted".to_owned());
+    }
+    if flow.sampling_rate > 1 {
+        fields.push(format!("sampled 1/{}", flow.sampling_rate));
+    }
+    if flow.fragment {
+        fields.push("fragment".to_owned());
+    }
+    fields.join("  ")
+}
+
+fn endpoint(ip: Option<IpAddr>, port: Option<u32>) -> String {
+    match (ip, port) {
+        (Some(IpAddr::V4(ip)), Some(port)) => format!("{ip}:{port}"),
+        (Some(IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),
+        (Some(ip), None) => ip.to_string(),
+        (None, Some(port)) => format!("?:{port}"),
+        (None, None) => "?".to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn ts(seconds: i64, nanos: i32) -> Option<prost_types::Timestamp> {
+        Some(prost_types::Timestamp { seconds, nanos })
+    }
+
+    // 2026-11-23T13:05:01Z
+    const T: i64 = 1_795_439_101;
+
+    fn tcp_flow() -> proto::Flow {
+        proto::Flow {
+            start_time: ts(T - 1, 5),
+            end_time: ts(T, 123_456_789),
+            src_ip: vec![10, 1, 0, 5],
+            dst_ip: vec![10, 1, 0, 9],
+            src_port: 43512,
+            dst_port: 80,
+            protocol: TCP,
+            packets: 12,
+            bytes: 1946,
+            tcp_flags: 0x13,
+            interfaces: vec!["veth1a".into(), "veth2b".into()],
+            same_node: true,
+            sampling_rate: 1,
+            fragment: false,
+            node: "node-1".into(),
+            encrypted: false,
+            inter_node: false,
+        }
+    }
+
+    fn ev(flow: proto::Flow) -> proto::FlowEvent {
+        proto::FlowEvent {
+            event: Some(Event::Flow(flow)),
+        }
+    }
+
+    fn loss() -> proto::FlowEvent {
+        proto::FlowEvent {
+            event: Some(Event::Loss(proto::LossRecord {
+                time: ts(T, 500_000_000),
+                node: "node-1".into(),
+                reason: "lost_map_full".into(),
+                count: 17,
+                unit: "packets".into(),
+            })),
+        }
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(
+            rfc3339_nanos(ts(T, 123_456_789).as_ref()).unwrap(),
+            "2026-11-23T13:05:01.123456789Z"
+        );
+        assert_eq!(
+            rfc3339_nanos(ts(0, 0).as_ref()).unwrap(),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+        // Unnormalized: -1 s + 1.5 s.
+        assert_eq!(
+            rfc3339_nanos(ts(-1, 1_500_000_000).as_ref()).unwrap(),
+            "1970-01-01T00:00:00.500000000Z"
+        );
+        assert_eq!(
+            rfc3339_millis(ts(T, 123_999_999).as_ref()).unwrap(),
+            "2026-11-23T13:05:01.123Z"
+        );
+        assert_eq!(rfc3339_nanos(None), None);
+        assert_eq!(rfc3339_nanos(ts(i64::MAX, 0).as_ref()), None);
+    }
+
+    #[test]
+    fn helpers() {
+        assert_eq!(tcp_flag_names(0), Vec::<&str>::new());
+        assert_eq!(tcp_flag_names(0x12), ["SYN", "ACK"]);
+        assert_eq!(
+            tcp_flag_names(0xff),
+            ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"]
+        );
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1024), "1.0 KiB");
+        assert_eq!(human_bytes(1946), "1.9 KiB");
+        assert_eq!(human_bytes(1024 * 1024 - 1), "1.0 MiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024 + 1), "5.0 GiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
+        assert_eq!(ip_text(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn json_flow() {
+        assert_eq!(
+            json_line(&ev(tcp_flow())).unwrap().unwrap(),
+            r#"{"start_time":"2026-11-23T13:05:00.000000005Z","end_time":"2026-11-23T13:05:01.123456789Z","src_ip":"10.1.0.5","dst_ip":"10.1.0.9","src_port":43512,"dst_port":80,"protocol":"TCP","packets":12,"bytes":1946,"tcp_flags":["FIN","SYN","ACK"],"interfaces":["veth1a","veth2b"],"same_node":true,"sampling_rate":1,"fragment":false,"node":"node-1","encrypted":false,"inter_node":false}"#
+        );
+    }
+
+    #[test]
+    fn json_other_protocols_ipv6_and_missing_fields() {
+        let flow = proto::Flow {
+            src_ip: "fd00::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec(),
+            dst_ip: "fd00::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec(),
+            protocol: 47,
+            packets: 1,
+            bytes: 100,
+            sampling_rate: 8,
+            fragment: true,
+            encrypted: true,
+            inter_node: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            json_line(&ev(flow)).unwrap().unwrap(),
+            r#"{"start_time":null,"end_time":null,"src_ip":"fd00::1","dst_ip":"fd00::2","src_port":0,"dst_port":0,"protocol":47,"packets":1,"bytes":100,"tcp_flags":[],"interfaces":[],"same_node":false,"sampling_rate":8,"fragment":true,"node":"","encrypted":true,"inter_node":true}"#
+        );
+        let icmpv6 = proto::Flow {
+            protocol: ICMPV6,
+            ..Default::default()
+        };
+        let line = json_line(&ev(icmpv6)).unwrap().unwrap();
+        assert!(line.contains(r#""src_ip":null,"dst_ip":null,"#), "{line}");
+        assert!(line.contains(r#""protocol":"ICMPv6","#), "{line}");
+        assert_eq!(json_line(&proto::FlowEvent::default()).unwrap(), None);
+    }
+
+    #[test]
+    fn json_loss() {
+        assert_eq!(
+            json_line(&loss()).unwrap().unwrap(),
+            r#"{"loss":{"time":"2026-11-23T13:05:01.500000000Z","node":"node-1","reason":"lost_map_full","count":17,"unit":"packets"}}"#
+        );
+    }
+
+    #[test]
+    fn compact_tcp() {
+        assert_eq!(
+            compact_line(&ev(tcp_flow())).unwrap(),
+            "2026-11-23T13:05:01.123Z  10.1.0.5:43512 -> 10.1.0.9:80  TCP [FIN,SYN,ACK]  12 pkts  1.9 KiB  veth1a,veth2b  same-node"
+        );
+    }
+
+    #[test]
+    fn compact_ipv6_udp_sampled_fragment() {
+        let flow = proto::Flow {
+            src_ip: "fd00::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec(),
+            dst_ip: "fd00::2"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets()
+                .to_vec(),
+            src_port: 5353,
+            dst_port: 53,
+            protocol: UDP,
+            packets: 1,
+            bytes: 80,
+            tcp_flags: 0x02, // Ignored for UDP.
+            interfaces: vec!["eth0".into()],
+            sampling_rate: 10,
+            fragment: true,
+            inter_node: true,
+            encrypted: true,
+            end_time: ts(T, 0),
+            ..Default::default()
+        };
+        assert_eq!(
+            compact_line(&ev(flow)).unwrap(),
+            "2026-11-23T13:05:01.000Z  [fd00::1]:5353 -> [fd00::2]:53  UDP  1 pkt  80 B  eth0  inter-node  encrypted  sampled 1/10  fragment"
+        );
+    }
+
+    #[test]
+    fn compact_icmp_and_portless() {
+        let icmp = proto::Flow {
+            src_ip: vec![10, 1, 0, 5],
+            dst_ip: vec![10, 1, 0, 9],
+            src_port: 8,
+            dst_port: 0,
+            protocol: ICMP,
+            packets: 3,
+            bytes: 252,
+            sampling_rate: 1,
+            end_time: ts(T, 0),
+            ..Default::default()
+        };
+        assert_eq!(
+            compact_line(&ev(icmp)).unwrap(),
+            "2026-11-23T13:05:01.000Z  10.1.0.5 -> 10.1.0.9  ICMP type 8 code 0  3 pkts  252 B"
+        );
+        let gre = proto::Flow {
+            src_ip: vec![10, 1, 0, 5],
+            dst_ip: vec![],
+            protocol: 47,
+            packets: 2,
+            bytes: 2048,
+            ..Default::default()
+        };
+        assert_eq!(
+            compact_line(&ev(gre)).unwrap(),
+            "-  10.1.0.5 -> ?  proto 47  2 pkts  2.0 KiB"
+        );
+    }
+
+    #[test]
+    fn compact_loss() {
+        assert_eq!(
+            compact_line(&loss()).unwrap(),
+            "2026-11-23T13:05:01.500Z  LOST 17 packets (lost_map_full) on node node-1"
+        );
+        let lagged = proto::FlowEvent {
+            event: Some(Event::Loss(proto::LossRecord {
+                time: ts(T, 0),
+                node: String::new(),
+                reason: "subscriber_lagged".into(),
+                count: 3,
+                unit: "records".into(),
+            })),
+        };
+        assert_eq!(
+            compact_line(&lagged).unwrap(),
+            "2026-11-23T13:05:01.000Z  LOST 3 records (subscriber_lagged)"
+        );
+        assert_eq!(compact_line(&proto::FlowEvent::default()), None);
+    }
+}

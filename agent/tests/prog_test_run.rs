@@ -1,0 +1,1202 @@
+//! The tc programs run with `BPF_PROG_TEST_RUN` on crafted packets: verdict, untouched packet data
+//! and the exact effect on the flow maps and counters.
+//!
+//! Privileged (loads eBPF programs): run as root, e.g. `cargo xtask test` or
+//! `sudo -E cargo test -p podflow --test prog_test_run`. With `PODFLOW_SKIP_PRIVILEGED=1` the tests
+//! return early when not root.
+#![expect(
+    clippy::expect_used,
+    reason = "test code: a failed expectation is the test failing"
+)]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, PerCpuArray, PerCpuHashMap},
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult},
+};
+use podflow::capture::object::EBPF_OBJECT;
+use podflow_ebpf::{
+    COUNTER_COUNT, Config, Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowStats, KEY_F_FRAGMENT,
+    KEY_F_L4_TRUNCATED, ObsPoint,
+};
+
+/// Plain byte builders for the test packets (checksums are left 0: the programs do not read them).
+mod pkt {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub const ETH_P_IP: u16 = 0x0800;
+    pub const ETH_P_IPV6: u16 = 0x86DD;
+    pub const ETH_P_ARP: u16 = 0x0806;
+    pub const ETH_P_8021Q: u16 = 0x8100;
+    pub const ETH_P_8021AD: u16 = 0x88A8;
+
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMP: u8 = 1;
+    pub const ICMPV6: u8 = 58;
+    pub const SCTP: u8 = 132;
+    pub const GRE: u8 = 47;
+    pub const ESP: u8 = 50;
+    pub const HOP: u8 = 0;
+    pub const FRAG: u8 = 44;
+    pub const ROUTING: u8 = 43;
+    pub const AH: u8 = 51;
+    pub const DSTOPTS: u8 = 60;
+
+    const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+    const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+    /// Ethernet header, VLAN tags (TPIDs, VID 100 + i), ethertype, payload.
+    pub fn eth_vlan(tpids: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&DST_MAC);
+        v.extend_from_slice(&SRC_MAC);
+        for (i, tpid) in tpids.iter().enumerate() {
+            v.extend_from_slice(&tpid.to_be_bytes());
+            v.extend_from_slice(&(100 + i as u16).to_be_bytes());
+        }
+        v.extend_from_slice(&ethertype.to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    pub fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        eth_vlan(&[], ethertype, payload)
+    }
+
+    /// IPv4 header fields the tests vary.
+    #[derive(Clone, Copy)]
+    pub struct V4 {
+        pub src: Ipv4Addr,
+        pub dst: Ipv4Addr,
+        pub proto: u8,
+        pub version: u8,
+        pub ihl: u8,
+        /// Fragment offset in 8-byte units.
+        pub frag_off: u16,
+        pub more_frags: bool,
+        /// `None`: header + payload length.
+        pub tot_len: Option<u16>,
+    }
+
+    impl V4 {
+        pub fn new(src: [u8; 4], dst: [u8; 4], proto: u8) -> V4 {
+            V4 {
+                src: Ipv4Addr::from(src),
+                dst: Ipv4Addr::from(dst),
+                proto,
+                version: 4,
+                ihl: 5,
+                frag_off: 0,
+                more_frags: false,
+                tot_len: None,
+            }
+        }
+
+        pub fn build(&self, payload: &[u8]) -> Vec<u8> {
+            let hlen = usize::from(self.ihl.max(5)) * 4;
+            let tot = self.tot_len.unwrap_or((hlen + payload.len()) as u16);
+            let frag = self.frag_off | if self.more_frags { 0x2000 } else { 0 };
+            let mut v = vec![(self.version << 4) | self.ihl, 0];
+            v.extend_from_slice(&tot.to_be_bytes());
+            v.extend_from_slice(&[0x12, 0x34]);
+            v.extend_from_slice(&frag.to_be_bytes());
+            v.extend_from_slice(&[64, self.proto, 0, 0]);
+            v.extend_from_slice(&self.src.octets());
+            v.extend_from_slice(&self.dst.octets());
+            v.resize(hlen, 0x01); // options: NOPs
+            v.extend_from_slice(payload);
+            v
+        }
+    }
+
+    pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
+        V4::new(src, dst, proto).build(payload)
+    }
+
+    /// IPv6 header; `payload` includes any extension headers. `plen`: `None` = payload length.
+    pub fn ipv6_plen(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        next: u8,
+        payload: &[u8],
+        plen: Option<u16>,
+    ) -> Vec<u8> {
+        let mut v = vec![0x60, 0, 0, 0];
+        v.extend_from_slice(&plen.unwrap_or(payload.len() as u16).to_be_bytes());
+        v.extend_from_slice(&[next, 64]);
+        v.extend_from_slice(&src.octets());
+        v.extend_from_slice(&dst.octets());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        ipv6_plen(src, dst, next, payload, None)
+    }
+
+    /// Hop-by-Hop / Routing / Destination Options header of `8 * (len + 1)` bytes (PadN filled).
+    pub fn ext(next: u8, len: u8) -> Vec<u8> {
+        let total = 8 * (usize::from(len) + 1);
+        let mut v = vec![next, len, 1, (total - 4) as u8];
+        v.resize(total, 0);
+        v
+    }
+
+    /// IPv6 Fragment header: offset in 8-byte units.
+    pub fn frag6(next: u8, offset: u16, more: bool) -> Vec<u8> {
+        let fo = (offset << 3) | u16::from(more);
+        let mut v = vec![next, 0];
+        v.extend_from_slice(&fo.to_be_bytes());
+        v.extend_from_slice(&0xdead_beef_u32.to_be_bytes());
+        v
+    }
+
+    /// TCP header with data offset `doff` (words) and `payload` bytes of data.
+    pub fn tcp_doff(sport: u16, dport: u16, flags: u8, doff: u8, payload: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&sport.to_be_bytes());
+        v.extend_from_slice(&dport.to_be_bytes());
+        v.extend_from_slice(&1000_u32.to_be_bytes());
+        v.extend_from_slice(&2000_u32.to_be_bytes());
+        v.extend_from_slice(&[doff << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
+        v.resize(usize::from(doff.max(5)) * 4, 0x01);
+        v.resize(v.len() + payload, 0xab);
+        v
+    }
+
+    pub fn tcp(sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+        tcp_doff(sport, dport, flags, 5, payload)
+    }
+
+    pub fn udp(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&sport.to_be_bytes());
+        v.extend_from_slice(&dport.to_be_bytes());
+        v.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+        v.extend_from_slice(&[0, 0]);
+        v.resize(8 + payload, 0xcd);
+        v
+    }
+
+    pub fn sctp(sport: u16, dport: u16) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&sport.to_be_bytes());
+        v.extend_from_slice(&dport.to_be_bytes());
+        v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // vtag, checksum
+        v.extend_from_slice(&[1, 0, 0, 20]); // an INIT chunk header, body follows
+        v.resize(32, 0);
+        v
+    }
+
+    /// ICMP/ICMPv6 header (8 bytes) + 16 bytes of data.
+    pub fn icmp(ty: u8, code: u8) -> Vec<u8> {
+        let mut v = vec![ty, code, 0, 0, 0, 1, 0, 1];
+        v.resize(24, 0x55);
+        v
+    }
+}
+
+use pkt::*;
+
+// TCP flags.
+const FIN: u8 = 0x01;
+const SYN: u8 = 0x02;
+const PSH: u8 = 0x08;
+const ACK: u8 = 0x10;
+
+const ALL_PROGS: [&str; 4] = [
+    podflow_ebpf::PROG_VETH_INGRESS,
+    podflow_ebpf::PROG_VETH_EGRESS,
+    podflow_ebpf::PROG_L3_INGRESS,
+    podflow_ebpf::PROG_L3_EGRESS,
+];
+const VETH_IN: &str = podflow_ebpf::PROG_VETH_INGRESS;
+const VETH_EG: &str = podflow_ebpf::PROG_VETH_EGRESS;
+const L3_IN: &str = podflow_ebpf::PROG_L3_INGRESS;
+const L3_EG: &str = podflow_ebpf::PROG_L3_EGRESS;
+
+/// tc_act verdict the programs must return on every path: TC_ACT_UNSPEC (-1).
+const VERDICT: u32 = u32::MAX;
+
+/// ifindex the kernel gives the test skb (the loopback device).
+const LO_IFINDEX: u32 = 1;
+
+/// The kernel's `struct __sk_buff` (UAPI), for `ctx_in`. BPF_PROG_TEST_RUN only accepts mark,
+/// priority, ingress_ifindex, ifindex, cb, tstamp, wire_len, gso_segs, gso_size and hwtstamp
+/// non-zero (net/bpf/test_run.c, convert___skb_to_skb).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct SkBuffCtx {
+    len: u32,
+    pkt_type: u32,
+    mark: u32,
+    queue_mapping: u32,
+    protocol: u32,
+    vlan_present: u32,
+    vlan_tci: u32,
+    vlan_proto: u32,
+    priority: u32,
+    ingress_ifindex: u32,
+    ifindex: u32,
+    tc_index: u32,
+    cb: [u32; 5],
+    hash: u32,
+    tc_classid: u32,
+    data: u32,
+    data_end: u32,
+    napi_id: u32,
+    family: u32,
+    remote_ip4: u32,
+    local_ip4: u32,
+    remote_ip6: [u32; 4],
+    local_ip6: [u32; 4],
+    remote_port: u32,
+    local_port: u32,
+    data_meta: u32,
+    flow_keys: u64,
+    tstamp: u64,
+    wire_len: u32,
+    gso_segs: u32,
+    sk: u64,
+    gso_size: u32,
+    tstamp_type: u8,
+    _bits: [u8; 3],
+    hwtstamp: u64,
+}
+const _: () = assert!(size_of::<SkBuffCtx>() == 192);
+const _: () = assert!(std::mem::offset_of!(SkBuffCtx, gso_segs) == 164);
+const _: () = assert!(std::mem::offset_of!(SkBuffCtx, gso_size) == 176);
+
+impl SkBuffCtx {
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: repr(C) plain integers, no padding (sizes/offsets asserted above).
+        unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+}
+
+/// Returns false (skip) when not root and PODFLOW_SKIP_PRIVILEGED=1; panics when not root otherwise.
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("PODFLOW_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        return false;
+    }
+    panic!("privileged test: run as root (cargo xtask test)");
+}
+
+/// One freshly loaded object (its own maps) with the four programs loaded.
+struct Harness {
+    ebpf: Ebpf,
+}
+
+/// Sums of one flow's per-CPU values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Totals {
+    packets: u64,
+    bytes: u64,
+    tcp_flags: u8,
+    ifindex: u32,
+}
+
+impl Harness {
+    fn new() -> Option<Harness> {
+        Harness::with_loader(|_| {})
+    }
+
+    fn with_loader(tweak: impl FnOnce(&mut EbpfLoader<'_>)) -> Option<Harness> {
+        if !privileged() {
+            return None;
+        }
+        let mut loader = EbpfLoader::new();
+        tweak(&mut loader);
+        let mut ebpf = loader.load(EBPF_OBJECT).expect("load the eBPF object");
+        for name in ALL_PROGS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .unwrap_or_else(|| panic!("program {name} missing"))
+                .try_into()
+                .expect("a classifier");
+            prog.load()
+                .unwrap_or_else(|e| panic!("verifier rejected {name}: {e:?}"));
+        }
+        let mut h = Harness { ebpf };
+        h.set_config(0, 1);
+        Some(h)
+    }
+
+    fn set_config(&mut self, active: u32, sample_rate: u32) {
+        let mut cfg: Array<_, Config> =
+            Array::try_from(self.ebpf.map_mut(podflow_ebpf::CONFIG).expect("CONFIG"))
+                .expect("array");
+        cfg.set(
+            0,
+            Config {
+                active,
+                sample_rate,
+            },
+            0,
+        )
+        .expect("write CONFIG");
+    }
+
+    fn prog(&self, name: &str) -> &SchedClassifier {
+        self.ebpf
+            .program(name)
+            .unwrap_or_else(|| panic!("program {name} missing"))
+            .try_into()
+            .expect("a classifier")
+    }
+
+    /// Runs `name` on `data` (`repeat` times), asserting the verdict and that the packet comes
+    /// back unchanged.
+    fn run_with(
+        &self,
+        name: &str,
+        data: &[u8],
+        ctx: Option<&SkBuffCtx>,
+        repeat: u32,
+    ) -> TestRunResult {
+        let mut out = vec![0u8; data.len() + 64];
+        let res = self
+            .prog(name)
+            .test_run(TestRunOptions {
+                data_in: Some(data),
+                data_out: Some(&mut out),
+                ctx_in: ctx.map(SkBuffCtx::as_bytes),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("test_run {name}: {e:?}"));
+        assert_eq!(
+            res.return_value, VERDICT,
+            "{name}: verdict must be TC_ACT_UNSPEC (-1)"
+        );
+        assert_eq!(
+            res.data_size_out as usize,
+            data.len(),
+            "{name}: packet length changed"
+        );
+        assert_eq!(&out[..data.len()], data, "{name}: packet data changed");
+        res
+    }
+
+    fn run(&self, name: &str, data: &[u8]) {
+        self.run_with(name, data, None, 1);
+    }
+
+    fn counters(&self) -> [u64; COUNTER_COUNT as usize] {
+        let arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.ebpf.map(podflow_ebpf::COUNTERS).expect("COUNTERS"))
+                .expect("per-CPU array");
+        let mut out = [0; COUNTER_COUNT as usize];
+        for (i, c) in out.iter_mut().enumerate() {
+            *c = arr.get(&(i as u32), 0).expect("read counter").iter().sum();
+        }
+        out
+    }
+
+    /// Asserts the counters: the listed ones have exactly these values, all others are 0.
+    fn assert_counters(&self, expected: &[(Counter, u64)]) {
+        let got = self.counters();
+        for c in Counter::ALL {
+            let want = expected
+                .iter()
+                .find(|(e, _)| *e == c)
+                .map_or(0, |(_, n)| *n);
+            assert_eq!(got[c as usize], want, "counter {} (all: {got:?})", c.name());
+        }
+    }
+
+    fn flows(&self, map: &str) -> Vec<(FlowKey, Totals)> {
+        let m: PerCpuHashMap<_, FlowKey, FlowStats> =
+            PerCpuHashMap::try_from(self.ebpf.map(map).expect("flow map")).expect("per-CPU hash");
+        let mut out = Vec::new();
+        for entry in m.iter() {
+            let (key, values) = entry.expect("iterate flow map");
+            let mut t = Totals {
+                packets: 0,
+                bytes: 0,
+                tcp_flags: 0,
+                ifindex: 0,
+            };
+            for v in values.iter() {
+                t.packets += v.packets;
+                t.bytes += v.bytes;
+                t.tcp_flags |= v.tcp_flags;
+                if v.packets != 0 {
+                    t.ifindex = v.ifindex;
+                    assert_ne!(v.first_ns, 0, "first_ns set");
+                    assert!(
+                        v.last_ns >= v.first_ns,
+                        "last_ns {} < first_ns {}",
+                        v.last_ns,
+                        v.first_ns
+                    );
+                } else {
+                    assert_eq!(
+                        (v.bytes, v.first_ns, v.last_ns),
+                        (0, 0, 0),
+                        "untouched CPU slot"
+                    );
+                }
+            }
+            out.push((key, t));
+        }
+        out.sort_by_key(|(k, _)| {
+            (
+                k.obs,
+                k.protocol,
+                k.src_port,
+                k.dst_port,
+                k.src_addr,
+                k.dst_addr,
+                k.key_flags,
+            )
+        });
+        out
+    }
+
+    /// Asserts FLOWS_0 holds exactly these flows (in any order).
+    fn assert_flows(&self, expected: &[(FlowKey, u64, u64, u8)]) {
+        self.assert_flows_in(podflow_ebpf::FLOWS_0, expected);
+    }
+
+    fn assert_flows_in(&self, map: &str, expected: &[(FlowKey, u64, u64, u8)]) {
+        let got = self.flows(map);
+        assert_eq!(got.len(), expected.len(), "{map}: flows {got:#?}");
+        for (key, packets, bytes, flags) in expected {
+            let (_, t) = got
+                .iter()
+                .find(|(k, _)| k == key)
+                .unwrap_or_else(|| panic!("{map}: no flow {key:?} in {got:#?}"));
+            assert_eq!(
+                *t,
+                Totals {
+                    packets: *packets,
+                    bytes: *bytes,
+                    tcp_flags: *flags,
+                    ifindex: LO_IFINDEX
+                },
+                "{map}: flow {key:?}"
+            );
+        }
+    }
+}
+
+/// `::ffff:a.b.c.d`.
+fn mapped(a: [u8; 4]) -> [u8; 16] {
+    Ipv4Addr::from(a).to_ipv6_mapped().octets()
+}
+
+fn key4(
+    obs: ObsPoint,
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> FlowKey {
+    FlowKey {
+        src_addr: mapped(src),
+        dst_addr: mapped(dst),
+        src_port: sport,
+        dst_port: dport,
+        protocol: proto,
+        obs: obs as u8,
+        family: FAMILY_IPV4,
+        key_flags: flags,
+    }
+}
+
+fn key6(
+    obs: ObsPoint,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> FlowKey {
+    FlowKey {
+        src_addr: src.octets(),
+        dst_addr: dst.octets(),
+        src_port: sport,
+        dst_port: dport,
+        protocol: proto,
+        obs: obs as u8,
+        family: FAMILY_IPV6,
+        key_flags: flags,
+    }
+}
+
+const A: [u8; 4] = [10, 244, 1, 5];
+const B: [u8; 4] = [10, 244, 2, 9];
+const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
+const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 9);
+
+use Counter::{
+    Fragments, Ipv6ExtChainTooLong, L4Truncated, LostIpMalformed, LostMapFull, NotIp, Packets,
+    Recorded, SampledOut,
+};
+use ObsPoint::{L3Egress, L3Ingress, VethEgress, VethIngress};
+
+#[test]
+fn ipv4_tcp_flags_or_and_counts_add() {
+    let Some(h) = Harness::new() else { return };
+    let syn = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40000, 80, SYN, 0)));
+    let data = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40000, 80, PSH | ACK, 100)));
+    h.run(VETH_IN, &syn);
+    h.run(VETH_IN, &data);
+    h.assert_flows(&[(
+        key4(VethIngress, A, B, TCP, 40000, 80, 0),
+        2,
+        40 + 140,
+        SYN | PSH | ACK,
+    )]);
+    h.assert_counters(&[(Packets, 2), (Recorded, 2)]);
+}
+
+#[test]
+fn ipv4_udp() {
+    let Some(h) = Harness::new() else { return };
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(5353, 53, 32))),
+    );
+    h.assert_flows(&[(key4(VethIngress, A, B, UDP, 5353, 53, 0), 1, 20 + 8 + 32, 0)]);
+    h.assert_counters(&[(Packets, 1), (Recorded, 1)]);
+}
+
+#[test]
+fn icmp_type_and_code_in_ports() {
+    let Some(h) = Harness::new() else { return };
+    h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(A, B, ICMP, &icmp(8, 0))));
+    h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(B, A, ICMP, &icmp(3, 3))));
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IPV6, &ipv6(A6, B6, ICMPV6, &icmp(128, 0))),
+    );
+    h.assert_flows(&[
+        (key4(VethIngress, A, B, ICMP, 8, 0, 0), 1, 44, 0),
+        (key4(VethIngress, B, A, ICMP, 3, 3, 0), 1, 44, 0),
+        (key6(VethIngress, A6, B6, ICMPV6, 128, 0, 0), 1, 64, 0),
+    ]);
+    h.assert_counters(&[(Packets, 3), (Recorded, 3)]);
+}
+
+#[test]
+fn sctp_ports() {
+    let Some(h) = Harness::new() else { return };
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IP, &ipv4(A, B, SCTP, &sctp(3868, 3869))),
+    );
+    h.assert_flows(&[(key4(VethIngress, A, B, SCTP, 3868, 3869, 0), 1, 52, 0)]);
+    h.assert_counters(&[(Packets, 1), (Recorded, 1)]);
+}
+
+#[test]
+fn ipv6_tcp_after_hop_by_hop_and_destination_options() {
+    let Some(h) = Harness::new() else { return };
+    let mut payload = ext(DSTOPTS, 0); // Hop-by-Hop, 8 bytes
+    payload.extend(ext(TCP, 1)); // Destination Options, 16 bytes
+    payload.extend(tcp(443, 51000, ACK | FIN, 10));
+    let p = eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &payload));
+    h.run(VETH_IN, &p);
+    h.assert_flows(&[(
+        key6(VethIngress, A6, B6, TCP, 443, 51000, 0),
+        1,
+        40 + 8 + 16 + 30,
+        ACK | FIN,
+    )]);
+    h.assert_counters(&[(Packets, 1), (Recorded, 1)]);
+}
+
+#[test]
+fn ipv6_routing_and_authentication_headers() {
+    let Some(h) = Harness::new() else { return };
+    // Hop-by-Hop → Routing (24 bytes) → AH (payload len 4: (4 + 2) * 4 = 24 bytes) → UDP.
+    let mut payload = ext(ROUTING, 0);
+    payload.extend(ext(AH, 2));
+    let mut ah = vec![UDP, 4, 0, 0];
+    ah.resize(24, 0x42);
+    payload.extend(ah);
+    payload.extend(udp(500, 4500, 16));
+    h.run(VETH_EG, &eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &payload)));
+    h.assert_flows(&[(
+        key6(VethEgress, A6, B6, UDP, 500, 4500, 0),
+        1,
+        40 + 8 + 24 + 24 + 24,
+        0,
+    )]);
+    h.assert_counters(&[(Packets, 1), (Recorded, 1)]);
+}
+
+#[test]
+fn ipv6_fragments() {
+    let Some(h) = Harness::new() else { return };
+    // First fragment: offset 0, more fragments; the UDP header is there.
+    let mut first = frag6(UDP, 0, true);
+    first.extend(udp(4789, 8472, 64));
+    // Non-first fragment: no transport header.
+    let mut rest = frag6(UDP, 9, false);
+    rest.extend([0xee; 40]);
+    h.run(VETH_IN, &eth(ETH_P_IPV6, &ipv6(A6, B6, FRAG, &first)));
+    h.run(VETH_IN, &eth(ETH_P_IPV6, &ipv6(A6, B6, FRAG, &rest)));
+    h.assert_flows(&[
+        (
+            key6(VethIngress, A6, B6, UDP, 4789, 8472, 0),
+            1,
+            40 + 8 + 72,
+            0,
+        ),
+        (
+            key6(VethIngress, A6, B6, UDP, 0, 0, KEY_F_FRAGMENT),
+            1,
+            40 + 8 + 40,
+            0,
+        ),
+    ]);
+    h.assert_counters(&[(Packets, 2), (Recorded, 2), (Fragments, 1)]);
+}
+
+#[test]
+fn ipv4_fragments() {
+    let Some(h) = Harness::new() else { return };
+    let mut first = V4::new(A, B, UDP);
+    first.more_frags = true;
+    let mut rest = V4::new(A, B, UDP);
+    rest.frag_off = 10;
+    h.run(VETH_IN, &eth(ETH_P_IP, &first.build(&udp(4789, 4789, 72))));
+    h.run(VETH_IN, &eth(ETH_P_IP, &rest.build(&[0x77; 36])));
+    h.assert_flows(&[
+        (key4(VethIngress, A, B, UDP, 4789, 4789, 0), 1, 100, 0),
+        (key4(VethIngress, A, B, UDP, 0, 0, KEY_F_FRAGMENT), 1, 56, 0),
+    ]);
+    h.assert_counters(&[(Packets, 2), (Recorded, 2), (Fragments, 1)]);
+}
+
+#[test]
+fn vlan_tags() {
+    let Some(h) = Harness::new() else { return };
+    let ip = ipv4(A, B, UDP, &udp(1000, 2000, 12));
+    h.run(VETH_IN, &eth_vlan(&[ETH_P_8021Q], ETH_P_IP, &ip));
+    h.run(
+        VETH_IN,
+        &eth_vlan(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &ip),
+    );
+    let ip6 = ipv6(A6, B6, TCP, &tcp(1, 2, SYN, 0));
+    h.run(
+        VETH_IN,
+        &eth_vlan(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV6, &ip6),
+    );
+    // A third tag is beyond what the parser follows: not IP to it.
+    h.run(
+        VETH_IN,
+        &eth_vlan(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP, &ip),
+    );
+    h.assert_flows(&[
+        (key4(VethIngress, A, B, UDP, 1000, 2000, 0), 2, 80, 0),
+        (key6(VethIngress, A6, B6, TCP, 1, 2, 0), 1, 60, SYN),
+    ]);
+    h.assert_counters(&[(Packets, 4), (Recorded, 3), (NotIp, 1)]);
+}
+
+#[test]
+fn unknown_protocol_and_esp_are_counted_with_ports_0() {
+    let Some(h) = Harness::new() else { return };
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IP, &ipv4(A, B, GRE, &[0, 0, 0x08, 0, 1, 2, 3, 4])),
+    );
+    let mut esp = ext(ESP, 0); // Hop-by-Hop, then ESP ends the chain
+    esp.extend([0x11; 24]);
+    h.run(VETH_IN, &eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &esp)));
+    h.assert_flows(&[
+        (key4(VethIngress, A, B, GRE, 0, 0, 0), 1, 28, 0),
+        (key6(VethIngress, A6, B6, ESP, 0, 0, 0), 1, 40 + 32, 0),
+    ]);
+    h.assert_counters(&[(Packets, 2), (Recorded, 2)]);
+}
+
+#[test]
+fn ipv6_extension_chain_too_long() {
+    let Some(h) = Harness::new() else { return };
+    // Hop-by-Hop then 6 Destination Options headers: the parser follows 6 and stops at the 7th.
+    let mut payload = ext(DSTOPTS, 0);
+    for _ in 0..5 {
+        payload.extend(ext(DSTOPTS, 0));
+    }
+    payload.extend(ext(TCP, 0));
+    payload.extend(tcp(1, 2, SYN, 0));
+    let p = eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &payload));
+    h.run(VETH_IN, &p);
+    let len = 40 + 7 * 8 + 20;
+    h.assert_flows(&[(key6(VethIngress, A6, B6, DSTOPTS, 0, 0, 0), 1, len, 0)]);
+    h.assert_counters(&[(Packets, 1), (Recorded, 1), (Ipv6ExtChainTooLong, 1)]);
+}
+
+#[test]
+fn truncated_transport_header() {
+    let Some(h) = Harness::new() else { return };
+    // 10 bytes of a TCP header.
+    let short = tcp(40000, 80, SYN, 0)[..10].to_vec();
+    h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(A, B, TCP, &short)));
+    // A complete 20 bytes but data offset 4 (< 5).
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp_doff(40000, 80, SYN, 4, 0))),
+    );
+    // Data offset 15 (60 bytes) with only 20 bytes in the packet.
+    h.run(
+        VETH_IN,
+        &eth(
+            ETH_P_IP,
+            &ipv4(A, B, TCP, &tcp_doff(40000, 80, SYN, 15, 0)[..20]),
+        ),
+    );
+    // 6 bytes of UDP; an IPv6 extension header cut short.
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 2, 0)[..6])),
+    );
+    h.run(VETH_IN, &eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &[TCP])));
+    h.assert_flows(&[
+        (
+            key4(VethIngress, A, B, TCP, 0, 0, KEY_F_L4_TRUNCATED),
+            3,
+            30 + 40 + 40,
+            0,
+        ),
+        (
+            key4(VethIngress, A, B, UDP, 0, 0, KEY_F_L4_TRUNCATED),
+            1,
+            26,
+            0,
+        ),
+        (
+            key6(VethIngress, A6, B6, HOP, 0, 0, KEY_F_L4_TRUNCATED),
+            1,
+            41,
+            0,
+        ),
+    ]);
+    h.assert_counters(&[(Packets, 5), (Recorded, 5), (L4Truncated, 5)]);
+}
+
+#[test]
+fn malformed_ip_header_is_a_loss() {
+    let Some(h) = Harness::new() else { return };
+    // BPF_PROG_TEST_RUN (6.18) refuses an IPv4/IPv6 ethertype frame shorter than the IP header
+    // (EINVAL), so truncated headers are sent behind a VLAN tag (the kernel does not look past it,
+    // the parser does) and to the L3 programs.
+    let q = [ETH_P_8021Q];
+    let good = ipv4(A, B, TCP, &tcp(1, 2, SYN, 0));
+    let six = ipv6(A6, B6, TCP, &tcp(1, 2, SYN, 0));
+    let mut v4_ihl4 = V4::new(A, B, TCP);
+    v4_ihl4.ihl = 4;
+    let mut v4_ver6 = V4::new(A, B, TCP);
+    v4_ver6.version = 6;
+    let mut v4_short_tot = V4::new(A, B, TCP);
+    v4_short_tot.tot_len = Some(12);
+    let mut short_opts = good.clone(); // IHL 15 (60 bytes) in a 40-byte packet
+    short_opts[0] = 0x4f;
+    let mut six_ver4 = six.clone();
+    six_ver4[0] = 0x40;
+    let mut bad_nibble = good.clone();
+    bad_nibble[0] = 0x55;
+
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "truncated IPv4 (12 of 20 bytes), VLAN",
+            VETH_IN,
+            eth_vlan(&q, ETH_P_IP, &good[..12]),
+        ),
+        ("truncated IPv4, L3", L3_IN, good[..16].to_vec()),
+        (
+            "IHL 4",
+            VETH_IN,
+            eth(ETH_P_IP, &v4_ihl4.build(&tcp(1, 2, SYN, 0))),
+        ),
+        (
+            "IHL 4, VLAN",
+            VETH_EG,
+            eth_vlan(&q, ETH_P_IP, &v4_ihl4.build(&tcp(1, 2, SYN, 0))),
+        ),
+        (
+            "IHL 15 beyond the packet, VLAN",
+            VETH_IN,
+            eth_vlan(&q, ETH_P_IP, &short_opts),
+        ),
+        (
+            "version 6 behind the IPv4 ethertype",
+            VETH_IN,
+            eth(ETH_P_IP, &v4_ver6.build(&tcp(1, 2, SYN, 0))),
+        ),
+        (
+            "total length < header",
+            VETH_IN,
+            eth(ETH_P_IP, &v4_short_tot.build(&tcp(1, 2, SYN, 0))),
+        ),
+        (
+            "truncated IPv6 (30 of 40 bytes), VLAN",
+            VETH_IN,
+            eth_vlan(&q, ETH_P_IPV6, &six[..30]),
+        ),
+        ("truncated IPv6, L3", L3_EG, six[..30].to_vec()),
+        (
+            "version 4 behind the IPv6 ethertype",
+            VETH_IN,
+            eth(ETH_P_IPV6, &six_ver4),
+        ),
+        ("L3: version nibble 5", L3_IN, bad_nibble),
+    ];
+    for (i, (what, prog, p)) in cases.iter().enumerate() {
+        h.run(prog, p);
+        let c = h.counters();
+        assert_eq!(
+            c[LostIpMalformed as usize],
+            i as u64 + 1,
+            "{what}: counters {c:?}"
+        );
+    }
+    h.assert_flows(&[]);
+    let n = cases.len() as u64;
+    h.assert_counters(&[(Packets, n), (LostIpMalformed, n)]);
+}
+
+#[test]
+fn arp_is_not_ip() {
+    let Some(h) = Harness::new() else { return };
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.extend([
+        0x02, 0, 0, 0, 0, 0x02, 10, 244, 1, 5, 0, 0, 0, 0, 0, 0, 10, 244, 2, 9,
+    ]);
+    h.run(VETH_IN, &eth(ETH_P_ARP, &arp));
+    h.run(VETH_EG, &eth(ETH_P_ARP, &arp));
+    h.assert_flows(&[]);
+    h.assert_counters(&[(Packets, 2), (NotIp, 2)]);
+}
+
+#[test]
+fn runt_frames() {
+    let Some(h) = Harness::new() else { return };
+    // BPF_PROG_TEST_RUN refuses tc input shorter than an Ethernet header, and an IPv4/IPv6
+    // ethertype frame without a whole IP header (EINVAL): such frames never reach the program in
+    // a test run. (The program itself treats a frame too short for its ethertype as not IP.)
+    for runt in [
+        vec![0u8; 10],
+        eth(ETH_P_IP, &[]),
+        eth(ETH_P_IPV6, &[0x60; 20]),
+    ] {
+        let res = h.prog(VETH_IN).test_run(TestRunOptions {
+            data_in: Some(&runt),
+            ..TestRunOptions::default()
+        });
+        assert!(
+            res.is_err(),
+            "the kernel accepted a {}-byte runt: {res:?}",
+            runt.len()
+        );
+    }
+    h.assert_counters(&[]);
+    // Exactly an Ethernet header: a VLAN ethertype with no tag and an unknown ethertype are not
+    // IP; an IP ethertype after a VLAN tag with nothing behind it is a malformed IP packet.
+    h.run(VETH_IN, &eth(ETH_P_8021Q, &[]));
+    h.run(VETH_IN, &eth(0x1234, &[]));
+    h.run(VETH_IN, &eth_vlan(&[ETH_P_8021Q], ETH_P_IP, &[]));
+    h.run(
+        VETH_EG,
+        &eth_vlan(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV6, &[0x60, 0]),
+    );
+    h.assert_flows(&[]);
+    h.assert_counters(&[(Packets, 4), (LostIpMalformed, 2), (NotIp, 2)]);
+}
+
+#[test]
+fn sampling_one_in_n() {
+    let Some(mut h) = Harness::new() else { return };
+    const N: u32 = 4;
+    const RUNS: u32 = 20_000;
+    h.set_config(0, N);
+    let p = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40000, 80, ACK, 0)));
+    h.run_with(VETH_IN, &p, None, RUNS);
+    let c = h.counters();
+    let (packets, recorded, sampled_out) = (
+        c[Packets as usize],
+        c[Recorded as usize],
+        c[SampledOut as usize],
+    );
+    assert_eq!(packets, u64::from(RUNS));
+    assert_eq!(packets, recorded + sampled_out, "counters {c:?}");
+    // Binomial(20000, 1/4): mean 5000, sd 61; ±8 sd.
+    assert!(
+        (4500..=5500).contains(&recorded),
+        "recorded {recorded} of {RUNS} at 1 in {N}"
+    );
+    h.assert_flows(&[(
+        key4(VethIngress, A, B, TCP, 40000, 80, 0),
+        recorded,
+        40 * recorded,
+        ACK,
+    )]);
+    // Sample rate 1 and 0 both mean every packet.
+    for rate in [0, 1] {
+        h.set_config(0, rate);
+        h.run_with(VETH_IN, &p, None, 100);
+    }
+    let c2 = h.counters();
+    assert_eq!(c2[Recorded as usize], recorded + 200);
+    assert_eq!(c2[SampledOut as usize], sampled_out);
+}
+
+#[test]
+fn gso_counts_segments() {
+    let Some(h) = Harness::new() else { return };
+    let ctx = |segs: u32, size: u32| SkBuffCtx {
+        gso_segs: segs,
+        gso_size: size,
+        ifindex: LO_IFINDEX,
+        ..Default::default()
+    };
+    // TCP over IPv4: 10 segments of 100 bytes.
+    let tcp4 = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40000, 80, ACK | PSH, 1000)));
+    h.run_with(VETH_IN, &tcp4, Some(&ctx(10, 100)), 1);
+    // UDP over IPv4 (USO): 8 segments of 100 bytes.
+    let udp4 = eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(7000, 7001, 800)));
+    h.run_with(VETH_IN, &udp4, Some(&ctx(8, 100)), 1);
+    // TCP with options (32-byte header) over IPv6 with a Hop-by-Hop header: 5 segments.
+    let mut payload = ext(TCP, 0);
+    payload.extend(tcp_doff(443, 50000, ACK, 8, 500));
+    let tcp6 = eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &payload));
+    h.run_with(VETH_IN, &tcp6, Some(&ctx(5, 100)), 1);
+    // gso_segs 0 and 1 both mean one packet.
+    let one = eth(ETH_P_IP, &ipv4(B, A, TCP, &tcp(80, 40000, ACK, 0)));
+    h.run_with(VETH_IN, &one, Some(&ctx(0, 0)), 1);
+    h.run_with(VETH_IN, &one, Some(&ctx(1, 0)), 1);
+    h.assert_flows(&[
+        (
+            key4(VethIngress, A, B, TCP, 40000, 80, 0),
+            10,
+            10 * (40 + 100),
+            ACK | PSH,
+        ),
+        (
+            key4(VethIngress, A, B, UDP, 7000, 7001, 0),
+            8,
+            8 * (28 + 100),
+            0,
+        ),
+        (
+            key6(VethIngress, A6, B6, TCP, 443, 50000, 0),
+            5,
+            5 * (40 + 8 + 32 + 100),
+            ACK,
+        ),
+        (key4(VethIngress, B, A, TCP, 80, 40000, 0), 2, 80, ACK),
+    ]);
+    h.assert_counters(&[(Packets, 5), (Recorded, 5)]);
+}
+
+#[test]
+fn l3_programs_on_raw_ip() {
+    let Some(h) = Harness::new() else { return };
+    h.run(L3_IN, &ipv4(A, B, TCP, &tcp(40000, 80, SYN, 0)));
+    h.run(L3_EG, &ipv6(A6, B6, UDP, &udp(51820, 51820, 100)));
+    let mut payload = ext(TCP, 0);
+    payload.extend(tcp(22, 60000, ACK, 0));
+    h.run(L3_EG, &ipv6(A6, B6, HOP, &payload));
+    // BIG TCP: total length 0, the length is the packet's.
+    let mut big = V4::new(B, A, TCP);
+    big.tot_len = Some(0);
+    h.run(L3_IN, &big.build(&tcp(80, 40000, ACK, 300)));
+    h.assert_flows(&[
+        (key4(L3Ingress, A, B, TCP, 40000, 80, 0), 1, 40, SYN),
+        (key4(L3Ingress, B, A, TCP, 80, 40000, 0), 1, 340, ACK),
+        (key6(L3Egress, A6, B6, TCP, 22, 60000, 0), 1, 68, ACK),
+        (key6(L3Egress, A6, B6, UDP, 51820, 51820, 0), 1, 148, 0),
+    ]);
+    h.assert_counters(&[(Packets, 4), (Recorded, 4)]);
+}
+
+#[test]
+fn egress_programs_set_the_observation_point() {
+    let Some(h) = Harness::new() else { return };
+    let p = eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 2, 0)));
+    h.run(VETH_IN, &p);
+    h.run(VETH_EG, &p);
+    h.run(VETH_EG, &p);
+    h.run(L3_EG, &ipv4(A, B, UDP, &udp(1, 2, 0)));
+    h.assert_flows(&[
+        (key4(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+        (key4(VethEgress, A, B, UDP, 1, 2, 0), 2, 56, 0),
+        (key4(L3Egress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+    ]);
+    h.assert_counters(&[(Packets, 4), (Recorded, 4)]);
+}
+
+#[test]
+fn active_1_writes_flows_1_only() {
+    let Some(mut h) = Harness::new() else { return };
+    h.set_config(1, 1);
+    let p = eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 2, 0)));
+    h.run(VETH_IN, &p);
+    h.run(L3_IN, &ipv4(A, B, UDP, &udp(1, 2, 0)));
+    h.assert_flows_in(podflow_ebpf::FLOWS_0, &[]);
+    h.assert_flows_in(
+        podflow_ebpf::FLOWS_1,
+        &[
+            (key4(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+            (key4(L3Ingress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+        ],
+    );
+    // Flip back: the next packet goes to FLOWS_0.
+    h.set_config(0, 1);
+    h.run(VETH_IN, &p);
+    h.assert_flows_in(
+        podflow_ebpf::FLOWS_0,
+        &[(key4(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0)],
+    );
+    h.assert_counters(&[(Packets, 3), (Recorded, 3)]);
+}
+
+#[test]
+fn full_flow_map_is_a_loss() {
+    let Some(h) = Harness::with_loader(|l| {
+        l.map_max_entries(podflow_ebpf::FLOWS_0, 2);
+    }) else {
+        return;
+    };
+    for port in [1, 2, 3] {
+        h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(port, 53, 0))));
+    }
+    // Existing flows still update.
+    h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 53, 0))));
+    h.assert_flows(&[
+        (key4(VethIngress, A, B, UDP, 1, 53, 0), 2, 56, 0),
+        (key4(VethIngress, A, B, UDP, 2, 53, 0), 1, 28, 0),
+    ]);
+    h.assert_counters(&[(Packets, 4), (Recorded, 3), (LostMapFull, 1)]);
+}
+
+/// A 2-instruction tc program (`r0 = -1; exit`) loaded with the raw bpf(2) syscall, to measure
+/// BPF_PROG_TEST_RUN's own per-run overhead. Returns the average ns per run.
+fn empty_program_ns(data: &[u8], repeat: u32) -> u128 {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    let insns: [u8; 16] = [
+        0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let license = c"GPL";
+    let mut attr = [0u64; 16]; // 128 bytes, zeroed
+    {
+        let b = attr.as_mut_ptr().cast::<u8>();
+        // SAFETY: writes within the 128-byte buffer at the UAPI offsets of union bpf_attr.
+        unsafe {
+            b.cast::<u32>().write(BPF_PROG_TYPE_SCHED_CLS);
+            b.add(4).cast::<u32>().write(2);
+            b.add(8).cast::<u64>().write(insns.as_ptr() as u64);
+            b.add(16).cast::<u64>().write(license.as_ptr() as u64);
+        }
+    }
+    // SAFETY: bpf(BPF_PROG_LOAD) with a valid attr of the given size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), 128u32) };
+    assert!(
+        fd >= 0,
+        "load the empty program: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut t = [0u64; 10]; // 80 bytes
+    {
+        let b = t.as_mut_ptr().cast::<u8>();
+        // SAFETY: as above (attr.test).
+        unsafe {
+            b.cast::<u32>().write(fd as u32);
+            b.add(8).cast::<u32>().write(data.len() as u32);
+            b.add(16).cast::<u64>().write(data.as_ptr() as u64);
+            b.add(32).cast::<u32>().write(repeat);
+        }
+    }
+    // SAFETY: bpf(BPF_PROG_TEST_RUN) with a valid attr; data outlives the call.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, t.as_mut_ptr(), 80u32) };
+    assert_eq!(
+        rc,
+        0,
+        "test_run the empty program: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: reading retval (offset 4) and duration (offset 36) of the 80-byte attr.
+    let (retval, duration) = unsafe {
+        let b = t.as_ptr().cast::<u8>();
+        (
+            b.add(4).cast::<u32>().read(),
+            b.add(36).cast::<u32>().read(),
+        )
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd as libc::c_int) };
+    assert_eq!(retval, VERDICT);
+    u128::from(duration)
+}
+
+/// Informational: the kernel's average run time of one program invocation for an established
+/// IPv4 TCP flow (map hit) and others, next to an empty program's. Noisy: no assertion on time.
+#[test]
+fn per_packet_cost() {
+    let Some(h) = Harness::new() else { return };
+    const RUNS: u32 = 1_000_000;
+    let p = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40000, 80, ACK, 100)));
+    h.run(VETH_IN, &p); // establish the flow
+    let empty_ns = empty_program_ns(&p, RUNS);
+    let tcp_ns = h.run_with(VETH_IN, &p, None, RUNS).duration.as_nanos();
+    let p6 = eth(ETH_P_IPV6, &ipv6(A6, B6, TCP, &tcp(40000, 80, ACK, 100)));
+    let tcp6_ns = h.run_with(VETH_IN, &p6, None, RUNS).duration.as_nanos();
+    let l3_ns = h
+        .run_with(
+            L3_IN,
+            &ipv4(A, B, TCP, &tcp(40000, 80, ACK, 100)),
+            None,
+            RUNS,
+        )
+        .duration
+        .as_nanos();
+    let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 1];
+    arp.resize(28, 0);
+    let arp_ns = h
+        .run_with(VETH_IN, &eth(ETH_P_ARP, &arp), None, RUNS)
+        .duration
+        .as_nanos();
+    let empty2_ns = empty_program_ns(&p, RUNS);
+    println!(
+        "BPF_PROG_TEST_RUN ns per run ({RUNS} runs): empty program {empty_ns}/{empty2_ns} ns; \
+         veth IPv4 TCP established flow {tcp_ns} ns; veth IPv6 TCP {tcp6_ns} ns; \
+         L3 IPv4 TCP {l3_ns} ns; ARP (not IP) {arp_ns} ns"
+    );
+    h.assert_flows(&[
+        (
+            key4(VethIngress, A, B, TCP, 40000, 80, 0),
+            u64::from(RUNS) + 1,
+            140 * (u64::from(RUNS) + 1),
+            ACK,
+        ),
+        (
+            key6(VethIngress, A6, B6, TCP, 40000, 80, 0),
+            u64::from(RUNS),
+            160 * u64::from(RUNS),
+            ACK,
+        ),
+        (
+            key4(L3Ingress, A, B, TCP, 40000, 80, 0),
+            u64::from(RUNS),
+            140 * u64::from(RUNS),
+            ACK,
+        ),
+    ]);
+}
