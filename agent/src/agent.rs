@@ -16,7 +16,7 @@ use crate::{
         AttachModePref, Capture, CaptureConfig, CaptureError, Drain, InterfaceChange, LinkWatcher,
     },
     flows::{Clock, FlowTable, FlowTableConfig, Observation, timestamp_from_unix_ns},
-    proto,
+    metadata, proto,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -49,15 +49,38 @@ pub struct AgentArgs {
     /// Events kept for `tail --last N` and late subscribers.
     #[arg(long, default_value_t = 65_536)]
     pub buffer: usize,
-    /// Pod veth name patterns (globs); repeat to give several. Default: veth*, cali*, lxc*, gke*.
-    #[arg(long = "veth-pattern")]
+    /// Pod veth name patterns (globs); repeat or comma-separate to give several.
+    /// Default: veth*, cali*, lxc*, gke*.
+    #[arg(long = "veth-pattern", value_delimiter = ',')]
     pub veth_patterns: Vec<String>,
     /// Layer-3 tunnel (WireGuard) interface patterns. Default: cilium_wg*, wg*.
-    #[arg(long = "l3-pattern")]
+    #[arg(long = "l3-pattern", value_delimiter = ',')]
     pub l3_patterns: Vec<String>,
     /// Interface name patterns never attached to, even if an include pattern matches.
-    #[arg(long = "exclude")]
+    #[arg(long = "exclude", value_delimiter = ',')]
     pub exclude_patterns: Vec<String>,
+    /// Serve gRPC health checking (grpc.health.v1.Health) on this TCP address, for kubelet probes.
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (GET /metrics) on this TCP address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Name endpoints from a static file: what `kubectl get pods,services,nodes -A -o json`
+    /// prints. Re-read when it changes. For machines without a Kubernetes API.
+    #[arg(long)]
+    pub metadata_file: Option<PathBuf>,
+    /// Name endpoints from the Kubernetes API (in-cluster config or KUBECONFIG): `auto` uses it
+    /// when running in a cluster (KUBERNETES_SERVICE_HOST) or KUBECONFIG is set.
+    #[arg(long, value_enum, default_value_t = KubeMode::Auto)]
+    pub kubernetes: KubeMode,
+    /// How long a deleted or completed pod keeps naming its IP (covers the flush delay and
+    /// late records of short-lived pods).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub tombstone_ttl: Duration,
+    /// The cluster's pod and service CIDRs (repeatable or comma-separated): an unowned address
+    /// inside is `unknown`, outside `external`.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
     /// How to attach: tcx where the kernel has it (≥ 6.6) else clsact + cls_bpf (auto), or force one.
     #[arg(long, value_enum, default_value_t = AttachModePref::Auto)]
     pub attach_mode: AttachModePref,
@@ -66,8 +89,17 @@ pub struct AgentArgs {
     pub resync_interval: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KubeMode {
+    Auto,
+    On,
+    Off,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("invalid --cluster-cidr {0:?}")]
+    ClusterCidr(String),
     #[error("capture failed")]
     Capture {
         #[source]
@@ -77,6 +109,22 @@ pub enum AgentError {
     Api {
         #[source]
         source: api::ApiError,
+    },
+    #[error("insufficient privileges")]
+    Privileges {
+        #[source]
+        source: crate::privileges::PrivilegeError,
+    },
+    #[error("metrics endpoint failed")]
+    Metrics {
+        #[source]
+        source: crate::metrics::MetricsError,
+    },
+    #[error("health endpoint on {addr} failed")]
+    Health {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
     },
     #[error("installing signal handlers failed")]
     Signal {
@@ -107,15 +155,16 @@ struct Counters {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    crate::privileges::check().map_err(|source| AgentError::Privileges { source })?;
     let node = node_name(&args);
     let mut cfg = CaptureConfig::default();
-    if !args.veth_patterns.is_empty() {
-        cfg.veth_patterns = args.veth_patterns.clone();
+    if let Some(p) = non_empty(&args.veth_patterns) {
+        cfg.veth_patterns = p;
     }
-    if !args.l3_patterns.is_empty() {
-        cfg.l3_patterns = args.l3_patterns.clone();
+    if let Some(p) = non_empty(&args.l3_patterns) {
+        cfg.l3_patterns = p;
     }
-    cfg.exclude_patterns = args.exclude_patterns.clone();
+    cfg.exclude_patterns = non_empty(&args.exclude_patterns).unwrap_or_default();
     cfg.attach_mode = args.attach_mode;
     cfg.flow_map_entries = args.flow_map_entries;
     cfg.sample_rate = args.sample_rate;
@@ -145,6 +194,30 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let api_task = tokio::spawn(api::serve(hub.clone(), api_cfg, async move {
         let _ = api_stopped.await;
     }));
+    let (stop_aux, aux_stopped) = tokio::sync::watch::channel(false);
+    let index = start_metadata(&args, &node, &aux_stopped)?;
+    let metrics = crate::metrics::Metrics::new();
+    let mut aux_tasks = Vec::new();
+    if let Some(addr) = args.metrics_listen {
+        let mut rx = aux_stopped.clone();
+        let m = metrics.clone();
+        aux_tasks.push(tokio::spawn(async move {
+            crate::metrics::serve_metrics(m, addr, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(|source| AgentError::Metrics { source })
+        }));
+    }
+    if let Some(addr) = args.health_listen {
+        let mut rx = aux_stopped.clone();
+        aux_tasks.push(tokio::spawn(async move {
+            serve_health(addr, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        }));
+    }
 
     let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())
         .map_err(|source| AgentError::Signal { source })?;
@@ -182,6 +255,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
             flow_map_capacity: capture.flow_map_capacity(),
             counters: status_counters(counters, table),
             buffered_events: 0,
+            agents: Vec::new(),
         };
     hub.set_status(status(&capture, &table, &counters));
     info!(node = %node, socket = %args.socket.display(), interfaces = capture.interfaces().len(), "podflow agent running");
@@ -215,7 +289,11 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &hub, &node, &mut counters);
+                flush_once(&mut capture, &mut table, &hub, &node, &mut counters, index.as_ref(), &metrics);
+                update_metrics(&metrics, &capture, &table, &counters);
+                if let Some(age) = index.as_ref().and_then(|i| metadata::read_index(i).age()) {
+                    metrics.set_metadata_age(age.as_secs_f64());
+                }
                 hub.set_status(status(&capture, &table, &counters));
             }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
@@ -224,9 +302,25 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
 
     // Last drain, so what was counted since the previous flush is not lost.
-    flush_once(&mut capture, &mut table, &hub, &node, &mut counters);
+    flush_once(
+        &mut capture,
+        &mut table,
+        &hub,
+        &node,
+        &mut counters,
+        index.as_ref(),
+        &metrics,
+    );
     capture.detach_all();
     let _ = stop_api.send(());
+    let _ = stop_aux.send(true);
+    for t in aux_tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %error_chain(&e), "auxiliary endpoint failed"),
+            Err(e) => warn!(error = %e, "auxiliary endpoint task panicked"),
+        }
+    }
     match api_task.await {
         Ok(Ok(())) => {}
         Ok(Err(source)) => return Err(AgentError::Api { source }),
@@ -236,12 +330,129 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+fn non_empty(patterns: &[String]) -> Option<Vec<String>> {
+    let p: Vec<String> = patterns
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (!p.is_empty()).then_some(p)
+}
+
+/// gRPC health checking for kubelet probes: "" (the process) and `podflow.v1.FlowService` are
+/// SERVING once the agent runs (capture loaded, API being served).
+async fn serve_health(
+    addr: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AgentError> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status(
+            "podflow.v1.FlowService",
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_shutdown(addr, shutdown)
+        .await
+        .map_err(|source| AgentError::Health { addr, source })
+}
+
+fn update_metrics(
+    metrics: &crate::metrics::Metrics,
+    capture: &Capture,
+    table: &FlowTable,
+    counters: &Counters,
+) {
+    metrics.set_kernel_counters(&counters.kernel);
+    metrics.set_user_loss("untracked_flows", table.untracked());
+    let ifaces = capture.interfaces();
+    for kind in ["veth", "l3"] {
+        metrics.set_interfaces(
+            kind,
+            ifaces.iter().filter(|i| i.kind.as_str() == kind).count(),
+        );
+    }
+}
+
+/// Starts the metadata source the flags ask for; `None` when there is none.
+fn start_metadata(
+    args: &AgentArgs,
+    node: &str,
+    stopped: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<metadata::SharedIndex>, AgentError> {
+    let use_kube = match args.kubernetes {
+        KubeMode::On => true,
+        KubeMode::Off => false,
+        KubeMode::Auto => {
+            args.metadata_file.is_none()
+                && (std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+                    || std::env::var_os("KUBECONFIG").is_some())
+        }
+    };
+    if args.metadata_file.is_none() && !use_kube {
+        return Ok(None);
+    }
+    let mut cluster_cidrs = Vec::new();
+    for c in args.cluster_cidr.iter().filter(|c| !c.trim().is_empty()) {
+        let (addr, len) = c.trim().split_once('/').unwrap_or((c.trim(), ""));
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| AgentError::ClusterCidr(c.clone()))?;
+        let len: u8 = if len.is_empty() {
+            if addr.is_ipv4() { 32 } else { 128 }
+        } else {
+            len.parse()
+                .map_err(|_| AgentError::ClusterCidr(c.clone()))?
+        };
+        cluster_cidrs.push(
+            metadata::IpNet::new(addr, len).ok_or_else(|| AgentError::ClusterCidr(c.clone()))?,
+        );
+    }
+    let index = metadata::shared_index(metadata::IndexConfig {
+        tombstone_ttl: args.tombstone_ttl,
+        cluster_cidrs,
+        ..Default::default()
+    });
+    let shutdown = {
+        let mut rx = stopped.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    if let Some(path) = args.metadata_file.clone() {
+        let idx = index.clone();
+        info!(file = %path.display(), "metadata from a static file");
+        tokio::spawn(async move {
+            if let Err(e) = metadata::run_file_source(path, idx, shutdown).await {
+                warn!(error = %error_chain(&e), "metadata file source stopped; flows keep their last known names");
+            }
+        });
+    } else {
+        let cfg = metadata::KubeSourceConfig::new(node);
+        let idx = index.clone();
+        info!(node, "metadata from the Kubernetes API");
+        tokio::spawn(async move {
+            if let Err(e) = metadata::run_kube_source(cfg, idx, shutdown).await {
+                warn!(error = %error_chain(&e), "kubernetes metadata source stopped; flows keep their last known names");
+            }
+        });
+    }
+    Ok(Some(index))
+}
+
 fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
     hub: &Arc<Hub>,
     node: &str,
     counters: &mut Counters,
+    index: Option<&metadata::SharedIndex>,
+    metrics: &crate::metrics::Metrics,
 ) {
     let drain: Drain = match tokio::task::block_in_place(|| capture.drain()) {
         Ok(d) => d,
@@ -259,9 +470,29 @@ fn flush_once(
             stats: e.stats,
         })
         .collect();
-    let records = table.ingest(&observations, &clock, &|ifindex| {
+    let mut records = table.ingest(&observations, &clock, &|ifindex| {
         capture.interface_name(ifindex)
     });
+    if let Some(index) = index {
+        crate::flows::enrich::enrich(&mut records, &metadata::read_index(index), node);
+    }
+    for r in &records {
+        let (src, dst) = (
+            r.src.clone().unwrap_or_default(),
+            r.dst.clone().unwrap_or_default(),
+        );
+        let scale = u64::from(r.sampling_rate.max(1));
+        metrics.observe_flow(
+            &src.namespace,
+            &src.workload,
+            &dst.namespace,
+            &dst.workload,
+            r.packets.saturating_mul(scale),
+            r.bytes.saturating_mul(scale),
+            crate::metrics::Locality::of(r.same_node, r.inter_node),
+            r.encrypted,
+        );
+    }
     counters.kernel = drain.counters;
     let mut events: Vec<proto::FlowEvent> = records
         .into_iter()

@@ -45,6 +45,8 @@ pub enum FilterError {
     InvalidProtocol { value: u32 },
     #[error("invalid interface filter: the interface name is empty")]
     EmptyInterface,
+    #[error("invalid {field} filter {value:?}")]
+    InvalidMetadata { field: &'static str, value: String },
 }
 
 /// An IPv4 or IPv6 prefix; an address is a prefix of full length.
@@ -130,6 +132,21 @@ pub struct CompiledFilter {
     dst_port: Vec<u16>,
     protocol: Vec<u8>,
     interface: Vec<String>,
+    namespace: Vec<String>,
+    /// (namespace if given, pod name).
+    pod: Vec<(Option<String>, String)>,
+    /// (key, value if given).
+    label: Vec<(String, Option<String>)>,
+    /// (kind if given, workload name).
+    workload: Vec<(Option<String>, String)>,
+}
+
+/// Splits "a/b" into (Some(a), b) and "b" into (None, b).
+fn qualified(value: &str) -> (Option<String>, String) {
+    match value.split_once('/') {
+        Some((q, name)) => (Some(q.to_string()), name.to_string()),
+        None => (None, value.to_string()),
+    }
 }
 
 impl CompiledFilter {
@@ -157,6 +174,21 @@ impl CompiledFilter {
         if filter.interface.iter().any(|name| name.is_empty()) {
             return Err(FilterError::EmptyInterface);
         }
+        for (field, values) in [
+            ("namespace", &filter.namespace),
+            ("pod", &filter.pod),
+            ("label", &filter.label),
+            ("workload", &filter.workload),
+        ] {
+            if let Some(value) = values.iter().find(|v| {
+                v.is_empty() || v.starts_with('/') || v.ends_with('/') || v.starts_with('=')
+            }) {
+                return Err(FilterError::InvalidMetadata {
+                    field,
+                    value: value.clone(),
+                });
+            }
+        }
         Ok(Self {
             ip: prefixes("ip", &filter.ip)?,
             src_ip: prefixes("src_ip", &filter.src_ip)?,
@@ -166,6 +198,17 @@ impl CompiledFilter {
             dst_port: ports("dst_port", &filter.dst_port)?,
             protocol,
             interface: filter.interface.clone(),
+            namespace: filter.namespace.clone(),
+            pod: filter.pod.iter().map(|p| qualified(p)).collect(),
+            label: filter
+                .label
+                .iter()
+                .map(|l| match l.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (l.clone(), None),
+                })
+                .collect(),
+            workload: filter.workload.iter().map(|w| qualified(w)).collect(),
         })
     }
 
@@ -195,6 +238,40 @@ impl CompiledFilter {
                     .interface
                     .iter()
                     .any(|name| flow.interfaces.contains(name)))
+            && self.matches_endpoints(flow)
+    }
+
+    /// The metadata fields: each matches when the source or the destination endpoint matches.
+    fn matches_endpoints(&self, flow: &proto::Flow) -> bool {
+        let ends = [flow.src.as_ref(), flow.dst.as_ref()];
+        let any_end = |f: &dyn Fn(&proto::Endpoint) -> bool| ends.iter().flatten().any(|e| f(e));
+        (self.namespace.is_empty()
+            || any_end(&|e| !e.namespace.is_empty() && self.namespace.contains(&e.namespace)))
+            && (self.pod.is_empty()
+                || any_end(&|e| {
+                    !e.pod.is_empty()
+                        && self.pod.iter().any(|(ns, name)| {
+                            *name == e.pod && ns.as_ref().is_none_or(|ns| *ns == e.namespace)
+                        })
+                }))
+            && (self.label.is_empty()
+                || any_end(&|e| {
+                    self.label.iter().any(|(k, v)| match (e.labels.get(k), v) {
+                        (Some(have), Some(want)) => have == want,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    })
+                }))
+            && (self.workload.is_empty()
+                || any_end(&|e| {
+                    !e.workload.is_empty()
+                        && self.workload.iter().any(|(kind, name)| {
+                            *name == e.workload
+                                && kind
+                                    .as_ref()
+                                    .is_none_or(|k| k.eq_ignore_ascii_case(&e.workload_kind))
+                        })
+                }))
     }
 
     /// Whether `event` passes: flows by [`Self::matches_flow`], loss records always (a filter
@@ -510,5 +587,140 @@ mod tests {
             protocol: vec![0, 255],
             ..Default::default()
         });
+    }
+
+    fn with_endpoints(src: proto::Endpoint, dst: proto::Endpoint) -> proto::Flow {
+        proto::Flow {
+            src: Some(src),
+            dst: Some(dst),
+            ..Default::default()
+        }
+    }
+
+    fn ep(
+        ns: &str,
+        pod: &str,
+        kind: &str,
+        workload: &str,
+        labels: &[(&str, &str)],
+    ) -> proto::Endpoint {
+        proto::Endpoint {
+            kind: "pod".into(),
+            namespace: ns.into(),
+            pod: pod.into(),
+            workload_kind: kind.into(),
+            workload: workload.into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn compiled(f: proto::FlowFilter) -> CompiledFilter {
+        CompiledFilter::new(&f).unwrap()
+    }
+
+    #[test]
+    fn metadata_filters_match_either_endpoint() {
+        let f = with_endpoints(
+            ep(
+                "shop",
+                "frontend-7d9f",
+                "Deployment",
+                "frontend",
+                &[("app", "frontend")],
+            ),
+            ep(
+                "payments",
+                "api-5c4b",
+                "Deployment",
+                "api",
+                &[("app", "api"), ("tier", "be")],
+            ),
+        );
+        let ns = |v: &[&str]| proto::FlowFilter {
+            namespace: v.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(compiled(ns(&["shop"])).matches_flow(&f));
+        assert!(compiled(ns(&["payments"])).matches_flow(&f));
+        assert!(!compiled(ns(&["kube-system"])).matches_flow(&f));
+
+        let pod = |v: &str| proto::FlowFilter {
+            pod: vec![v.into()],
+            ..Default::default()
+        };
+        assert!(compiled(pod("api-5c4b")).matches_flow(&f));
+        assert!(compiled(pod("payments/api-5c4b")).matches_flow(&f));
+        assert!(!compiled(pod("shop/api-5c4b")).matches_flow(&f));
+
+        let label = |v: &str| proto::FlowFilter {
+            label: vec![v.into()],
+            ..Default::default()
+        };
+        assert!(compiled(label("app=frontend")).matches_flow(&f));
+        assert!(compiled(label("tier")).matches_flow(&f));
+        assert!(!compiled(label("app=db")).matches_flow(&f));
+
+        let wl = |v: &str| proto::FlowFilter {
+            workload: vec![v.into()],
+            ..Default::default()
+        };
+        assert!(compiled(wl("frontend")).matches_flow(&f));
+        assert!(compiled(wl("deployment/api")).matches_flow(&f));
+        assert!(!compiled(wl("StatefulSet/api")).matches_flow(&f));
+
+        // AND across fields.
+        let both = proto::FlowFilter {
+            namespace: vec!["shop".into()],
+            label: vec!["app=db".into()],
+            ..Default::default()
+        };
+        assert!(!compiled(both).matches_flow(&f));
+    }
+
+    #[test]
+    fn metadata_filters_never_match_unknown_endpoints() {
+        let f = proto::Flow::default();
+        let flt = proto::FlowFilter {
+            namespace: vec!["shop".into()],
+            ..Default::default()
+        };
+        assert!(!compiled(flt).matches_flow(&f));
+        let empty_ns = with_endpoints(proto::Endpoint::default(), proto::Endpoint::default());
+        let flt = proto::FlowFilter {
+            workload: vec!["x".into()],
+            ..Default::default()
+        };
+        assert!(!compiled(flt).matches_flow(&empty_ns));
+    }
+
+    #[test]
+    fn malformed_metadata_filters_are_rejected() {
+        for f in [
+            proto::FlowFilter {
+                namespace: vec![String::new()],
+                ..Default::default()
+            },
+            proto::FlowFilter {
+                pod: vec!["ns/".into()],
+                ..Default::default()
+            },
+            proto::FlowFilter {
+                label: vec!["=v".into()],
+                ..Default::default()
+            },
+            proto::FlowFilter {
+                workload: vec!["/x".into()],
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                CompiledFilter::new(&f),
+                Err(FilterError::InvalidMetadata { .. })
+            ));
+        }
     }
 }

@@ -26,6 +26,8 @@ enum Command {
     Status(podflow::cli::StatusArgs),
     /// Run a demo node (network namespaces with pods and traffic) with live flows. Needs root.
     Demo(podflow::demo::DemoArgs),
+    /// Receive flow records from agents, serve them to consumers, write them to files.
+    Collector(podflow::collector::CollectorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => rt.block_on(podflow::agent::run(args))?,
         Command::Tail(args) => rt.block_on(podflow::cli::run_tail(args))?,
         Command::Status(args) => rt.block_on(podflow::cli::run_status(args))?,
+        Command::Collector(args) => rt.block_on(podflow::collector::run(args))?,
         Command::Demo(args) => {
             drop(rt);
             podflow::demo::run(args)?

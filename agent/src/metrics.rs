@@ -3,7 +3,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `podflow_flows_total` | counter | `src_namespace`, `src_workload`, `dst_namespace`, `dst_workload`, `locality` (`same_node`/`inter_node`), `encrypted` (`true`/`false`) |
+//! | `podflow_flows_total` | counter | `src_namespace`, `src_workload`, `dst_namespace`, `dst_workload`, `locality` (`same_node`/`inter_node`/`other`), `encrypted` (`true`/`false`) |
 //! | `podflow_flow_packets_total` | counter | same |
 //! | `podflow_flow_bytes_total` | counter | same (IP-layer bytes) |
 //! | `podflow_plaintext_inter_node_bytes_total` | counter | the four workload labels: inter-node bytes not seen encrypted |
@@ -44,6 +44,38 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+
+/// Where a flow runs, for the `locality` label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Locality {
+    /// Both ends are pods behind this node's veths.
+    SameNode,
+    /// Between this node and another node of the cluster.
+    InterNode,
+    /// Anything else: to or from outside the cluster, or not known.
+    Other,
+}
+
+impl Locality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Locality::SameNode => "same_node",
+            Locality::InterNode => "inter_node",
+            Locality::Other => "other",
+        }
+    }
+
+    /// From a record's `same_node` and `inter_node`.
+    pub fn of(same_node: bool, inter_node: bool) -> Locality {
+        if same_node {
+            Locality::SameNode
+        } else if inter_node {
+            Locality::InterNode
+        } else {
+            Locality::Other
+        }
+    }
+}
 
 /// Default limit of distinct workload label tuples of the flow metrics.
 pub const DEFAULT_MAX_LABEL_SETS: usize = 2000;
@@ -287,7 +319,7 @@ impl Metrics {
         dst_workload: &str,
         packets: u64,
         bytes: u64,
-        same_node: bool,
+        locality: Locality,
         encrypted: bool,
     ) {
         let [src_namespace, src_workload, dst_namespace, dst_workload] =
@@ -297,13 +329,13 @@ impl Metrics {
             src_workload,
             dst_namespace,
             dst_workload,
-            locality: if same_node { "same_node" } else { "inter_node" },
+            locality: locality.as_str(),
             encrypted: if encrypted { "true" } else { "false" },
         };
         self.flows.get_or_create(&labels).inc();
         self.packets.get_or_create(&labels).inc_by(packets);
         self.bytes.get_or_create(&labels).inc_by(bytes);
-        if !same_node && !encrypted {
+        if locality == Locality::InterNode && !encrypted {
             let pair = WorkloadPairLabels {
                 src_namespace: labels.src_namespace,
                 src_workload: labels.src_workload,
@@ -522,10 +554,46 @@ mod tests {
     #[test]
     fn counts_flows_by_workload() {
         let m = Metrics::new();
-        m.observe_flow("shop", "frontend", "shop", "backend", 10, 1000, true, false);
-        m.observe_flow("shop", "frontend", "shop", "backend", 5, 500, true, false);
-        m.observe_flow("shop", "frontend", "db", "postgres", 3, 300, false, true);
-        m.observe_flow("shop", "frontend", "", "", 2, 200, false, false);
+        m.observe_flow(
+            "shop",
+            "frontend",
+            "shop",
+            "backend",
+            10,
+            1000,
+            Locality::SameNode,
+            false,
+        );
+        m.observe_flow(
+            "shop",
+            "frontend",
+            "shop",
+            "backend",
+            5,
+            500,
+            Locality::SameNode,
+            false,
+        );
+        m.observe_flow(
+            "shop",
+            "frontend",
+            "db",
+            "postgres",
+            3,
+            300,
+            Locality::InterNode,
+            true,
+        );
+        m.observe_flow(
+            "shop",
+            "frontend",
+            "",
+            "",
+            2,
+            200,
+            Locality::InterNode,
+            false,
+        );
         let t = m.encode().unwrap();
         let fb = ["shop", "frontend", "shop", "backend"];
         assert_eq!(
@@ -586,11 +654,11 @@ mod tests {
     #[test]
     fn label_sets_are_bounded_with_an_other_bucket() {
         let m = Metrics::with_max_label_sets(2);
-        m.observe_flow("a", "x", "b", "y", 1, 10, true, false);
-        m.observe_flow("a", "x", "b", "z", 1, 10, true, false);
-        m.observe_flow("a", "x", "c", "w", 1, 10, true, false); // third: overflows
-        m.observe_flow("a", "x", "d", "v", 2, 20, true, false); // fourth: overflows
-        m.observe_flow("a", "x", "b", "y", 1, 10, true, false); // admitted before: still its own
+        m.observe_flow("a", "x", "b", "y", 1, 10, Locality::SameNode, false);
+        m.observe_flow("a", "x", "b", "z", 1, 10, Locality::SameNode, false);
+        m.observe_flow("a", "x", "c", "w", 1, 10, Locality::SameNode, false); // third: overflows
+        m.observe_flow("a", "x", "d", "v", 2, 20, Locality::SameNode, false); // fourth: overflows
+        m.observe_flow("a", "x", "b", "y", 1, 10, Locality::SameNode, false); // admitted before: still its own
         let t = m.encode().unwrap();
         let other = [OVERFLOW_LABEL; 4];
         assert_eq!(

@@ -10,11 +10,29 @@
 //!
 //! Every namespace is deleted when its guard drops (processes inside it are killed first), so
 //! tests clean up on every exit path, panics included.
+//!
+//! # Safety rules
+//!
+//! * Nothing is changed in the root namespace: every `ip`/`sysctl`/`tc` command runs through
+//!   `ip netns exec NS`, and in-process work runs on a thread of our own that has `setns(2)`-ed
+//!   into a namespace this module created ([`Netns::run`], [`Netns::spawn`], [`NsThread`]); the
+//!   calling thread never changes namespace.
+//! * Names are unique per process and call ([`unique_prefix`]).
+//! * [`Netns`] is a guard: dropping it kills the processes left inside and deletes it, which
+//!   deletes the veths in it (and their peers).
+//! * Every wait is bounded ([`wait_for`]).
+//!
+//! Nothing here panics: every failure is a [`TestbedError`] (the demo runs this code too).
 use std::{
+    fs::File,
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
     process::{Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -40,8 +58,46 @@ pub enum TestbedError {
     },
     #[error("no pod named {0}")]
     NoSuchPod(String),
-    #[error("the thread running in network namespace {0} panicked")]
-    ThreadPanicked(String),
+    #[error("the thread running in network namespace {ns} panicked: {message}")]
+    ThreadPanicked { ns: String, message: String },
+    #[error("the thread of network namespace {0} is gone")]
+    ThreadGone(String),
+    #[error("starting a thread for network namespace {name}")]
+    Thread {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unexpected {what}: {text:?}")]
+    Parse { what: String, text: String },
+}
+
+/// The message of a panic payload (`panic!` with a literal or a formatted string).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-string panic payload)".to_string()
+    }
+}
+
+/// Moves the calling thread into the network namespace `name` (`setns(CLONE_NEWNET)`). Private:
+/// only threads this module spawns, and that never run anything else, enter a namespace.
+fn enter(name: &str) -> Result<(), TestbedError> {
+    let err = |source| TestbedError::Setns {
+        name: name.to_string(),
+        source,
+    };
+    let file = File::open(format!("/run/netns/{name}")).map_err(err)?;
+    // SAFETY: setns on a valid namespace fd; CLONE_NEWNET changes only this thread's network
+    // namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// A short name unique to this process and call, for namespaces and interfaces (interface names
@@ -127,48 +183,145 @@ impl Netns {
             .map(|_| ())
     }
 
-    /// Runs `f` on a fresh thread that has entered this namespace (sockets it opens live there),
-    /// and returns its result. The thread exits afterwards, so the namespace switch never leaks.
+    /// Runs `f` on a fresh thread that has entered this namespace (sockets, netlink, bpf
+    /// attachments and child processes made from `f` act there), and returns its result. The
+    /// thread exits afterwards, so the namespace switch never leaks. A panic in `f` comes back as
+    /// [`TestbedError::ThreadPanicked`] with its message.
     pub fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, TestbedError> {
-        let name = self.name.clone();
         let handle = self.spawn(f)?;
-        handle
-            .join()
-            .map_err(|_| TestbedError::ThreadPanicked(name))
+        handle.join().map_err(|p| TestbedError::ThreadPanicked {
+            ns: self.name.clone(),
+            message: panic_message(p.as_ref()),
+        })
     }
 
     /// Like [`Netns::run`], without waiting for the thread.
     pub fn spawn<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<std::thread::JoinHandle<T>, TestbedError> {
-        let path = format!("/run/netns/{}", self.name);
-        let file = std::fs::File::open(&path).map_err(|source| TestbedError::Setns {
-            name: self.name.clone(),
-            source,
-        })?;
+    ) -> Result<JoinHandle<T>, TestbedError> {
         let name = self.name.clone();
-        let (tx, rx) = std::sync::mpsc::channel::<Result<(), std::io::Error>>();
-        let handle = std::thread::spawn(move || {
-            // SAFETY: setns on a valid namespace fd; it only changes this thread's namespace,
-            // and this thread is ours and ends when `f` returns.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            if rc != 0 {
-                let _ = tx.send(Err(std::io::Error::last_os_error()));
-                // Never run `f` in the wrong namespace.
-                std::process::abort();
-            }
-            let _ = tx.send(Ok(()));
-            f()
-        });
+        let (tx, rx) = mpsc::channel::<Result<(), TestbedError>>();
+        let handle = std::thread::Builder::new()
+            .name(format!("netns-{name}"))
+            .spawn(move || {
+                let entered = enter(&name);
+                let ok = entered.is_ok();
+                let _ = tx.send(entered);
+                if !ok {
+                    // Never run `f` in the wrong namespace (the caller has the error already).
+                    std::process::abort();
+                }
+                f()
+            })
+            .map_err(|source| TestbedError::Thread {
+                name: self.name.clone(),
+                source,
+            })?;
         match rx.recv() {
             Ok(Ok(())) => Ok(handle),
-            Ok(Err(source)) => Err(TestbedError::Setns { name, source }),
-            Err(_) => Err(TestbedError::ThreadPanicked(name)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(TestbedError::ThreadGone(self.name.clone())),
         }
+    }
+
+    /// The interfaces of the namespace, as (ifindex, name), from `ip -o link show`.
+    pub fn links(&self) -> Result<Vec<(u32, String)>, TestbedError> {
+        let text = self.ip(&["-o", "link", "show"])?;
+        text.lines()
+            .map(|l| {
+                let mut it = l.splitn(3, ':');
+                let idx = it.next().and_then(|i| i.trim().parse().ok());
+                // "veth0@if3": the name is before the '@'.
+                let name = it
+                    .next()
+                    .and_then(|n| n.trim().split('@').next())
+                    .map(String::from);
+                idx.zip(name).ok_or_else(|| TestbedError::Parse {
+                    what: "ip -o link show line".into(),
+                    text: l.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// The ifindex of `dev` in this namespace.
+    pub fn ifindex(&self, dev: &str) -> Result<u32, TestbedError> {
+        let text = self.exec("cat", &[&format!("/sys/class/net/{dev}/ifindex")])?;
+        text.trim().parse().map_err(|_| TestbedError::Parse {
+            what: format!("ifindex of {dev}"),
+            text,
+        })
+    }
+
+    /// The MAC address of `dev` in this namespace.
+    pub fn mac(&self, dev: &str) -> Result<String, TestbedError> {
+        let text = self.exec("cat", &[&format!("/sys/class/net/{dev}/address")])?;
+        Ok(text.trim().to_string())
+    }
+
+    /// A permanent neighbour entry `addr` → `mac` on `dev` (IPv4 or IPv6): no ARP/NDP for it.
+    pub fn neigh_permanent(&self, addr: &str, mac: &str, dev: &str) -> Result<(), TestbedError> {
+        self.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+        .map(|_| ())
+    }
+
+    /// Creates a TUN device `name` (link type `ARPHRD_NONE`, like wireguard-go's), up.
+    pub fn add_tun(&self, name: &str) -> Result<(), TestbedError> {
+        self.ip(&["tuntap", "add", "mode", "tun", "name", name])?;
+        self.ip(&["link", "set", name, "up"])?;
+        Ok(())
+    }
+
+    /// Adds another tool's tc filter on `dev`'s clsact `direction` ("ingress"/"egress") at `prio`,
+    /// creating the clsact qdisc if needed: a `u32` filter matching everything with no action
+    /// (packets go on unchanged). It needs no BPF object, and a correct podflow never touches it.
+    /// (`matchall`/`gact` are not built into every kernel; `u32` is the most common.) Use a
+    /// `prio` > 1 so that a filter added with automatic priority can still go in front of it.
+    pub fn add_foreign_filter(
+        &self,
+        dev: &str,
+        direction: &str,
+        prio: u16,
+    ) -> Result<(), TestbedError> {
+        // Fails when the qdisc exists already, which is fine.
+        let _ = self.exec("tc", &["qdisc", "add", "dev", dev, "clsact"]);
+        self.exec(
+            "tc",
+            &[
+                "filter",
+                "add",
+                "dev",
+                dev,
+                direction,
+                "prio",
+                &prio.to_string(),
+                "u32",
+                "match",
+                "u32",
+                "0",
+                "0",
+            ],
+        )
+        .map(|_| ())
+    }
+
+    /// `tc filter show dev <dev> <direction>`.
+    pub fn tc_filters(&self, dev: &str, direction: &str) -> Result<String, TestbedError> {
+        self.exec("tc", &["filter", "show", "dev", dev, direction])
     }
 
     /// Kills every process inside the namespace.
@@ -178,7 +331,10 @@ impl Netns {
             .output()
         {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<i32>() {
+                // Never ourselves (only a thread of ours may be inside, never the main one).
+                if let Ok(pid) = pid.parse::<i32>()
+                    && pid as u32 != std::process::id()
+                {
                     // SAFETY: plain kill(2) on a pid that lives in our namespace.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
@@ -208,11 +364,97 @@ impl Drop for Netns {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A long-lived thread inside a namespace that runs closures on demand, for state that must stay
+/// on one thread across the steps of a test (e.g. a loaded `Capture`, kept in a thread-local,
+/// between `ip` commands on the side). Dropping it ends the thread after the queued jobs.
+#[derive(Debug)]
+pub struct NsThread {
+    ns: String,
+    tx: Option<mpsc::Sender<Job>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl NsThread {
+    pub fn new(ns: &Netns) -> Result<NsThread, TestbedError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let name = ns.name().to_string();
+        let handle = std::thread::Builder::new()
+            .name(format!("nsthread-{name}"))
+            .spawn(move || {
+                let entered = enter(&name);
+                let ok = entered.is_ok();
+                let _ = ready_tx.send(entered);
+                if ok {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                }
+            })
+            .map_err(|source| TestbedError::Thread {
+                name: ns.name().to_string(),
+                source,
+            })?;
+        let thread = NsThread {
+            ns: ns.name().to_string(),
+            tx: Some(tx),
+            handle: Some(handle),
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(thread),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(TestbedError::ThreadGone(thread.ns.clone())),
+        }
+    }
+
+    /// Runs `f` on the namespace thread and waits for its result. A panic in `f` comes back as
+    /// [`TestbedError::ThreadPanicked`] (the thread goes on serving).
+    pub fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, TestbedError> {
+        let (rtx, rrx) = mpsc::channel();
+        let job: Job = Box::new(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            let _ = rtx.send(r);
+        });
+        let gone = || TestbedError::ThreadGone(self.ns.clone());
+        self.tx
+            .as_ref()
+            .and_then(|t| t.send(job).ok())
+            .ok_or_else(gone)?;
+        match rrx.recv() {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(p)) => Err(TestbedError::ThreadPanicked {
+                ns: self.ns.clone(),
+                message: panic_message(p.as_ref()),
+            }),
+            Err(_) => Err(gone()),
+        }
+    }
+}
+
+impl Drop for NsThread {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// A pod: a namespace with `eth0`, whose peer (the host-side veth) sits in the node namespace.
 #[derive(Debug)]
 pub struct Pod {
     pub name: String,
+    /// Host-side veth name and ifindex, in the node namespace.
     pub host_veth: String,
+    pub host_ifindex: u32,
+    pub host_mac: String,
+    /// MAC of the pod's `eth0`.
+    pub pod_mac: String,
     pub ipv4: Ipv4Addr,
     pub ipv6: Ipv6Addr,
     pub ns: Netns,
@@ -341,37 +583,21 @@ impl Node {
             "dev",
             host_veth,
         ])?;
-        let host_mac = mac_of(&self.ns, host_veth)?;
-        let pod_mac = mac_of(&ns, "eth0")?;
+        let host_mac = self.ns.mac(host_veth)?;
+        let pod_mac = ns.mac("eth0")?;
         for gw in [GATEWAY_V4, GATEWAY_V6] {
-            ns.ip(&[
-                "neigh",
-                "replace",
-                gw,
-                "lladdr",
-                &host_mac,
-                "dev",
-                "eth0",
-                "nud",
-                "permanent",
-            ])?;
+            ns.neigh_permanent(gw, &host_mac, "eth0")?;
         }
         for addr in [ipv4.to_string(), ipv6.to_string()] {
-            self.ns.ip(&[
-                "neigh",
-                "replace",
-                &addr,
-                "lladdr",
-                &pod_mac,
-                "dev",
-                host_veth,
-                "nud",
-                "permanent",
-            ])?;
+            self.ns.neigh_permanent(&addr, &pod_mac, host_veth)?;
         }
+        let host_ifindex = self.ns.ifindex(host_veth)?;
         self.pods.push(Pod {
             name: name.to_string(),
             host_veth: host_veth.to_string(),
+            host_ifindex,
+            host_mac,
+            pod_mac,
             ipv4,
             ipv6,
             ns,
@@ -406,12 +632,6 @@ impl Drop for Node {
         // but be explicit: a pod's veth must not outlive a half-deleted node).
         self.pods.clear();
     }
-}
-
-/// The MAC address of `dev` inside `ns`.
-fn mac_of(ns: &Netns, dev: &str) -> Result<String, TestbedError> {
-    let text = ns.exec("cat", &[&format!("/sys/class/net/{dev}/address")])?;
-    Ok(text.trim().to_string())
 }
 
 /// Polls `f` every `every` until it returns `Some`, or gives up after `timeout`.

@@ -7,17 +7,19 @@
     reason = "a test fails by panicking, with a message"
 )]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::netns::{
-    NetNs, NsThread, add_foreign_filter, add_pod, add_tun, attached_programs, count_progs,
-    node_with_pods, pod_addrs, require_root, tc_filters,
+use podflow::{
+    capture::{
+        AttachMode, AttachModePref, CaptureConfig, IfaceKind, InterfaceChange, LinkEvent,
+        LinkWatcher,
+    },
+    testbed::{Netns, wait_for},
 };
-use podflow::capture::{
-    AttachMode, AttachModePref, Capture, CaptureConfig, IfaceKind, InterfaceChange, LinkEvent,
-    LinkWatcher,
+use support::{
+    CaptureThread, assert_one_each, attached_programs, count_progs, node_with_pods, privileged,
 };
 
 fn cfg(mode: AttachModePref) -> CaptureConfig {
@@ -31,34 +33,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
     }
 }
 
-/// Asserts that exactly one podflow program is attached per direction on each of `devs`.
-fn assert_one_each(node: &NetNs, devs: &[&str], kind: &str) {
-    let progs = attached_programs(node);
-    for dev in devs {
-        for (dir, name) in [
-            ("ingress", "podflow_veth_in"),
-            ("egress", "podflow_veth_eg"),
-        ] {
-            let n = count_progs(&progs, dev, dir, "podflow_");
-            assert_eq!(
-                n, 1,
-                "{dev} {dir}: {n} podflow programs; bpftool: {progs:#?}"
-            );
-            let p = progs
-                .iter()
-                .find(|p| p.dev == *dev && p.direction == dir && p.name.starts_with("podflow_"))
-                .unwrap_or_else(|| panic!("no podflow program on {dev} {dir}"));
-            // bpftool shows the kernel's program name (truncated to 15 chars) or the filter name.
-            assert!(
-                name.starts_with(&p.name) || p.name.starts_with(name),
-                "{p:?} vs {name}"
-            );
-            assert_eq!(p.kind, kind, "{p:?}");
-        }
-    }
-}
-
-fn assert_none(node: &NetNs, dev: &str) {
+fn assert_none(node: &Netns, dev: &str) {
     let progs = attached_programs(node);
     for dir in ["ingress", "egress"] {
         assert_eq!(
@@ -71,33 +46,30 @@ fn assert_none(node: &NetNs, dev: &str) {
 
 #[test]
 fn capture_attach_tcx_events_and_detach() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
-    let (node, pods) = node_with_pods("pfat", "pfv", 3);
+    let mut node = node_with_pods("pfat", "pfv", 3);
     // A non-matching veth (excluded by pattern) and a non-matching name.
-    let (x4, x6) = pod_addrs(10);
-    let _excluded = add_pod(&node, "pfat-x", "pfvx0", x4, x6);
-    let (y4, y6) = pod_addrs(11);
-    let _other = add_pod(&node, "pfat-y", "other0", y4, y6);
+    node.add_pod("x", "pfvx0").expect("pod x");
+    node.add_pod("y", "other0").expect("pod y");
+    let ns = &node.ns;
     // Link-layer type decides too: a TUN device (ARPHRD_NONE, like wireguard-go's) matching the
     // L3 patterns gets the L3 programs; one matching only the veth patterns gets nothing; an
     // Ethernet device matching only the L3 patterns gets nothing.
-    add_tun(&node, "pfwg0");
-    add_tun(&node, "pfvtun0");
-    node.ip(&[
+    ns.add_tun("pfwg0").expect("tun");
+    ns.add_tun("pfvtun0").expect("tun");
+    ns.ip(&[
         "link", "add", "pfwgeth0", "type", "veth", "peer", "name", "pfwgeth1",
-    ]);
+    ])
+    .expect("veth");
     // A foreign filter that must survive everything.
-    add_foreign_filter(&node, "pfv0", "ingress", 100);
+    ns.add_foreign_filter("pfv0", "ingress", 100)
+        .expect("foreign filter");
 
-    let t = NsThread::new(&node);
-    t.run(|| {
-        let cap = Capture::load(cfg(AttachModePref::Tcx)).expect("load");
-        assert_eq!(cap.flow_map_capacity(), 4096);
-        CAP.with(|c| *c.borrow_mut() = Some(cap));
-    });
-    let changes = t.run(|| with_cap(|c| c.sync_interfaces().expect("sync")));
+    let t = CaptureThread::load(ns, cfg(AttachModePref::Tcx));
+    assert_eq!(t.with(|c| c.flow_map_capacity()), 4096);
+    let changes = t.with(|c| c.sync_interfaces().expect("sync"));
     let mut attached: Vec<String> = changes
         .iter()
         .map(|c| match c {
@@ -116,45 +88,35 @@ fn capture_attach_tcx_events_and_detach() {
         .collect();
     attached.sort();
     assert_eq!(attached, ["pfv0", "pfv1", "pfv2", "pfwg0"]);
-    assert_one_each(&node, &["pfv0", "pfv1", "pfv2"], "tcx");
-    assert_none(&node, "pfvx0");
-    assert_none(&node, "other0");
-    assert_none(&node, "pfvtun0");
-    assert_none(&node, "pfwgeth0");
-    assert_none(&node, "pfwgeth1");
-    let progs = attached_programs(&node);
-    assert_eq!(
-        count_progs(&progs, "pfwg0", "ingress", "podflow_l3_in"),
-        1,
-        "{progs:#?}"
-    );
-    assert_eq!(
-        count_progs(&progs, "pfwg0", "egress", "podflow_l3_eg"),
-        1,
-        "{progs:#?}"
-    );
-    assert_eq!(
-        count_progs(&progs, "pfwg0", "ingress", "podflow_"),
-        1,
-        "{progs:#?}"
-    );
-    assert_eq!(
-        count_progs(&progs, "pfwg0", "egress", "podflow_"),
-        1,
-        "{progs:#?}"
-    );
+    assert_one_each(ns, &["pfv0", "pfv1", "pfv2"], "tcx");
+    for dev in ["pfvx0", "other0", "pfvtun0", "pfwgeth0", "pfwgeth1"] {
+        assert_none(ns, dev);
+    }
+    let progs = attached_programs(ns);
+    for (dir, prefix) in [
+        ("ingress", "podflow_l3_in"),
+        ("egress", "podflow_l3_eg"),
+        ("ingress", "podflow_"),
+        ("egress", "podflow_"),
+    ] {
+        assert_eq!(
+            count_progs(&progs, "pfwg0", dir, prefix),
+            1,
+            "{dir} {prefix}: {progs:#?}"
+        );
+    }
     // The foreign filter is still there next to ours.
-    assert!(tc_filters(&node, "pfv0", "ingress").contains("u32"));
-    // A second sync changes nothing.
     assert!(
-        t.run(|| with_cap(|c| c.sync_interfaces().expect("sync2")))
-            .is_empty()
+        ns.tc_filters("pfv0", "ingress")
+            .expect("tc filter show")
+            .contains("u32")
     );
-    assert_one_each(&node, &["pfv0", "pfv1", "pfv2"], "tcx");
-    let idx0 = pods[0].host_ifindex;
+    // A second sync changes nothing.
+    assert!(t.with(|c| c.sync_interfaces().expect("sync2")).is_empty());
+    assert_one_each(ns, &["pfv0", "pfv1", "pfv2"], "tcx");
+    let idx0 = node.pod("pod0").expect("pod0").host_ifindex;
     assert_eq!(
-        t.run(move || with_cap(|c| c.interface_name(idx0)))
-            .as_deref(),
+        t.with(move |c| c.interface_name(idx0)).as_deref(),
         Some("pfv0")
     );
 
@@ -163,62 +125,63 @@ fn capture_attach_tcx_events_and_detach() {
     // and forwards events; the capture thread applies them.
     let (ev_tx, ev_rx) = std::sync::mpsc::channel::<LinkEvent>();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let node_name = node.name().to_owned();
-    let watcher = std::thread::spawn(move || {
-        common::netns::enter_netns(&node_name).expect("setns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            let mut w = LinkWatcher::new().expect("watcher");
-            ready_tx.send(()).expect("ready");
-            // Ends when the test drops the receiver (send fails) or after 20 s.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, w.next()).await {
-                if ev_tx.send(ev).is_err() {
-                    break;
+    let watcher = ns
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(async {
+                let mut w = LinkWatcher::new().expect("watcher");
+                ready_tx.send(()).expect("ready");
+                // Ends when the test drops the receiver (send fails) or after 20 s.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, w.next()).await {
+                    if ev_tx.send(ev).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
-    });
+            });
+        })
+        .expect("watcher thread");
     ready_rx
         .recv_timeout(Duration::from_secs(5))
         .expect("watcher ready");
     let mut seen: Vec<LinkEvent> = Vec::new();
-    let pump = |t: &NsThread, seen: &mut Vec<LinkEvent>| -> Vec<String> {
+    let pump = |t: &CaptureThread, seen: &mut Vec<LinkEvent>| -> Vec<String> {
         let evs: Vec<LinkEvent> = ev_rx.try_iter().collect();
         seen.extend(evs.iter().cloned());
-        t.run(move || {
-            with_cap(|c| {
-                for ev in evs {
-                    c.handle_link_event(ev).expect("a link event must not fail");
-                }
-                c.interfaces().into_iter().map(|i| i.name).collect()
-            })
+        t.with(move |c| {
+            for ev in evs {
+                c.handle_link_event(ev).expect("a link event must not fail");
+            }
+            c.interfaces().into_iter().map(|i| i.name).collect()
         })
     };
 
     let created = Instant::now();
-    let (p4, p6) = pod_addrs(3);
-    let pod3 = add_pod(&node, "pfat-pod3", "pfv3", p4, p6);
-    let ok = common::netns::wait_until(Duration::from_secs(1), || {
-        pump(&t, &mut seen).iter().any(|n| n == "pfv3")
-    });
+    node.add_pod("pod3", "pfv3").expect("pod3");
+    let ok = wait_for(Duration::from_secs(1), Duration::from_millis(10), || {
+        pump(&t, &mut seen)
+            .iter()
+            .any(|n| n == "pfv3")
+            .then_some(())
+    })
+    .is_some();
     assert!(
         ok,
         "pfv3 not attached within 1 s of its creation; events: {seen:?}"
     );
     eprintln!("pfv3 attached {:?} after its creation", created.elapsed());
-    assert_one_each(&node, &["pfv3"], "tcx");
+    assert_one_each(&node.ns, &["pfv3"], "tcx");
 
     // Remove pod1 (deleting its namespace deletes the veth pair).
-    let idx1 = pods[1].host_ifindex;
-    let mut pods = pods;
-    drop(pods.remove(1));
-    let ok = common::netns::wait_until(Duration::from_secs(2), || {
-        !pump(&t, &mut seen).iter().any(|n| n == "pfv1")
-    });
+    let idx1 = node.pod("pod1").expect("pod1").host_ifindex;
+    node.remove_pod("pod1").expect("remove pod1");
+    let ok = wait_for(Duration::from_secs(2), Duration::from_millis(10), || {
+        (!pump(&t, &mut seen).iter().any(|n| n == "pfv1")).then_some(())
+    })
+    .is_some();
     assert!(ok, "pfv1 not forgotten; events: {seen:?}");
     assert!(
         seen.iter()
@@ -229,43 +192,27 @@ fn capture_attach_tcx_events_and_detach() {
     ));
     // The name is still known for records of the gone interface.
     assert_eq!(
-        t.run(move || with_cap(|c| c.interface_name(idx1)))
-            .as_deref(),
+        t.with(move |c| c.interface_name(idx1)).as_deref(),
         Some("pfv1")
     );
     drop(ev_rx);
+    let ns = &node.ns;
     // The watcher notices the closed channel at its next event; make one (in the node ns).
-    node.ip(&[
+    ns.ip(&[
         "link", "add", "pfdm0", "type", "veth", "peer", "name", "pfdm1",
-    ]);
+    ])
+    .expect("veth");
     watcher.join().expect("watcher thread");
     // A full resync agrees.
-    assert!(
-        t.run(|| with_cap(|c| c.sync_interfaces().expect("sync3")))
-            .is_empty()
-    );
+    assert!(t.with(|c| c.sync_interfaces().expect("sync3")).is_empty());
 
-    // detach_all: ours go, the foreign matchall filter stays.
-    t.run(|| with_cap(|c| c.detach_all()));
+    // detach_all: ours go, the foreign u32 filter stays.
+    t.with(|c| c.detach_all());
     for dev in ["pfv0", "pfv2", "pfv3", "pfwg0"] {
-        assert_none(&node, dev);
+        assert_none(ns, dev);
     }
-    let f = tc_filters(&node, "pfv0", "ingress");
+    let f = ns.tc_filters("pfv0", "ingress").expect("tc filter show");
     assert!(f.contains("u32"), "foreign filter gone: {f}");
-    assert!(t.run(|| with_cap(|c| c.interfaces())).is_empty());
-    t.run(|| CAP.with(|c| drop(c.borrow_mut().take())));
-    drop(pod3);
-}
-
-thread_local! {
-    /// The capture, owned by the node-namespace thread that loaded it.
-    static CAP: std::cell::RefCell<Option<Capture>> = const { std::cell::RefCell::new(None) };
-}
-
-fn with_cap<R>(f: impl FnOnce(&mut Capture) -> R) -> R {
-    CAP.with(|c| {
-        f(c.borrow_mut()
-            .as_mut()
-            .expect("capture loaded on this thread"))
-    })
+    assert!(t.with(|c| c.interfaces()).is_empty());
+    drop(t);
 }

@@ -7,7 +7,7 @@
     reason = "a test fails by panicking, with a message"
 )]
 
-mod common;
+mod support;
 
 use std::{
     collections::HashMap,
@@ -15,22 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::netns::{NsThread, node_with_pods, require_root, run_in_netns};
-use podflow::capture::{AttachModePref, Capture, CaptureConfig, Drain, FlowEntry};
+use podflow::{
+    capture::{AttachModePref, CaptureConfig, Drain, FlowEntry},
+    testbed::Node,
+};
 use podflow_ebpf::{Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, ObsPoint};
-
-thread_local! {
-    /// The capture, owned by the node-namespace thread that loaded it.
-    static CAP: std::cell::RefCell<Option<Capture>> = const { std::cell::RefCell::new(None) };
-}
-
-fn with_cap<R>(f: impl FnOnce(&mut Capture) -> R) -> R {
-    CAP.with(|c| {
-        f(c.borrow_mut()
-            .as_mut()
-            .expect("capture loaded on this thread"))
-    })
-}
+use support::{CaptureThread, flow_key, mapped, node_with_pods, privileged};
 
 fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
     CaptureConfig {
@@ -43,91 +33,66 @@ fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
     }
 }
 
-fn mapped(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-/// The key a packet from `src` to `dst` gets at `obs`.
-fn key(src: IpAddr, dst: IpAddr, proto: u8, sport: u16, dport: u16, obs: ObsPoint) -> FlowKey {
-    FlowKey {
-        src_addr: mapped(src),
-        dst_addr: mapped(dst),
-        src_port: sport,
-        dst_port: dport,
-        protocol: proto,
-        obs: obs as u8,
-        family: if src.is_ipv4() {
-            FAMILY_IPV4
-        } else {
-            FAMILY_IPV6
-        },
-        key_flags: 0,
-    }
-}
-
 fn find<'a>(entries: &'a [FlowEntry], k: &FlowKey) -> Option<&'a FlowEntry> {
     let found: Vec<_> = entries.iter().filter(|e| e.key == *k).collect();
     assert!(found.len() <= 1, "duplicate key in one drain: {found:?}");
     found.first().copied()
 }
 
-fn setup(
-    prefix: &str,
-    mode: AttachModePref,
-    entries: u32,
-) -> (common::netns::NetNs, Vec<common::netns::Pod>, NsThread) {
-    let (node, pods) = node_with_pods(prefix, "pfd", 2);
-    let t = NsThread::new(&node);
-    t.run(move || {
-        let mut cap = Capture::load(cfg(mode, entries)).expect("load");
+/// A node with pods `pod0` and `pod1` behind `pfd0` and `pfd1`, and a capture attached to both
+/// in the node namespace, its maps drained empty.
+fn setup(tag: &str, mode: AttachModePref, entries: u32) -> (Node, CaptureThread) {
+    let node = node_with_pods(tag, "pfd", 2);
+    let t = CaptureThread::load(&node.ns, cfg(mode, entries));
+    t.with(|cap| {
         assert_eq!(cap.sync_interfaces().expect("sync").len(), 2);
         // Start from empty maps.
         let _ = cap.drain().expect("initial drain");
         let _ = cap.drain().expect("initial drain 2");
-        CAP.with(|c| *c.borrow_mut() = Some(cap));
     });
-    (node, pods, t)
+    (node, t)
 }
 
 fn ping_drain_exact(mode: AttachModePref) {
-    let (_node, pods, t) = setup(&format!("pfdr{}", mode as u8), mode, 4096);
-    let (a, b) = (&pods[0], &pods[1]);
-    let out = a.ns.exec_ok(&[
-        "ping",
-        "-n",
-        "-q",
-        "-c",
-        "5",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &b.ip4.to_string(),
-    ]);
+    let (node, t) = setup(&format!("pfdr{}", mode as u8), mode, 4096);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
+    let out =
+        a.ns.exec(
+            "ping",
+            &[
+                "-n",
+                "-q",
+                "-c",
+                "5",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                &b.ipv4.to_string(),
+            ],
+        )
+        .expect("ping");
     assert!(out.contains("5 received"), "{out}");
-    let d: Drain = t.run(|| with_cap(|c| c.drain().expect("drain")));
-    let (ia, ib) = (IpAddr::V4(a.ip4), IpAddr::V4(b.ip4));
+    let d: Drain = t.with(|c| c.drain().expect("drain"));
+    let (ia, ib) = (a.ipv4, b.ipv4);
     let icmp = podflow_ebpf::IPPROTO_ICMP;
     for (k, ifindex) in [
         // Echo requests (type 8, code 0): leave pod A at A's veth ingress, enter B at B's egress.
         (
-            key(ia, ib, icmp, 8, 0, ObsPoint::VethIngress),
+            flow_key(ObsPoint::VethIngress, ia, ib, icmp, 8, 0, 0),
             a.host_ifindex,
         ),
         (
-            key(ia, ib, icmp, 8, 0, ObsPoint::VethEgress),
+            flow_key(ObsPoint::VethEgress, ia, ib, icmp, 8, 0, 0),
             b.host_ifindex,
         ),
         // Echo replies (type 0) the other way.
         (
-            key(ib, ia, icmp, 0, 0, ObsPoint::VethIngress),
+            flow_key(ObsPoint::VethIngress, ib, ia, icmp, 0, 0, 0),
             b.host_ifindex,
         ),
         (
-            key(ib, ia, icmp, 0, 0, ObsPoint::VethEgress),
+            flow_key(ObsPoint::VethEgress, ib, ia, icmp, 0, 0, 0),
             a.host_ifindex,
         ),
     ] {
@@ -159,7 +124,7 @@ fn ping_drain_exact(mode: AttachModePref) {
         d.counters
     );
     // The map was cleared: a drain right after has none of them.
-    let d2: Drain = t.run(|| with_cap(|c| c.drain().expect("drain 2")));
+    let d2: Drain = t.with(|c| c.drain().expect("drain 2"));
     for e in &d2.entries {
         assert!(
             !(e.key.protocol == icmp
@@ -172,12 +137,12 @@ fn ping_drain_exact(mode: AttachModePref) {
         assert!(d2.counters[i] >= d.counters[i]);
     }
     assert!(d2.mono_ns > d.mono_ns);
-    t.run(|| CAP.with(|c| drop(c.borrow_mut().take())));
+    drop(t);
 }
 
 #[test]
 fn capture_drain_ping_exact_tcx() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
     ping_drain_exact(AttachModePref::Tcx);
@@ -185,7 +150,7 @@ fn capture_drain_ping_exact_tcx() {
 
 #[test]
 fn capture_drain_ping_exact_netlink() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
     ping_drain_exact(AttachModePref::Netlink);
@@ -195,30 +160,29 @@ fn capture_drain_ping_exact_netlink() {
 /// per-drain counts must add up to exactly what was sent — nothing lost or counted twice at a flip.
 #[test]
 fn capture_drain_no_loss_across_flips() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
-    let (node, pods, t) = setup("pfdf", AttachModePref::Tcx, 8192);
-    let (a, b) = (&pods[0], &pods[1]);
+    let (node, t) = setup("pfdf", AttachModePref::Tcx, 8192);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
     const N: u64 = 20_000;
     const PAYLOAD: usize = 100;
-    let (a4, b4, a6, b6) = (a.ip4, b.ip4, a.ip6, b.ip6);
+    let (a4, b4, a6, b6) = (a.ipv4, b.ipv4, a.ipv6, b.ipv6);
     // Sender: runs inside pod A's namespace; paced so no queue on the way drops a packet.
-    let pod_ns = a.ns.name().to_owned();
-    let sender = std::thread::spawn(move || {
-        run_in_netns(&pod_ns, move || send_udp(a4, b4, a6, b6, N, PAYLOAD))
-    });
+    let sender =
+        a.ns.spawn(move || send_udp(a4, b4, a6, b6, N, PAYLOAD))
+            .expect("sender thread");
     let mut drains = Vec::new();
     let start = Instant::now();
     while !sender.is_finished() && start.elapsed() < Duration::from_secs(60) {
-        drains.push(t.run(|| with_cap(|c| c.drain().expect("drain"))));
+        drains.push(t.with(|c| c.drain().expect("drain")));
         std::thread::sleep(Duration::from_millis(3));
     }
     let (sent4, sent6) = sender.join().expect("sender");
     assert_eq!((sent4, sent6), (N, N));
     // Let the last packets through the veths, then a final drain.
     std::thread::sleep(Duration::from_millis(200));
-    drains.push(t.run(|| with_cap(|c| c.drain().expect("final drain"))));
+    drains.push(t.with(|c| c.drain().expect("final drain")));
     assert!(
         drains.len() > 10,
         "only {} drains happened during the send",
@@ -231,7 +195,7 @@ fn capture_drain_no_loss_across_flips() {
             let k = &e.key;
             let ours = k.protocol == podflow_ebpf::IPPROTO_UDP
                 && k.dst_port == 9999
-                && (k.src_addr == mapped(IpAddr::V4(a4)) || k.src_addr == mapped(IpAddr::V6(a6)));
+                && (k.src_addr == mapped(a4) || k.src_addr == mapped(a6));
             if ours {
                 let t = totals.entry((k.family, k.obs)).or_default();
                 t.0 += e.stats.packets;
@@ -261,6 +225,7 @@ fn capture_drain_no_loss_across_flips() {
     let last = drains.last().expect("drains");
     assert_eq!(last.counters[Counter::LostMapFull as usize], 0);
     assert_eq!(last.counters[Counter::LostMapError as usize], 0);
+    drop(t);
     drop(node);
 }
 
@@ -297,19 +262,17 @@ fn send_udp(
 /// Time drains of a map with 60k flow entries, batch path and per-entry path; both exact.
 #[test]
 fn capture_drain_large_map_timing() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
-    let (_node, pods, t) = setup("pfdl", AttachModePref::Tcx, 65_536);
-    let (a, b) = (&pods[0], &pods[1]);
+    let (node, t) = setup("pfdl", AttachModePref::Tcx, 65_536);
+    let (a, b) = (&node.pods[0], &node.pods[1]);
     // 30k distinct flows; each datagram is seen at A's veth ingress and B's veth egress: 60k
     // entries. (B answers some with rate-limited ICMP port unreachable: a few more entries.)
     const FLOWS: u16 = 30_000;
-    let (a4, b4) = (a.ip4, b.ip4);
-    let pod_ns = a.ns.name().to_owned();
+    let (a4, b4) = (a.ipv4, b.ipv4);
     for batch in [true, false] {
-        let ns = pod_ns.clone();
-        run_in_netns(&ns, move || {
+        a.ns.run(move || {
             let s = UdpSocket::bind(SocketAddr::new(IpAddr::V4(a4), 40000)).expect("bind");
             for port in 1..=FLOWS {
                 s.send_to(b"x", SocketAddr::new(IpAddr::V4(b4), port))
@@ -318,20 +281,19 @@ fn capture_drain_large_map_timing() {
                     std::thread::sleep(Duration::from_micros(300));
                 }
             }
-        });
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         std::thread::sleep(Duration::from_millis(200));
-        let (d, took) = t.run(move || {
-            with_cap(|c| {
-                c.set_batch_drain(batch);
-                let t0 = Instant::now();
-                let d = c.drain().expect("drain");
-                (d, t0.elapsed())
-            })
+        let (d, took) = t.with(move |c| {
+            c.set_batch_drain(batch);
+            let t0 = Instant::now();
+            let d = c.drain().expect("drain");
+            (d, t0.elapsed())
         });
         let ours: Vec<&FlowEntry> = d
             .entries
             .iter()
-            .filter(|e| e.key.src_addr == mapped(IpAddr::V4(a4)) && e.key.src_port == 40000)
+            .filter(|e| e.key.src_addr == mapped(a4) && e.key.src_port == 40000)
             .collect();
         eprintln!(
             "{} drain of {} entries took {took:?}",
@@ -345,7 +307,7 @@ fn capture_drain_large_map_timing() {
                 .all(|e| e.stats.packets == 1 && e.stats.bytes == 29),
             "counts"
         );
-        let again = t.run(|| with_cap(|c| c.drain().expect("drain 2")));
+        let again = t.with(|c| c.drain().expect("drain 2"));
         assert!(
             !again.entries.iter().any(|e| e.key.src_port == 40000),
             "map not cleared"

@@ -9,7 +9,7 @@
     reason = "a test fails by panicking, with a message"
 )]
 
-mod common;
+mod support;
 
 use std::{
     fs::{File, OpenOptions},
@@ -18,9 +18,16 @@ use std::{
     os::fd::AsRawFd as _,
 };
 
-use common::netns::{NetNs, add_tun, require_root};
-use podflow::capture::{AttachModePref, Capture, CaptureConfig, IfaceKind, InterfaceChange};
-use podflow_ebpf::{FAMILY_IPV4, FlowKey, IPPROTO_UDP, ObsPoint};
+use podflow::{
+    capture::{AttachModePref, Capture, CaptureConfig, IfaceKind, InterfaceChange},
+    testbed::{Netns, unique_prefix},
+};
+use podflow_ebpf::{IPPROTO_UDP, ObsPoint};
+use support::{
+    flow_key,
+    pkt::{ipv4, udp, with_ipv4_checksum},
+    privileged,
+};
 
 /// Opens the persistent TUN device `name` (calling thread's namespace), IFF_TUN | IFF_NO_PI.
 fn open_tun(name: &str) -> File {
@@ -41,49 +48,13 @@ fn open_tun(name: &str) -> File {
     f
 }
 
-/// An IPv4/UDP packet (valid IP header checksum, UDP checksum 0 = none).
-fn udp4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
-    let total = 20 + 8 + payload.len();
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = IPPROTO_UDP;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let mut sum: u32 = 0;
-    for i in (0..20).step_by(2) {
-        sum += u32::from(u16::from_be_bytes([p[i], p[i + 1]]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    p[20..22].copy_from_slice(&sport.to_be_bytes());
-    p[22..24].copy_from_slice(&dport.to_be_bytes());
-    p[24..26].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    p[28..].copy_from_slice(payload);
-    p
-}
-
-fn key4(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, obs: ObsPoint) -> FlowKey {
-    FlowKey {
-        src_addr: src.to_ipv6_mapped().octets(),
-        dst_addr: dst.to_ipv6_mapped().octets(),
-        src_port: sport,
-        dst_port: dport,
-        protocol: IPPROTO_UDP,
-        obs: obs as u8,
-        family: FAMILY_IPV4,
-        key_flags: 0,
-    }
-}
-
 fn l3_exact(mode: AttachModePref) {
-    let node = NetNs::new("pfl3-node");
-    add_tun(&node, "pfwg0");
-    node.ip(&["addr", "add", "10.99.0.1/32", "dev", "pfwg0"]);
-    node.ip(&["route", "add", "10.99.1.0/24", "dev", "pfwg0"]);
+    let node = Netns::create(&format!("{}-node", unique_prefix("pfl3"))).expect("netns");
+    node.add_tun("pfwg0").expect("tun");
+    node.ip(&["addr", "add", "10.99.0.1/32", "dev", "pfwg0"])
+        .expect("addr");
+    node.ip(&["route", "add", "10.99.1.0/24", "dev", "pfwg0"])
+        .expect("route");
     let ifindex = node.ifindex("pfwg0").expect("pfwg0");
     let (local, remote) = (Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 1, 5));
     node.run(move || {
@@ -110,26 +81,28 @@ fn l3_exact(mode: AttachModePref) {
             s.send_to(&[7u8; 50], SocketAddr::new(IpAddr::V4(remote), 7777)).expect("send");
         }
         // Ingress: 3 packets "decrypted" from the tunnel (written into the TUN device).
-        let pkt = udp4(remote, local, 7777, 5555, &[9u8; 30]);
+        // A valid IPv4 header checksum: the kernel's IP layer sees these (UDP checksum 0: none).
+        let pkt = with_ipv4_checksum(ipv4(remote.octets(), local.octets(), IPPROTO_UDP, &udp(7777, 5555, 30)));
         for _ in 0..3 {
             tun.write_all(&pkt).expect("tun write");
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         let d = cap.drain().expect("drain");
-        let eg = key4(local, remote, 5555, 7777, ObsPoint::L3Egress);
-        let ing = key4(remote, local, 7777, 5555, ObsPoint::L3Ingress);
+        let eg = flow_key(ObsPoint::L3Egress, local, remote, IPPROTO_UDP, 5555, 7777, 0);
+        let ing = flow_key(ObsPoint::L3Ingress, remote, local, IPPROTO_UDP, 7777, 5555, 0);
         let e = d.entries.iter().find(|e| e.key == eg).unwrap_or_else(|| panic!("no egress entry: {:#?}", d.entries));
         assert_eq!((e.stats.packets, e.stats.bytes, e.stats.ifindex), (5, 5 * 78, ifindex), "{e:?}");
         let i = d.entries.iter().find(|e| e.key == ing).unwrap_or_else(|| panic!("no ingress entry: {:#?}", d.entries));
         assert_eq!((i.stats.packets, i.stats.bytes, i.stats.ifindex), (3, 3 * 58, ifindex), "{i:?}");
         cap.detach_all();
         drop(tun);
-    });
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn capture_l3_tun_exact_tcx() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
     l3_exact(AttachModePref::Tcx);
@@ -137,7 +110,7 @@ fn capture_l3_tun_exact_tcx() {
 
 #[test]
 fn capture_l3_tun_exact_netlink() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
     l3_exact(AttachModePref::Netlink);

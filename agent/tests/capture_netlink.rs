@@ -7,18 +7,20 @@
     reason = "a test fails by panicking, with a message"
 )]
 
-mod common;
+mod support;
 
 use std::{
     io::{BufRead as _, BufReader},
     time::Duration,
 };
 
-use common::netns::{
-    NetNs, NsThread, add_foreign_filter, attached_programs, count_progs, node_with_pods,
-    require_root, tc_filters,
+use podflow::{
+    capture::{AttachMode, AttachModePref, Capture, CaptureConfig, InterfaceChange},
+    testbed::Netns,
 };
-use podflow::capture::{AttachMode, AttachModePref, Capture, CaptureConfig, InterfaceChange};
+use support::{
+    CaptureThread, assert_one_each, attached_programs, count_progs, node_with_pods, privileged,
+};
 
 const CHILD_ENV: &str = "PODFLOW_TEST_CAPTURE_CHILD";
 
@@ -54,11 +56,10 @@ fn capture_child_helper() {
 
 /// Runs the child helper in `node` with `mode`, waits for READY and SIGKILLs it: its tcx links
 /// die with it, its cls_bpf filters stay behind (as after `kill -9` of a real agent).
-fn run_and_kill_child(node: &NetNs, mode: &str) -> usize {
+fn run_and_kill_child(node: &Netns, mode: &str) -> usize {
     let exe = std::env::current_exe().expect("current exe");
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", node.name()])
-        .arg(exe)
+    let mut child = node
+        .command(&exe.to_string_lossy())
         .args([
             "--exact",
             "capture_child_helper",
@@ -88,7 +89,7 @@ fn run_and_kill_child(node: &NetNs, mode: &str) -> usize {
     ready.expect("child never became ready")
 }
 
-fn podflow_counts(node: &NetNs, devs: &[&str]) -> Vec<(String, usize, usize)> {
+fn podflow_counts(node: &Netns, devs: &[&str]) -> Vec<(String, usize, usize)> {
     let progs = attached_programs(node);
     devs.iter()
         .map(|d| {
@@ -101,77 +102,73 @@ fn podflow_counts(node: &NetNs, devs: &[&str]) -> Vec<(String, usize, usize)> {
         .collect()
 }
 
-fn assert_exactly_one(node: &NetNs, devs: &[&str], kind: &str) {
-    let progs = attached_programs(node);
-    for d in devs {
-        for dir in ["ingress", "egress"] {
-            let ours: Vec<_> = progs
-                .iter()
-                .filter(|p| p.dev == *d && p.direction == dir && p.name.starts_with("podflow_"))
-                .collect();
-            assert_eq!(ours.len(), 1, "{d} {dir}: {progs:#?}");
-            assert_eq!(ours[0].kind, kind, "{d} {dir}: {progs:#?}");
-        }
-    }
+/// Whether the foreign `u32` filter is still on `dev`'s `direction`.
+fn foreign_filter_on(node: &Netns, dev: &str, direction: &str) -> bool {
+    node.tc_filters(dev, direction)
+        .expect("tc filter show")
+        .contains("u32")
 }
 
 #[test]
 fn capture_netlink_restart_after_sigkill() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
-    let (node, _pods) = node_with_pods("pfnl", "pfn", 2);
+    let testbed = node_with_pods("pfnl", "pfn", 2);
+    let node = &testbed.ns;
     let devs = ["pfn0", "pfn1"];
     // Foreign cls filters on both directions of pfn0, before and after ours.
-    add_foreign_filter(&node, "pfn0", "ingress", 100);
-    add_foreign_filter(&node, "pfn0", "egress", 100);
+    for dir in ["ingress", "egress"] {
+        node.add_foreign_filter("pfn0", dir, 100)
+            .expect("foreign filter");
+    }
 
     // 1. An instance attaches in netlink mode and is SIGKILLed: its filters stay.
-    assert_eq!(run_and_kill_child(&node, "netlink"), 2);
+    assert_eq!(run_and_kill_child(node, "netlink"), 2);
     assert_eq!(
-        podflow_counts(&node, &devs),
+        podflow_counts(node, &devs),
         [("pfn0".to_string(), 1, 1), ("pfn1".to_string(), 1, 1)],
         "stale filters expected after SIGKILL"
     );
-    let stale_ids: Vec<u32> = attached_programs(&node)
+    let stale_ids: Vec<u32> = attached_programs(node)
         .iter()
         .filter(|p| p.name.starts_with("podflow_"))
         .map(|p| p.prog_id)
         .collect();
 
     // 2. A new instance in netlink mode: stale filters replaced, exactly one of ours per hook.
-    let node_name = node.name().to_owned();
     let (tx_done, rx_done) = std::sync::mpsc::channel::<()>();
     let (tx_checked, rx_checked) = std::sync::mpsc::channel::<()>();
-    let h = std::thread::spawn(move || {
-        common::netns::enter_netns(&node_name).expect("setns");
-        let mut cap = Capture::load(cfg(AttachModePref::Netlink)).expect("load");
-        let changes = cap.sync_interfaces().expect("sync");
-        assert_eq!(changes.len(), 2, "{changes:?}");
-        for c in &changes {
-            let InterfaceChange::Attached(i) = c else {
-                panic!("{c:?}")
-            };
-            assert_eq!(i.mode, AttachMode::Netlink);
-        }
-        tx_done.send(()).expect("send");
-        rx_checked
-            .recv_timeout(Duration::from_secs(30))
-            .expect("checked");
-        // 3. SIGTERM path: detach exactly ours.
-        cap.detach_all();
-        assert!(cap.interfaces().is_empty());
-        tx_done.send(()).expect("send");
-        rx_checked
-            .recv_timeout(Duration::from_secs(30))
-            .expect("checked");
-        drop(cap);
-    });
+    let h = node
+        .spawn(move || {
+            let mut cap = Capture::load(cfg(AttachModePref::Netlink)).expect("load");
+            let changes = cap.sync_interfaces().expect("sync");
+            assert_eq!(changes.len(), 2, "{changes:?}");
+            for c in &changes {
+                let InterfaceChange::Attached(i) = c else {
+                    panic!("{c:?}")
+                };
+                assert_eq!(i.mode, AttachMode::Netlink);
+            }
+            tx_done.send(()).expect("send");
+            rx_checked
+                .recv_timeout(Duration::from_secs(30))
+                .expect("checked");
+            // 3. SIGTERM path: detach exactly ours.
+            cap.detach_all();
+            assert!(cap.interfaces().is_empty());
+            tx_done.send(()).expect("send");
+            rx_checked
+                .recv_timeout(Duration::from_secs(30))
+                .expect("checked");
+            drop(cap);
+        })
+        .expect("capture thread");
     rx_done
         .recv_timeout(Duration::from_secs(30))
         .expect("attached");
-    assert_exactly_one(&node, &devs, "tc");
-    let new_ids: Vec<u32> = attached_programs(&node)
+    assert_one_each(node, &devs, "tc");
+    let new_ids: Vec<u32> = attached_programs(node)
         .iter()
         .filter(|p| p.name.starts_with("podflow_"))
         .map(|p| p.prog_id)
@@ -182,7 +179,7 @@ fn capture_netlink_restart_after_sigkill() {
     );
     for dir in ["ingress", "egress"] {
         assert!(
-            tc_filters(&node, "pfn0", dir).contains("u32"),
+            foreign_filter_on(node, "pfn0", dir),
             "foreign {dir} filter gone"
         );
     }
@@ -191,17 +188,19 @@ fn capture_netlink_restart_after_sigkill() {
         .recv_timeout(Duration::from_secs(30))
         .expect("detached");
     assert_eq!(
-        podflow_counts(&node, &devs),
+        podflow_counts(node, &devs),
         [("pfn0".to_string(), 0, 0), ("pfn1".to_string(), 0, 0)]
     );
     for dir in ["ingress", "egress"] {
         assert!(
-            tc_filters(&node, "pfn0", dir).contains("u32"),
+            foreign_filter_on(node, "pfn0", dir),
             "foreign {dir} filter gone"
         );
     }
     // The clsact qdisc stays (podflow never deletes a qdisc).
-    let q = node.exec_ok(&["tc", "qdisc", "show", "dev", "pfn1"]);
+    let q = node
+        .exec("tc", &["qdisc", "show", "dev", "pfn1"])
+        .expect("tc qdisc show");
     assert!(q.contains("clsact"), "{q}");
     tx_checked.send(()).expect("send");
     h.join().expect("capture thread");
@@ -209,50 +208,43 @@ fn capture_netlink_restart_after_sigkill() {
 
 #[test]
 fn capture_tcx_restart_after_netlink_sigkill() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
-    let (node, _pods) = node_with_pods("pfnt", "pfn", 2);
+    let testbed = node_with_pods("pfnt", "pfn", 2);
+    let node = &testbed.ns;
     let devs = ["pfn0", "pfn1"];
-    add_foreign_filter(&node, "pfn1", "ingress", 100);
+    node.add_foreign_filter("pfn1", "ingress", 100)
+        .expect("foreign filter");
     // A netlink-mode instance dies, then a tcx-mode one (e.g. after an upgrade) starts: the stale
     // cls_bpf filters must go, leaving one podflow program (tcx) per hook.
-    assert_eq!(run_and_kill_child(&node, "netlink"), 2);
+    assert_eq!(run_and_kill_child(node, "netlink"), 2);
     assert_eq!(
-        podflow_counts(&node, &devs),
+        podflow_counts(node, &devs),
         [("pfn0".to_string(), 1, 1), ("pfn1".to_string(), 1, 1)]
     );
-    let t = NsThread::new(&node);
-    t.run(|| {
-        let mut cap = Capture::load(cfg(AttachModePref::Tcx)).expect("load");
-        assert_eq!(cap.sync_interfaces().expect("sync").len(), 2);
-        CAP.with(|c| *c.borrow_mut() = Some(cap));
-    });
-    assert_exactly_one(&node, &devs, "tcx");
-    assert!(tc_filters(&node, "pfn1", "ingress").contains("u32"));
-    t.run(|| CAP.with(|c| c.borrow_mut().as_mut().expect("cap").detach_all()));
+    let t = CaptureThread::load(node, cfg(AttachModePref::Tcx));
+    assert_eq!(t.with(|c| c.sync_interfaces().expect("sync").len()), 2);
+    assert_one_each(node, &devs, "tcx");
+    assert!(foreign_filter_on(node, "pfn1", "ingress"));
+    t.with(|c| c.detach_all());
     assert_eq!(
-        podflow_counts(&node, &devs),
+        podflow_counts(node, &devs),
         [("pfn0".to_string(), 0, 0), ("pfn1".to_string(), 0, 0)]
     );
-    assert!(tc_filters(&node, "pfn1", "ingress").contains("u32"));
-    t.run(|| CAP.with(|c| drop(c.borrow_mut().take())));
-}
-
-thread_local! {
-    /// A capture owned by the node-namespace thread that loaded it.
-    static CAP: std::cell::RefCell<Option<Capture>> = const { std::cell::RefCell::new(None) };
+    assert!(foreign_filter_on(node, "pfn1", "ingress"));
+    drop(t);
 }
 
 #[test]
 fn capture_tcx_sigkill_leaves_nothing() {
-    if !require_root() {
+    if !privileged() {
         return;
     }
-    let (node, _pods) = node_with_pods("pfnk", "pfn", 1);
-    assert_eq!(run_and_kill_child(&node, "tcx"), 1);
+    let node = node_with_pods("pfnk", "pfn", 1);
+    assert_eq!(run_and_kill_child(&node.ns, "tcx"), 1);
     assert_eq!(
-        podflow_counts(&node, &["pfn0"]),
+        podflow_counts(&node.ns, &["pfn0"]),
         [("pfn0".to_string(), 0, 0)]
     );
 }

@@ -10,7 +10,7 @@ mod metrics_support;
 use std::{path::PathBuf, time::Duration};
 
 use metrics_support::{Prometheus, Sample, prometheus_binary};
-use podflow::metrics::{Metrics, serve_metrics_on};
+use podflow::metrics::{Locality, Metrics, serve_metrics_on};
 use podflow_ebpf::{COUNTER_COUNT, Counter};
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -36,11 +36,47 @@ fn prometheus_scrapes_the_metrics_and_the_alerts_fire() {
         .expect("runtime");
 
     let m = Metrics::with_max_label_sets(3);
-    m.observe_flow("shop", "frontend", "shop", "backend", 10, 1000, true, false);
-    m.observe_flow("shop", "frontend", "shop", "backend", 5, 500, true, false);
-    m.observe_flow("shop", "frontend", "db", "postgres", 1, 100, false, false);
-    m.observe_flow("shop", "frontend", "db", "redis", 1, 100, false, true);
-    m.observe_flow("a", "x", "b", "y", 1, 7, true, false); // fourth tuple: overflows into _other
+    m.observe_flow(
+        "shop",
+        "frontend",
+        "shop",
+        "backend",
+        10,
+        1000,
+        Locality::SameNode,
+        false,
+    );
+    m.observe_flow(
+        "shop",
+        "frontend",
+        "shop",
+        "backend",
+        5,
+        500,
+        Locality::SameNode,
+        false,
+    );
+    m.observe_flow(
+        "shop",
+        "frontend",
+        "db",
+        "postgres",
+        1,
+        100,
+        Locality::InterNode,
+        false,
+    );
+    m.observe_flow(
+        "shop",
+        "frontend",
+        "db",
+        "redis",
+        1,
+        100,
+        Locality::InterNode,
+        true,
+    );
+    m.observe_flow("a", "x", "b", "y", 1, 7, Locality::SameNode, false); // fourth tuple: overflows into _other
     m.set_interfaces("veth", 3);
     m.set_interfaces("l3", 1);
     let mut kernel = [0u64; COUNTER_COUNT as usize];
@@ -118,7 +154,7 @@ fn prometheus_scrapes_the_metrics_and_the_alerts_fire() {
         "postgres",
         1_400_000,
         2_000_000_000,
-        false,
+        Locality::InterNode,
         false,
     );
     prom.wait_for(

@@ -9,7 +9,9 @@
     reason = "test code: a failed expectation is the test failing"
 )]
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+mod support;
+
+use std::net::Ipv6Addr;
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -18,188 +20,10 @@ use aya::{
 };
 use podflow::capture::object::EBPF_OBJECT;
 use podflow_ebpf::{
-    COUNTER_COUNT, Config, Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowStats, KEY_F_FRAGMENT,
-    KEY_F_L4_TRUNCATED, ObsPoint,
+    COUNTER_COUNT, Config, Counter, FlowKey, FlowStats, KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED,
+    ObsPoint,
 };
-
-/// Plain byte builders for the test packets (checksums are left 0: the programs do not read them).
-mod pkt {
-    use std::net::{Ipv4Addr, Ipv6Addr};
-
-    pub const ETH_P_IP: u16 = 0x0800;
-    pub const ETH_P_IPV6: u16 = 0x86DD;
-    pub const ETH_P_ARP: u16 = 0x0806;
-    pub const ETH_P_8021Q: u16 = 0x8100;
-    pub const ETH_P_8021AD: u16 = 0x88A8;
-
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const ICMP: u8 = 1;
-    pub const ICMPV6: u8 = 58;
-    pub const SCTP: u8 = 132;
-    pub const GRE: u8 = 47;
-    pub const ESP: u8 = 50;
-    pub const HOP: u8 = 0;
-    pub const FRAG: u8 = 44;
-    pub const ROUTING: u8 = 43;
-    pub const AH: u8 = 51;
-    pub const DSTOPTS: u8 = 60;
-
-    const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-    const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
-
-    /// Ethernet header, VLAN tags (TPIDs, VID 100 + i), ethertype, payload.
-    pub fn eth_vlan(tpids: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&DST_MAC);
-        v.extend_from_slice(&SRC_MAC);
-        for (i, tpid) in tpids.iter().enumerate() {
-            v.extend_from_slice(&tpid.to_be_bytes());
-            v.extend_from_slice(&(100 + i as u16).to_be_bytes());
-        }
-        v.extend_from_slice(&ethertype.to_be_bytes());
-        v.extend_from_slice(payload);
-        v
-    }
-
-    pub fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-        eth_vlan(&[], ethertype, payload)
-    }
-
-    /// IPv4 header fields the tests vary.
-    #[derive(Clone, Copy)]
-    pub struct V4 {
-        pub src: Ipv4Addr,
-        pub dst: Ipv4Addr,
-        pub proto: u8,
-        pub version: u8,
-        pub ihl: u8,
-        /// Fragment offset in 8-byte units.
-        pub frag_off: u16,
-        pub more_frags: bool,
-        /// `None`: header + payload length.
-        pub tot_len: Option<u16>,
-    }
-
-    impl V4 {
-        pub fn new(src: [u8; 4], dst: [u8; 4], proto: u8) -> V4 {
-            V4 {
-                src: Ipv4Addr::from(src),
-                dst: Ipv4Addr::from(dst),
-                proto,
-                version: 4,
-                ihl: 5,
-                frag_off: 0,
-                more_frags: false,
-                tot_len: None,
-            }
-        }
-
-        pub fn build(&self, payload: &[u8]) -> Vec<u8> {
-            let hlen = usize::from(self.ihl.max(5)) * 4;
-            let tot = self.tot_len.unwrap_or((hlen + payload.len()) as u16);
-            let frag = self.frag_off | if self.more_frags { 0x2000 } else { 0 };
-            let mut v = vec![(self.version << 4) | self.ihl, 0];
-            v.extend_from_slice(&tot.to_be_bytes());
-            v.extend_from_slice(&[0x12, 0x34]);
-            v.extend_from_slice(&frag.to_be_bytes());
-            v.extend_from_slice(&[64, self.proto, 0, 0]);
-            v.extend_from_slice(&self.src.octets());
-            v.extend_from_slice(&self.dst.octets());
-            v.resize(hlen, 0x01); // options: NOPs
-            v.extend_from_slice(payload);
-            v
-        }
-    }
-
-    pub fn ipv4(src: [u8; 4], dst: [u8; 4], proto: u8, payload: &[u8]) -> Vec<u8> {
-        V4::new(src, dst, proto).build(payload)
-    }
-
-    /// IPv6 header; `payload` includes any extension headers. `plen`: `None` = payload length.
-    pub fn ipv6_plen(
-        src: Ipv6Addr,
-        dst: Ipv6Addr,
-        next: u8,
-        payload: &[u8],
-        plen: Option<u16>,
-    ) -> Vec<u8> {
-        let mut v = vec![0x60, 0, 0, 0];
-        v.extend_from_slice(&plen.unwrap_or(payload.len() as u16).to_be_bytes());
-        v.extend_from_slice(&[next, 64]);
-        v.extend_from_slice(&src.octets());
-        v.extend_from_slice(&dst.octets());
-        v.extend_from_slice(payload);
-        v
-    }
-
-    pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
-        ipv6_plen(src, dst, next, payload, None)
-    }
-
-    /// Hop-by-Hop / Routing / Destination Options header of `8 * (len + 1)` bytes (PadN filled).
-    pub fn ext(next: u8, len: u8) -> Vec<u8> {
-        let total = 8 * (usize::from(len) + 1);
-        let mut v = vec![next, len, 1, (total - 4) as u8];
-        v.resize(total, 0);
-        v
-    }
-
-    /// IPv6 Fragment header: offset in 8-byte units.
-    pub fn frag6(next: u8, offset: u16, more: bool) -> Vec<u8> {
-        let fo = (offset << 3) | u16::from(more);
-        let mut v = vec![next, 0];
-        v.extend_from_slice(&fo.to_be_bytes());
-        v.extend_from_slice(&0xdead_beef_u32.to_be_bytes());
-        v
-    }
-
-    /// TCP header with data offset `doff` (words) and `payload` bytes of data.
-    pub fn tcp_doff(sport: u16, dport: u16, flags: u8, doff: u8, payload: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&sport.to_be_bytes());
-        v.extend_from_slice(&dport.to_be_bytes());
-        v.extend_from_slice(&1000_u32.to_be_bytes());
-        v.extend_from_slice(&2000_u32.to_be_bytes());
-        v.extend_from_slice(&[doff << 4, flags, 0xff, 0xff, 0, 0, 0, 0]);
-        v.resize(usize::from(doff.max(5)) * 4, 0x01);
-        v.resize(v.len() + payload, 0xab);
-        v
-    }
-
-    pub fn tcp(sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
-        tcp_doff(sport, dport, flags, 5, payload)
-    }
-
-    pub fn udp(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&sport.to_be_bytes());
-        v.extend_from_slice(&dport.to_be_bytes());
-        v.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
-        v.extend_from_slice(&[0, 0]);
-        v.resize(8 + payload, 0xcd);
-        v
-    }
-
-    pub fn sctp(sport: u16, dport: u16) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&sport.to_be_bytes());
-        v.extend_from_slice(&dport.to_be_bytes());
-        v.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]); // vtag, checksum
-        v.extend_from_slice(&[1, 0, 0, 20]); // an INIT chunk header, body follows
-        v.resize(32, 0);
-        v
-    }
-
-    /// ICMP/ICMPv6 header (8 bytes) + 16 bytes of data.
-    pub fn icmp(ty: u8, code: u8) -> Vec<u8> {
-        let mut v = vec![ty, code, 0, 0, 0, 1, 0, 1];
-        v.resize(24, 0x55);
-        v
-    }
-}
-
-use pkt::*;
+use support::{flow_key, pkt::*, privileged};
 
 // TCP flags.
 const FIN: u8 = 0x01;
@@ -275,18 +99,6 @@ impl SkBuffCtx {
         // SAFETY: repr(C) plain integers, no padding (sizes/offsets asserted above).
         unsafe { std::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
     }
-}
-
-/// Returns false (skip) when not root and PODFLOW_SKIP_PRIVILEGED=1; panics when not root otherwise.
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("PODFLOW_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        return false;
-    }
-    panic!("privileged test: run as root (cargo xtask test)");
 }
 
 /// One freshly loaded object (its own maps) with the four programs loaded.
@@ -488,53 +300,6 @@ impl Harness {
     }
 }
 
-/// `::ffff:a.b.c.d`.
-fn mapped(a: [u8; 4]) -> [u8; 16] {
-    Ipv4Addr::from(a).to_ipv6_mapped().octets()
-}
-
-fn key4(
-    obs: ObsPoint,
-    src: [u8; 4],
-    dst: [u8; 4],
-    proto: u8,
-    sport: u16,
-    dport: u16,
-    flags: u8,
-) -> FlowKey {
-    FlowKey {
-        src_addr: mapped(src),
-        dst_addr: mapped(dst),
-        src_port: sport,
-        dst_port: dport,
-        protocol: proto,
-        obs: obs as u8,
-        family: FAMILY_IPV4,
-        key_flags: flags,
-    }
-}
-
-fn key6(
-    obs: ObsPoint,
-    src: Ipv6Addr,
-    dst: Ipv6Addr,
-    proto: u8,
-    sport: u16,
-    dport: u16,
-    flags: u8,
-) -> FlowKey {
-    FlowKey {
-        src_addr: src.octets(),
-        dst_addr: dst.octets(),
-        src_port: sport,
-        dst_port: dport,
-        protocol: proto,
-        obs: obs as u8,
-        family: FAMILY_IPV6,
-        key_flags: flags,
-    }
-}
-
 const A: [u8; 4] = [10, 244, 1, 5];
 const B: [u8; 4] = [10, 244, 2, 9];
 const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
@@ -554,7 +319,7 @@ fn ipv4_tcp_flags_or_and_counts_add() {
     h.run(VETH_IN, &syn);
     h.run(VETH_IN, &data);
     h.assert_flows(&[(
-        key4(VethIngress, A, B, TCP, 40000, 80, 0),
+        flow_key(VethIngress, A, B, TCP, 40000, 80, 0),
         2,
         40 + 140,
         SYN | PSH | ACK,
@@ -569,7 +334,12 @@ fn ipv4_udp() {
         VETH_IN,
         &eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(5353, 53, 32))),
     );
-    h.assert_flows(&[(key4(VethIngress, A, B, UDP, 5353, 53, 0), 1, 20 + 8 + 32, 0)]);
+    h.assert_flows(&[(
+        flow_key(VethIngress, A, B, UDP, 5353, 53, 0),
+        1,
+        20 + 8 + 32,
+        0,
+    )]);
     h.assert_counters(&[(Packets, 1), (Recorded, 1)]);
 }
 
@@ -583,9 +353,9 @@ fn icmp_type_and_code_in_ports() {
         &eth(ETH_P_IPV6, &ipv6(A6, B6, ICMPV6, &icmp(128, 0))),
     );
     h.assert_flows(&[
-        (key4(VethIngress, A, B, ICMP, 8, 0, 0), 1, 44, 0),
-        (key4(VethIngress, B, A, ICMP, 3, 3, 0), 1, 44, 0),
-        (key6(VethIngress, A6, B6, ICMPV6, 128, 0, 0), 1, 64, 0),
+        (flow_key(VethIngress, A, B, ICMP, 8, 0, 0), 1, 44, 0),
+        (flow_key(VethIngress, B, A, ICMP, 3, 3, 0), 1, 44, 0),
+        (flow_key(VethIngress, A6, B6, ICMPV6, 128, 0, 0), 1, 64, 0),
     ]);
     h.assert_counters(&[(Packets, 3), (Recorded, 3)]);
 }
@@ -597,7 +367,7 @@ fn sctp_ports() {
         VETH_IN,
         &eth(ETH_P_IP, &ipv4(A, B, SCTP, &sctp(3868, 3869))),
     );
-    h.assert_flows(&[(key4(VethIngress, A, B, SCTP, 3868, 3869, 0), 1, 52, 0)]);
+    h.assert_flows(&[(flow_key(VethIngress, A, B, SCTP, 3868, 3869, 0), 1, 52, 0)]);
     h.assert_counters(&[(Packets, 1), (Recorded, 1)]);
 }
 
@@ -610,7 +380,7 @@ fn ipv6_tcp_after_hop_by_hop_and_destination_options() {
     let p = eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &payload));
     h.run(VETH_IN, &p);
     h.assert_flows(&[(
-        key6(VethIngress, A6, B6, TCP, 443, 51000, 0),
+        flow_key(VethIngress, A6, B6, TCP, 443, 51000, 0),
         1,
         40 + 8 + 16 + 30,
         ACK | FIN,
@@ -630,7 +400,7 @@ fn ipv6_routing_and_authentication_headers() {
     payload.extend(udp(500, 4500, 16));
     h.run(VETH_EG, &eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &payload)));
     h.assert_flows(&[(
-        key6(VethEgress, A6, B6, UDP, 500, 4500, 0),
+        flow_key(VethEgress, A6, B6, UDP, 500, 4500, 0),
         1,
         40 + 8 + 24 + 24 + 24,
         0,
@@ -651,13 +421,13 @@ fn ipv6_fragments() {
     h.run(VETH_IN, &eth(ETH_P_IPV6, &ipv6(A6, B6, FRAG, &rest)));
     h.assert_flows(&[
         (
-            key6(VethIngress, A6, B6, UDP, 4789, 8472, 0),
+            flow_key(VethIngress, A6, B6, UDP, 4789, 8472, 0),
             1,
             40 + 8 + 72,
             0,
         ),
         (
-            key6(VethIngress, A6, B6, UDP, 0, 0, KEY_F_FRAGMENT),
+            flow_key(VethIngress, A6, B6, UDP, 0, 0, KEY_F_FRAGMENT),
             1,
             40 + 8 + 40,
             0,
@@ -676,8 +446,13 @@ fn ipv4_fragments() {
     h.run(VETH_IN, &eth(ETH_P_IP, &first.build(&udp(4789, 4789, 72))));
     h.run(VETH_IN, &eth(ETH_P_IP, &rest.build(&[0x77; 36])));
     h.assert_flows(&[
-        (key4(VethIngress, A, B, UDP, 4789, 4789, 0), 1, 100, 0),
-        (key4(VethIngress, A, B, UDP, 0, 0, KEY_F_FRAGMENT), 1, 56, 0),
+        (flow_key(VethIngress, A, B, UDP, 4789, 4789, 0), 1, 100, 0),
+        (
+            flow_key(VethIngress, A, B, UDP, 0, 0, KEY_F_FRAGMENT),
+            1,
+            56,
+            0,
+        ),
     ]);
     h.assert_counters(&[(Packets, 2), (Recorded, 2), (Fragments, 1)]);
 }
@@ -702,8 +477,8 @@ fn vlan_tags() {
         &eth_vlan(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP, &ip),
     );
     h.assert_flows(&[
-        (key4(VethIngress, A, B, UDP, 1000, 2000, 0), 2, 80, 0),
-        (key6(VethIngress, A6, B6, TCP, 1, 2, 0), 1, 60, SYN),
+        (flow_key(VethIngress, A, B, UDP, 1000, 2000, 0), 2, 80, 0),
+        (flow_key(VethIngress, A6, B6, TCP, 1, 2, 0), 1, 60, SYN),
     ]);
     h.assert_counters(&[(Packets, 4), (Recorded, 3), (NotIp, 1)]);
 }
@@ -719,8 +494,8 @@ fn unknown_protocol_and_esp_are_counted_with_ports_0() {
     esp.extend([0x11; 24]);
     h.run(VETH_IN, &eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &esp)));
     h.assert_flows(&[
-        (key4(VethIngress, A, B, GRE, 0, 0, 0), 1, 28, 0),
-        (key6(VethIngress, A6, B6, ESP, 0, 0, 0), 1, 40 + 32, 0),
+        (flow_key(VethIngress, A, B, GRE, 0, 0, 0), 1, 28, 0),
+        (flow_key(VethIngress, A6, B6, ESP, 0, 0, 0), 1, 40 + 32, 0),
     ]);
     h.assert_counters(&[(Packets, 2), (Recorded, 2)]);
 }
@@ -738,7 +513,7 @@ fn ipv6_extension_chain_too_long() {
     let p = eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &payload));
     h.run(VETH_IN, &p);
     let len = 40 + 7 * 8 + 20;
-    h.assert_flows(&[(key6(VethIngress, A6, B6, DSTOPTS, 0, 0, 0), 1, len, 0)]);
+    h.assert_flows(&[(flow_key(VethIngress, A6, B6, DSTOPTS, 0, 0, 0), 1, len, 0)]);
     h.assert_counters(&[(Packets, 1), (Recorded, 1), (Ipv6ExtChainTooLong, 1)]);
 }
 
@@ -769,19 +544,19 @@ fn truncated_transport_header() {
     h.run(VETH_IN, &eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &[TCP])));
     h.assert_flows(&[
         (
-            key4(VethIngress, A, B, TCP, 0, 0, KEY_F_L4_TRUNCATED),
+            flow_key(VethIngress, A, B, TCP, 0, 0, KEY_F_L4_TRUNCATED),
             3,
             30 + 40 + 40,
             0,
         ),
         (
-            key4(VethIngress, A, B, UDP, 0, 0, KEY_F_L4_TRUNCATED),
+            flow_key(VethIngress, A, B, UDP, 0, 0, KEY_F_L4_TRUNCATED),
             1,
             26,
             0,
         ),
         (
-            key6(VethIngress, A6, B6, HOP, 0, 0, KEY_F_L4_TRUNCATED),
+            flow_key(VethIngress, A6, B6, HOP, 0, 0, KEY_F_L4_TRUNCATED),
             1,
             41,
             0,
@@ -941,7 +716,7 @@ fn sampling_one_in_n() {
         "recorded {recorded} of {RUNS} at 1 in {N}"
     );
     h.assert_flows(&[(
-        key4(VethIngress, A, B, TCP, 40000, 80, 0),
+        flow_key(VethIngress, A, B, TCP, 40000, 80, 0),
         recorded,
         40 * recorded,
         ACK,
@@ -982,24 +757,24 @@ fn gso_counts_segments() {
     h.run_with(VETH_IN, &one, Some(&ctx(1, 0)), 1);
     h.assert_flows(&[
         (
-            key4(VethIngress, A, B, TCP, 40000, 80, 0),
+            flow_key(VethIngress, A, B, TCP, 40000, 80, 0),
             10,
             10 * (40 + 100),
             ACK | PSH,
         ),
         (
-            key4(VethIngress, A, B, UDP, 7000, 7001, 0),
+            flow_key(VethIngress, A, B, UDP, 7000, 7001, 0),
             8,
             8 * (28 + 100),
             0,
         ),
         (
-            key6(VethIngress, A6, B6, TCP, 443, 50000, 0),
+            flow_key(VethIngress, A6, B6, TCP, 443, 50000, 0),
             5,
             5 * (40 + 8 + 32 + 100),
             ACK,
         ),
-        (key4(VethIngress, B, A, TCP, 80, 40000, 0), 2, 80, ACK),
+        (flow_key(VethIngress, B, A, TCP, 80, 40000, 0), 2, 80, ACK),
     ]);
     h.assert_counters(&[(Packets, 5), (Recorded, 5)]);
 }
@@ -1017,10 +792,10 @@ fn l3_programs_on_raw_ip() {
     big.tot_len = Some(0);
     h.run(L3_IN, &big.build(&tcp(80, 40000, ACK, 300)));
     h.assert_flows(&[
-        (key4(L3Ingress, A, B, TCP, 40000, 80, 0), 1, 40, SYN),
-        (key4(L3Ingress, B, A, TCP, 80, 40000, 0), 1, 340, ACK),
-        (key6(L3Egress, A6, B6, TCP, 22, 60000, 0), 1, 68, ACK),
-        (key6(L3Egress, A6, B6, UDP, 51820, 51820, 0), 1, 148, 0),
+        (flow_key(L3Ingress, A, B, TCP, 40000, 80, 0), 1, 40, SYN),
+        (flow_key(L3Ingress, B, A, TCP, 80, 40000, 0), 1, 340, ACK),
+        (flow_key(L3Egress, A6, B6, TCP, 22, 60000, 0), 1, 68, ACK),
+        (flow_key(L3Egress, A6, B6, UDP, 51820, 51820, 0), 1, 148, 0),
     ]);
     h.assert_counters(&[(Packets, 4), (Recorded, 4)]);
 }
@@ -1034,9 +809,9 @@ fn egress_programs_set_the_observation_point() {
     h.run(VETH_EG, &p);
     h.run(L3_EG, &ipv4(A, B, UDP, &udp(1, 2, 0)));
     h.assert_flows(&[
-        (key4(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
-        (key4(VethEgress, A, B, UDP, 1, 2, 0), 2, 56, 0),
-        (key4(L3Egress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+        (flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+        (flow_key(VethEgress, A, B, UDP, 1, 2, 0), 2, 56, 0),
+        (flow_key(L3Egress, A, B, UDP, 1, 2, 0), 1, 28, 0),
     ]);
     h.assert_counters(&[(Packets, 4), (Recorded, 4)]);
 }
@@ -1052,8 +827,8 @@ fn active_1_writes_flows_1_only() {
     h.assert_flows_in(
         podflow_ebpf::FLOWS_1,
         &[
-            (key4(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
-            (key4(L3Ingress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+            (flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+            (flow_key(L3Ingress, A, B, UDP, 1, 2, 0), 1, 28, 0),
         ],
     );
     // Flip back: the next packet goes to FLOWS_0.
@@ -1061,7 +836,7 @@ fn active_1_writes_flows_1_only() {
     h.run(VETH_IN, &p);
     h.assert_flows_in(
         podflow_ebpf::FLOWS_0,
-        &[(key4(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0)],
+        &[(flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0)],
     );
     h.assert_counters(&[(Packets, 3), (Recorded, 3)]);
 }
@@ -1079,8 +854,8 @@ fn full_flow_map_is_a_loss() {
     // Existing flows still update.
     h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 53, 0))));
     h.assert_flows(&[
-        (key4(VethIngress, A, B, UDP, 1, 53, 0), 2, 56, 0),
-        (key4(VethIngress, A, B, UDP, 2, 53, 0), 1, 28, 0),
+        (flow_key(VethIngress, A, B, UDP, 1, 53, 0), 2, 56, 0),
+        (flow_key(VethIngress, A, B, UDP, 2, 53, 0), 1, 28, 0),
     ]);
     h.assert_counters(&[(Packets, 4), (Recorded, 3), (LostMapFull, 1)]);
 }
@@ -1181,19 +956,19 @@ fn per_packet_cost() {
     );
     h.assert_flows(&[
         (
-            key4(VethIngress, A, B, TCP, 40000, 80, 0),
+            flow_key(VethIngress, A, B, TCP, 40000, 80, 0),
             u64::from(RUNS) + 1,
             140 * (u64::from(RUNS) + 1),
             ACK,
         ),
         (
-            key6(VethIngress, A6, B6, TCP, 40000, 80, 0),
+            flow_key(VethIngress, A6, B6, TCP, 40000, 80, 0),
             u64::from(RUNS),
             160 * u64::from(RUNS),
             ACK,
         ),
         (
-            key4(L3Ingress, A, B, TCP, 40000, 80, 0),
+            flow_key(L3Ingress, A, B, TCP, 40000, 80, 0),
             u64::from(RUNS),
             140 * u64::from(RUNS),
             ACK,

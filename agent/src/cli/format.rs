@@ -128,6 +128,67 @@ struct JsonFlow<'a> {
     node: &'a str,
     encrypted: bool,
     inter_node: bool,
+    src: JsonEndpoint<'a>,
+    dst: JsonEndpoint<'a>,
+    /// Seconds; absent when the agent has no metadata source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata_age_seconds: Option<f64>,
+}
+
+/// `src`/`dst`: who the endpoint was. Always present; `kind` is "unknown" without metadata.
+#[derive(Serialize)]
+struct JsonEndpoint<'a> {
+    kind: &'a str,
+    namespace: &'a str,
+    pod: &'a str,
+    uid: &'a str,
+    workload_kind: &'a str,
+    workload: &'a str,
+    labels: std::collections::BTreeMap<&'a str, &'a str>,
+    node: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    service: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    ambiguous: bool,
+}
+
+impl<'a> JsonEndpoint<'a> {
+    fn of(e: Option<&'a proto::Endpoint>) -> Self {
+        match e {
+            Some(e) => JsonEndpoint {
+                kind: if e.kind.is_empty() {
+                    "unknown"
+                } else {
+                    &e.kind
+                },
+                namespace: &e.namespace,
+                pod: &e.pod,
+                uid: &e.uid,
+                workload_kind: &e.workload_kind,
+                workload: &e.workload,
+                labels: e
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect(),
+                node: &e.node,
+                service: &e.service,
+                ambiguous: e.ambiguous,
+            },
+            None => JsonEndpoint {
+                kind: "unknown",
+                namespace: "",
+                pod: "",
+                uid: "",
+                workload_kind: "",
+                workload: "",
+                labels: std::collections::BTreeMap::new(),
+                node: "",
+                service: "",
+                ambiguous: false,
+            },
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -168,6 +229,13 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
             node: &flow.node,
             encrypted: flow.encrypted,
             inter_node: flow.inter_node,
+            src: JsonEndpoint::of(flow.src.as_ref()),
+            dst: JsonEndpoint::of(flow.dst.as_ref()),
+            metadata_age_seconds: flow.metadata_age.as_ref().map(|d| {
+                #[expect(clippy::cast_precision_loss, reason = "an age in seconds for people")]
+                let secs = d.seconds as f64 + f64::from(d.nanos) / 1e9;
+                secs
+            }),
         })
         .map(Some),
         Some(Event::Loss(loss)) => serde_json::to_string(&JsonLossLine {
@@ -222,11 +290,14 @@ fn compact_flow(flow: &proto::Flow) -> String {
     let is_icmp = matches!(flow.protocol, ICMP | ICMPV6);
     let (src, dst) = if PORTED.contains(&flow.protocol) {
         (
-            endpoint(src_ip, Some(flow.src_port)),
-            endpoint(dst_ip, Some(flow.dst_port)),
+            endpoint(flow.src.as_ref(), src_ip, Some(flow.src_port)),
+            endpoint(flow.dst.as_ref(), dst_ip, Some(flow.dst_port)),
         )
     } else {
-        (endpoint(src_ip, None), endpoint(dst_ip, None))
+        (
+            endpoint(flow.src.as_ref(), src_ip, None),
+            endpoint(flow.dst.as_ref(), dst_ip, None),
+        )
     };
     let mut protocol = match protocol_name(flow.protocol) {
         Some(name) => name.to_owned(),
@@ -272,7 +343,23 @@ fn compact_flow(flow: &proto::Flow) -> String {
     fields.join("  ")
 }
 
-fn endpoint(ip: Option<IpAddr>, port: Option<u32>) -> String {
+/// `namespace/pod` (or `svc:namespace/name`, `node:name`) where the metadata names the endpoint,
+/// else the address; then `:port`.
+fn endpoint(meta: Option<&proto::Endpoint>, ip: Option<IpAddr>, port: Option<u32>) -> String {
+    let name = meta.and_then(|e| match e.kind.as_str() {
+        "pod" | "host_network_pod" if !e.pod.is_empty() => {
+            Some(format!("{}/{}", e.namespace, e.pod))
+        }
+        "service" if !e.service.is_empty() => Some(format!("svc:{}", e.service)),
+        "node" if !e.node.is_empty() => Some(format!("node:{}", e.node)),
+        _ => None,
+    });
+    if let Some(name) = name {
+        return match port {
+            Some(port) => format!("{name}:{port}"),
+            None => name,
+        };
+    }
     match (ip, port) {
         (Some(IpAddr::V4(ip)), Some(port)) => format!("{ip}:{port}"),
         (Some(IpAddr::V6(ip)), Some(port)) => format!("[{ip}]:{port}"),
@@ -313,6 +400,7 @@ mod tests {
             node: "node-1".into(),
             encrypted: false,
             inter_node: false,
+            ..Default::default()
         }
     }
 
@@ -379,7 +467,60 @@ mod tests {
     fn json_flow() {
         assert_eq!(
             json_line(&ev(tcp_flow())).unwrap().unwrap(),
-            r#"{"start_time":"2026-11-23T13:05:00.000000005Z","end_time":"2026-11-23T13:05:01.123456789Z","src_ip":"10.1.0.5","dst_ip":"10.1.0.9","src_port":43512,"dst_port":80,"protocol":"TCP","packets":12,"bytes":1946,"tcp_flags":["FIN","SYN","ACK"],"interfaces":["veth1a","veth2b"],"same_node":true,"sampling_rate":1,"fragment":false,"node":"node-1","encrypted":false,"inter_node":false}"#
+            r#"{"start_time":"2026-11-23T13:05:00.000000005Z","end_time":"2026-11-23T13:05:01.123456789Z","src_ip":"10.1.0.5","dst_ip":"10.1.0.9","src_port":43512,"dst_port":80,"protocol":"TCP","packets":12,"bytes":1946,"tcp_flags":["FIN","SYN","ACK"],"interfaces":["veth1a","veth2b"],"same_node":true,"sampling_rate":1,"fragment":false,"node":"node-1","encrypted":false,"inter_node":false,"src":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""},"dst":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""}}"#
+        );
+    }
+
+    fn named(ns: &str, pod: &str) -> Option<proto::Endpoint> {
+        Some(proto::Endpoint {
+            kind: "pod".into(),
+            namespace: ns.into(),
+            pod: pod.into(),
+            uid: format!("uid-{pod}"),
+            workload_kind: "Deployment".into(),
+            workload: pod.split('-').next().unwrap_or(pod).into(),
+            labels: [("app".to_string(), "x".to_string())].into_iter().collect(),
+            node: "node-1".into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn json_and_compact_with_metadata() {
+        let mut f = tcp_flow();
+        f.src = named("shop", "frontend-7d9f");
+        f.dst = Some(proto::Endpoint {
+            kind: "service".into(),
+            service: "payments/api".into(),
+            ..Default::default()
+        });
+        f.metadata_age = Some(prost_types::Duration {
+            seconds: 3,
+            nanos: 500_000_000,
+        });
+        let line = json_line(&ev(f.clone())).unwrap().unwrap();
+        assert!(
+            line.ends_with(r#""src":{"kind":"pod","namespace":"shop","pod":"frontend-7d9f","uid":"uid-frontend-7d9f","workload_kind":"Deployment","workload":"frontend","labels":{"app":"x"},"node":"node-1"},"dst":{"kind":"service","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":"","service":"payments/api"},"metadata_age_seconds":3.5}"#),
+            "{line}"
+        );
+        let compact = compact_line(&ev(f)).unwrap();
+        assert!(
+            compact.contains("shop/frontend-7d9f:43512 -> svc:payments/api:80"),
+            "{compact}"
+        );
+        let mut amb = tcp_flow();
+        amb.src = Some(proto::Endpoint {
+            kind: "pod".into(),
+            ambiguous: true,
+            ..Default::default()
+        });
+        let line = json_line(&ev(amb.clone())).unwrap().unwrap();
+        assert!(line.contains(r#""kind":"pod","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":"","ambiguous":true}"#), "{line}");
+        // An ambiguous endpoint has no name: the address is shown.
+        assert!(
+            compact_line(&ev(amb))
+                .unwrap()
+                .contains("10.1.0.5:43512 -> ")
         );
     }
 
@@ -407,7 +548,7 @@ mod tests {
         };
         assert_eq!(
             json_line(&ev(flow)).unwrap().unwrap(),
-            r#"{"start_time":null,"end_time":null,"src_ip":"fd00::1","dst_ip":"fd00::2","src_port":0,"dst_port":0,"protocol":47,"packets":1,"bytes":100,"tcp_flags":[],"interfaces":[],"same_node":false,"sampling_rate":8,"fragment":true,"node":"","encrypted":true,"inter_node":true}"#
+            r#"{"start_time":null,"end_time":null,"src_ip":"fd00::1","dst_ip":"fd00::2","src_port":0,"dst_port":0,"protocol":47,"packets":1,"bytes":100,"tcp_flags":[],"interfaces":[],"same_node":false,"sampling_rate":8,"fragment":true,"node":"","encrypted":true,"inter_node":true,"src":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""},"dst":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""}}"#
         );
         let icmpv6 = proto::Flow {
             protocol: ICMPV6,

@@ -67,6 +67,18 @@ pub struct TailArgs {
     /// Interface name (repeatable); matches flows seen on any of them.
     #[arg(long)]
     pub interface: Vec<String>,
+    /// Kubernetes namespace of the source or destination (repeatable).
+    #[arg(short = 'n', long)]
+    pub namespace: Vec<String>,
+    /// Pod of the source or destination, `name` or `namespace/name` (repeatable).
+    #[arg(long)]
+    pub pod: Vec<String>,
+    /// Label of the source or destination pod, `key=value` or `key` (repeatable).
+    #[arg(long)]
+    pub label: Vec<String>,
+    /// Workload of the source or destination, `name` or `Kind/name` (repeatable).
+    #[arg(long)]
+    pub workload: Vec<String>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Compact)]
     pub output: OutputFormat,
@@ -137,6 +149,10 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
         dst_port: args.dst_port.into_iter().map(u32::from).collect(),
         protocol: args.protocol.into_iter().map(u32::from).collect(),
         interface: args.interface,
+        namespace: args.namespace,
+        pod: args.pod,
+        label: args.label,
+        workload: args.workload,
     };
     // The server validates too; checking here gives the error before connecting.
     CompiledFilter::new(&filter)?;

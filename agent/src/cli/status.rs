@@ -167,6 +167,7 @@ mod tests {
                 unit: "packets".into(),
             }],
             buffered_events: 100,
+            ..Default::default()
         }
     }
 

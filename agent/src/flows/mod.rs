@@ -26,6 +26,8 @@ use std::{
     time::Duration,
 };
 
+pub mod enrich;
+
 use podflow_ebpf::{FAMILY_IPV4, FlowKey, FlowStats, KEY_F_FRAGMENT, ObsPoint};
 
 use crate::proto;
@@ -319,7 +321,11 @@ impl FlowTable {
             fragment: id.key_flags & KEY_F_FRAGMENT != 0,
             node: self.cfg.node.clone(),
             encrypted,
+            // Set by enrichment, which knows where the endpoints live.
             inter_node: false,
+            src: None,
+            dst: None,
+            metadata_age: None,
         }
     }
 }
@@ -671,6 +677,7 @@ mod tests {
         let mut o = obs(POD_A, POD_B, ObsPoint::VethIngress, VETH_A, 1, 1280, (S, S));
         o.key.family = FAMILY_IPV6;
         o.key.src_addr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+        o.key.dst_addr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3];
         o.key.key_flags = KEY_F_FRAGMENT;
         o.key.src_port = 0;
         o.key.dst_port = 0;
@@ -685,7 +692,10 @@ mod tests {
                     .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
             )
         );
-        assert_eq!(ip_from_bytes(&recs[0].dst_ip), Some(IpAddr::from(POD_B)));
+        assert_eq!(
+            ip_from_bytes(&recs[0].dst_ip),
+            Some(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 3)))
+        );
     }
 
     #[test]

@@ -18,14 +18,25 @@
 //! * `until` is the time the source observed the pod deleted, its phase become `Succeeded` /
 //!   `Failed` (a completed pod releases its IP and never owns it again), its IP change, or its
 //!   absence from a re-list. Observation is always after the real release: an upper bound.
-//! * A precise `from` of a later owner proves the previous owner released the IP before it, so the
-//!   previous claim is cut to `from + 1 s` (the timestamp's granularity), whatever order the events
-//!   arrived in. Within that second both are possible and `lookup` answers `ambiguous`.
+//! * Each claim also has `start_by`, an upper bound of its real start: `from + 1 s` when precise,
+//!   else the time it was first observed. An owner whose `start_by` is at or before another's
+//!   `from` certainly came first, so it had released the IP before the other started: its claim
+//!   is cut to the other's `start_by`, whatever order the events arrived in. Within that cut
+//!   (one second for precise starts) both are possible and `lookup` answers `ambiguous`.
 //! * Two different UIDs whose intervals both contain `at` (out-of-order events, a missed delete,
 //!   imprecise timestamps) make the answer `ambiguous: true` rather than a guess; see
 //!   [`MetadataIndex::lookup`] for what an ambiguous endpoint carries.
-//! * A UID that was deleted or completed is final: a stale re-list (served from a lagging watch
-//!   cache) or a late MODIFIED event cannot bring it back to life.
+//! * Gaps (API outage, 410 Gone, a changed metadata file): a re-list ends the pods that are
+//!   missing, but they ended somewhere in the gap, and pods that lived only inside the gap were
+//!   never seen. So claims whose end (or imprecise start) falls into the gap are marked
+//!   uncertain from the gap's start: lookups there answer `ambiguous` (kind kept, other fields
+//!   empty). A pod missing from a re-list is not final: a stale list (served from a lagging
+//!   watch cache) may omit a pod the watch then re-adds, and it is revived.
+//! * A UID that was deleted (DELETE event) or completed is final: a stale re-list or a late
+//!   MODIFIED event cannot bring it back to life.
+//! * During an outage the index serves the last known state; [`MetadataIndex::age`] says how
+//!   old it is. Lookups for times after the outage began may name the previous owner of an IP
+//!   that changed hands meanwhile: that is what `age` qualifies.
 //! * Ended claims stay as tombstones for [`IndexConfig::tombstone_ttl`] (default 5 min) so flows
 //!   of short-lived pods (a 2-second Job) are still named when they are flushed later.
 //!

@@ -47,7 +47,10 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn is_watch(&self) -> bool {
-        matches!(self.query.get("watch").map(String::as_str), Some("1" | "true"))
+        matches!(
+            self.query.get("watch").map(String::as_str),
+            Some("1" | "true")
+        )
     }
     pub fn field_selector(&self) -> Option<&str> {
         self.query.get("fieldSelector").map(String::as_str)
@@ -127,14 +130,22 @@ impl MockApi {
         let addr = listener.local_addr().expect("addr");
         let (events, _) = broadcast::channel(1 << 16);
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner { rv: 1, ..Inner::default() }),
+            inner: Mutex::new(Inner {
+                rv: 1,
+                ..Inner::default()
+            }),
             events,
             down: AtomicBool::new(false),
             down_tx: watch::channel(false).0,
             expire_tx: watch::channel(0).0,
         });
-        let app = Router::new().fallback(handle).with_state(Arc::clone(&shared));
-        let listener = DroppingListener { inner: listener, shared: Arc::clone(&shared) };
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let listener = DroppingListener {
+            inner: listener,
+            shared: Arc::clone(&shared),
+        };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -154,9 +165,19 @@ impl MockApi {
         let rv = inner.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
         let uid = obj["metadata"]["uid"].as_str().expect("uid").to_owned();
-        let old = inner.objects.entry(resource).or_default().insert(uid, obj.clone());
+        let old = inner
+            .objects
+            .entry(resource)
+            .or_default()
+            .insert(uid, obj.clone());
         let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        let ev = Arc::new(LogEvent { rv, resource, kind, old, new: obj });
+        let ev = Arc::new(LogEvent {
+            rv,
+            resource,
+            kind,
+            old,
+            new: obj,
+        });
         inner.log.push(Arc::clone(&ev));
         let _ = self.shared.events.send(ev);
         rv
@@ -165,11 +186,19 @@ impl MockApi {
     /// Deletes an object by UID (no-op when absent).
     pub fn delete(&self, resource: &'static str, uid: &str) {
         let mut inner = self.shared.inner.lock().unwrap();
-        let Some(mut obj) = inner.objects.entry(resource).or_default().remove(uid) else { return };
+        let Some(mut obj) = inner.objects.entry(resource).or_default().remove(uid) else {
+            return;
+        };
         inner.rv += 1;
         let rv = inner.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let ev = Arc::new(LogEvent { rv, resource, kind: "DELETED", old: None, new: obj });
+        let ev = Arc::new(LogEvent {
+            rv,
+            resource,
+            kind: "DELETED",
+            old: None,
+            new: obj,
+        });
         inner.log.push(Arc::clone(&ev));
         let _ = self.shared.events.send(ev);
     }
@@ -229,12 +258,19 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 /// `a.b=v`, `a.b==v`, `a.b!=v`, comma separated (AND).
 fn selector_matches(selector: Option<&str>, obj: &Value) -> bool {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else { return true };
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
     sel.split(',').all(|term| {
         let (key, want, negate) = if let Some((k, v)) = term.split_once("!=") {
             (k, v, true)
@@ -265,19 +301,38 @@ async fn handle(
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
     let path = uri.path().to_owned();
-    shared.inner.lock().unwrap().queries.push(Recorded { path: path.clone(), query: query.clone() });
+    shared.inner.lock().unwrap().queries.push(Recorded {
+        path: path.clone(),
+        query: query.clone(),
+    });
     if shared.down.load(Ordering::SeqCst) {
-        let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &status(503, "ServiceUnavailable", "down"));
-        r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        let mut r = json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &status(503, "ServiceUnavailable", "down"),
+        );
+        r.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
         return r;
     }
     if path == "/version" {
-        return json_response(StatusCode::OK, &json!({
+        return json_response(
+            StatusCode::OK,
+            &json!({
             "major": "1", "minor": "33", "gitVersion": "v1.33.0-mock", "gitCommit": "0", "gitTreeState": "clean",
-            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}));
+            "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"}),
+        );
     }
     let Some(resource) = resource_of(&path) else {
-        return json_response(StatusCode::NOT_FOUND, &status(404, "NotFound", "the server could not find the requested resource"));
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+        );
     };
     let meta_only = headers
         .get(header::ACCEPT)
@@ -291,12 +346,26 @@ async fn handle(
     }
 }
 
-fn list_response(shared: &Shared, resource: &'static str, query: &HashMap<String, String>, meta_only: bool) -> Response {
+fn list_response(
+    shared: &Shared,
+    resource: &'static str,
+    query: &HashMap<String, String>,
+    meta_only: bool,
+) -> Response {
     let mut inner = shared.inner.lock().unwrap();
-    let requested: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let exactish = matches!(query.get("resourceVersionMatch").map(String::as_str), Some("Exact" | "NotOlderThan"));
+    let requested: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let exactish = matches!(
+        query.get("resourceVersionMatch").map(String::as_str),
+        Some("Exact" | "NotOlderThan")
+    );
     if requested != 0 && exactish && requested < inner.compacted {
-        let msg = format!("too old resource version: {requested} ({})", inner.compacted);
+        let msg = format!(
+            "too old resource version: {requested} ({})",
+            inner.compacted
+        );
         return json_response(StatusCode::GONE, &status(410, "Expired", &msg));
     }
     let selector = query.get("fieldSelector").map(String::as_str);
@@ -305,7 +374,10 @@ fn list_response(shared: &Shared, resource: &'static str, query: &HashMap<String
             let (id, offset) = token.split_once(':').unwrap_or(("", "0"));
             let id: u64 = id.parse().unwrap_or(u64::MAX);
             let Some((rv, items)) = inner.snapshots.get(&id).cloned() else {
-                return json_response(StatusCode::GONE, &status(410, "Expired", "continue token expired"));
+                return json_response(
+                    StatusCode::GONE,
+                    &status(410, "Expired", "continue token expired"),
+                );
             };
             (rv, items, offset.parse::<usize>().unwrap_or(0))
         }
@@ -313,21 +385,39 @@ fn list_response(shared: &Shared, resource: &'static str, query: &HashMap<String
             let items: Vec<Value> = inner
                 .objects
                 .get(resource)
-                .map(|m| m.values().filter(|o| selector_matches(selector, o)).cloned().collect())
+                .map(|m| {
+                    m.values()
+                        .filter(|o| selector_matches(selector, o))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             (inner.rv, items, 0)
         }
     };
-    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let limit: usize = query
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
     let end = offset.saturating_add(limit).min(items.len());
     let page: Vec<Value> = items[offset.min(end)..end]
         .iter()
-        .map(|o| if meta_only { metadata_only(o) } else { o.clone() })
+        .map(|o| {
+            if meta_only {
+                metadata_only(o)
+            } else {
+                o.clone()
+            }
+        })
         .collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     if end < items.len() {
         let id = match query.get("continue").filter(|c| !c.is_empty()) {
-            Some(token) => token.split_once(':').and_then(|(id, _)| id.parse().ok()).unwrap_or(0),
+            Some(token) => token
+                .split_once(':')
+                .and_then(|(id, _)| id.parse().ok())
+                .unwrap_or(0),
             None => {
                 inner.next_snapshot += 1;
                 let id = inner.next_snapshot;
@@ -337,8 +427,15 @@ fn list_response(shared: &Shared, resource: &'static str, query: &HashMap<String
         };
         metadata["continue"] = json!(format!("{id}:{end}"));
     }
-    let (api_version, kind) = if meta_only { ("meta.k8s.io/v1", "PartialObjectMetadataList") } else { list_meta(resource) };
-    json_response(StatusCode::OK, &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": page}))
+    let (api_version, kind) = if meta_only {
+        ("meta.k8s.io/v1", "PartialObjectMetadataList")
+    } else {
+        list_meta(resource)
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({"apiVersion": api_version, "kind": kind, "metadata": metadata, "items": page}),
+    )
 }
 
 fn line(kind: &str, object: &Value) -> Result<Bytes, Infallible> {
@@ -348,7 +445,11 @@ fn line(kind: &str, object: &Value) -> Result<Bytes, Infallible> {
 }
 
 /// The event a watcher with `selector` sees for `ev`, if any.
-fn translate(ev: &LogEvent, selector: Option<&str>, meta_only: bool) -> Option<(&'static str, Value)> {
+fn translate(
+    ev: &LogEvent,
+    selector: Option<&str>,
+    meta_only: bool,
+) -> Option<(&'static str, Value)> {
     let new_match = selector_matches(selector, &ev.new);
     let old_match = ev.old.as_ref().map(|o| selector_matches(selector, o));
     let kind = match (ev.kind, old_match, new_match) {
@@ -359,15 +460,36 @@ fn translate(ev: &LogEvent, selector: Option<&str>, meta_only: bool) -> Option<(
         ("MODIFIED", Some(true), false) => "DELETED",
         _ => return None,
     };
-    Some((kind, if meta_only { metadata_only(&ev.new) } else { ev.new.clone() }))
+    Some((
+        kind,
+        if meta_only {
+            metadata_only(&ev.new)
+        } else {
+            ev.new.clone()
+        },
+    ))
 }
 
-fn watch_response(shared: Arc<Shared>, resource: &'static str, query: HashMap<String, String>, meta_only: bool) -> Response {
+fn watch_response(
+    shared: Arc<Shared>,
+    resource: &'static str,
+    query: HashMap<String, String>,
+    meta_only: bool,
+) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(1024);
-    let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let from: u64 = query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let selector = query.get("fieldSelector").cloned();
-    let bookmarks = matches!(query.get("allowWatchBookmarks").map(String::as_str), Some("true" | "1"));
-    let timeout = query.get("timeoutSeconds").and_then(|t| t.parse().ok()).unwrap_or(1800u64);
+    let bookmarks = matches!(
+        query.get("allowWatchBookmarks").map(String::as_str),
+        Some("true" | "1")
+    );
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1800u64);
     let mut live = shared.events.subscribe();
     let mut down_rx = shared.down_tx.subscribe();
     let mut expire_rx = shared.expire_tx.subscribe();
@@ -375,9 +497,23 @@ fn watch_response(shared: Arc<Shared>, resource: &'static str, query: HashMap<St
         let inner = shared.inner.lock().unwrap();
         let start = if from == 0 { inner.rv } else { from };
         if start < inner.compacted {
-            (Vec::new(), Some(format!("too old resource version: {start} ({})", inner.compacted)))
+            (
+                Vec::new(),
+                Some(format!(
+                    "too old resource version: {start} ({})",
+                    inner.compacted
+                )),
+            )
         } else {
-            (inner.log.iter().filter(|e| e.rv > start && e.resource == resource).cloned().collect::<Vec<_>>(), None)
+            (
+                inner
+                    .log
+                    .iter()
+                    .filter(|e| e.rv > start && e.resource == resource)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                None,
+            )
         }
     };
     let bookmark_kind = match resource {

@@ -1,0 +1,803 @@
+//! `podflow collector`: receives the agents' export streams, keeps a bounded window of recent
+//! events, serves the same consumer API as an agent (so `podflow tail --server` works against
+//! it, with the events of every node) and writes the records to rotated JSON-lines files.
+//!
+//! State: the window ([`Hub`]), per-agent counters and the last accepted sequence number of each
+//! agent run (to drop retransmitted batches). Nothing else is kept, so several collectors can run
+//! behind one Service; an agent that moves to another collector after a reconnect may have its
+//! unacknowledged batches accepted by both (at-least-once across collectors and across a
+//! collector crash, exactly-once otherwise).
+//!
+//! A batch is written to the files, published to the window and only then acknowledged.
+pub mod gke;
+pub mod sink;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    future::Future,
+    io,
+    net::SocketAddr,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, SystemTime},
+};
+
+use futures::{Stream, StreamExt as _};
+use thiserror::Error;
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::{mpsc, watch},
+};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::{
+    Request, Response, Status, Streaming,
+    codec::CompressionEncoding,
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
+};
+use tracing::{info, warn};
+
+pub use self::gke::{ClusterInfo, gke_line};
+pub use self::sink::{RotatingWriter, Rotation};
+use crate::{
+    api::{Hub, Query},
+    filter::CompiledFilter,
+    proto::{
+        self, ExportAck, ExportBatch,
+        collector_service_server::{CollectorService, CollectorServiceServer},
+        flow_event::Event,
+        flow_service_server::{FlowService, FlowServiceServer},
+    },
+};
+
+/// Default TCP address of the collector.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4246";
+
+/// How long a shutdown waits for streams to end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// `--format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FileFormat {
+    /// The keys of `podflow tail -o json` (flows and loss records).
+    Native,
+    /// GKE VPC flow log field names (same-node flows only).
+    Gke,
+    /// Both, in separate files.
+    #[default]
+    Both,
+}
+
+/// `podflow collector`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CollectorArgs {
+    /// TCP address agents export to and consumers (`podflow tail --server`) read from.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Also serve on this unix socket (mode 0600, plaintext).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Recent events kept in memory for consumers.
+    #[arg(long, default_value_t = 65_536)]
+    pub buffer: usize,
+    /// Server certificate (PEM); with --tls-key, serve TLS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA of the agents' client certificates: require mutual TLS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback address.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Write the records to rotated JSON-lines files in this directory.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+    /// File format(s).
+    #[arg(long, value_enum, default_value_t = FileFormat::Both)]
+    pub format: FileFormat,
+    /// Cluster name put in the GKE format's src/dest_gke_details.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Cluster location (region or zone) for the GKE format.
+    #[arg(long, requires = "cluster")]
+    pub cluster_location: Option<String>,
+    /// Start a new file when the current one would pass this size (e.g. 100MiB, 10M, 4096).
+    #[arg(long, default_value = "100MiB", value_parser = parse_size)]
+    pub max_file_size: u64,
+    /// Start a new file when the current one is this old.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_file_age: Duration,
+    /// Files kept per format (the oldest are deleted).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_files: u64,
+}
+
+impl CollectorArgs {
+    /// The defaults with `listen` as the address (as if parsed from `--listen ADDR`).
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            socket: None,
+            buffer: 65_536,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            insecure: false,
+            output_dir: None,
+            format: FileFormat::Both,
+            cluster: None,
+            cluster_location: None,
+            max_file_size: 100 << 20,
+            max_file_age: Duration::from_secs(3600),
+            max_files: 10,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum CollectorError {
+    #[error(
+        "refusing to serve plaintext on the non-loopback address {addr}: configure TLS \
+         (--tls-cert/--tls-key) or allow plaintext explicitly (--insecure)"
+    )]
+    PlaintextRefused { addr: SocketAddr },
+    #[error("failed to read {what} {}", path.display())]
+    ReadTlsFile {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid TLS configuration")]
+    Tls {
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("failed to listen on tcp {addr}")]
+    BindTcp {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to bind the unix socket {}", path.display())]
+    BindUnix {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} exists and is not a socket: refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("failed to open the output directory {}", path.display())]
+    Output {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("failed to read the local address of the tcp listener")]
+    LocalAddr {
+        #[source]
+        source: io::Error,
+    },
+    #[error("grpc server failed")]
+    Serve {
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("installing signal handlers failed")]
+    Signal {
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Parses a size: a number of bytes with an optional K/M/G (×1000) or KiB/MiB/GiB (×1024)
+/// suffix.
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {value:?}: expected e.g. 100MiB, 10M or 4096"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "ki" | "kib" => 1 << 10,
+        "mi" | "mib" => 1 << 20,
+        "gi" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in {value:?}")),
+    };
+    number
+        .checked_mul(multiplier)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("invalid size {value:?}"))
+}
+
+/// Runs the collector until SIGTERM or SIGINT.
+pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| CollectorError::Signal { source })?;
+    let collector = Collector::bind(&args).await?;
+    info!(addr = %collector.local_addr(), "collector listening");
+    collector
+        .serve(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await
+}
+
+/// A bound, not yet serving collector.
+#[derive(Debug)]
+pub struct Collector {
+    state: Arc<State>,
+    tcp: TcpListener,
+    addr: SocketAddr,
+    unix: Option<(UnixListener, SocketFile)>,
+    tls: Option<ServerTlsConfig>,
+}
+
+impl Collector {
+    /// Checks the configuration, opens the output files' directory, binds the listeners.
+    pub async fn bind(args: &CollectorArgs) -> Result<Collector, CollectorError> {
+        let tls = server_tls(args)?;
+        if tls.is_none() && !args.insecure && !args.listen.ip().is_loopback() {
+            return Err(CollectorError::PlaintextRefused { addr: args.listen });
+        }
+        let sinks = match &args.output_dir {
+            None => Sinks::default(),
+            Some(dir) => {
+                let rotation = Rotation {
+                    max_file_size: args.max_file_size,
+                    max_file_age: args.max_file_age,
+                    max_files: usize::try_from(args.max_files).unwrap_or(usize::MAX),
+                };
+                let open = |prefix| {
+                    RotatingWriter::new(dir, prefix, rotation).map_err(|source| {
+                        CollectorError::Output {
+                            path: dir.clone(),
+                            source,
+                        }
+                    })
+                };
+                Sinks {
+                    native: matches!(args.format, FileFormat::Native | FileFormat::Both)
+                        .then(|| open("flows-native"))
+                        .transpose()?,
+                    gke: matches!(args.format, FileFormat::Gke | FileFormat::Both)
+                        .then(|| open("flows-gke"))
+                        .transpose()?,
+                    cluster: args.cluster.clone().map(|name| ClusterInfo {
+                        name,
+                        location: args.cluster_location.clone(),
+                    }),
+                }
+            }
+        };
+        let tcp =
+            TcpListener::bind(args.listen)
+                .await
+                .map_err(|source| CollectorError::BindTcp {
+                    addr: args.listen,
+                    source,
+                })?;
+        let addr = tcp
+            .local_addr()
+            .map_err(|source| CollectorError::LocalAddr { source })?;
+        let unix = args.socket.as_deref().map(bind_unix).transpose()?;
+        let hub = Hub::new(args.buffer);
+        let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "collector".to_owned());
+        let state = Arc::new(State {
+            hub,
+            node,
+            start_time: prost_types::Timestamp::from(SystemTime::now()),
+            inner: Mutex::new(Inner {
+                agents: HashMap::new(),
+                sinks,
+                counters: BTreeMap::new(),
+            }),
+        });
+        state.publish_status(&state.lock());
+        Ok(Collector {
+            state,
+            tcp,
+            addr,
+            unix,
+            tls,
+        })
+    }
+
+    /// The bound TCP address (the actual port when asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The window of recent events (also served by GetFlows).
+    pub fn hub(&self) -> Arc<Hub> {
+        Arc::clone(&self.state.hub)
+    }
+
+    /// Serves until `shutdown` completes, then ends the streams and waits a few seconds at most.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), CollectorError> {
+        let Self {
+            state,
+            tcp,
+            addr: _,
+            unix,
+            tls,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        };
+        let export = ExportApi {
+            state: Arc::clone(&state),
+            stop: stop_rx.clone(),
+        };
+        let consumer = ConsumerApi {
+            hub: Arc::clone(&state.hub),
+            stop: stop_rx.clone(),
+        };
+        let services = |export: ExportApi, consumer: ConsumerApi| {
+            let export = CollectorServiceServer::new(export)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(256 << 20);
+            (export, FlowServiceServer::new(consumer))
+        };
+        let mut builder = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .tcp_keepalive(Some(Duration::from_secs(20)));
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|source| CollectorError::Tls { source })?;
+        }
+        let tcp_server = {
+            let (export, consumer) = services(export.clone(), consumer.clone());
+            builder
+                .add_service(export)
+                .add_service(consumer)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx.clone()))
+        };
+        let (unix_listener, socket_file) = match unix {
+            Some((listener, file)) => (Some(listener), Some(file)),
+            None => (None, None),
+        };
+        let unix_server = {
+            let stop = stopped(stop_rx);
+            async move {
+                match unix_listener {
+                    Some(listener) => {
+                        let (export, consumer) = services(export, consumer);
+                        Server::builder()
+                            .add_service(export)
+                            .add_service(consumer)
+                            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop)
+                            .await
+                    }
+                    None => Ok(()),
+                }
+            }
+        };
+        let servers = futures::future::try_join(tcp_server, unix_server);
+        tokio::pin!(servers, shutdown);
+        let result = tokio::select! {
+            result = &mut servers => {
+                stop_tx.send_replace(true);
+                result.map(|_| ())
+            }
+            () = &mut shutdown => {
+                stop_tx.send_replace(true);
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                    Ok(result) => result.map(|_| ()),
+                    Err(_) => Ok(()),
+                }
+            }
+        };
+        drop(socket_file);
+        result.map_err(|source| CollectorError::Serve { source })
+    }
+}
+
+fn server_tls(args: &CollectorArgs) -> Result<Option<ServerTlsConfig>, CollectorError> {
+    let read = |what, path: &PathBuf| {
+        std::fs::read(path).map_err(|source| CollectorError::ReadTlsFile {
+            what,
+            path: path.clone(),
+            source,
+        })
+    };
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("the server certificate", cert)?,
+        read("the server key", key)?,
+    ));
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read("the client CA", ca)?))
+            .client_auth_optional(false);
+    }
+    Ok(Some(tls))
+}
+
+#[derive(Debug)]
+struct State {
+    hub: Arc<Hub>,
+    node: String,
+    start_time: prost_types::Timestamp,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    agents: HashMap<String, AgentState>,
+    sinks: Sinks,
+    /// The collector's own counters (e.g. file write failures).
+    counters: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Default)]
+struct Sinks {
+    native: Option<RotatingWriter>,
+    gke: Option<RotatingWriter>,
+    cluster: Option<ClusterInfo>,
+}
+
+#[derive(Debug, Default)]
+struct AgentState {
+    node: String,
+    version: String,
+    streams: u32,
+    last_batch_time: Option<prost_types::Timestamp>,
+    last_seq: u64,
+    batches: u64,
+    records: u64,
+    duplicates: u64,
+    /// (reason, unit) -> count.
+    losses: BTreeMap<(String, String), u64>,
+}
+
+/// Records the files could not hold.
+const SINK_WRITE_FAILED: &str = "sink_write_failed";
+
+impl State {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stream_opened(&self, batch: &ExportBatch) {
+        let mut inner = self.lock();
+        let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
+        agent.streams += 1;
+        agent.node.clone_from(&batch.node);
+        agent.version.clone_from(&batch.version);
+        info!(agent = %batch.agent_id, node = %batch.node, "agent connected");
+        self.publish_status(&inner);
+    }
+
+    fn stream_closed(&self, agent_id: &str) {
+        let mut inner = self.lock();
+        if let Some(agent) = inner.agents.get_mut(agent_id) {
+            agent.streams = agent.streams.saturating_sub(1);
+        }
+        info!(agent = %agent_id, "agent disconnected");
+        self.publish_status(&inner);
+    }
+
+    /// Stores a batch unless it is a retransmission; returns its ack.
+    fn accept(&self, batch: ExportBatch) -> ExportAck {
+        let mut inner = self.lock();
+        let Inner {
+            agents,
+            sinks,
+            counters,
+        } = &mut *inner;
+        let agent = agents.entry(batch.agent_id.clone()).or_default();
+        if batch.seq <= agent.last_seq {
+            agent.duplicates += 1;
+            let ack = ExportAck {
+                seq: batch.seq,
+                duplicate: true,
+            };
+            self.publish_status(&inner);
+            return ack;
+        }
+        agent.last_seq = batch.seq;
+        agent.batches += 1;
+        agent.records += batch.events.len() as u64;
+        agent.last_batch_time = Some(prost_types::Timestamp::from(SystemTime::now()));
+        for event in &batch.events {
+            if let Some(Event::Loss(loss)) = &event.event {
+                *agent
+                    .losses
+                    .entry((loss.reason.clone(), loss.unit.clone()))
+                    .or_default() += loss.count;
+            }
+        }
+        if let Err(err) = sinks.write(&batch.events) {
+            warn!(error = %err, "failed to write records to the output files");
+            *counters.entry(SINK_WRITE_FAILED).or_default() += batch.events.len() as u64;
+        }
+        let seq = batch.seq;
+        self.hub.publish(batch.events);
+        self.publish_status(&inner);
+        ExportAck {
+            seq,
+            duplicate: false,
+        }
+    }
+
+    fn publish_status(&self, inner: &Inner) {
+        let mut agents: Vec<proto::AgentStatus> = inner
+            .agents
+            .iter()
+            .map(|(id, agent)| proto::AgentStatus {
+                agent_id: id.clone(),
+                node: agent.node.clone(),
+                version: agent.version.clone(),
+                connected: agent.streams > 0,
+                last_batch_time: agent.last_batch_time,
+                batches_received: agent.batches,
+                records_received: agent.records,
+                duplicate_batches: agent.duplicates,
+                losses: agent
+                    .losses
+                    .iter()
+                    .map(|((reason, unit), count)| proto::Counter {
+                        name: reason.clone(),
+                        value: *count,
+                        loss: true,
+                        unit: unit.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        agents.sort_by(|a, b| (&a.node, &a.agent_id).cmp(&(&b.node, &b.agent_id)));
+        let mut counters = vec![
+            proto::Counter {
+                name: "records_received".into(),
+                value: agents.iter().map(|a| a.records_received).sum(),
+                loss: false,
+                unit: "records".into(),
+            },
+            proto::Counter {
+                name: "duplicate_batches".into(),
+                value: agents.iter().map(|a| a.duplicate_batches).sum(),
+                loss: false,
+                unit: "batches".into(),
+            },
+        ];
+        counters.push(proto::Counter {
+            name: SINK_WRITE_FAILED.into(),
+            value: inner.counters.get(SINK_WRITE_FAILED).copied().unwrap_or(0),
+            loss: true,
+            unit: "records".into(),
+        });
+        self.hub.set_status(proto::GetStatusResponse {
+            node: self.node.clone(),
+            version: crate::VERSION.to_owned(),
+            start_time: Some(self.start_time),
+            counters,
+            agents,
+            ..Default::default()
+        });
+    }
+}
+
+impl Sinks {
+    fn write(&mut self, events: &[proto::FlowEvent]) -> io::Result<()> {
+        let to_io = |err: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, err);
+        if let Some(native) = &mut self.native {
+            let lines = events
+                .iter()
+                .filter_map(|e| crate::cli::format::json_line(e).transpose())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_io)?;
+            native.write_lines(lines.iter().map(String::as_str))?;
+        }
+        if let Some(gke) = &mut self.gke {
+            let lines = events
+                .iter()
+                .filter_map(|e| gke_line(e, self.cluster.as_ref()).transpose())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_io)?;
+            gke.write_lines(lines.iter().map(String::as_str))?;
+        }
+        Ok(())
+    }
+}
+
+/// `podflow.v1.CollectorService`.
+#[derive(Debug, Clone)]
+struct ExportApi {
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<ExportAck, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl CollectorService for ExportApi {
+    type ExportStream = AckStream;
+
+    async fn export(
+        &self,
+        request: Request<Streaming<ExportBatch>>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let mut inbound = request.into_inner();
+        let state = Arc::clone(&self.state);
+        let mut stop = self.stop.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut agent: Option<String> = None;
+            loop {
+                let message = tokio::select! {
+                    message = inbound.message() => message,
+                    _ = stop.wait_for(|stopped| *stopped) => break,
+                };
+                let batch = match message {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(status) => {
+                        info!(agent = ?agent, %status, "export stream ended");
+                        break;
+                    }
+                };
+                if batch.agent_id.is_empty() {
+                    let _ = tx
+                        .send(Err(Status::invalid_argument("a batch needs an agent_id")))
+                        .await;
+                    break;
+                }
+                match &agent {
+                    None => {
+                        state.stream_opened(&batch);
+                        agent = Some(batch.agent_id.clone());
+                    }
+                    Some(id) if *id != batch.agent_id => {
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(
+                                "the agent_id changed within a stream",
+                            )))
+                            .await;
+                        break;
+                    }
+                    Some(_) => {}
+                }
+                let ack = state.accept(batch);
+                if tx.send(Ok(ack)).await.is_err() {
+                    break;
+                }
+            }
+            if let Some(id) = agent {
+                state.stream_closed(&id);
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// `podflow.v1.FlowService` over the window: what `api` serves on an agent.
+// TODO(api): `api::service::FlowApi` is private; exposing it (or a `FlowServiceServer` maker)
+// would remove this copy.
+#[derive(Debug, Clone)]
+struct ConsumerApi {
+    hub: Arc<Hub>,
+    stop: watch::Receiver<bool>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::FlowEvent, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl FlowService for ConsumerApi {
+    type GetFlowsStream = EventStream;
+
+    async fn get_flows(
+        &self,
+        request: Request<proto::GetFlowsRequest>,
+    ) -> Result<Response<Self::GetFlowsStream>, Status> {
+        let request = request.into_inner();
+        let filter = CompiledFilter::new(&request.filter.unwrap_or_default())
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
+        let events = self.hub.subscribe(Query {
+            number: request.number,
+            follow: request.follow,
+            since: request.since,
+            filter,
+        });
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        Ok(Response::new(Box::pin(events.take_until(stopped).map(Ok))))
+    }
+
+    async fn get_status(
+        &self,
+        _request: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::GetStatusResponse>, Status> {
+        Ok(Response::new(self.hub.status()))
+    }
+}
+
+/// The unix socket file we created; removed on drop.
+#[derive(Debug)]
+struct SocketFile {
+    path: PathBuf,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), CollectorError> {
+    let bind_error = |source| CollectorError::BindUnix {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(bind_error)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(CollectorError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(bind_error(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another process serves on it",
+                )));
+            }
+            std::fs::remove_file(path).map_err(bind_error)?;
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(bind_error(err)),
+    }
+    let listener = UnixListener::bind(path).map_err(bind_error)?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
+    Ok((listener, file))
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("10M").unwrap(), 10_000_000);
+        assert_eq!(parse_size("100MiB").unwrap(), 100 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        for bad in ["", "MiB", "0", "10 parsecs", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+}
