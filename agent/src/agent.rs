@@ -152,6 +152,9 @@ fn node_name(args: &AgentArgs) -> String {
 struct Counters {
     kernel: [u64; COUNTER_COUNT as usize],
     kernel_reported: [u64; COUNTER_COUNT as usize],
+    /// Records flagged plaintext inter-node, and their bytes (scaled by the sampling rate).
+    plaintext_inter_node_flows: u64,
+    plaintext_inter_node_bytes: u64,
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
@@ -233,6 +236,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let mut counters = Counters {
         kernel: [0; COUNTER_COUNT as usize],
         kernel_reported: [0; COUNTER_COUNT as usize],
+        plaintext_inter_node_flows: 0,
+        plaintext_inter_node_bytes: 0,
     };
     let status =
         |capture: &Capture, table: &FlowTable, counters: &Counters| proto::GetStatusResponse {
@@ -476,6 +481,19 @@ fn flush_once(
     if let Some(index) = index {
         crate::flows::enrich::enrich(&mut records, &metadata::read_index(index), node);
     }
+    // Inter-node traffic that bypassed WireGuard on a node that has it.
+    let wireguard = capture
+        .interfaces()
+        .iter()
+        .any(|i| matches!(i.kind, crate::capture::IfaceKind::L3));
+    for r in &mut records {
+        r.plaintext_inter_node = wireguard && r.inter_node && !r.encrypted;
+        if r.plaintext_inter_node {
+            counters.plaintext_inter_node_flows += 1;
+            counters.plaintext_inter_node_bytes +=
+                r.bytes.saturating_mul(u64::from(r.sampling_rate.max(1)));
+        }
+    }
     for r in &records {
         let (src, dst) = (
             r.src.clone().unwrap_or_default(),
@@ -541,6 +559,18 @@ fn status_counters(counters: &Counters, table: &FlowTable) -> Vec<proto::Counter
             unit: "packets".into(),
         })
         .collect();
+    out.push(proto::Counter {
+        name: "plaintext_inter_node_flows".into(),
+        value: counters.plaintext_inter_node_flows,
+        loss: false,
+        unit: "records".into(),
+    });
+    out.push(proto::Counter {
+        name: "plaintext_inter_node_bytes".into(),
+        value: counters.plaintext_inter_node_bytes,
+        loss: false,
+        unit: "bytes".into(),
+    });
     out.push(proto::Counter {
         name: "untracked_flows".into(),
         value: table.untracked(),

@@ -139,6 +139,8 @@ pub struct CompiledFilter {
     label: Vec<(String, Option<String>)>,
     /// (kind if given, workload name).
     workload: Vec<(Option<String>, String)>,
+    encrypted: bool,
+    plaintext: bool,
 }
 
 /// Splits "a/b" into (Some(a), b) and "b" into (None, b).
@@ -209,6 +211,8 @@ impl CompiledFilter {
                 })
                 .collect(),
             workload: filter.workload.iter().map(|w| qualified(w)).collect(),
+            encrypted: filter.encrypted,
+            plaintext: filter.plaintext,
         })
     }
 
@@ -239,6 +243,8 @@ impl CompiledFilter {
                     .iter()
                     .any(|name| flow.interfaces.contains(name)))
             && self.matches_endpoints(flow)
+            && (!self.encrypted || flow.encrypted)
+            && (!self.plaintext || flow.plaintext_inter_node)
     }
 
     /// The metadata fields: each matches when the source or the destination endpoint matches.
@@ -722,5 +728,30 @@ mod tests {
                 Err(FilterError::InvalidMetadata { .. })
             ));
         }
+    }
+
+    #[test]
+    fn encrypted_and_plaintext_filters() {
+        let enc = proto::Flow {
+            encrypted: true,
+            inter_node: true,
+            ..Default::default()
+        };
+        let plain = proto::Flow {
+            inter_node: true,
+            plaintext_inter_node: true,
+            ..Default::default()
+        };
+        let local = proto::Flow::default();
+        let e = compiled(proto::FlowFilter {
+            encrypted: true,
+            ..Default::default()
+        });
+        let p = compiled(proto::FlowFilter {
+            plaintext: true,
+            ..Default::default()
+        });
+        assert!(e.matches_flow(&enc) && !e.matches_flow(&plain) && !e.matches_flow(&local));
+        assert!(p.matches_flow(&plain) && !p.matches_flow(&enc) && !p.matches_flow(&local));
     }
 }

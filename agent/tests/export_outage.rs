@@ -38,6 +38,8 @@ async fn outages_lose_nothing_undeclared_and_leak_nothing() {
     // 1. No fault: 30k records, exactly.
     for _ in 0..30 {
         send(1000);
+        // Paced so that the 20k buffer never fills up.
+        wait_stats(&exporter, TIMEOUT, "room", |s| s.queue_depth <= 10_000).await;
     }
     wait_stats(&exporter, TIMEOUT, "phase 1 acked", |s| {
         s.acked_records == 30_000

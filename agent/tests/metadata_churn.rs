@@ -128,15 +128,9 @@ fn info(p: &TruthPod, change: Change) -> PodInfo {
         phase: match change {
             Change::Pending => PodPhase::Pending,
             Change::Running => PodPhase::Running,
-            Change::Terminal | Change::Delete => {
-                if matches!(p.end, End::Completed { .. }) && change == Change::Terminal {
-                    PodPhase::Succeeded
-                } else if matches!(p.end, End::Completed { .. }) {
-                    PodPhase::Succeeded
-                } else {
-                    PodPhase::Running
-                }
-            }
+            // only completed pods have a Terminal change (a deleted pod is still Running)
+            Change::Terminal => PodPhase::Succeeded,
+            Change::Delete => PodPhase::Running,
         },
         ip_since: with_ip.then(|| at(p.reported_from_ms)),
         ip_since_precise: with_ip && p.precise,
@@ -222,7 +216,7 @@ fn churn_zero_misattributions() {
             pods.push(TruthPod {
                 uid: format!("u{}", pods.len()),
                 ip,
-                partition: if pods.len() % 2 == 0 {
+                partition: if pods.len().is_multiple_of(2) {
                     Partition::Local
                 } else {
                     Partition::Remote

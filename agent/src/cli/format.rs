@@ -128,6 +128,8 @@ struct JsonFlow<'a> {
     node: &'a str,
     encrypted: bool,
     inter_node: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    plaintext_inter_node: bool,
     src: JsonEndpoint<'a>,
     dst: JsonEndpoint<'a>,
     /// Seconds; absent when the agent has no metadata source.
@@ -229,6 +231,7 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
             node: &flow.node,
             encrypted: flow.encrypted,
             inter_node: flow.inter_node,
+            plaintext_inter_node: flow.plaintext_inter_node,
             src: JsonEndpoint::of(flow.src.as_ref()),
             dst: JsonEndpoint::of(flow.dst.as_ref()),
             metadata_age_seconds: flow.metadata_age.as_ref().map(|d| {
@@ -333,6 +336,9 @@ fn compact_flow(flow: &proto::Flow) -> String {
     }
     if flow.encrypted {
         fields.push("encrypted".to_owned());
+    }
+    if flow.plaintext_inter_node {
+        fields.push("PLAINTEXT".to_owned());
     }
     if flow.sampling_rate > 1 {
         fields.push(format!("sampled 1/{}", flow.sampling_rate));

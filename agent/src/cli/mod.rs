@@ -79,6 +79,12 @@ pub struct TailArgs {
     /// Workload of the source or destination, `name` or `Kind/name` (repeatable).
     #[arg(long)]
     pub workload: Vec<String>,
+    /// Only flows that went through WireGuard.
+    #[arg(long, conflicts_with = "plaintext")]
+    pub encrypted: bool,
+    /// Only inter-node flows that did not go through WireGuard on a node that has it.
+    #[arg(long)]
+    pub plaintext: bool,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Compact)]
     pub output: OutputFormat,
@@ -153,6 +159,8 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
         pod: args.pod,
         label: args.label,
         workload: args.workload,
+        encrypted: args.encrypted,
+        plaintext: args.plaintext,
     };
     // The server validates too; checking here gives the error before connecting.
     CompiledFilter::new(&filter)?;

@@ -326,6 +326,7 @@ impl FlowTable {
             src: None,
             dst: None,
             metadata_age: None,
+            plaintext_inter_node: false,
         }
     }
 }

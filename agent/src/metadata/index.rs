@@ -1138,7 +1138,6 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;

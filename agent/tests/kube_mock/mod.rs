@@ -532,10 +532,10 @@ fn watch_response(
         let mut last = from;
         for ev in backlog {
             last = ev.rv;
-            if let Some((k, obj)) = translate(&ev, sel, meta_only) {
-                if tx.send(line(k, &obj)).await.is_err() {
-                    return;
-                }
+            if let Some((k, obj)) = translate(&ev, sel, meta_only)
+                && tx.send(line(k, &obj)).await.is_err()
+            {
+                return;
             }
         }
         let deadline = tokio::time::sleep(Duration::from_secs(timeout));
@@ -546,8 +546,10 @@ fn watch_response(
                 ev = live.recv() => match ev {
                     Ok(ev) if ev.rv > last && ev.resource == resource => {
                         last = ev.rv;
-                        if let Some((k, obj)) = translate(&ev, sel, meta_only) {
-                            if tx.send(line(k, &obj)).await.is_err() { return; }
+                        if let Some((k, obj)) = translate(&ev, sel, meta_only)
+                            && tx.send(line(k, &obj)).await.is_err()
+                        {
+                            return;
                         }
                     }
                     Ok(_) => {}

@@ -63,6 +63,10 @@ pub struct Flow {
     /// runs without a metadata source.
     #[prost(message, optional, tag = "20")]
     pub metadata_age: ::core::option::Option<::prost_types::Duration>,
+    /// Inter-node traffic that did not go through a WireGuard interface although this node has one:
+    /// the plaintext traffic an auditor asks about first.
+    #[prost(bool, tag = "21")]
+    pub plaintext_inter_node: bool,
 }
 /// A flow endpoint, as the agent's metadata (Kubernetes API or a static file) knew it at the time
 /// of the packets.
@@ -164,6 +168,12 @@ pub struct FlowFilter {
     /// Workloads, as "name" or "Kind/name" (e.g. "Deployment/frontend"); source or destination.
     #[prost(string, repeated, tag = "12")]
     pub workload: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Only flows that went through WireGuard.
+    #[prost(bool, tag = "13")]
+    pub encrypted: bool,
+    /// Only inter-node flows that did not (see Flow.plaintext_inter_node).
+    #[prost(bool, tag = "14")]
+    pub plaintext: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetFlowsRequest {
