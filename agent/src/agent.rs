@@ -77,6 +77,33 @@ pub struct AgentArgs {
     /// late records of short-lived pods).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub tombstone_ttl: Duration,
+    /// Push records to a collector (`host:port`, `https://host:port`, or a unix socket path).
+    #[arg(long)]
+    pub collector: Option<String>,
+    /// CA that signs the collector's certificate: enables TLS with server verification.
+    #[arg(long, requires = "collector")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Allow plaintext to a non-loopback collector.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Records per export batch.
+    #[arg(long, default_value_t = 1000)]
+    pub export_batch_size: usize,
+    /// How long a partial batch waits for more records.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub export_linger: Duration,
+    /// Records buffered while the collector is slow or down; beyond, the oldest are dropped and
+    /// declared lost.
+    #[arg(long, default_value_t = 100_000)]
+    pub export_buffer: usize,
+    /// Compression of the export stream.
+    #[arg(long, value_enum, default_value_t = crate::export::Compression::Zstd)]
+    pub export_compression: crate::export::Compression,
     /// The cluster's pod and service CIDRs (repeatable or comma-separated): an unowned address
     /// inside is `unknown`, outside `external`.
     #[arg(long, value_delimiter = ',')]
@@ -109,6 +136,11 @@ pub enum AgentError {
     Api {
         #[source]
         source: api::ApiError,
+    },
+    #[error("exporter")]
+    Export {
+        #[source]
+        source: crate::export::ExportError,
     },
     #[error("insufficient privileges")]
     Privileges {
@@ -155,6 +187,8 @@ struct Counters {
     /// Records flagged plaintext inter-node, and their bytes (scaled by the sampling rate).
     plaintext_inter_node_flows: u64,
     plaintext_inter_node_bytes: u64,
+    /// The exporter's view, when exporting to a collector.
+    export: Option<crate::export::ExportStats>,
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
@@ -199,6 +233,28 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }));
     let (stop_aux, aux_stopped) = tokio::sync::watch::channel(false);
     let index = start_metadata(&args, &node, &aux_stopped)?;
+    let exporter = match &args.collector {
+        Some(collector) => {
+            let mut cfg = crate::export::ExporterConfig::new(collector.clone(), node.clone());
+            cfg.batch_size = args.export_batch_size;
+            cfg.linger = args.export_linger;
+            cfg.buffer_records = args.export_buffer;
+            cfg.compression = args.export_compression;
+            cfg.insecure = args.insecure;
+            cfg.tls = args
+                .tls_ca
+                .clone()
+                .map(|ca| crate::export::TlsClientConfig {
+                    ca,
+                    cert: args.tls_cert.clone(),
+                    key: args.tls_key.clone(),
+                    domain: None,
+                });
+            info!(collector = %collector, tls = cfg.tls.is_some(), "exporting to a collector");
+            Some(crate::export::spawn(cfg).map_err(|source| AgentError::Export { source })?)
+        }
+        None => None,
+    };
     let metrics = crate::metrics::Metrics::new();
     let mut aux_tasks = Vec::new();
     if let Some(addr) = args.metrics_listen {
@@ -238,6 +294,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         kernel_reported: [0; COUNTER_COUNT as usize],
         plaintext_inter_node_flows: 0,
         plaintext_inter_node_bytes: 0,
+        export: None,
     };
     let status =
         |capture: &Capture, table: &FlowTable, counters: &Counters| proto::GetStatusResponse {
@@ -294,7 +351,8 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &hub, &node, &mut counters, index.as_ref(), &metrics);
+                flush_once(&mut capture, &mut table, &hub, &node, &mut counters, index.as_ref(), &metrics, exporter.as_ref());
+                counters.export = exporter.as_ref().map(|e| e.stats());
                 update_metrics(&metrics, &capture, &table, &counters);
                 if let Some(age) = index.as_ref().and_then(|i| metadata::read_index(i).age()) {
                     metrics.set_metadata_age(age.as_secs_f64());
@@ -315,8 +373,18 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         &mut counters,
         index.as_ref(),
         &metrics,
+        exporter.as_ref(),
     );
     capture.detach_all();
+    if let Some(exporter) = exporter {
+        let stats = exporter.shutdown(Duration::from_secs(5)).await;
+        info!(
+            acked = stats.acked_records,
+            dropped = stats.dropped_total(),
+            queued = stats.queue_depth,
+            "exporter stopped"
+        );
+    }
     let _ = stop_api.send(());
     let _ = stop_aux.send(true);
     for t in aux_tasks {
@@ -375,6 +443,10 @@ fn update_metrics(
 ) {
     metrics.set_kernel_counters(&counters.kernel);
     metrics.set_user_loss("untracked_flows", table.untracked());
+    if let Some(export) = &counters.export {
+        metrics.set_export_queue_depth(usize::try_from(export.queue_depth).unwrap_or(usize::MAX));
+        metrics.set_export_state(export.failures, export.dropped_total());
+    }
     let ifaces = capture.interfaces();
     for kind in ["veth", "l3"] {
         metrics.set_interfaces(
@@ -458,6 +530,7 @@ fn flush_once(
     counters: &mut Counters,
     index: Option<&metadata::SharedIndex>,
     metrics: &crate::metrics::Metrics,
+    exporter: Option<&crate::export::ExporterHandle>,
 ) {
     let drain: Drain = match tokio::task::block_in_place(|| capture.drain()) {
         Ok(d) => d,
@@ -520,6 +593,9 @@ fn flush_once(
         .collect();
     events.extend(loss_events(counters, node, &clock));
     if !events.is_empty() {
+        if let Some(exporter) = exporter {
+            exporter.send(events.clone());
+        }
         hub.publish(events);
     }
 }
@@ -571,6 +647,34 @@ fn status_counters(counters: &Counters, table: &FlowTable) -> Vec<proto::Counter
         loss: false,
         unit: "bytes".into(),
     });
+    if let Some(export) = &counters.export {
+        // Always report the buffer-full reason, so its series exists before the first loss.
+        let mut dropped = export.dropped_records.clone();
+        dropped
+            .entry(crate::export::EXPORT_BUFFER_FULL.to_string())
+            .or_insert(0);
+        for (reason, value) in dropped {
+            out.push(proto::Counter {
+                name: reason,
+                value,
+                loss: true,
+                unit: "records".into(),
+            });
+        }
+        for (name, value) in [
+            ("export_acked_records", export.acked_records),
+            ("export_queue_depth", export.queue_depth),
+            ("export_failures", export.failures),
+            ("export_connected", u64::from(export.connected)),
+        ] {
+            out.push(proto::Counter {
+                name: name.into(),
+                value,
+                loss: false,
+                unit: "records".into(),
+            });
+        }
+    }
     out.push(proto::Counter {
         name: "untracked_flows".into(),
         value: table.untracked(),

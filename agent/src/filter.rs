@@ -292,7 +292,6 @@ impl CompiledFilter {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

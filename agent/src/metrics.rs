@@ -148,6 +148,8 @@ pub struct Metrics {
     export_queue_depth: Gauge,
     export_failures: Counter,
     export_dropped: Counter,
+    /// (failures, dropped) at the previous [`Metrics::set_export_state`].
+    export_last: Mutex<(u64, u64)>,
     metadata_age: Gauge<f64, AtomicU64>,
 }
 
@@ -291,6 +293,7 @@ impl Metrics {
             export_queue_depth,
             export_failures,
             export_dropped,
+            export_last: Mutex::new((0, 0)),
             metadata_age,
         })
     }
@@ -441,12 +444,17 @@ impl Metrics {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn inc_export_failures(&self) {
-        self.export_failures.inc();
-    }
-
-    pub fn add_export_dropped(&self, records: u64) {
-        self.export_dropped.inc_by(records);
+    /// The exporter's cumulative failures and dropped records; the counters grow by the
+    /// difference since the previous call (a restarted exporter starts again from 0).
+    pub fn set_export_state(&self, failures: u64, dropped: u64) {
+        let mut last = self
+            .export_last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let grow = |now: u64, prev: u64| if now >= prev { now - prev } else { now };
+        self.export_failures.inc_by(grow(failures, last.0));
+        self.export_dropped.inc_by(grow(dropped, last.1));
+        *last = (failures, dropped);
     }
 
     pub fn set_metadata_age(&self, secs: f64) {
@@ -497,13 +505,23 @@ pub async fn serve_metrics_on(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
+    serve_exposition_on(listener, move || metrics.encode(), shutdown).await
+}
+
+/// Serves `GET /metrics` with whatever `render` returns at each scrape (the collector renders
+/// its per-agent status this way).
+pub async fn serve_exposition_on(
+    listener: tokio::net::TcpListener,
+    render: impl Fn() -> Result<String, MetricsError> + Clone + Send + Sync + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MetricsError> {
     use axum::{http::StatusCode, http::header::CONTENT_TYPE, routing::get};
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
-            let metrics = metrics.clone();
+            let render = render.clone();
             async move {
-                match metrics.encode() {
+                match render() {
                     Ok(body) => (
                         StatusCode::OK,
                         [(CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
@@ -524,6 +542,69 @@ pub async fn serve_metrics_on(
         .map_err(|source| MetricsError::Serve { source })
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLossLabels {
+    node: String,
+    reason: String,
+    unit: String,
+}
+
+/// The collector's metrics, rendered from its status: per agent (by node) records received,
+/// duplicate batches dropped, connection state, and every loss the agent declared.
+pub fn collector_exposition(
+    status: &podflow_proto::v1::GetStatusResponse,
+) -> Result<String, MetricsError> {
+    let mut registry = Registry::default();
+    let received = Family::<AgentLabels, Counter>::default();
+    let duplicates = Family::<AgentLabels, Counter>::default();
+    let connected = Family::<AgentLabels, Gauge>::default();
+    let lost = Family::<AgentLossLabels, Counter>::default();
+    for a in &status.agents {
+        let l = AgentLabels {
+            node: a.node.clone(),
+        };
+        received.get_or_create(&l).inc_by(a.records_received);
+        duplicates.get_or_create(&l).inc_by(a.duplicate_batches);
+        connected.get_or_create(&l).set(i64::from(a.connected));
+        for c in &a.losses {
+            lost.get_or_create(&AgentLossLabels {
+                node: a.node.clone(),
+                reason: c.name.clone(),
+                unit: c.unit.clone(),
+            })
+            .inc_by(c.value);
+        }
+    }
+    registry.register(
+        "podflow_collector_records_received",
+        "Records received from each agent",
+        received,
+    );
+    registry.register(
+        "podflow_collector_duplicate_batches",
+        "Re-sent batches recognised and dropped, per agent",
+        duplicates,
+    );
+    registry.register(
+        "podflow_collector_agent_connected",
+        "1 while the agent's export stream is open",
+        connected,
+    );
+    registry.register(
+        "podflow_collector_agent_lost",
+        "Losses each agent declared in its stream, by reason",
+        lost,
+    );
+    let mut out = String::new();
+    encode(&mut out, &registry).map_err(|_| MetricsError::Encode)?;
+    Ok(out)
+}
+
 /// Parses one sample value out of an exposition: the value of the line whose name and labels
 /// are exactly `series` (e.g. `podflow_export_failures_total` or
 /// `podflow_lost_packets_total{reason="lost_map_full"}`). For tests and `podflow status`-like
@@ -540,7 +621,6 @@ pub fn sample_value(exposition: &str, series: &str) -> Option<f64> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
@@ -751,9 +831,8 @@ mod tests {
         m.set_interfaces("veth", 12);
         m.set_interfaces("l3", 1);
         m.set_export_queue_depth(42);
-        m.inc_export_failures();
-        m.inc_export_failures();
-        m.add_export_dropped(5);
+        m.set_export_state(1, 0);
+        m.set_export_state(2, 5);
         m.set_metadata_age(2.5);
         m.set_user_loss("untracked_flows", 3);
         m.set_user_loss("untracked_flows", 10);

@@ -581,6 +581,7 @@ async fn status_round_trip_with_buffered_events() {
         }],
         // Whatever the pipeline says, the hub fills this in.
         buffered_events: 12345,
+        ..Default::default()
     };
     hub.set_status(status.clone());
     hub.publish(

@@ -2,11 +2,6 @@
 //! restarts after SIGKILL, and leaving foreign programs alone.
 //!
 //! Run as root: `cargo test -p podflow --test capture_attach` (or `cargo xtask test`).
-#![expect(
-    clippy::expect_used,
-    reason = "a test fails by panicking, with a message"
-)]
-
 mod support;
 
 use std::time::{Duration, Instant};

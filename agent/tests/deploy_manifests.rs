@@ -69,41 +69,48 @@ fn daemonset_adds_exactly_the_required_capabilities() {
     }
 }
 
-/// Flags the manifests pass that the agent does not have yet (health and metrics listeners,
-/// collector export with TLS). Remove each from here once `podflow agent` has it.
-const PENDING_FLAGS: &[&str] = &[
-    "health-listen",
-    "metrics-listen",
-    "collector",
-    "tls-ca",
-    "tls-cert",
-    "tls-key",
-];
 /// Global flags of `podflow` (main.rs), accepted after the subcommand.
 const GLOBAL_FLAGS: &[&str] = &["log-format"];
 
-#[test]
-fn daemonset_passes_only_flags_the_agent_knows() {
-    let cmd = podflow::agent::AgentArgs::augment_args(clap::Command::new("agent"));
+fn container(docs: &[Value], kind: &str, name: &str) -> Value {
+    let objs: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .collect();
+    assert_eq!(objs.len(), 1, "one {kind} {name}");
+    objs[0]["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+/// Every `--flag=value` of a manifest container is a flag of the subcommand (or global).
+fn assert_known_flags(file: &str, args: &[String], sub: &str, cmd: clap::Command) {
     let known: Vec<String> = cmd
         .get_arguments()
         .filter_map(|a| a.get_long().map(str::to_string))
         .collect();
-    assert!(known.iter().any(|k| k == "flush-interval"), "{known:?}");
+    assert!(known.len() > 3, "{known:?}");
+    assert_eq!(args.first().map(String::as_str), Some(sub), "{file}");
+    for a in &args[1..] {
+        let flag = a
+            .strip_prefix("--")
+            .unwrap_or_else(|| panic!("{file}: {a:?} is not --flag=value"));
+        let name = flag.split_once('=').map_or(flag, |(n, _)| n);
+        assert!(
+            known.iter().any(|k| k == name) || GLOBAL_FLAGS.contains(&name),
+            "{file}: `podflow {sub}` has no --{name}"
+        );
+    }
+}
+
+#[test]
+fn manifests_pass_only_flags_podflow_knows() {
     for file in ["podflow.yaml", "kustomize/base/agent-daemonset.yaml"] {
         let args = strings(&agent_container(&docs(file))["args"]);
-        assert_eq!(args.first().map(String::as_str), Some("agent"), "{file}");
-        for a in &args[1..] {
-            let flag = a
-                .strip_prefix("--")
-                .unwrap_or_else(|| panic!("{file}: {a:?} is not --flag=value"));
-            let name = flag.split_once('=').map_or(flag, |(n, _)| n);
-            assert!(
-                known.iter().any(|k| k == name)
-                    || PENDING_FLAGS.contains(&name)
-                    || GLOBAL_FLAGS.contains(&name),
-                "{file}: `podflow agent` has no --{name}"
-            );
-        }
+        let cmd = podflow::agent::AgentArgs::augment_args(clap::Command::new("agent"));
+        assert_known_flags(file, &args, "agent", cmd);
+    }
+    for file in ["podflow.yaml", "kustomize/base/collector-deployment.yaml"] {
+        let args = strings(&container(&docs(file), "Deployment", "podflow-collector")["args"]);
+        let cmd = podflow::collector::CollectorArgs::augment_args(clap::Command::new("collector"));
+        assert_known_flags(file, &args, "collector", cmd);
     }
 }

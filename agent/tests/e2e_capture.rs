@@ -1,6 +1,12 @@
 //! End-to-end: a node namespace with pod namespaces behind veths, the real `podflow agent` running
 //! inside the node namespace, known traffic, and exact packet and byte counts read back through
 //! `podflow tail -o json`. Privileged (root): run with `cargo xtask test`.
+#![expect(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "a test fails by panicking, with a message"
+)]
+
 mod support;
 
 use std::{

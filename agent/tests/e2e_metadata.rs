@@ -2,6 +2,8 @@
 //! `kubectl get pods,services,nodes -A -o json`; flows read back through `podflow tail -o json`
 //! carry the right `src`/`dst` objects, the metadata filters work, and a reused pod IP is
 //! attributed to the pod that owned it when the packets were seen. Privileged (root).
+#![expect(clippy::expect_used, reason = "tests fail loudly")]
+
 mod support;
 
 use std::{net::Ipv4Addr, time::Duration};

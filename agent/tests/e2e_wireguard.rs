@@ -4,6 +4,8 @@
 //! with the inner pod addresses and marked encrypted; a second inter-node path that bypasses the
 //! tunnel is flagged plaintext; same-node traffic on a node with WireGuard stays exact and
 //! same-node. Privileged (root).
+#![expect(clippy::expect_used, reason = "tests fail loudly")]
+
 mod support;
 
 use std::{
@@ -15,7 +17,7 @@ use std::{
 
 use podflow::testbed::{Netns, Node, unique_prefix, wait_for};
 use serde_json::{Value, json};
-use support::{Agent, BIN, Tuple, expect_totals, privileged};
+use support::{Agent, Tuple, expect_totals, privileged};
 
 const PING: u64 = 84;
 
@@ -94,36 +96,11 @@ fn node_json(name: &str, ip: Ipv4Addr, cidr: &str) -> Value {
 
 /// `podflow agent` in a node namespace, named `name`, with the shared metadata file.
 fn start_agent(node: &Node, name: &str, metadata: &Path) -> Agent {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sock = dir.path().join("podflow.sock");
-    let log = dir.path().join("agent.log");
-    let child = node
-        .ns
-        .command(BIN)
-        .args([
-            "--log-format",
-            "text",
-            "agent",
-            "--flush-interval",
-            "1s",
-            "--node-name",
-            name,
-        ])
-        .arg("--socket")
-        .arg(&sock)
-        .arg("--metadata-file")
-        .arg(metadata)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn agent");
-    Agent {
-        child: Some(child),
-        dir,
-        sock,
-        log,
-    }
+    Agent::start_named(
+        node,
+        name,
+        &["--metadata-file", &metadata.to_string_lossy()],
+    )
 }
 
 fn counter(agent: &Agent, name: &str) -> u64 {

@@ -1,6 +1,6 @@
 //! Exporter → collector over loopback in one process: exact totals, per-agent status, declared
 //! buffer losses, and `podflow tail --server` showing the flows of two agents.
-#![expect(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+#![expect(clippy::unwrap_used, reason = "tests")]
 
 mod export_common;
 
@@ -222,4 +222,25 @@ async fn plaintext_is_refused_off_loopback() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("--insecure"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_needs_no_tls_nor_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("collector.sock");
+    let mut args = loopback_args();
+    args.socket = Some(socket.clone());
+    let collector = InProcess::start(args).await;
+    let exporter = export::spawn(fast_config(
+        &format!("unix://{}", socket.display()),
+        "node-u",
+    ))
+    .unwrap();
+    exporter.send((0..1000).map(|i| flow(i, "node-u")).collect());
+    let stats = exporter.shutdown(Duration::from_secs(10)).await;
+    assert_eq!((stats.acked_records, stats.dropped_total()), (1000, 0));
+    let flows = window(&collector.hub).await;
+    assert_eq!(flows.len(), 1000);
+    collector.stop().await;
+    assert!(!socket.exists(), "the socket file is removed at shutdown");
 }

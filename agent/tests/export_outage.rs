@@ -45,6 +45,11 @@ async fn outages_lose_nothing_undeclared_and_leak_nothing() {
         s.acked_records == 30_000
     })
     .await;
+    // Acknowledged means written: exactly these records, once each.
+    let phase1 = read_native(dir.path());
+    assert_eq!((phase1.flows, phase1.unique_flows), (30_000, 30_000));
+    assert_eq!(phase1.unique_packets, packets_of(0..30_000));
+    assert!(phase1.losses.is_empty());
     let before = fds_and_threads();
 
     // 2. kill -9 mid-stream: keep producing 40k (the buffer holds 20k), restart.

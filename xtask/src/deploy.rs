@@ -697,7 +697,7 @@ fn check_agent(p: &mut Problems, docs: &[Value], overlay: &Overlay) {
         ) == metrics_port,
         || "agent: annotation prometheus.io/port must be the metrics port".into(),
     );
-    check_tls(p, "agent", &flags, pod, c);
+    check_tls(p, "agent", "tls-ca", &flags, pod, c);
 
     // $(VAR) references resolve; the agent's configuration is the overlay's.
     let config = seq_at(c, "envFrom")
@@ -745,15 +745,17 @@ fn check_agent(p: &mut Problems, docs: &[Value], overlay: &Overlay) {
     }
 }
 
-/// `--tls-ca/--tls-cert/--tls-key` are files on a read-only secret mount.
+/// The CA flag (`ca_flag`: `tls-ca` on the agent, `tls-client-ca` on the collector),
+/// `--tls-cert` and `--tls-key` are files on a read-only secret mount.
 fn check_tls(
     p: &mut Problems,
     what: &str,
+    ca_flag: &str,
     flags: &BTreeMap<String, Vec<String>>,
     pod: &Value,
     c: &Value,
 ) {
-    for f in ["tls-ca", "tls-cert", "tls-key"] {
+    for f in [ca_flag, "tls-cert", "tls-key"] {
         let Some(path) = flags.get(f).and_then(|v| v.first()) else {
             p.0.push(format!("{what}: no --{f}"));
             continue;
@@ -836,7 +838,7 @@ fn check_collector(p: &mut Problems, docs: &[Value]) {
             || format!("collector: {probe} must be a grpc probe on {COLLECTOR_PORT}"),
         );
     }
-    check_tls(p, "collector", &flags, pod, c);
+    check_tls(p, "collector", "tls-client-ca", &flags, pod, c);
 
     // The Service reaches the collector's gRPC port.
     let Some(svc) = docs
@@ -1121,7 +1123,6 @@ pub fn check_dockerfile(text: &str, setup_rs: &str) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -210,7 +210,6 @@ fn event_nanos(event: &proto::FlowEvent) -> Option<i128> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -27,7 +27,7 @@ use tonic::transport::Server;
 use tracing::{info, warn};
 
 pub use self::hub::{Hub, Query, SUBSCRIBER_LAGGED};
-use self::service::FlowApi;
+pub use self::service::FlowApi;
 use crate::proto::flow_service_server::FlowServiceServer;
 
 /// How long a shutdown waits for open streams and connections to finish.

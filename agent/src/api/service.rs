@@ -13,7 +13,7 @@ use crate::{
 
 /// The service; clones share the hub and the stop signal.
 #[derive(Debug, Clone)]
-pub(crate) struct FlowApi {
+pub struct FlowApi {
     hub: Arc<Hub>,
     /// Turns true when the server shuts down: follow streams end then, so that the graceful
     /// shutdown does not wait for clients that follow forever.
@@ -21,7 +21,7 @@ pub(crate) struct FlowApi {
 }
 
 impl FlowApi {
-    pub(crate) fn new(hub: Arc<Hub>, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(hub: Arc<Hub>, stop: watch::Receiver<bool>) -> Self {
         Self { hub, stop }
     }
 }

@@ -376,7 +376,6 @@ fn endpoint(meta: Option<&proto::Endpoint>, ip: Option<IpAddr>, port: Option<u32
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

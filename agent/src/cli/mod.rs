@@ -339,7 +339,6 @@ pub fn parse_protocol(value: &str) -> Result<u8, TailError> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use std::time::Duration;
 

@@ -70,6 +70,25 @@ pub fn status_text(status: &proto::GetStatusResponse) -> String {
             if counter.loss { "  (loss)" } else { "" }
         ));
     }
+    if !status.agents.is_empty() {
+        lines.push(format!("agents:            {}", status.agents.len()));
+        for a in &status.agents {
+            let lost: u64 = a.losses.iter().map(|c| c.value).sum();
+            lines.push(format!(
+                "  {} ({}): {} records in {} batches, last {}, {} declared lost",
+                a.node,
+                if a.connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                a.records_received,
+                a.batches_received,
+                rfc3339_nanos(a.last_batch_time.as_ref()).unwrap_or_else(|| "-".to_owned()),
+                lost
+            ));
+        }
+    }
     lines.join("\n")
 }
 
@@ -85,6 +104,34 @@ struct JsonStatus<'a> {
     flow_map_capacity: u32,
     interfaces: Vec<JsonInterface<'a>>,
     counters: Vec<JsonCounter<'a>>,
+    /// On a collector: the agents that export to it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    agents: Vec<JsonAgent<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonAgent<'a> {
+    agent_id: &'a str,
+    node: &'a str,
+    version: &'a str,
+    connected: bool,
+    last_batch_time: Option<String>,
+    batches_received: u64,
+    records_received: u64,
+    duplicate_batches: u64,
+    losses: Vec<JsonCounter<'a>>,
+}
+
+fn json_counters(counters: &[proto::Counter]) -> Vec<JsonCounter<'_>> {
+    counters
+        .iter()
+        .map(|c| JsonCounter {
+            name: &c.name,
+            value: c.value,
+            loss: c.loss,
+            unit: &c.unit,
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -124,21 +171,26 @@ pub fn status_json(status: &proto::GetStatusResponse) -> Result<String, serde_js
                 attach_mode: &i.attach_mode,
             })
             .collect(),
-        counters: status
-            .counters
+        counters: json_counters(&status.counters),
+        agents: status
+            .agents
             .iter()
-            .map(|c| JsonCounter {
-                name: &c.name,
-                value: c.value,
-                loss: c.loss,
-                unit: &c.unit,
+            .map(|a| JsonAgent {
+                agent_id: &a.agent_id,
+                node: &a.node,
+                version: &a.version,
+                connected: a.connected,
+                last_batch_time: rfc3339_nanos(a.last_batch_time.as_ref()),
+                batches_received: a.batches_received,
+                records_received: a.records_received,
+                duplicate_batches: a.duplicate_batches,
+                losses: json_counters(&a.losses),
             })
             .collect(),
     })
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -24,7 +24,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::{Stream, StreamExt as _};
+use futures::Stream;
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -41,13 +41,12 @@ use tracing::{info, warn};
 pub use self::gke::{ClusterInfo, gke_line};
 pub use self::sink::{RotatingWriter, Rotation};
 use crate::{
-    api::{Hub, Query},
-    filter::CompiledFilter,
+    api::{FlowApi, Hub},
     proto::{
         self, ExportAck, ExportBatch,
         collector_service_server::{CollectorService, CollectorServiceServer},
         flow_event::Event,
-        flow_service_server::{FlowService, FlowServiceServer},
+        flow_service_server::FlowServiceServer,
     },
 };
 
@@ -78,6 +77,9 @@ pub struct CollectorArgs {
     /// Also serve on this unix socket (mode 0600, plaintext).
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) on this TCP address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Recent events kept in memory for consumers.
     #[arg(long, default_value_t = 65_536)]
     pub buffer: usize,
@@ -122,6 +124,7 @@ impl CollectorArgs {
         Self {
             listen,
             socket: None,
+            metrics_listen: None,
             buffer: 65_536,
             tls_cert: None,
             tls_key: None,
@@ -140,6 +143,11 @@ impl CollectorArgs {
 
 #[derive(Debug, Error)]
 pub enum CollectorError {
+    #[error("metrics endpoint failed")]
+    Metrics {
+        #[source]
+        source: crate::metrics::MetricsError,
+    },
     #[error(
         "refusing to serve plaintext on the non-loopback address {addr}: configure TLS \
          (--tls-cert/--tls-key) or allow plaintext explicitly (--insecure)"
@@ -227,14 +235,40 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
         .map_err(|source| CollectorError::Signal { source })?;
     let collector = Collector::bind(&args).await?;
     info!(addr = %collector.local_addr(), "collector listening");
-    collector
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match args.metrics_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| CollectorError::Metrics {
+                    source: crate::metrics::MetricsError::Bind { addr, source },
+                })?;
+            let hub = collector.hub();
+            Some(tokio::spawn(crate::metrics::serve_exposition_on(
+                listener,
+                move || crate::metrics::collector_exposition(&hub.status()),
+                async move {
+                    let _ = metrics_stopped.await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let served = collector
         .serve(async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
         })
-        .await
+        .await;
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task
+        && let Ok(Err(source)) = task.await
+    {
+        return Err(CollectorError::Metrics { source });
+    }
+    served
 }
 
 /// A bound, not yet serving collector.
@@ -349,11 +383,8 @@ impl Collector {
             state: Arc::clone(&state),
             stop: stop_rx.clone(),
         };
-        let consumer = ConsumerApi {
-            hub: Arc::clone(&state.hub),
-            stop: stop_rx.clone(),
-        };
-        let services = |export: ExportApi, consumer: ConsumerApi| {
+        let consumer = FlowApi::new(Arc::clone(&state.hub), stop_rx.clone());
+        let services = |export: ExportApi, consumer: FlowApi| {
             let export = CollectorServiceServer::new(export)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
@@ -696,49 +727,6 @@ impl CollectorService for ExportApi {
     }
 }
 
-/// `podflow.v1.FlowService` over the window: what `api` serves on an agent.
-// TODO(api): `api::service::FlowApi` is private; exposing it (or a `FlowServiceServer` maker)
-// would remove this copy.
-#[derive(Debug, Clone)]
-struct ConsumerApi {
-    hub: Arc<Hub>,
-    stop: watch::Receiver<bool>,
-}
-
-type EventStream = Pin<Box<dyn Stream<Item = Result<proto::FlowEvent, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl FlowService for ConsumerApi {
-    type GetFlowsStream = EventStream;
-
-    async fn get_flows(
-        &self,
-        request: Request<proto::GetFlowsRequest>,
-    ) -> Result<Response<Self::GetFlowsStream>, Status> {
-        let request = request.into_inner();
-        let filter = CompiledFilter::new(&request.filter.unwrap_or_default())
-            .map_err(|err| Status::invalid_argument(err.to_string()))?;
-        let events = self.hub.subscribe(Query {
-            number: request.number,
-            follow: request.follow,
-            since: request.since,
-            filter,
-        });
-        let mut stop = self.stop.clone();
-        let stopped = async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        };
-        Ok(Response::new(Box::pin(events.take_until(stopped).map(Ok))))
-    }
-
-    async fn get_status(
-        &self,
-        _request: Request<proto::GetStatusRequest>,
-    ) -> Result<Response<proto::GetStatusResponse>, Status> {
-        Ok(Response::new(self.hub.status()))
-    }
-}
-
 /// The unix socket file we created; removed on drop.
 #[derive(Debug)]
 struct SocketFile {
@@ -786,7 +774,6 @@ fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), CollectorError> 
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

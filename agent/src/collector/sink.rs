@@ -139,7 +139,6 @@ fn list(dir: &Path, prefix: &str) -> io::Result<Vec<PathBuf>> {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -257,16 +257,28 @@ pub fn spawn(cfg: ExporterConfig) -> Result<ExporterHandle, ExportError> {
     Ok(ExporterHandle {
         shared,
         stop: stop_tx,
-        task,
+        task: Some(task),
     })
 }
 
 /// The pipeline's side of a running exporter.
+///
+/// Dropping it without [`ExporterHandle::shutdown`] stops the exporter at once (what is buffered
+/// is lost).
 #[derive(Debug)]
 pub struct ExporterHandle {
     shared: Arc<Shared>,
     stop: watch::Sender<Option<Instant>>,
-    task: JoinHandle<()>,
+    /// `None` once shut down.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for ExporterHandle {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 impl ExporterHandle {
@@ -308,22 +320,19 @@ impl ExporterHandle {
     /// Sends what is buffered (ignoring `linger`) and waits, up to `deadline`, for the collector
     /// to acknowledge it; then closes the stream. Events still unacknowledged are counted as
     /// dropped ([`EXPORT_SHUTDOWN`]). Returns the final counters.
-    pub async fn shutdown(self, deadline: Duration) -> ExportStats {
-        let Self {
-            shared,
-            stop,
-            mut task,
-        } = self;
-        stop.send_replace(Some(Instant::now() + deadline));
-        shared.wake.notify_one();
-        // The worker honours the deadline itself; the margin covers a stuck TLS/connect call.
-        let margin = deadline + Duration::from_secs(1);
-        if tokio::time::timeout(margin, &mut task).await.is_err() {
-            task.abort();
-            let _ = task.await;
-            shared.drop_leftovers();
+    pub async fn shutdown(mut self, deadline: Duration) -> ExportStats {
+        self.stop.send_replace(Some(Instant::now() + deadline));
+        self.shared.wake.notify_one();
+        if let Some(mut task) = self.task.take() {
+            // The worker honours the deadline itself; the margin covers a stuck connect call.
+            let margin = deadline + Duration::from_secs(1);
+            if tokio::time::timeout(margin, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+                self.shared.drop_leftovers();
+            }
         }
-        shared.stats()
+        self.shared.stats()
     }
 }
 
@@ -798,7 +807,6 @@ fn status_text(status: &tonic::Status) -> String {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 

@@ -18,8 +18,9 @@
 //! item was not an error and its initial list is done). A watcher error (API down, stream cut,
 //! 410) stops confirmation, so `age()` grows while the index keeps serving the last known state.
 //! Because a watch resumed from its resourceVersion emits nothing until an object changes, a
-//! failing watcher is also cleared by a successful `GET /version` probe made after it stopped
-//! erroring for [`KubeSourceConfig::quiet_after_error`].
+//! failing watcher is also cleared when the retry its backoff scheduled happened
+//! [`KubeSourceConfig::quiet_after_error`] ago without a new error and a `GET /version` probe
+//! succeeds.
 
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
@@ -31,8 +32,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::Backoff;
+use kube::runtime::watcher::DefaultBackoff;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::convert::{node_info, owner_info, pod_info, service_info};
 use super::index::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
@@ -53,7 +57,8 @@ pub struct KubeSourceConfig {
     pub watch_owners: bool,
     /// How often freshness is confirmed and tombstones are pruned.
     pub tick: Duration,
-    /// A failing watcher that has not erred for this long is cleared by a successful probe.
+    /// A failing watcher whose backoff retry happened this long ago without a new error is
+    /// considered resumed (confirmed by a `GET /version` probe).
     pub quiet_after_error: Duration,
 }
 
@@ -138,8 +143,37 @@ fn convert<K>(ev: Event<K>, f: impl Fn(&K) -> Option<Item>) -> Ev {
     }
 }
 
+/// When a watcher's backoff lets it retry next (set by [`RecordingBackoff`]).
+type RetryClock = Arc<Mutex<Option<Instant>>>;
+
+/// kube-runtime's default backoff (exponential 0.8 s → 30 s with jitter, reset after 120 s
+/// without errors) that records when the retry it schedules will happen.
+struct RecordingBackoff {
+    inner: DefaultBackoff,
+    retry_at: RetryClock,
+}
+
+impl Iterator for RecordingBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.inner.next();
+        if let Some(d) = delay {
+            *self.retry_at.lock().unwrap_or_else(PoisonError::into_inner) =
+                Some(Instant::now() + d);
+        }
+        delay
+    }
+}
+
+impl Backoff for RecordingBackoff {
+    fn reset(&mut self) {
+        self.inner.reset();
+    }
+}
+
 fn stream<K>(
     slot: usize,
+    retry_at: RetryClock,
     api: Api<K>,
     cfg: watcher::Config,
     f: fn(&K) -> Option<Item>,
@@ -148,7 +182,10 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     watcher::watcher(api, cfg)
-        .default_backoff()
+        .backoff(RecordingBackoff {
+            inner: DefaultBackoff::default(),
+            retry_at,
+        })
         .map_ok(move |ev| convert(ev, f))
         .map(move |r| (slot, r))
         .boxed()
@@ -175,23 +212,28 @@ pub async fn run_kube_source(
     let mut srcs = vec![Src::LocalPods];
     let mut streams: SelectAll<BoxStream<'static, Msg>> = SelectAll::new();
     let pod_fn: fn(&Pod) -> Option<Item> = |p| pod_info(p).map(Item::Pod);
+    let mut retries: Vec<RetryClock> = vec![RetryClock::default()];
     streams.push(stream(
         0,
+        Arc::clone(&retries[0]),
         Api::<Pod>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={node}")),
         pod_fn,
     ));
-    let mut add = |src: Src, s: Box<dyn FnOnce(usize) -> BoxStream<'static, Msg>>| {
-        streams.push(s(srcs.len()));
+    let mut add = |src: Src, s: Box<dyn FnOnce(usize, RetryClock) -> BoxStream<'static, Msg>>| {
+        let retry = RetryClock::default();
+        streams.push(s(srcs.len(), Arc::clone(&retry)));
+        retries.push(retry);
         srcs.push(src);
     };
     if cfg.watch_remote_pods {
         let (c, n) = (client.clone(), node.clone());
         add(
             Src::RemotePods,
-            Box::new(move |slot| {
+            Box::new(move |slot, retry| {
                 stream(
                     slot,
+                    retry,
                     Api::<Pod>::all(c),
                     watcher::Config::default().fields(&format!("spec.nodeName!={n}")),
                     pod_fn,
@@ -202,9 +244,10 @@ pub async fn run_kube_source(
     let c = client.clone();
     add(
         Src::Services,
-        Box::new(move |slot| {
+        Box::new(move |slot, retry| {
             stream(
                 slot,
+                retry,
                 Api::<Service>::all(c),
                 watcher::Config::default(),
                 |s| service_info(s).map(Item::Service),
@@ -214,19 +257,24 @@ pub async fn run_kube_source(
     let c = client.clone();
     add(
         Src::Nodes,
-        Box::new(move |slot| {
-            stream(slot, Api::<Node>::all(c), watcher::Config::default(), |n| {
-                node_info(n).map(Item::Node)
-            })
+        Box::new(move |slot, retry| {
+            stream(
+                slot,
+                retry,
+                Api::<Node>::all(c),
+                watcher::Config::default(),
+                |n| node_info(n).map(Item::Node),
+            )
         }),
     );
     if cfg.watch_owners {
         let c = client.clone();
         add(
             Src::ReplicaSets,
-            Box::new(move |slot| {
+            Box::new(move |slot, retry| {
                 stream(
                     slot,
+                    retry,
                     Api::<PartialObjectMeta<ReplicaSet>>::all(c),
                     watcher::Config::default(),
                     |o| owner_info("ReplicaSet", &o.metadata).map(Item::Owner),
@@ -236,9 +284,10 @@ pub async fn run_kube_source(
         let c = client.clone();
         add(
             Src::Jobs,
-            Box::new(move |slot| {
+            Box::new(move |slot, retry| {
                 stream(
                     slot,
+                    retry,
                     Api::<PartialObjectMeta<Job>>::all(c),
                     watcher::Config::default(),
                     |o| owner_info("Job", &o.metadata).map(Item::Owner),
@@ -259,7 +308,7 @@ pub async fn run_kube_source(
             () = &mut shutdown => return Ok(()),
             msg = streams.next() => msg,
             _ = tick.tick() => {
-                on_tick(&cfg, &client, &index, &mut states).await;
+                on_tick(&cfg, &client, &index, &mut states, &retries).await;
                 continue;
             }
         };
@@ -418,15 +467,33 @@ async fn on_tick(
     client: &Client,
     index: &SharedIndex,
     states: &mut [WatchState],
+    retries: &[RetryClock],
 ) {
     write_index(index).maintain(SystemTime::now());
-    let clearable = |s: &WatchState| matches!(s, WatchState::Failing { last_error, was_synced: true } if last_error.elapsed() >= cfg.quiet_after_error);
-    let quiet = states.iter().any(clearable);
-    if quiet {
+    // A failing watcher whose scheduled retry happened `quiet_after_error` ago without a new
+    // error has resumed its watch (a resumed watch emits nothing until something changes).
+    let clearable = |s: &WatchState, retry: Option<&RetryClock>| {
+        let retry_at = retry.and_then(|r| *r.lock().unwrap_or_else(PoisonError::into_inner));
+        match (s, retry_at) {
+            (
+                WatchState::Failing {
+                    last_error,
+                    was_synced: true,
+                },
+                Some(r),
+            ) => r > *last_error && r.elapsed() >= cfg.quiet_after_error,
+            _ => false,
+        }
+    };
+    if states
+        .iter()
+        .enumerate()
+        .any(|(i, s)| clearable(s, retries.get(i)))
+    {
         let probe = tokio::time::timeout(Duration::from_secs(2), client.apiserver_version()).await;
         if matches!(probe, Ok(Ok(_))) {
-            for s in states.iter_mut() {
-                if clearable(s) {
+            for (i, s) in states.iter_mut().enumerate() {
+                if clearable(s, retries.get(i)) {
                     *s = WatchState::Synced;
                 }
             }

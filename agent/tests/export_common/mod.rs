@@ -76,12 +76,7 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    pub async fn start(mut args: CollectorArgs) -> InProcess {
-        if args.listen.port() != 0 || args.listen.ip().is_unspecified() {
-            // Keep the given address.
-        } else {
-            args.listen = "127.0.0.1:0".parse().unwrap();
-        }
+    pub async fn start(args: CollectorArgs) -> InProcess {
         let collector = Collector::bind(&args).await.unwrap();
         let addr = collector.local_addr();
         let hub = collector.hub();

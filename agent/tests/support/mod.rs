@@ -9,6 +9,10 @@
 //!   node namespace; [`attached_programs`] / [`podflow_programs`]: what the kernel has attached.
 //! * [`flow_key`], [`mapped`] and [`pkt`]: flow keys and crafted packets.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
+#![expect(
+    clippy::expect_used,
+    reason = "test support: a failed expectation is the test failing, with a message"
+)]
 
 use std::{
     cell::RefCell,
@@ -52,6 +56,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(node: &Node, extra: &[&str]) -> Agent {
+        Agent::start_named(node, "e2e-node", extra)
+    }
+
+    /// Like [`Agent::start`], with the node name the agent reports.
+    pub fn start_named(node: &Node, name: &str, extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("podflow.sock");
         let log = dir.path().join("agent.log");
@@ -64,7 +73,7 @@ impl Agent {
                 "text",
                 "agent",
                 "--node-name",
-                "e2e-node",
+                name,
                 "--flush-interval",
                 "1s",
             ])
