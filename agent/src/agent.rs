@@ -4,7 +4,7 @@
 //! netlink link events, drains the kernel every flush interval, turns the entries into records and
 //! hands them to the API hub. The gRPC server runs beside it. SIGTERM/SIGINT: a last drain (so
 //! nothing counted is dropped), then detach exactly what was attached.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use podflow_ebpf::{COUNTER_COUNT, Counter};
 use tokio::{signal::unix::SignalKind, sync::oneshot};
@@ -322,6 +322,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     hub.set_status(status(&capture, &table, &counters));
     info!(node = %node, socket = %args.socket.display(), interfaces = capture.interfaces().len(), "podflow agent running");
 
+    let outputs = Outputs {
+        node: &node,
+        hub: &hub,
+        index: index.as_ref(),
+        metrics: &metrics,
+        exporter: exporter.as_ref(),
+    };
     let mut links_open = true;
     loop {
         tokio::select! {
@@ -351,7 +358,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &hub, &node, &mut counters, index.as_ref(), &metrics, exporter.as_ref());
+                flush_once(&mut capture, &mut table, &mut counters, &outputs);
                 counters.export = exporter.as_ref().map(|e| e.stats());
                 update_metrics(&metrics, &capture, &table, &counters);
                 if let Some(age) = index.as_ref().and_then(|i| metadata::read_index(i).age()) {
@@ -365,16 +372,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
 
     // Last drain, so what was counted since the previous flush is not lost.
-    flush_once(
-        &mut capture,
-        &mut table,
-        &hub,
-        &node,
-        &mut counters,
-        index.as_ref(),
-        &metrics,
-        exporter.as_ref(),
-    );
+    flush_once(&mut capture, &mut table, &mut counters, &outputs);
     capture.detach_all();
     if let Some(exporter) = exporter {
         let stats = exporter.shutdown(Duration::from_secs(5)).await;
@@ -522,16 +520,28 @@ fn start_metadata(
     Ok(Some(index))
 }
 
+/// Where a flush's records go, and what names them.
+struct Outputs<'a> {
+    node: &'a str,
+    hub: &'a Hub,
+    index: Option<&'a metadata::SharedIndex>,
+    metrics: &'a crate::metrics::Metrics,
+    exporter: Option<&'a crate::export::ExporterHandle>,
+}
+
 fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
-    hub: &Arc<Hub>,
-    node: &str,
     counters: &mut Counters,
-    index: Option<&metadata::SharedIndex>,
-    metrics: &crate::metrics::Metrics,
-    exporter: Option<&crate::export::ExporterHandle>,
+    out: &Outputs<'_>,
 ) {
+    let Outputs {
+        node,
+        hub,
+        index,
+        metrics,
+        exporter,
+    } = *out;
     let drain: Drain = match tokio::task::block_in_place(|| capture.drain()) {
         Ok(d) => d,
         Err(e) => {

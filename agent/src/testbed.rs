@@ -100,6 +100,50 @@ fn enter(name: &str) -> Result<(), TestbedError> {
     Ok(())
 }
 
+/// Runs `f` on a fresh thread inside the (existing) namespace `name` and returns its result:
+/// [`Netns::run`] for a namespace this process does not own a guard of.
+pub fn run_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TestbedError> {
+    spawn_in(name, f)?
+        .join()
+        .map_err(|p| TestbedError::ThreadPanicked {
+            ns: name.to_string(),
+            message: panic_message(p.as_ref()),
+        })
+}
+
+/// Starts `f` on a fresh thread inside the namespace `name`; the thread ends with `f`.
+pub fn spawn_in<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, TestbedError> {
+    let owned = name.to_string();
+    let (tx, rx) = mpsc::channel::<Result<(), TestbedError>>();
+    let handle = std::thread::Builder::new()
+        .name(format!("netns-{name}"))
+        .spawn(move || {
+            let entered = enter(&owned);
+            let ok = entered.is_ok();
+            let _ = tx.send(entered);
+            if !ok {
+                // Never run `f` in the wrong namespace (the caller has the error already).
+                std::process::abort();
+            }
+            f()
+        })
+        .map_err(|source| TestbedError::Thread {
+            name: name.to_string(),
+            source,
+        })?;
+    match rx.recv() {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(TestbedError::ThreadGone(name.to_string())),
+    }
+}
+
 /// A short name unique to this process and call, for namespaces and interfaces (interface names
 /// are limited to 15 bytes, so keep prefixes short).
 pub fn unique_prefix(tag: &str) -> String {
@@ -203,29 +247,7 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<JoinHandle<T>, TestbedError> {
-        let name = self.name.clone();
-        let (tx, rx) = mpsc::channel::<Result<(), TestbedError>>();
-        let handle = std::thread::Builder::new()
-            .name(format!("netns-{name}"))
-            .spawn(move || {
-                let entered = enter(&name);
-                let ok = entered.is_ok();
-                let _ = tx.send(entered);
-                if !ok {
-                    // Never run `f` in the wrong namespace (the caller has the error already).
-                    std::process::abort();
-                }
-                f()
-            })
-            .map_err(|source| TestbedError::Thread {
-                name: self.name.clone(),
-                source,
-            })?;
-        match rx.recv() {
-            Ok(Ok(())) => Ok(handle),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(TestbedError::ThreadGone(self.name.clone())),
-        }
+        spawn_in(&self.name, f)
     }
 
     /// The interfaces of the namespace, as (ifindex, name), from `ip -o link show`.

@@ -1,8 +1,6 @@
 //! End-to-end: the real agent inside a node namespace exports to a real `podflow collector`
 //! (over a unix socket, which crosses network namespaces), and `podflow tail --server` against
 //! the collector shows the node's flows with exact counts and the node name. Privileged (root).
-#![expect(clippy::expect_used, reason = "tests fail loudly")]
-
 mod support;
 
 use std::{

@@ -4,7 +4,6 @@
 //!
 //! Needs the `prometheus` binary (`cargo xtask test` installs it); fails without it unless
 //! `PODFLOW_SKIP_PROMETHEUS=1`.
-#![expect(clippy::expect_used, reason = "tests")]
 mod metrics_support;
 
 use std::{path::PathBuf, time::Duration};

@@ -28,12 +28,24 @@ pub struct Prometheus {
     child: Child,
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// The network namespace Prometheus runs in (None: this process' own).
+    netns: Option<String>,
 }
 
 impl Prometheus {
     /// Starts Prometheus scraping `targets` (`/metrics`) every second and evaluating `rule_files`
     /// every second, and waits (≤ 30 s) until its API answers.
     pub fn start(targets: &[SocketAddr], rule_files: &[&Path]) -> Result<Prometheus, String> {
+        Prometheus::start_in(None, targets, rule_files)
+    }
+
+    /// Like [`Prometheus::start`], inside the network namespace `netns` (to scrape an agent that
+    /// runs in a node namespace); queries are made from inside it too.
+    pub fn start_in(
+        netns: Option<&str>,
+        targets: &[SocketAddr],
+        rule_files: &[&Path],
+    ) -> Result<Prometheus, String> {
         let bin = prometheus_binary()
             .ok_or("prometheus is not installed (Debian package `prometheus`)")?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -60,7 +72,15 @@ impl Prometheus {
         let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
         let log =
             std::fs::File::create(dir.path().join("prometheus.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
@@ -72,7 +92,12 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("starting prometheus: {e}"))?;
-        let mut p = Prometheus { child, addr, dir };
+        let mut p = Prometheus {
+            child,
+            addr,
+            dir,
+            netns: netns.map(str::to_string),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -95,12 +120,26 @@ impl Prometheus {
 
     /// `GET path` on the server: (status, body).
     pub fn get(&self, path: &str) -> Result<(u16, String), String> {
-        let mut s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
-            .map_err(|e| e.to_string())?;
+        match &self.netns {
+            Some(ns) => {
+                let (addr, path) = (self.addr, path.to_string());
+                podflow::testbed::run_in(ns, move || http_get(addr, &path))
+                    .map_err(|e| e.to_string())?
+            }
+            None => http_get(self.addr, path),
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.0: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    {
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(5)))
             .map_err(|e| e.to_string())?;
         // HTTP/1.0: no chunked encoding, the server closes when done.
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
             .map_err(|e| e.to_string())?;
         let mut resp = String::new();
         s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
@@ -114,7 +153,9 @@ impl Prometheus {
             .ok_or("malformed status line")?;
         Ok((status, body.to_string()))
     }
+}
 
+impl Prometheus {
     /// An instant query: each resulting series as (labels, value).
     pub fn query(&self, promql: &str) -> Result<Vec<Sample>, String> {
         let (status, body) =

@@ -61,13 +61,25 @@ impl Agent {
 
     /// Like [`Agent::start`], with the node name the agent reports.
     pub fn start_named(node: &Node, name: &str, extra: &[&str]) -> Agent {
+        Agent::start_wrapped(node, name, &[], extra)
+    }
+
+    /// Like [`Agent::start_named`], run through `wrapper` (e.g. `setpriv ... --`) inside the
+    /// node namespace.
+    pub fn start_wrapped(node: &Node, name: &str, wrapper: &[&str], extra: &[&str]) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("podflow.sock");
         let log = dir.path().join("agent.log");
         let logf = std::fs::File::create(&log).expect("log file");
-        let child = node
-            .ns
-            .command(BIN)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = node.ns.command(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => node.ns.command(BIN),
+        };
+        let child = cmd
             .args([
                 "--log-format",
                 "text",

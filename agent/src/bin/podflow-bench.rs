@@ -1,0 +1,1487 @@
+//! `podflow-bench`: podflow against the no-agent baseline, on a node built from network
+//! namespaces (see `docs/BENCHMARKS.md`, run by `cargo xtask bench`).
+//!
+//! It builds a node namespace with two pods (`src`, `dst`) on veths ([`podflow::testbed`]), runs
+//! the real `podflow agent` binary inside the node namespace, and measures with real tools:
+//! iperf3 (TCP throughput, UDP 64-byte packet rate), bpftool (per-program run time with
+//! `kernel.bpf_stats_enabled`, map memory), `/proc/<pid>/stat` and `/proc/<pid>/status` (agent
+//! CPU and memory), the agent's status and metrics (records exported, loss counters) and an
+//! in-process flow generator (UDP datagrams with rotating ports, sent from a thread inside the
+//! source pod) that makes many distinct 5-tuples cheaply.
+//!
+//! Runs with and without the agent are interleaved (the order alternates from pair to pair), and
+//! the ratios are medians of per-pair ratios.
+//!
+//! Safety: nothing is changed in the root namespace except `kernel.bpf_stats_enabled` (a global
+//! sysctl), which is restored on every exit path (guard + SIGINT/SIGTERM handler). Traffic only
+//! goes to addresses of the namespaces created here; every namespace is deleted on exit; every
+//! wait is bounded.
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark figures are reported as floats"
+)]
+
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, anyhow, bail, ensure};
+use podflow::testbed::{Netns, Node, unique_prefix, wait_for};
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone)]
+struct Opts {
+    smoke: bool,
+    /// Interleaved pairs (with / without the agent).
+    pairs: usize,
+    /// Seconds of each iperf3 run.
+    iperf_secs: u32,
+    /// Seconds of each generator window for the kernel cost.
+    hook_secs: f64,
+    /// Packets per second of the generator for the kernel cost.
+    hook_rate: u64,
+    /// Distinct flows of the "many flows" kernel cost window.
+    many_flows: u64,
+    /// Flow map capacity for the kernel cost windows (default: from `many_flows`).
+    hook_map_entries: Option<u32>,
+    /// Flow churn rates (new flows per second) and the window of each.
+    churn_rates: Vec<u64>,
+    churn_secs: f64,
+    /// Active flows for the resident memory figure.
+    rss_flows: u64,
+    /// Flow map capacity for the 50 % occupancy loss figure.
+    loss_map_entries: u32,
+    podflow: PathBuf,
+    doc: Option<PathBuf>,
+    command: String,
+}
+
+fn usage() -> &'static str {
+    "usage: podflow-bench [--smoke] [--pairs N] [--secs N] [--podflow PATH] [--doc FILE] [--command TEXT]\n\
+     Measures podflow against the no-agent baseline inside network namespaces (root needed)."
+}
+
+fn parse_opts() -> anyhow::Result<Opts> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let exe = std::env::current_exe().context("current_exe")?;
+    let sibling = exe
+        .parent()
+        .map(|d| d.join("podflow"))
+        .unwrap_or_else(|| PathBuf::from("podflow"));
+    let mut o = if smoke {
+        Opts {
+            smoke,
+            pairs: 1,
+            iperf_secs: 1,
+            hook_secs: 1.0,
+            hook_rate: 50_000,
+            many_flows: 20_000,
+            hook_map_entries: None,
+            churn_rates: vec![2_000, 10_000],
+            churn_secs: 1.0,
+            rss_flows: 10_000,
+            loss_map_entries: 16_384,
+            podflow: sibling,
+            doc: None,
+            command: String::new(),
+        }
+    } else {
+        Opts {
+            smoke,
+            pairs: 5,
+            iperf_secs: 3,
+            hook_secs: 2.0,
+            hook_rate: 100_000,
+            many_flows: 60_000,
+            hook_map_entries: None,
+            churn_rates: vec![10_000, 100_000],
+            churn_secs: 5.0,
+            rss_flows: 100_000,
+            loss_map_entries: 131_072,
+            podflow: sibling,
+            doc: None,
+            command: String::new(),
+        }
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{a} needs a value\n{}", usage()))
+        };
+        match a.as_str() {
+            "--smoke" => {}
+            "--pairs" => o.pairs = val()?.parse().context("--pairs")?,
+            "--secs" => o.iperf_secs = val()?.parse().context("--secs")?,
+            "--podflow" => o.podflow = PathBuf::from(val()?),
+            "--many-flows" => o.many_flows = val()?.parse().context("--many-flows")?,
+            "--map-entries" => o.hook_map_entries = Some(val()?.parse().context("--map-entries")?),
+            "--doc" => o.doc = Some(PathBuf::from(val()?)),
+            "--command" => o.command = val()?,
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{}", usage()),
+        }
+    }
+    ensure!(o.pairs >= 1, "--pairs must be at least 1");
+    if o.command.is_empty() {
+        o.command = std::iter::once("podflow-bench".to_string())
+            .chain(args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    Ok(o)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interruption and guards
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+fn check_stop() -> anyhow::Result<()> {
+    if STOP.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps up to `d`, returning early (with an error) when interrupted.
+fn sleep(d: Duration) -> anyhow::Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        check_stop()?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        std::thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Enables `kernel.bpf_stats_enabled` and restores the previous value on drop.
+struct BpfStatsGuard {
+    previous: String,
+}
+
+impl BpfStatsGuard {
+    fn enable() -> anyhow::Result<BpfStatsGuard> {
+        let previous = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .context("reading kernel.bpf_stats_enabled")?
+            .trim()
+            .to_string();
+        std::fs::write(BPF_STATS_SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStatsGuard { previous })
+    }
+}
+
+impl Drop for BpfStatsGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS_SYSCTL, &self.previous) {
+            eprintln!(
+                "podflow-bench: could not restore kernel.bpf_stats_enabled={}: {e}",
+                self.previous
+            );
+        }
+    }
+}
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> anyhow::Result<TempDir> {
+        let p = std::env::temp_dir().join(format!("podflow-bench-{tag}"));
+        std::fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(TempDir(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+struct ChildGuard(Option<Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+fn summary(v: &[f64]) -> Option<Summary> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some(Summary {
+        median,
+        min: v[0],
+        max: v[n - 1],
+    })
+}
+
+fn fmt_range(s: &Summary, digits: usize) -> String {
+    format!(
+        "{:.*} ({:.*}–{:.*})",
+        digits, s.median, digits, s.min, digits, s.max
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The testbed
+
+struct Bed {
+    node: Node,
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    _iperf_server: ChildGuard,
+}
+
+const SRC_VETH: &str = "vethpfbsrc";
+const DST_VETH: &str = "vethpfbdst";
+
+fn build_bed() -> anyhow::Result<Bed> {
+    let prefix = unique_prefix("pfb");
+    let mut node = Node::new(&prefix, 213).context("creating the node namespace")?;
+    let src_ip = node
+        .add_pod("src", SRC_VETH)
+        .context("adding pod src")?
+        .ipv4;
+    let dst_ip = node
+        .add_pod("dst", DST_VETH)
+        .context("adding pod dst")?
+        .ipv4;
+    let dst = node.pod("dst")?;
+    let server = dst
+        .ns
+        .command("iperf3")
+        .args(["-s", "-B", &dst_ip.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the iperf3 server in pod dst (is iperf3 installed?)")?;
+    let server = ChildGuard(Some(server));
+    // Bounded wait until the server listens.
+    let dst_ns = dst.ns.name().to_string();
+    let listening = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &dst_ns, "ss", "-Hltn", "sport = :5201"])
+            .output()
+            .ok()?;
+        (!String::from_utf8_lossy(&out.stdout).trim().is_empty()).then_some(())
+    });
+    ensure!(
+        listening.is_some(),
+        "iperf3 server did not start within 5 s"
+    );
+    Ok(Bed {
+        node,
+        src_ip,
+        dst_ip,
+        _iperf_server: server,
+    })
+}
+
+impl Bed {
+    fn src(&self) -> anyhow::Result<&Netns> {
+        Ok(&self.node.pod("src")?.ns)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// iperf3
+
+fn iperf(bed: &Bed, args: &[&str]) -> anyhow::Result<Value> {
+    let src = bed.src()?;
+    let dst = bed.dst_ip.to_string();
+    let mut last_err = None;
+    // The server takes one test at a time and may still be closing the previous one: retry.
+    for _ in 0..3 {
+        check_stop()?;
+        let out = src
+            .command("timeout")
+            .args(["60", "iperf3", "-c", &dst, "-J"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running iperf3")?;
+        let v: Result<Value, _> = serde_json::from_slice(&out.stdout);
+        match v {
+            Ok(v) if out.status.success() && v.get("error").is_none() => return Ok(v),
+            Ok(v) => last_err = Some(format!("{}", v.get("error").unwrap_or(&Value::Null))),
+            Err(e) => last_err = Some(format!("{e}: {}", String::from_utf8_lossy(&out.stderr))),
+        }
+        sleep(Duration::from_millis(300))?;
+    }
+    bail!("iperf3 {args:?} failed: {}", last_err.unwrap_or_default())
+}
+
+/// Single-stream TCP throughput, receiver side, in Gbit/s.
+fn tcp_gbps(bed: &Bed, secs: u32) -> anyhow::Result<f64> {
+    let v = iperf(bed, &["-t", &secs.to_string()])?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .map(|b| b / 1e9)
+        .ok_or_else(|| anyhow!("iperf3 TCP: no end.sum_received.bits_per_second"))
+}
+
+/// UDP 64-byte datagrams at full speed: packets per second the receiver got
+/// (`packets - lost_packets` over the receiver's interval).
+fn udp_pps(bed: &Bed, secs: u32) -> anyhow::Result<f64> {
+    let v = iperf(bed, &["-u", "-l", "64", "-b", "0", "-t", &secs.to_string()])?;
+    let s = &v["end"]["sum"];
+    let (Some(packets), Some(lost), Some(seconds)) = (
+        s["packets"].as_f64(),
+        s["lost_packets"].as_f64(),
+        s["seconds"].as_f64(),
+    ) else {
+        bail!("iperf3 UDP: no end.sum.packets/lost_packets/seconds: {s}");
+    };
+    ensure!(seconds > 0.0, "iperf3 UDP: zero-length run");
+    Ok((packets - lost).max(0.0) / seconds)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flow generator
+
+/// What a generator window sent.
+#[derive(Debug, Clone, Copy)]
+struct GenResult {
+    sent: u64,
+    secs: f64,
+}
+
+/// Distinct destination ports per source socket (ports 10000..60000; iperf3 uses 5201).
+const PORTS_PER_SOCKET: u64 = 50_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Flows {
+    /// Cycle through flows 0..n again and again (established flows).
+    Rotate(u64),
+    /// Every packet is a new flow, numbered from `start`.
+    Unique { start: u64 },
+}
+
+/// Sends 64-byte frames (22-byte UDP payloads) from a thread inside pod `src` to `dst` at `rate`
+/// packets per second for `secs`. Flow `i` is (socket `i / 50000`, destination port
+/// `10000 + i % 50000`); each socket has its own ephemeral source port. Nothing listens on those
+/// ports in `dst`: the packets cross both veths and are dropped by `dst`'s UDP layer (its ICMP
+/// errors are rate-limited by the kernel to about one per second).
+fn generate(bed: &Bed, flows: Flows, rate: u64, secs: f64) -> anyhow::Result<GenResult> {
+    let dst = bed.dst_ip;
+    let max_index = match flows {
+        Flows::Rotate(n) => n.max(1),
+        Flows::Unique { start } => start + (rate as f64 * secs) as u64 + 1,
+    };
+    let nsock = max_index.div_ceil(PORTS_PER_SOCKET) as usize;
+    let res = bed.src()?.run(move || -> anyhow::Result<GenResult> {
+        let socks: Vec<UdpSocket> = (0..nsock)
+            .map(|_| UdpSocket::bind("0.0.0.0:0"))
+            .collect::<Result<_, _>>()
+            .context("binding generator sockets")?;
+        let payload = [0x5au8; 22];
+        let start = Instant::now();
+        let total = (rate as f64 * secs) as u64;
+        let mut sent = 0u64;
+        while sent < total {
+            if STOP.load(Ordering::Relaxed) {
+                break;
+            }
+            let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total);
+            if sent >= due {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            while sent < due {
+                let i = match flows {
+                    Flows::Rotate(n) => sent % n.max(1),
+                    Flows::Unique { start } => start + sent,
+                };
+                let sock = &socks[(i / PORTS_PER_SOCKET) as usize % nsock];
+                let port = 10_000 + (i % PORTS_PER_SOCKET) as u16;
+                // Errors (e.g. ENOBUFS) just mean the packet was not sent; it is not counted.
+                if sock.send_to(&payload, SocketAddrV4::new(dst, port)).is_ok() {
+                    sent += 1;
+                } else {
+                    // Count it anyway so pacing does not spin; the receiver-side figures do not
+                    // depend on this number.
+                    sent += 1;
+                }
+            }
+        }
+        Ok(GenResult {
+            sent,
+            secs: start.elapsed().as_secs_f64(),
+        })
+    });
+    let r = res.map_err(|e| anyhow!("generator thread: {e}"))??;
+    check_stop()?;
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent
+
+struct Agent {
+    child: ChildGuard,
+    pid: i32,
+    sock: PathBuf,
+    metrics_port: u16,
+    _dir: TempDir,
+    node_ns: String,
+    podflow: PathBuf,
+}
+
+impl Agent {
+    fn start(
+        bed: &Bed,
+        podflow: &Path,
+        flow_map_entries: u32,
+        flush: &str,
+    ) -> anyhow::Result<Agent> {
+        let dir = TempDir::new(&unique_prefix("a"))?;
+        let sock = dir.0.join("podflow.sock");
+        let log = std::fs::File::create(dir.0.join("agent.log"))?;
+        let metrics_port = 9400 + (std::process::id() % 500) as u16;
+        let child = bed
+            .node
+            .ns
+            .command(&podflow.to_string_lossy())
+            .args(["--log-format", "text", "agent", "--node-name", "bench"])
+            .args(["--flush-interval", flush, "--kubernetes", "off"])
+            .args(["--flow-map-entries", &flow_map_entries.to_string()])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--veth-pattern", "vethpfb*"])
+            .arg("--socket")
+            .arg(&sock)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", podflow.display()))?;
+        let pid = child.id() as i32;
+        let agent = Agent {
+            child: ChildGuard(Some(child)),
+            // `ip netns exec` execs the agent in place: the pid is the agent's.
+            pid,
+            sock,
+            metrics_port,
+            _dir: dir,
+            node_ns: bed.node.ns.name().to_string(),
+            podflow: podflow.to_path_buf(),
+        };
+        let attached = wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+            if STOP.load(Ordering::Relaxed) || !agent.alive() {
+                return Some(false);
+            }
+            let st = agent.status().ok()?;
+            let mut names: Vec<&str> = st["interfaces"]
+                .as_array()?
+                .iter()
+                .filter_map(|i| i["name"].as_str())
+                .collect();
+            names.sort_unstable();
+            (names == [DST_VETH, SRC_VETH]).then_some(true)
+        });
+        check_stop()?;
+        if attached != Some(true) {
+            bail!(
+                "the agent did not attach to {SRC_VETH} and {DST_VETH} within 30 s; log:\n{}",
+                agent.log()
+            );
+        }
+        Ok(agent)
+    }
+
+    fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks existence.
+        let exists = unsafe { libc::kill(self.pid, 0) } == 0;
+        // A zombie still exists: read its state.
+        exists
+            && std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .map(|s| !s.contains(") Z "))
+                .unwrap_or(false)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.0.join("agent.log")).unwrap_or_default()
+    }
+
+    fn status(&self) -> anyhow::Result<Value> {
+        let out = Command::new(&self.podflow)
+            .args(["status", "-o", "json", "--server"])
+            .arg(&self.sock)
+            .stdin(Stdio::null())
+            .output()
+            .context("podflow status")?;
+        ensure!(out.status.success(), "podflow status failed");
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn counter(&self, name: &str) -> anyhow::Result<u64> {
+        let st = self.status()?;
+        st["counters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["value"].as_u64())
+            .ok_or_else(|| anyhow!("no counter {name} in the status"))
+    }
+
+    /// Flow records exported so far: the sum of `podflow_flows_total` over its label sets, from
+    /// the agent's metrics endpoint (scraped from inside the node namespace).
+    fn records_exported(&self) -> anyhow::Result<f64> {
+        let port = self.metrics_port;
+        let text = Command::new("ip")
+            .args(["netns", "exec", &self.node_ns, "timeout", "10", "bash", "-c"])
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET /metrics HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n' >&3; cat <&3"
+            ))
+            .stdin(Stdio::null())
+            .output()
+            .context("scraping the agent's metrics")?;
+        let text = String::from_utf8_lossy(&text.stdout);
+        ensure!(
+            text.contains("podflow_"),
+            "no metrics from the agent on 127.0.0.1:{port}"
+        );
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.starts_with("podflow_flows_total{") || l.starts_with("podflow_flows_total ")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// utime + stime of the agent (all threads), in nanoseconds.
+    fn cpu_ns(&self) -> anyhow::Result<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .context("reading the agent's /proc/<pid>/stat")?;
+        let rest = s
+            .rsplit_once(") ")
+            .map(|(_, r)| r)
+            .ok_or_else(|| anyhow!("bad /proc/<pid>/stat"))?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields after "comm": state is field 3 (index 0 here); utime 14 and stime 15.
+        let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok((utime + stime) * 1_000_000_000 / tck)
+    }
+
+    /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        s.lines()
+            .find_map(|l| {
+                l.strip_prefix(field)?
+                    .strip_prefix(':')?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| anyhow!("no {field} in /proc/<pid>/status"))
+    }
+
+    /// The ids of the programs attached (tcx) to the two pod veths, from `bpftool net show`
+    /// inside the node namespace.
+    fn prog_ids(&self) -> anyhow::Result<Vec<u32>> {
+        attached_prog_ids(&self.node_ns)
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.0.take() {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(self.pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if c.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        // Bounded wait until the kernel has let go of the attachments.
+        let ns = self.node_ns.clone();
+        let gone = wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
+            attached_prog_ids(&ns).ok().filter(|v| v.is_empty())
+        });
+        ensure!(
+            gone.is_some(),
+            "the agent's programs stayed attached after it exited"
+        );
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bpftool
+
+fn bpftool_json(ns: Option<&str>, args: &[&str]) -> anyhow::Result<Value> {
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "bpftool"]);
+            c
+        }
+        None => Command::new("bpftool"),
+    };
+    let out = cmd
+        .arg("-j")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running bpftool")?;
+    ensure!(
+        out.status.success(),
+        "bpftool {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The ids of the programs attached with tcx to both directions of the two pod veths:
+/// `BPF_PROG_QUERY` from a thread inside the node namespace (ifindexes are per namespace; bpftool
+/// 7.1's `net show` does not list tcx attachments yet).
+fn attached_prog_ids(node_ns: &str) -> anyhow::Result<Vec<u32>> {
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    let path = format!("/run/netns/{node_ns}");
+    let mut ifindexes = Vec::new();
+    for dev in [SRC_VETH, DST_VETH] {
+        let out = Command::new("ip")
+            .args(["netns", "exec", node_ns, "cat"])
+            .arg(format!("/sys/class/net/{dev}/ifindex"))
+            .output()?;
+        ifindexes.push(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<u32>()
+                .with_context(|| format!("ifindex of {dev}"))?,
+        );
+    }
+    let ids = std::thread::scope(|sc| {
+        sc.spawn(|| -> anyhow::Result<Vec<u32>> {
+            let f = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns(CLONE_NEWNET) on a namespace fd, on this scoped thread only, which
+            // ends right after the queries.
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            let mut ids = Vec::new();
+            for &ifindex in &ifindexes {
+                for attach_type in [BPF_TCX_INGRESS, BPF_TCX_EGRESS] {
+                    let mut buf = [0u32; 64];
+                    let mut attr = [0u64; 8];
+                    let b = attr.as_mut_ptr().cast::<u8>();
+                    // SAFETY: attr.query fields at their UAPI offsets (target_ifindex 0,
+                    // attach_type 4, prog_ids 16, prog_cnt 24) in a 64-byte buffer.
+                    unsafe {
+                        b.cast::<u32>().write(ifindex);
+                        b.add(4).cast::<u32>().write(attach_type);
+                        b.add(16).cast::<u64>().write(buf.as_mut_ptr() as u64);
+                        b.add(24).cast::<u32>().write(buf.len() as u32);
+                    }
+                    let size = std::mem::size_of_val(&attr) as u32;
+                    // SAFETY: bpf(BPF_PROG_QUERY) with a valid attr; buf outlives the call.
+                    let rc = unsafe {
+                        libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, attr.as_mut_ptr(), size)
+                    };
+                    if rc != 0 {
+                        return Err(std::io::Error::last_os_error()).context("BPF_PROG_QUERY");
+                    }
+                    // SAFETY: prog_cnt written back by the kernel.
+                    let n = unsafe { b.add(24).cast::<u32>().read() } as usize;
+                    ids.extend_from_slice(&buf[..n.min(buf.len())]);
+                }
+            }
+            Ok(ids)
+        })
+        .join()
+        .map_err(|_| anyhow!("query thread panicked"))?
+    })?;
+    let mut ids = ids;
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// (run_time_ns, run_cnt) summed over programs.
+fn prog_stats(ids: &[u32]) -> anyhow::Result<(u64, u64)> {
+    let mut t = (0, 0);
+    for id in ids {
+        let v = bpftool_json(None, &["prog", "show", "id", &id.to_string()])?;
+        t.0 += v["run_time_ns"].as_u64().unwrap_or(0);
+        t.1 += v["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(t)
+}
+
+/// Average ns per program run over a generator window.
+fn hook_ns(bed: &Bed, ids: &[u32], flows: Flows, rate: u64, secs: f64) -> anyhow::Result<f64> {
+    ensure!(!ids.is_empty(), "no programs attached to measure");
+    // Warm-up outside the window: one pass over every flow, so the window measures packets of
+    // flows already in the map (the agent's flush may still flip the double buffer once inside
+    // the window, which re-inserts the flows: that cost is part of the figure).
+    if let Flows::Rotate(n) = flows {
+        generate(bed, flows, rate, (n as f64 / rate as f64).max(0.2))?;
+    }
+    let (t0, c0) = prog_stats(ids)?;
+    generate(bed, flows, rate, secs)?;
+    let (t1, c1) = prog_stats(ids)?;
+    ensure!(
+        c1 > c0 && t1 >= t0,
+        "bpf stats did not advance (kernel.bpf_stats_enabled?)"
+    );
+    Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The empty tc program (baseline of the kernel cost)
+
+/// A 2-instruction tc program (`r0 = -1 (TC_ACT_UNSPEC); exit`) loaded with raw bpf(2) and
+/// attached with tcx links to both directions of both pod veths; detached when dropped.
+struct EmptyProg {
+    _prog: OwnedFd,
+    _links: Vec<OwnedFd>,
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> std::io::Result<OwnedFd> {
+    let size = std::mem::size_of_val(attr) as u32;
+    // SAFETY: bpf(2) with a zeroed, fully owned attr buffer of the given size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl EmptyProg {
+    fn attach(bed: &Bed) -> anyhow::Result<EmptyProg> {
+        const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_LINK_CREATE: libc::c_long = 28;
+        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+        const BPF_TCX_INGRESS: u32 = 46;
+        const BPF_TCX_EGRESS: u32 = 47;
+        let insns: [u8; 16] = [
+            0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let license = c"GPL";
+        let mut attr = [0u64; 16];
+        {
+            let b = attr.as_mut_ptr().cast::<u8>();
+            // SAFETY: writes within the 128-byte buffer at the UAPI offsets of union bpf_attr
+            // (prog_type, insn_cnt, insns, license, prog_name at 48).
+            unsafe {
+                b.cast::<u32>().write(BPF_PROG_TYPE_SCHED_CLS);
+                b.add(4).cast::<u32>().write(2);
+                b.add(8).cast::<u64>().write(insns.as_ptr() as u64);
+                b.add(16).cast::<u64>().write(license.as_ptr() as u64);
+                let name = b"pfbench_empty";
+                std::ptr::copy_nonoverlapping(name.as_ptr(), b.add(48), name.len());
+            }
+        }
+        let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty tc program")?;
+        let prog_fd = prog.as_raw_fd() as u32;
+        let ifs = [
+            (bed.node.ns.ifindex(SRC_VETH)?, BPF_TCX_INGRESS),
+            (bed.node.ns.ifindex(SRC_VETH)?, BPF_TCX_EGRESS),
+            (bed.node.ns.ifindex(DST_VETH)?, BPF_TCX_INGRESS),
+            (bed.node.ns.ifindex(DST_VETH)?, BPF_TCX_EGRESS),
+        ];
+        // Links are created from a thread inside the node namespace (ifindexes are per
+        // namespace); the fds belong to the process and outlive the thread.
+        let raw: Vec<i32> = bed
+            .node
+            .ns
+            .run(move || -> std::io::Result<Vec<i32>> {
+                let mut fds = Vec::new();
+                for (ifindex, attach_type) in ifs {
+                    let mut a = [0u64; 8];
+                    let b = a.as_mut_ptr().cast::<u8>();
+                    // SAFETY: link_create fields at their UAPI offsets in a 64-byte buffer.
+                    unsafe {
+                        b.cast::<u32>().write(prog_fd);
+                        b.add(4).cast::<u32>().write(ifindex);
+                        b.add(8).cast::<u32>().write(attach_type);
+                    }
+                    match bpf(BPF_LINK_CREATE, &mut a) {
+                        Ok(fd) => fds.push(std::os::fd::IntoRawFd::into_raw_fd(fd)),
+                        Err(e) => {
+                            for fd in fds {
+                                // SAFETY: fds we own.
+                                unsafe { libc::close(fd) };
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(fds)
+            })
+            .map_err(|e| anyhow!("{e}"))?
+            .context("attaching the empty tc program with tcx")?;
+        let links = raw
+            .into_iter()
+            // SAFETY: fds returned by bpf(BPF_LINK_CREATE) above, owned by nobody else.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+            .collect();
+        Ok(EmptyProg {
+            _prog: prog,
+            _links: links,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+#[derive(Debug, Clone)]
+struct Row {
+    key: &'static str,
+    figure: String,
+    value: Option<f64>,
+    unit: &'static str,
+    target: String,
+    /// true: value ≥ limit passes; false: value ≤ limit passes.
+    at_least: bool,
+    limit: f64,
+    digits: usize,
+    detail: String,
+}
+
+impl Row {
+    fn pass(&self) -> Option<bool> {
+        let v = self.value?;
+        Some(if self.at_least {
+            v >= self.limit
+        } else {
+            v <= self.limit
+        })
+    }
+}
+
+fn table(rows: &[Row], smoke: bool) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| figure | measured | target | result | details |");
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for r in rows {
+        let value = match r.value {
+            Some(v) => format!("{:.*} {}", r.digits, v, r.unit).trim().to_string(),
+            None => "not measured".to_string(),
+        };
+        let result = match (r.pass(), smoke) {
+            (None, _) => "ERROR",
+            (Some(p), true) => {
+                if p {
+                    "pass (smoke, not enforced)"
+                } else {
+                    "miss (smoke, not enforced)"
+                }
+            }
+            (Some(true), false) => "pass",
+            (Some(false), false) => "MISS",
+        };
+        let _ = writeln!(
+            s,
+            "| `{}` {} | {} | {} | {} | {} |",
+            r.key, r.figure, value, r.target, result, r.detail
+        );
+    }
+    s
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|x| x.1.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<u64>().ok())
+        .map(|k| format!("{} GiB", k / 1024 / 1024))
+        .unwrap_or_default();
+    let iperf = Command::new("iperf3")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!("{cores} cores, {model}, kernel {kernel}, {mem} RAM, {iperf}")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The benchmark
+
+struct Collected {
+    tcp_base: Vec<f64>,
+    tcp_agent: Vec<f64>,
+    tcp_ratio: Vec<f64>,
+    udp_base: Vec<f64>,
+    udp_agent: Vec<f64>,
+    udp_ratio: Vec<f64>,
+    hook_empty_est: Vec<f64>,
+    hook_agent_est: Vec<f64>,
+    hook_diff_est: Vec<f64>,
+    hook_empty_many: Vec<f64>,
+    hook_agent_many: Vec<f64>,
+    hook_diff_many: Vec<f64>,
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("podflow-bench: {}", msg.as_ref());
+}
+
+fn interleaved(o: &Opts, bed: &Bed) -> anyhow::Result<Collected> {
+    let mut c = Collected {
+        tcp_base: vec![],
+        tcp_agent: vec![],
+        tcp_ratio: vec![],
+        udp_base: vec![],
+        udp_agent: vec![],
+        udp_ratio: vec![],
+        hook_empty_est: vec![],
+        hook_agent_est: vec![],
+        hook_diff_est: vec![],
+        hook_empty_many: vec![],
+        hook_agent_many: vec![],
+        hook_diff_many: vec![],
+    };
+    let est = Flows::Rotate(16);
+    let many = Flows::Rotate(o.many_flows);
+    // Map capacity for the many-flows window: each flow has two entries (source veth ingress,
+    // destination veth egress).
+    let entries = o
+        .hook_map_entries
+        .unwrap_or((o.many_flows * 2 + 1).next_power_of_two().max(65_536) as u32);
+    for pair in 0..o.pairs {
+        let agent_first = pair % 2 == 1;
+        let mut base = None;
+        let mut with = None;
+        for phase in 0..2 {
+            let with_agent = (phase == 0) == agent_first;
+            if with_agent {
+                log(format!("pair {}/{}: with the agent", pair + 1, o.pairs));
+                // The default flush interval (5 s).
+                let agent = Agent::start(bed, &o.podflow, entries, "5s")?;
+                let tcp = tcp_gbps(bed, o.iperf_secs)?;
+                let udp = udp_pps(bed, o.iperf_secs)?;
+                let ids = agent.prog_ids()?;
+                let e = hook_ns(bed, &ids, est, o.hook_rate, o.hook_secs)?;
+                let m = hook_ns(bed, &ids, many, o.hook_rate, o.hook_secs)?;
+                let lost = agent.counter("lost_map_full")?;
+                ensure!(
+                    lost == 0,
+                    "lost_map_full = {lost} in the kernel cost windows"
+                );
+                agent.stop()?;
+                with = Some((tcp, udp, e, m));
+            } else {
+                log(format!("pair {}/{}: no agent", pair + 1, o.pairs));
+                let tcp = tcp_gbps(bed, o.iperf_secs)?;
+                let udp = udp_pps(bed, o.iperf_secs)?;
+                let empty = EmptyProg::attach(bed)?;
+                let ids = attached_prog_ids(bed.node.ns.name())?;
+                ensure!(
+                    ids.len() == 1,
+                    "expected the empty program alone, got {ids:?}"
+                );
+                let e = hook_ns(bed, &ids, est, o.hook_rate, o.hook_secs)?;
+                let m = hook_ns(bed, &ids, many, o.hook_rate, o.hook_secs)?;
+                drop(empty);
+                base = Some((tcp, udp, e, m));
+            }
+        }
+        let (Some(b), Some(w)) = (base, with) else {
+            bail!("pair {pair} incomplete");
+        };
+        log(format!(
+            "pair {}: tcp {:.2}/{:.2} Gbit/s, udp {:.0}/{:.0} pps, hook est {:.1}/{:.1} ns, many {:.1}/{:.1} ns (no agent/agent)",
+            pair + 1,
+            b.0,
+            w.0,
+            b.1,
+            w.1,
+            b.2,
+            w.2,
+            b.3,
+            w.3
+        ));
+        c.tcp_base.push(b.0);
+        c.tcp_agent.push(w.0);
+        c.tcp_ratio.push(w.0 / b.0);
+        c.udp_base.push(b.1);
+        c.udp_agent.push(w.1);
+        c.udp_ratio.push(w.1 / b.1);
+        c.hook_empty_est.push(b.2);
+        c.hook_agent_est.push(w.2);
+        c.hook_diff_est.push(w.2 - b.2);
+        c.hook_empty_many.push(b.3);
+        c.hook_agent_many.push(w.3);
+        c.hook_diff_many.push(w.3 - b.3);
+    }
+    Ok(c)
+}
+
+/// CPU per exported flow at a churn of `rate` new flows per second (fresh agent). Returns
+/// (ns per flow, records, achieved new flows/s).
+fn churn(o: &Opts, bed: &Bed, rate: u64) -> anyhow::Result<(f64, f64, f64)> {
+    let entries = ((rate as f64 * 2.0 * 1.5) as u64)
+        .next_power_of_two()
+        .max(65_536) as u32;
+    let agent = Agent::start(bed, &o.podflow, entries, "1s")?;
+    // Warm up (first flush, lazy allocations) outside the window.
+    generate(bed, Flows::Unique { start: 0 }, rate, 1.0)?;
+    sleep(Duration::from_millis(2_500))?;
+    let (cpu0, rec0) = (agent.cpu_ns()?, agent.records_exported()?);
+    let g = generate(bed, Flows::Unique { start: 1_000_000 }, rate, o.churn_secs)?;
+    // Two flushes after the last packet: every flow of the window has become a record.
+    sleep(Duration::from_millis(2_500))?;
+    let (cpu1, rec1) = (agent.cpu_ns()?, agent.records_exported()?);
+    let lost = agent.counter("lost_map_full")?;
+    agent.stop()?;
+    let records = rec1 - rec0;
+    ensure!(
+        records > 0.0,
+        "no flow records exported in the churn window"
+    );
+    ensure!(lost == 0, "lost_map_full = {lost} during churn at {rate}/s");
+    Ok((
+        (cpu1 - cpu0) as f64 / records,
+        records,
+        g.sent as f64 / g.secs,
+    ))
+}
+
+/// (VmRSS KiB, VmHWM KiB, flows_active, lost_map_full, VmRSS KiB right after attaching) with
+/// `n` active flows.
+fn rss(o: &Opts, bed: &Bed, n: u64) -> anyhow::Result<(u64, u64, u64, u64, u64)> {
+    let entries = (n * 2 + n / 2).next_power_of_two() as u32;
+    let agent = Agent::start(bed, &o.podflow, entries, "1s")?;
+    let idle_kib = agent.status_kib("VmRSS")?;
+    // Every flow at least twice, and at least 3 flush intervals.
+    let rate = n.clamp(10_000, 100_000);
+    let secs = (2.0 * n as f64 / rate as f64).max(3.0);
+    generate(bed, Flows::Rotate(n), rate, secs)?;
+    sleep(Duration::from_millis(1_500))?;
+    let st = agent.status()?;
+    let active = st["flows_active"].as_u64().unwrap_or(0);
+    let r = (
+        agent.status_kib("VmRSS")?,
+        agent.status_kib("VmHWM")?,
+        active,
+        agent.counter("lost_map_full")?,
+        idle_kib,
+    );
+    agent.stop()?;
+    Ok(r)
+}
+
+/// Flow map memory: (bytes_memlock of FLOWS_0 + FLOWS_1, max_entries of each, bytes per entry),
+/// and lost_map_full with the map at 50 % occupancy.
+fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<((u64, u64, f64), u64, u64)> {
+    let entries = o.loss_map_entries;
+    let agent = Agent::start(bed, &o.podflow, entries, "1s")?;
+    let ids = agent.prog_ids()?;
+    let mut map_ids = Vec::new();
+    for id in &ids {
+        let v = bpftool_json(None, &["prog", "show", "id", &id.to_string()])?;
+        if let Some(a) = v["map_ids"].as_array() {
+            map_ids.extend(a.iter().filter_map(Value::as_u64));
+        }
+    }
+    map_ids.sort_unstable();
+    map_ids.dedup();
+    let (mut memlock, mut cap) = (0u64, 0u64);
+    for m in map_ids {
+        let v = bpftool_json(None, &["map", "show", "id", &m.to_string()])?;
+        let name = v["name"].as_str().unwrap_or_default();
+        if name == "FLOWS_0" || name == "FLOWS_1" {
+            memlock += v["bytes_memlock"].as_u64().unwrap_or(0);
+            cap += v["max_entries"].as_u64().unwrap_or(0);
+        }
+    }
+    ensure!(
+        cap > 0,
+        "flow maps FLOWS_0/FLOWS_1 not found through bpftool"
+    );
+    // 50 % occupancy: entries / 4 flows, each with two entries (two veths), every flush interval.
+    let flows = u64::from(entries) / 4;
+    let rate = (flows * 2).max(1_000);
+    let before = agent.counter("lost_map_full")?;
+    let rec0 = agent.records_exported()?;
+    generate(bed, Flows::Rotate(flows), rate, 3.0)?;
+    sleep(Duration::from_millis(2_000))?;
+    let lost = agent.counter("lost_map_full")? - before;
+    let records = agent.records_exported()? - rec0;
+    agent.stop()?;
+    Ok((
+        (memlock, cap / 2, memlock as f64 / cap as f64),
+        lost,
+        records as u64,
+    ))
+}
+
+fn run(o: &Opts) -> anyhow::Result<bool> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "podflow-bench must run as root"
+    );
+    ensure!(
+        o.podflow.exists(),
+        "{} not found (build it: cargo build --release -p podflow --bins, or pass --podflow)",
+        o.podflow.display()
+    );
+    let started = Instant::now();
+    let _stats = BpfStatsGuard::enable()?;
+    let bed = build_bed()?;
+    log(format!(
+        "node {} with pods src {} and dst {}",
+        bed.node.ns.name(),
+        bed.src_ip,
+        bed.dst_ip
+    ));
+
+    let c = interleaved(o, &bed)?;
+    let mut churn_results = Vec::new();
+    for &rate in &o.churn_rates {
+        let mut per = Vec::new();
+        let mut achieved = Vec::new();
+        let mut recs = Vec::new();
+        for i in 0..o.pairs {
+            log(format!("churn {rate}/s, run {}/{}", i + 1, o.pairs));
+            let (ns, r, a) = churn(o, &bed, rate)?;
+            per.push(ns / 1000.0);
+            recs.push(r);
+            achieved.push(a);
+        }
+        churn_results.push((rate, per, recs, achieved));
+    }
+    log(format!("resident memory with {} flows", o.rss_flows));
+    let (rss_kib, hwm_kib, active, rss_lost, idle_kib) = rss(o, &bed, o.rss_flows)?;
+    log("map memory and loss at 50 % occupancy");
+    let ((memlock, entries, per_entry), lost50, rec50) = map_memory_and_loss(o, &bed)?;
+
+    let s = |v: &[f64]| summary(v).ok_or_else(|| anyhow!("no samples"));
+    let mut rows = Vec::new();
+    let (tb, ta, tr) = (s(&c.tcp_base)?, s(&c.tcp_agent)?, s(&c.tcp_ratio)?);
+    rows.push(Row {
+        key: "tcp_throughput_ratio",
+        figure: format!(
+            "single-stream TCP pod→pod, agent / no agent (iperf3 -J, {} s)",
+            o.iperf_secs
+        ),
+        value: Some(tr.median),
+        unit: "",
+        target: "≥ 0.98".into(),
+        at_least: true,
+        limit: 0.98,
+        digits: 3,
+        detail: format!(
+            "ratio {}; no agent {} Gbit/s; agent {} Gbit/s",
+            fmt_range(&tr, 3),
+            fmt_range(&tb, 2),
+            fmt_range(&ta, 2)
+        ),
+    });
+    let (ub, ua, ur) = (s(&c.udp_base)?, s(&c.udp_agent)?, s(&c.udp_ratio)?);
+    rows.push(Row {
+        key: "udp64_pps_ratio",
+        figure: "UDP 64-byte packet rate, receiver side, agent / no agent (iperf3 -u -l 64 -b 0)"
+            .into(),
+        value: Some(ur.median),
+        unit: "",
+        target: "≥ 0.92".into(),
+        at_least: true,
+        limit: 0.92,
+        digits: 3,
+        detail: format!(
+            "ratio {}; no agent {} kpps; agent {} kpps",
+            fmt_range(&ur, 3),
+            fmt_range(
+                &Summary {
+                    median: ub.median / 1e3,
+                    min: ub.min / 1e3,
+                    max: ub.max / 1e3
+                },
+                0
+            ),
+            fmt_range(
+                &Summary {
+                    median: ua.median / 1e3,
+                    min: ua.min / 1e3,
+                    max: ua.max / 1e3
+                },
+                0
+            )
+        ),
+    });
+    let (de, ae, ee) = (
+        s(&c.hook_diff_est)?,
+        s(&c.hook_agent_est)?,
+        s(&c.hook_empty_est)?,
+    );
+    rows.push(Row {
+        key: "hook_ns_established",
+        figure: format!(
+            "kernel ns per packet per hook minus empty tc program, 16 established flows ({} kpps)",
+            o.hook_rate / 1000
+        ),
+        value: Some(de.median),
+        unit: "ns",
+        target: "≤ 40 ns".into(),
+        at_least: false,
+        limit: 40.0,
+        digits: 1,
+        detail: format!(
+            "difference {}; podflow {} ns; empty {} ns (bpf stats run_time_ns/run_cnt)",
+            fmt_range(&de, 1),
+            fmt_range(&ae, 1),
+            fmt_range(&ee, 1)
+        ),
+    });
+    let (dm, am, em) = (
+        s(&c.hook_diff_many)?,
+        s(&c.hook_agent_many)?,
+        s(&c.hook_empty_many)?,
+    );
+    rows.push(Row {
+        key: "hook_ns_many_flows",
+        figure: format!(
+            "kernel ns per packet per hook minus empty tc program, {} distinct flows ({} kpps, 5 s flush)",
+            o.many_flows,
+            o.hook_rate / 1000
+        ),
+        value: Some(dm.median),
+        unit: "ns",
+        target: "≤ 200 ns".into(),
+        at_least: false,
+        limit: 200.0,
+        digits: 1,
+        detail: format!(
+            "difference {}; podflow {} ns; empty {} ns",
+            fmt_range(&dm, 1),
+            fmt_range(&am, 1),
+            fmt_range(&em, 1)
+        ),
+    });
+    for (rate, per, recs, achieved) in &churn_results {
+        let p = s(per)?;
+        let r = s(recs)?;
+        let a = s(achieved)?;
+        rows.push(Row {
+            key: if *rate >= 100_000 {
+                "cpu_per_flow_high_churn"
+            } else {
+                "cpu_per_flow_low_churn"
+            },
+            figure: format!(
+                "agent CPU (utime+stime) per exported flow, churn {} new flows/s, {} s window",
+                rate, o.churn_secs
+            ),
+            value: Some(p.median),
+            unit: "µs",
+            target: "≤ 2 µs".into(),
+            at_least: false,
+            limit: 2.0,
+            digits: 2,
+            detail: format!(
+                "{} µs; records per window {}; achieved {} flows/s",
+                fmt_range(&p, 2),
+                fmt_range(&r, 0),
+                fmt_range(&a, 0)
+            ),
+        });
+    }
+    rows.push(Row {
+        key: "agent_rss",
+        figure: format!("agent VmRSS with {} active flows", o.rss_flows),
+        value: Some(rss_kib as f64 / 1024.0),
+        unit: "MiB",
+        target: "≤ 64 MiB".into(),
+        at_least: false,
+        limit: 64.0,
+        digits: 1,
+        detail: format!(
+            "flows_active {active}; VmHWM {:.1} MiB; VmRSS right after attaching (no flows) {:.1} MiB; lost_map_full {rss_lost}",
+            hwm_kib as f64 / 1024.0,
+            idle_kib as f64 / 1024.0
+        ),
+    });
+    rows.push(Row {
+        key: "map_bytes_per_flow",
+        figure: "kernel flow-map memory per entry (bytes_memlock of FLOWS_0+FLOWS_1 ÷ their total capacity)".into(),
+        value: Some(per_entry),
+        unit: "B",
+        target: "≤ 128 B".into(),
+        at_least: false,
+        limit: 128.0,
+        digits: 0,
+        detail: format!(
+            "{memlock} B for 2 × {entries} entries, {} CPUs (per-CPU values); per flow of capacity (both buffers): {:.0} B",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            memlock as f64 / entries as f64
+        ),
+    });
+    rows.push(Row {
+        key: "lost_at_half_occupancy",
+        figure: format!(
+            "lost_map_full with the flow map at 50 % occupancy ({} flows × 2 veths in {} entries)",
+            o.loss_map_entries / 4,
+            o.loss_map_entries
+        ),
+        value: Some(lost50 as f64),
+        unit: "",
+        target: "0".into(),
+        at_least: false,
+        limit: 0.0,
+        digits: 0,
+        detail: format!("records exported in the window: {rec50}"),
+    });
+
+    let t = table(&rows, o.smoke);
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("{t}");
+    println!("machine: {}", machine());
+    println!("command: {}", o.command);
+    println!("elapsed: {elapsed:.0} s");
+    if let Some(doc) = &o.doc {
+        write_doc(doc, o, &t, elapsed)?;
+        log(format!("wrote {}", doc.display()));
+    }
+    Ok(rows.iter().all(|r| r.pass() == Some(true)))
+}
+
+/// Replaces the generated section of `doc` (between the markers), or writes the whole file.
+fn write_doc(doc: &Path, o: &Opts, table: &str, elapsed: f64) -> anyhow::Result<()> {
+    const BEGIN: &str = "<!-- podflow-bench:begin (generated by `cargo xtask bench`) -->";
+    const END: &str = "<!-- podflow-bench:end -->";
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let generated = format!(
+        "{BEGIN}\n\n**Last run:** {date}, {elapsed:.0} s, {} interleaved pairs.\n\n**Machine:** {}\n\n**Command:** `{}`\n\n{table}\n{END}",
+        o.pairs,
+        machine(),
+        o.command
+    );
+    let old = std::fs::read_to_string(doc).unwrap_or_default();
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => {
+            format!("{}{generated}{}", &old[..b], &old[e + END.len()..])
+        }
+        _ => format!("# podflow benchmarks\n\n{generated}\n"),
+    };
+    if let Some(dir) = doc.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(doc, new).with_context(|| format!("writing {}", doc.display()))
+}
+
+fn main() {
+    install_signal_handlers();
+    let o = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("podflow-bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let code = match run(&o) {
+        Ok(true) => 0,
+        Ok(false) if o.smoke => 0,
+        Ok(false) => {
+            eprintln!("podflow-bench: some targets were missed (see the table)");
+            3
+        }
+        Err(e) => {
+            eprintln!("podflow-bench: measurement failed: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
