@@ -582,6 +582,11 @@ fn flush_once(
             r.src.clone().unwrap_or_default(),
             r.dst.clone().unwrap_or_default(),
         );
+        // An inter-node flow is recorded on both of its nodes; metrics summed over agents (and
+        // the alerts on them) count it once, on the source's node.
+        if r.inter_node && src.node != node {
+            continue;
+        }
         let scale = u64::from(r.sampling_rate.max(1));
         metrics.observe_flow(
             &src.namespace,

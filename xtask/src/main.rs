@@ -3,9 +3,11 @@
 //! - `setup`: install what the build and the tests need (idempotent).
 //! - `test`: setup, then every check and test CI runs (`.ci/run` calls this).
 //! - `demo`: setup, build, and run a demo node (network namespaces with pods) with live flows.
+//! - `bench`: podflow against the no-agent baseline; writes docs/BENCHMARKS.md.
 //! - `codegen`: regenerate the protobuf code under proto/src/gen.
 //! - `deploy-render`: regenerate deploy/podflow.yaml and the Prometheus rules file.
 //! - `deploy-check`: render every Kustomize overlay and validate the manifests and alert rules.
+mod bench;
 mod codegen;
 mod deploy;
 mod setup;
@@ -41,6 +43,16 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Benchmark podflow against the no-agent baseline (root; builds its own namespaces) and
+    /// write docs/BENCHMARKS.md.
+    Bench {
+        /// One short pair, to check the harness (what CI runs, through the test suite).
+        #[arg(long)]
+        smoke: bool,
+        /// Arguments passed to `podflow-bench`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Regenerate proto/src/gen from proto/podflow/v1/*.proto.
     Codegen,
     /// Regenerate deploy/podflow.yaml and deploy/prometheus/podflow-rules.yaml.
@@ -58,6 +70,7 @@ fn main() -> anyhow::Result<()> {
             cargo_test_args,
         } => test(no_clippy, &cargo_test_args),
         Task::Demo { args } => demo(&args),
+        Task::Bench { smoke, args } => bench::run(smoke, &args),
         Task::Codegen => codegen::run(),
         Task::DeployRender => deploy::render(),
         Task::DeployCheck => deploy::check(),
@@ -95,7 +108,7 @@ pub fn cmd_output(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
 }
 
