@@ -2,8 +2,6 @@
 //! capabilities the DaemonSet grants (root's other capabilities dropped with `setpriv`), attaches
 //! and counts exactly; with any one of them dropped it exits with an error that names it. And a
 //! real Prometheus server scrapes a running agent's metrics endpoint. Privileged (root).
-#![expect(clippy::expect_used, reason = "tests fail loudly")]
-
 mod metrics_support;
 mod support;
 

@@ -27,27 +27,11 @@ fn target_dir() -> PathBuf {
     }
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// Builds the binaries and runs the benchmark. `extra` goes to `podflow-bench` (e.g.
 /// `--pairs 9`, `--secs 5`).
 pub fn run(smoke: bool, extra: &[String]) -> anyhow::Result<()> {
     crate::setup::run_setup()?;
-    crate::run(
-        Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())).args([
-            "build",
-            "--release",
-            "-p",
-            "podflow",
-            "--bins",
-        ]),
-    )?;
+    crate::run(crate::cargo().args(["build", "--release", "-p", "podflow", "--bins"]))?;
     let release = target_dir().join("release");
     let bench = release.join("podflow-bench");
     if !bench.exists() {
@@ -61,7 +45,7 @@ pub fn run(smoke: bool, extra: &[String]) -> anyhow::Result<()> {
         shown.push_str(" -- ");
         shown.push_str(&extra.join(" "));
     }
-    let mut cmd = if is_root() {
+    let mut cmd = if crate::setup::is_root() {
         Command::new(&bench)
     } else {
         // The benchmark creates network namespaces and loads BPF programs.

@@ -294,3 +294,21 @@ fn remove_stale_socket(path: &Path) -> Result<(), ApiError> {
         source,
     })
 }
+
+/// Connects a gRPC channel over the unix socket at `path`. `endpoint` carries the options
+/// (timeouts, keepalive); its URI is required by tonic but unused.
+pub async fn connect_unix(
+    endpoint: tonic::transport::Endpoint,
+    path: PathBuf,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}

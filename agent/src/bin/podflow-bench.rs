@@ -1120,10 +1120,43 @@ fn churn(o: &Opts, bed: &Bed, rate: u64) -> anyhow::Result<(f64, f64, f64)> {
     generate(bed, Flows::Unique { start: 0 }, rate, 1.0)?;
     sleep(Duration::from_millis(2_500))?;
     let (cpu0, rec0) = (agent.cpu_ns()?, agent.records_exported()?);
+    // PODFLOW_BENCH_PERF=DIR: profile the agent during each churn window (perf record -g).
+    let perf = match std::env::var_os("PODFLOW_BENCH_PERF") {
+        Some(dir) => Some(ChildGuard(Some(
+            Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-F",
+                    "499",
+                    "-g",
+                    "-p",
+                    &agent.pid.to_string(),
+                    "-o",
+                ])
+                .arg(PathBuf::from(dir).join(format!("churn-{rate}.data")))
+                .args(["--", "sleep", &format!("{}", o.churn_secs + 2.5)])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("perf record")?,
+        ))),
+        None => None,
+    };
     let g = generate(bed, Flows::Unique { start: 1_000_000 }, rate, o.churn_secs)?;
     // Two flushes after the last packet: every flow of the window has become a record.
     sleep(Duration::from_millis(2_500))?;
     let (cpu1, rec1) = (agent.cpu_ns()?, agent.records_exported()?);
+    if let Some(mut p) = perf
+        && let Some(mut c) = p.0.take()
+    {
+        // perf stops by itself (sleep); bounded wait, then the guard kills it.
+        let _ = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+            c.try_wait().ok().flatten()
+        });
+        p.0 = Some(c);
+    }
     let lost = agent.counter("lost_map_full")?;
     agent.stop()?;
     let records = rec1 - rec0;

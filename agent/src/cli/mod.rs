@@ -16,7 +16,6 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -219,17 +218,7 @@ pub async fn connect(server: &Server) -> Result<Channel, TailError> {
             .await
             .map_err(connect_error),
         Server::Unix(path) => {
-            let path = path.clone();
-            // The URI is required but unused: the connector opens the socket.
-            Endpoint::from_static("http://localhost")
-                .connect_with_connector(tower::service_fn(move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, io::Error>(TokioIo::new(
-                            tokio::net::UnixStream::connect(path).await?,
-                        ))
-                    }
-                }))
+            crate::api::connect_unix(Endpoint::from_static("http://localhost"), path.clone())
                 .await
                 .map_err(connect_error)
         }

@@ -36,7 +36,6 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::{
     sync::{Notify, mpsc, watch},
@@ -567,16 +566,7 @@ impl Worker {
                 endpoint.connect().await.map_err(connect_error)
             }
             Target::Unix(path) => {
-                let path = path.clone();
-                endpoint("http://localhost".to_owned())?
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, io::Error>(TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    }))
+                crate::api::connect_unix(endpoint("http://localhost".to_owned())?, path.clone())
                     .await
                     .map_err(connect_error)
             }
