@@ -127,10 +127,66 @@ fn test(no_clippy: bool, extra: &[String]) -> anyhow::Result<()> {
     }
     // Unit tests, BPF_PROG_TEST_RUN tests and the privileged end-to-end tests (which build their
     // own network namespaces and run the real `podflow` binary inside them).
-    run(cargo()
-        .args(["test", "--workspace", "--no-fail-fast"])
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
         .arg("--")
-        .args(extra))
+        .args(extra)
+        .current_dir(workspace_root())
+        .stdout(std::process::Stdio::piped());
+    eprintln!("xtask: running {cmd:?}");
+    let mut child = cmd.spawn().context("failed to start cargo test")?;
+    let mut totals = TestTotals::default();
+    if let Some(out) = child.stdout.take() {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(out).lines() {
+            let line = line.context("reading cargo test output")?;
+            println!("{line}");
+            totals.add(&line);
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    // One closing line for the whole suite (cargo's own last line is often an empty doc-test
+    // section).
+    println!(
+        "tests: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if totals.passed == 0 {
+        bail!("cargo test ran no test");
+    }
+    Ok(())
+}
+
+/// Sums cargo test's `test result: ok. N passed; N failed; N ignored; ...` lines.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn add(&mut self, line: &str) {
+        let Some(rest) = line.trim().strip_prefix("test result: ") else {
+            return;
+        };
+        for part in rest.split(';') {
+            let mut words = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(n) = n.parse::<u64>() else { continue };
+            match what {
+                "passed" => self.passed += n,
+                "failed" => self.failed += n,
+                "ignored" => self.ignored += n,
+                _ => {}
+            }
+        }
+    }
 }
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
@@ -138,4 +194,26 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "-p", "podflow"]))?;
     let bin = workspace_root().join("target/release/podflow");
     run(Command::new(bin).arg("demo").args(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn sums_cargo_test_result_lines() {
+        let mut t = TestTotals::default();
+        t.add("test result: ok. 83 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.08s");
+        t.add("test result: FAILED. 1 passed; 2 failed; 3 ignored; 0 measured; 0 filtered out; finished in 1s");
+        t.add("running 3 tests");
+        t.add("test foo ... ok");
+        assert_eq!(
+            t,
+            TestTotals {
+                passed: 84,
+                failed: 2,
+                ignored: 3
+            }
+        );
+    }
 }
