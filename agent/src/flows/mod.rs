@@ -209,6 +209,10 @@ impl FlowTable {
                 Some(ObsPoint::VethEgress) => (o.key.dst_addr, o.stats.last_ns),
                 _ => continue,
             };
+            if !is_unicast(o.key.family, &addr) {
+                // Multicast, broadcast or unspecified: never a pod.
+                continue;
+            }
             let ep = self.local.entry(addr).or_insert(LocalEndpoint {
                 ifindex: o.stats.ifindex,
                 last_seen_ns: seen,
@@ -328,6 +332,15 @@ impl FlowTable {
             metadata_age: None,
             plaintext_inter_node: false,
         }
+    }
+}
+
+/// Whether an address (as stored in the kernel key) can belong to one endpoint.
+fn is_unicast(family: u8, addr: &[u8; 16]) -> bool {
+    match ip_from_bytes(&ip_bytes(family, addr)) {
+        Some(IpAddr::V4(a)) => !(a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
+        Some(IpAddr::V6(a)) => !(a.is_multicast() || a.is_unspecified()),
+        None => false,
     }
 }
 
@@ -705,5 +718,40 @@ mod tests {
         assert_eq!((ts.seconds, ts.nanos), (-1, 999_999_999));
         let ts = timestamp_from_unix_ns(1_500_000_000);
         assert_eq!((ts.seconds, ts.nanos), (1, 500_000_000));
+    }
+
+    #[test]
+    fn multicast_and_broadcast_are_never_learned_as_pods() {
+        let mut t = table();
+        let mut v6 = obs(POD_A, POD_B, ObsPoint::VethEgress, VETH_B, 1, 96, (S, S));
+        v6.key.family = FAMILY_IPV6;
+        v6.key.src_addr = [0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        v6.key.dst_addr = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x16];
+        let bcast = obs(
+            POD_A,
+            [255, 255, 255, 255],
+            ObsPoint::VethEgress,
+            VETH_B,
+            1,
+            60,
+            (S, S),
+        );
+        let mcast4 = obs(
+            POD_A,
+            [224, 0, 0, 1],
+            ObsPoint::VethEgress,
+            VETH_B,
+            1,
+            60,
+            (S, S),
+        );
+        t.ingest(&[v6, bcast, mcast4], &clock(2), &names);
+        assert_eq!(t.local_endpoints(), 0);
+        // A pod that sends to the multicast group is learned; the flow is still not same-node.
+        let mut from_pod = v6;
+        from_pod.key.obs = ObsPoint::VethIngress as u8;
+        let recs = t.ingest(&[from_pod], &clock(3), &names);
+        assert_eq!(t.local_endpoints(), 1);
+        assert!(recs.iter().all(|r| !r.same_node));
     }
 }
