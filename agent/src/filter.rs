@@ -17,11 +17,14 @@
 //! - Ports are matched as recorded, so for ICMP/ICMPv6 (whose `src_port` holds the type and
 //!   `dst_port` the code) port filters match the type and code.
 //! - Loss records carry no addresses and are never filtered out ([`CompiledFilter::matches_event`]).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use thiserror::Error;
 
-use crate::proto::{self, flow_event::Event};
+use crate::{
+    flows::ip_from_bytes,
+    proto::{self, flow_event::Event},
+};
 
 /// Why a [`proto::FlowFilter`] was rejected.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -107,17 +110,6 @@ impl Prefix {
             (Prefix::V6 { addr, mask }, Some(IpAddr::V6(v6))) => u128::from(v6) & mask == *addr,
             _ => false,
         }
-    }
-}
-
-/// The address in a flow's `src_ip`/`dst_ip` bytes: 4 bytes IPv4, 16 bytes IPv6, else `None`.
-pub fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    if let Ok(octets) = <[u8; 4]>::try_from(bytes) {
-        Some(IpAddr::V4(Ipv4Addr::from(octets)))
-    } else if let Ok(octets) = <[u8; 16]>::try_from(bytes) {
-        Some(IpAddr::V6(Ipv6Addr::from(octets)))
-    } else {
-        None
     }
 }
 
@@ -293,6 +285,8 @@ impl CompiledFilter {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
     use super::*;
 
     fn flow(src: &[u8], dst: &[u8], sport: u32, dport: u32, protocol: u32) -> proto::Flow {

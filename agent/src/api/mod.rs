@@ -199,35 +199,47 @@ impl ApiListeners {
         };
 
         let servers = futures::future::try_join(unix_server, tcp_server);
-        tokio::pin!(servers, shutdown);
-        let result = tokio::select! {
-            result = &mut servers => {
-                // A server failed (the other one is dropped with `servers`).
-                stop_tx.send_replace(true);
-                result.map(|_| ())
-            }
-            () = &mut shutdown => {
-                stop_tx.send_replace(true);
-                match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
-                    Ok(result) => result.map(|_| ()),
-                    Err(_) => {
-                        warn!(
-                            grace = ?SHUTDOWN_GRACE,
-                            "API connections still open after the shutdown grace period; closing"
-                        );
-                        Ok(())
-                    }
-                }
-            }
-        };
+        let result = serve_until(servers, shutdown, &stop_tx, "API").await;
         drop(socket_file);
         result
     }
 }
 
+/// Runs `servers` until they end (one failed) or `shutdown` completes. Either way it then tells
+/// them to stop (follow streams end on `stop_tx`) and, on shutdown, waits at most
+/// [`SHUTDOWN_GRACE`] for open connections before dropping them. `what` names them in the log.
+pub(crate) async fn serve_until<T, E>(
+    servers: impl Future<Output = Result<T, E>>,
+    shutdown: impl Future<Output = ()>,
+    stop_tx: &watch::Sender<bool>,
+    what: &str,
+) -> Result<(), E> {
+    tokio::pin!(servers, shutdown);
+    tokio::select! {
+        result = &mut servers => {
+            // A server failed (the others are dropped with `servers`).
+            stop_tx.send_replace(true);
+            result.map(|_| ())
+        }
+        () = &mut shutdown => {
+            stop_tx.send_replace(true);
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
+                Ok(result) => result.map(|_| ()),
+                Err(_) => {
+                    warn!(
+                        grace = ?SHUTDOWN_GRACE,
+                        "{what} connections still open after the shutdown grace period; closing"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
 /// The socket file we created; removed on drop.
 #[derive(Debug)]
-struct SocketFile {
+pub(crate) struct SocketFile {
     path: PathBuf,
 }
 
@@ -241,7 +253,10 @@ impl Drop for SocketFile {
     }
 }
 
-fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
+/// Binds a unix socket at `path` with mode 0600: creates the parent directory, replaces a stale
+/// socket left by a previous run, refuses anything else there or a socket still in use. The
+/// agent's API and the collector both serve this way.
+pub(crate) fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), ApiError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|source| ApiError::CreateDir {
             path: parent.to_path_buf(),

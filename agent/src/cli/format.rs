@@ -9,7 +9,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::{
-    filter::ip_from_bytes,
+    flows::ip_from_bytes,
     proto::{self, flow_event::Event},
 };
 

@@ -17,8 +17,7 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
-    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime},
@@ -41,7 +40,7 @@ use tracing::{info, warn};
 pub use self::gke::{ClusterInfo, gke_line};
 pub use self::sink::{RotatingWriter, Rotation};
 use crate::{
-    api::{FlowApi, Hub},
+    api::{FlowApi, Hub, SocketFile, bind_unix, serve_until},
     proto::{
         self, ExportAck, ExportBatch,
         collector_service_server::{CollectorService, CollectorServiceServer},
@@ -52,9 +51,6 @@ use crate::{
 
 /// Default TCP address of the collector.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4246";
-
-/// How long a shutdown waits for streams to end.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// `--format`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -171,14 +167,11 @@ pub enum CollectorError {
         #[source]
         source: io::Error,
     },
-    #[error("failed to bind the unix socket {}", path.display())]
-    BindUnix {
-        path: PathBuf,
+    #[error("failed to serve on the unix socket")]
+    Unix {
         #[source]
-        source: io::Error,
+        source: crate::api::ApiError,
     },
-    #[error("{} exists and is not a socket: refusing to replace it", path.display())]
-    NotASocket { path: PathBuf },
     #[error("failed to open the output directory {}", path.display())]
     Output {
         path: PathBuf,
@@ -328,7 +321,12 @@ impl Collector {
         let addr = tcp
             .local_addr()
             .map_err(|source| CollectorError::LocalAddr { source })?;
-        let unix = args.socket.as_deref().map(bind_unix).transpose()?;
+        let unix = args
+            .socket
+            .as_deref()
+            .map(bind_unix)
+            .transpose()
+            .map_err(|source| CollectorError::Unix { source })?;
         let hub = Hub::new(args.buffer);
         let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_owned())
@@ -428,20 +426,7 @@ impl Collector {
             }
         };
         let servers = futures::future::try_join(tcp_server, unix_server);
-        tokio::pin!(servers, shutdown);
-        let result = tokio::select! {
-            result = &mut servers => {
-                stop_tx.send_replace(true);
-                result.map(|_| ())
-            }
-            () = &mut shutdown => {
-                stop_tx.send_replace(true);
-                match tokio::time::timeout(SHUTDOWN_GRACE, &mut servers).await {
-                    Ok(result) => result.map(|_| ()),
-                    Err(_) => Ok(()),
-                }
-            }
-        };
+        let result = serve_until(servers, shutdown, &stop_tx, "collector").await;
         drop(socket_file);
         result.map_err(|source| CollectorError::Serve { source })
     }
@@ -725,52 +710,6 @@ impl CollectorService for ExportApi {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-}
-
-/// The unix socket file we created; removed on drop.
-#[derive(Debug)]
-struct SocketFile {
-    path: PathBuf,
-}
-
-impl Drop for SocketFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn bind_unix(path: &Path) -> Result<(UnixListener, SocketFile), CollectorError> {
-    let bind_error = |source| CollectorError::BindUnix {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(bind_error)?;
-    }
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(CollectorError::NotASocket {
-                path: path.to_path_buf(),
-            });
-        }
-        Ok(_) => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(bind_error(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another process serves on it",
-                )));
-            }
-            std::fs::remove_file(path).map_err(bind_error)?;
-        }
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
-        Err(err) => return Err(bind_error(err)),
-    }
-    let listener = UnixListener::bind(path).map_err(bind_error)?;
-    let file = SocketFile {
-        path: path.to_path_buf(),
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
-    Ok((listener, file))
 }
 
 #[cfg(test)]

@@ -337,10 +337,12 @@ impl FlowTable {
 
 /// Whether an address (as stored in the kernel key) can belong to one endpoint.
 fn is_unicast(family: u8, addr: &[u8; 16]) -> bool {
-    match ip_from_bytes(&ip_bytes(family, addr)) {
-        Some(IpAddr::V4(a)) => !(a.is_multicast() || a.is_broadcast() || a.is_unspecified()),
-        Some(IpAddr::V6(a)) => !(a.is_multicast() || a.is_unspecified()),
-        None => false,
+    if family == FAMILY_IPV4 {
+        let a = Ipv4Addr::new(addr[12], addr[13], addr[14], addr[15]);
+        !(a.is_multicast() || a.is_broadcast() || a.is_unspecified())
+    } else {
+        let a = Ipv6Addr::from(*addr);
+        !(a.is_multicast() || a.is_unspecified())
     }
 }
 
@@ -354,7 +356,8 @@ pub fn ip_bytes(family: u8, addr: &[u8; 16]) -> Vec<u8> {
     }
 }
 
-/// Parses the wire form of an address.
+/// Parses the wire form of an address (a record's `src_ip`/`dst_ip`): 4 bytes IPv4, 16 bytes
+/// IPv6, else `None`.
 pub fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
     match b.len() {
         4 => <[u8; 4]>::try_from(b)
