@@ -114,6 +114,7 @@ pub fn cargo() -> Command {
 
 fn test(no_clippy: bool, extra: &[String]) -> anyhow::Result<()> {
     setup::run_setup()?;
+    report_free_disk();
     run(cargo().args(["fmt", "--all", "--check"]))?;
     if !no_clippy {
         run(cargo().args([
@@ -158,6 +159,37 @@ fn test(no_clippy: bool, extra: &[String]) -> anyhow::Result<()> {
         bail!("cargo test ran no test");
     }
     Ok(())
+}
+
+/// A clean build of the test suite needs about 2.5 GiB under target/ (clippy's check artifacts
+/// included); the linker dies with SIGBUS, not a clear message, when the disk fills while it writes.
+const TEST_BUILD_DISK_BYTES: u64 = 3 << 30;
+
+/// Says how much disk the build has, and warns early when it is likely too little.
+fn report_free_disk() {
+    let root = workspace_root();
+    let Ok(out) = cmd_output(Command::new("df").args(["-Pk", "--"]).arg(&root)) else {
+        return;
+    };
+    let Some(avail_kib) = out
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    let avail = avail_kib * 1024;
+    eprintln!(
+        "xtask: {:.1} GiB free on the build's disk",
+        avail as f64 / f64::from(1u32 << 30)
+    );
+    if avail < TEST_BUILD_DISK_BYTES {
+        eprintln!(
+            "xtask: warning: a clean test build needs about {} GiB; linking may fail with SIGBUS",
+            TEST_BUILD_DISK_BYTES >> 30
+        );
+    }
 }
 
 /// Sums cargo test's `test result: ok. N passed; N failed; N ignored; ...` lines.
