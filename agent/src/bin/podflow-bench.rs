@@ -63,11 +63,24 @@ struct Opts {
     podflow: PathBuf,
     doc: Option<PathBuf>,
     command: String,
+    /// Figure groups to measure (`--only`); empty: all of them.
+    only: Vec<String>,
+}
+
+/// The figure groups `--only` selects from.
+const GROUPS: [&str; 4] = ["pairs", "churn", "rss", "map"];
+
+impl Opts {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
 }
 
 fn usage() -> &'static str {
-    "usage: podflow-bench [--smoke] [--pairs N] [--secs N] [--podflow PATH] [--doc FILE] [--command TEXT]\n\
-     Measures podflow against the no-agent baseline inside network namespaces (root needed)."
+    "usage: podflow-bench [--smoke] [--pairs N] [--secs N] [--only pairs,churn,rss,map] [--podflow PATH] [--doc FILE] [--command TEXT]\n\
+     Measures podflow against the no-agent baseline inside network namespaces (root needed).\n\
+     --only measures some figure groups (pairs: TCP, UDP and kernel cost; churn: CPU per flow;\n\
+     rss: resident memory; map: map memory and loss) and never writes --doc."
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -94,6 +107,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             podflow: sibling,
             doc: None,
             command: String::new(),
+            only: Vec::new(),
         }
     } else {
         Opts {
@@ -111,6 +125,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             podflow: sibling,
             doc: None,
             command: String::new(),
+            only: Vec::new(),
         }
     };
     let mut it = args.iter();
@@ -129,6 +144,12 @@ fn parse_opts() -> anyhow::Result<Opts> {
             "--map-entries" => o.hook_map_entries = Some(val()?.parse().context("--map-entries")?),
             "--doc" => o.doc = Some(PathBuf::from(val()?)),
             "--command" => o.command = val()?,
+            "--only" => {
+                o.only = val()?.split(',').map(str::to_string).collect();
+                if let Some(g) = o.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                    bail!("--only: unknown group {g} (groups: {})", GROUPS.join(","));
+                }
+            }
             "-h" | "--help" => {
                 println!("{}", usage());
                 std::process::exit(0);
@@ -1262,9 +1283,13 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         bed.dst_ip
     ));
 
-    let c = interleaved(o, &bed)?;
+    let c = if o.wants("pairs") {
+        Some(interleaved(o, &bed)?)
+    } else {
+        None
+    };
     let mut churn_results = Vec::new();
-    for &rate in &o.churn_rates {
+    for &rate in o.churn_rates.iter().filter(|_| o.wants("churn")) {
         let mut per = Vec::new();
         let mut achieved = Vec::new();
         let mut recs = Vec::new();
@@ -1277,15 +1302,121 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         }
         churn_results.push((rate, per, recs, achieved));
     }
-    log(format!("resident memory with {} flows", o.rss_flows));
-    let (rss_kib, hwm_kib, active, rss_lost, idle_kib) = rss(o, &bed, o.rss_flows, &[])?;
-    log("resident memory with --buffer 1024 (where the memory goes)");
-    let (rss_small_kib, ..) = rss(o, &bed, o.rss_flows, &["--buffer", "1024"])?;
-    log("map memory and loss at 50 % occupancy");
-    let ((memlock, entries, per_entry), lost50, rec50) = map_memory_and_loss(o, &bed)?;
+    let rss_results = if o.wants("rss") {
+        log(format!("resident memory with {} flows", o.rss_flows));
+        let full = rss(o, &bed, o.rss_flows, &[])?;
+        log("resident memory with --buffer 1024 (where the memory goes)");
+        let (small, ..) = rss(o, &bed, o.rss_flows, &["--buffer", "1024"])?;
+        Some((full, small))
+    } else {
+        None
+    };
+    let map_results = if o.wants("map") {
+        log("map memory and loss at 50 % occupancy");
+        Some(map_memory_and_loss(o, &bed)?)
+    } else {
+        None
+    };
 
     let s = |v: &[f64]| summary(v).ok_or_else(|| anyhow!("no samples"));
     let mut rows = Vec::new();
+    if let Some(c) = &c {
+        pair_rows(o, c, &mut rows)?;
+    }
+    for (k, (rate, per, recs, achieved)) in churn_results.iter().enumerate() {
+        let p = s(per)?;
+        let r = s(recs)?;
+        let a = s(achieved)?;
+        rows.push(Row {
+            key: if k == 0 {
+                "cpu_per_flow_low_churn"
+            } else {
+                "cpu_per_flow_high_churn"
+            },
+            figure: format!(
+                "agent CPU (utime+stime) per exported flow, churn {} new flows/s, {} s window",
+                rate, o.churn_secs
+            ),
+            value: Some(p.median),
+            unit: "µs",
+            target: "≤ 2 µs".into(),
+            at_least: false,
+            limit: 2.0,
+            digits: 2,
+            detail: format!(
+                "{} µs; records per window {}; achieved {} flows/s",
+                fmt_range(&p, 2),
+                fmt_range(&r, 0),
+                fmt_range(&a, 0)
+            ),
+        });
+    }
+    if let Some(((rss_kib, hwm_kib, active, rss_lost, idle_kib), rss_small_kib)) = rss_results {
+        rows.push(Row {
+            key: "agent_rss",
+            figure: format!("agent VmRSS with {} active flows", o.rss_flows),
+            value: Some(rss_kib as f64 / 1024.0),
+            unit: "MiB",
+            target: "≤ 64 MiB".into(),
+            at_least: false,
+            limit: 64.0,
+            digits: 1,
+            detail: format!(
+                "flows_active {active}; VmHWM {:.1} MiB; VmRSS right after attaching (no flows) {:.1} MiB; same run with --buffer 1024 (default 65536 events kept for tail --last): {:.1} MiB; lost_map_full {rss_lost}",
+                hwm_kib as f64 / 1024.0,
+                idle_kib as f64 / 1024.0,
+                rss_small_kib as f64 / 1024.0
+            ),
+        });
+    }
+    if let Some(((memlock, entries, per_entry), lost50, rec50)) = map_results {
+        rows.push(Row {
+            key: "map_bytes_per_flow",
+            figure: "kernel flow-map memory per entry (bytes_memlock of FLOWS_0+FLOWS_1 ÷ their total capacity)".into(),
+            value: Some(per_entry),
+            unit: "B",
+            target: "≤ 128 B".into(),
+            at_least: false,
+            limit: 128.0,
+            digits: 0,
+            detail: format!(
+                "{memlock} B for 2 × {entries} entries, {} CPUs (per-CPU values); per flow of capacity (both buffers): {:.0} B",
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+                memlock as f64 / entries as f64
+            ),
+        });
+        rows.push(Row {
+            key: "lost_at_half_occupancy",
+            figure: format!(
+                "lost_map_full with the flow map at 50 % occupancy ({} flows × 2 veths in {} entries)",
+                o.loss_map_entries / 4,
+                o.loss_map_entries
+            ),
+            value: Some(lost50 as f64),
+            unit: "",
+            target: "0".into(),
+            at_least: false,
+            limit: 0.0,
+            digits: 0,
+            detail: format!("records exported in the window: {rec50}"),
+        });
+    }
+    let t = table(&rows, o.smoke);
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("{t}");
+    println!("machine: {}", machine());
+    println!("command: {}", o.command);
+    println!("elapsed: {elapsed:.0} s");
+    if let Some(doc) = o.doc.as_ref().filter(|_| o.only.is_empty()) {
+        write_doc(doc, o, &t, elapsed)?;
+        log(format!("wrote {}", doc.display()));
+    }
+    Ok(rows.iter().all(|r| r.pass() == Some(true)))
+}
+
+/// The rows of the interleaved pairs: TCP and UDP ratios, kernel cost per hook.
+fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let s = |v: &[f64]| summary(v).ok_or_else(|| anyhow!("no samples"));
     let (tb, ta, tr) = (s(&c.tcp_base)?, s(&c.tcp_agent)?, s(&c.tcp_ratio)?);
     rows.push(Row {
         key: "tcp_throughput_ratio",
@@ -1389,92 +1520,7 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
             c.hook_lost
         ),
     });
-    for (k, (rate, per, recs, achieved)) in churn_results.iter().enumerate() {
-        let p = s(per)?;
-        let r = s(recs)?;
-        let a = s(achieved)?;
-        rows.push(Row {
-            key: if k == 0 {
-                "cpu_per_flow_low_churn"
-            } else {
-                "cpu_per_flow_high_churn"
-            },
-            figure: format!(
-                "agent CPU (utime+stime) per exported flow, churn {} new flows/s, {} s window",
-                rate, o.churn_secs
-            ),
-            value: Some(p.median),
-            unit: "µs",
-            target: "≤ 2 µs".into(),
-            at_least: false,
-            limit: 2.0,
-            digits: 2,
-            detail: format!(
-                "{} µs; records per window {}; achieved {} flows/s",
-                fmt_range(&p, 2),
-                fmt_range(&r, 0),
-                fmt_range(&a, 0)
-            ),
-        });
-    }
-    rows.push(Row {
-        key: "agent_rss",
-        figure: format!("agent VmRSS with {} active flows", o.rss_flows),
-        value: Some(rss_kib as f64 / 1024.0),
-        unit: "MiB",
-        target: "≤ 64 MiB".into(),
-        at_least: false,
-        limit: 64.0,
-        digits: 1,
-        detail: format!(
-            "flows_active {active}; VmHWM {:.1} MiB; VmRSS right after attaching (no flows) {:.1} MiB; same run with --buffer 1024 (default 65536 events kept for tail --last): {:.1} MiB; lost_map_full {rss_lost}",
-            hwm_kib as f64 / 1024.0,
-            idle_kib as f64 / 1024.0,
-            rss_small_kib as f64 / 1024.0
-        ),
-    });
-    rows.push(Row {
-        key: "map_bytes_per_flow",
-        figure: "kernel flow-map memory per entry (bytes_memlock of FLOWS_0+FLOWS_1 ÷ their total capacity)".into(),
-        value: Some(per_entry),
-        unit: "B",
-        target: "≤ 128 B".into(),
-        at_least: false,
-        limit: 128.0,
-        digits: 0,
-        detail: format!(
-            "{memlock} B for 2 × {entries} entries, {} CPUs (per-CPU values); per flow of capacity (both buffers): {:.0} B",
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            memlock as f64 / entries as f64
-        ),
-    });
-    rows.push(Row {
-        key: "lost_at_half_occupancy",
-        figure: format!(
-            "lost_map_full with the flow map at 50 % occupancy ({} flows × 2 veths in {} entries)",
-            o.loss_map_entries / 4,
-            o.loss_map_entries
-        ),
-        value: Some(lost50 as f64),
-        unit: "",
-        target: "0".into(),
-        at_least: false,
-        limit: 0.0,
-        digits: 0,
-        detail: format!("records exported in the window: {rec50}"),
-    });
-
-    let t = table(&rows, o.smoke);
-    let elapsed = started.elapsed().as_secs_f64();
-    println!("{t}");
-    println!("machine: {}", machine());
-    println!("command: {}", o.command);
-    println!("elapsed: {elapsed:.0} s");
-    if let Some(doc) = &o.doc {
-        write_doc(doc, o, &t, elapsed)?;
-        log(format!("wrote {}", doc.display()));
-    }
-    Ok(rows.iter().all(|r| r.pass() == Some(true)))
+    Ok(())
 }
 
 /// Replaces the generated section of `doc` (between the markers), or writes the whole file.
