@@ -5,28 +5,44 @@
 //!
 //! # How flows are counted
 //!
-//! Every tc hook counts each IP packet it sees into a per-CPU hash map keyed by [`FlowKey`]. The
-//! key includes the *observation point* ([`ObsPoint`]): a packet between two pods on the same node
-//! crosses the source pod's veth (host-side ingress) and the destination pod's veth (host-side
-//! egress), so it lands in two entries. User space picks one authoritative observation point per
-//! flow and uses the others only to say which interfaces saw it, so each packet is counted once.
+//! Every tc hook counts each IP packet it sees into a hash map: IPv4 flows into [`FLOWS_V4`]
+//! (16-byte [`FlowKeyV4`]), IPv6 flows into [`FLOWS_V6`] (40-byte [`FlowKey`]), both with the
+//! 24-byte [`FlowValue`] shared by all CPUs and updated with atomic adds. The key includes the
+//! *observation point* ([`ObsPoint`]): a packet between two pods on the same node crosses the
+//! source pod's veth (host-side ingress) and the destination pod's veth (host-side egress), so it
+//! lands in two entries. User space picks one authoritative observation point per flow and uses
+//! the others only to say which interfaces saw it, so each packet is counted once.
 //!
-//! Two flow maps ([`FLOWS_0`], [`FLOWS_1`]) are used as a double buffer: the programs write into the
-//! map named by [`Config::active`]; user space flips it, waits for an RCU grace period (every
-//! program that could still write into the old map has then returned), and reads and clears the old
-//! map with no writer racing it. No packet is lost or counted twice at a flush.
+//! # Exact drains: the epoch bit
+//!
+//! Every key carries the current *epoch* ([`Config::epoch`], bit [`KEY_F_EPOCH`] of `key_flags`).
+//! User space flips the epoch, waits for an RCU grace period (every program that could still
+//! write a key of the old epoch has then returned), reads the old epoch's entries (no writer
+//! races them any more) and deletes exactly those keys. No packet is lost or counted twice at a
+//! flush, and one map holds both epochs only for the few milliseconds of a drain, so a map of N
+//! entries tracks N flows: no second buffer.
+//!
+//! # Memory per flow
+//!
+//! A preallocated kernel hash map costs, per entry, a 16-byte bucket, a 48-byte element header,
+//! the key rounded up to 8 bytes, and the value: 16 + 48 + 16 + 24 = 104 bytes for IPv4 and
+//! 16 + 48 + 40 + 24 = 128 bytes for IPv6, independent of the number of CPUs (a per-CPU value
+//! would cost its size once per possible CPU: kilobytes per flow on a 64-core node).
 #![no_std]
 
-/// Name of the first flow map of the double buffer.
-pub const FLOWS_0: &str = "FLOWS_0";
-/// Name of the second flow map of the double buffer.
-pub const FLOWS_1: &str = "FLOWS_1";
+/// Name of the IPv4 flow map ([`FlowKeyV4`] → [`FlowValue`]).
+pub const FLOWS_V4: &str = "FLOWS_V4";
+/// Name of the IPv6 flow map ([`FlowKey`] → [`FlowValue`]).
+pub const FLOWS_V6: &str = "FLOWS_V6";
 /// Name of the single-entry config array ([`Config`] at index 0).
 pub const CONFIG: &str = "CONFIG";
 /// Name of the per-CPU counters array, indexed by [`Counter`].
 pub const COUNTERS: &str = "COUNTERS";
+/// Name of the single-entry array [`PROG_CLOCK`] writes a [`ClockSample`] into.
+pub const CLOCK: &str = "CLOCK";
 
-/// Default capacity of each flow map (entries). User space may resize before load.
+/// Default capacity of each flow map (entries, i.e. flows per observation point and family
+/// between two flushes). User space may resize before load.
 pub const DEFAULT_FLOW_MAP_ENTRIES: u32 = 65_536;
 
 /// Program names as they appear in the object file and in `bpftool prog`.
@@ -34,6 +50,9 @@ pub const PROG_VETH_INGRESS: &str = "podflow_veth_in";
 pub const PROG_VETH_EGRESS: &str = "podflow_veth_eg";
 pub const PROG_L3_INGRESS: &str = "podflow_l3_in";
 pub const PROG_L3_EGRESS: &str = "podflow_l3_eg";
+/// Never attached: run by user space with `BPF_PROG_TEST_RUN` to sample the kernel's clocks
+/// ([`ClockSample`]) so it can turn the programs' jiffies into `CLOCK_MONOTONIC` time.
+pub const PROG_CLOCK: &str = "podflow_clock";
 
 /// Where a packet was observed. Part of the flow key.
 #[repr(u8)]
@@ -78,6 +97,9 @@ pub const KEY_F_FRAGMENT: u8 = 1 << 0;
 /// The transport header was truncated or malformed: ports are 0, the packet is still counted
 /// under its IP pair and protocol.
 pub const KEY_F_L4_TRUNCATED: u8 = 1 << 1;
+/// The epoch the entry was counted in ([`Config::epoch`] & 1). User space clears it before the
+/// key goes anywhere else.
+pub const KEY_F_EPOCH: u8 = 1 << 7;
 
 /// IP protocol numbers the parser understands.
 pub const IPPROTO_ICMP: u8 = 1;
@@ -86,10 +108,12 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_SCTP: u8 = 132;
 
-/// Key of the flow maps: a unidirectional 5-tuple plus where it was observed.
+/// A unidirectional 5-tuple plus where it was observed: the key of [`FLOWS_V6`], and the form in
+/// which user space handles every flow.
 ///
-/// IPv4 addresses are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), so one map holds
-/// both families. Ports are host byte order. For ICMP and ICMPv6, `src_port` holds the type and
+/// IPv4 addresses are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), so one type holds
+/// both families (in the kernel, IPv4 flows use the shorter [`FlowKeyV4`]). Ports are host byte
+/// order. For ICMP and ICMPv6, `src_port` holds the type and
 /// `dst_port` the code (as VPC flow logs and IPFIX do).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -108,35 +132,129 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
-/// Per-CPU value of the flow maps. User space sums packets and bytes over CPUs, takes the minimum
-/// non-zero `first_ns` and the maximum `last_ns`, and ORs the TCP flags.
+/// Key of [`FLOWS_V4`]: [`FlowKey`] with 4-byte addresses. The last 8 bytes have the same layout
+/// as [`FlowKey`]'s last 8 (ports, protocol, observation point, family, flags), so the programs
+/// copy them as one word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKeyV4 {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub protocol: u8,
+    pub obs: u8,
+    /// Always [`FAMILY_IPV4`].
+    pub family: u8,
+    pub key_flags: u8,
+}
+const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
+
+impl FlowKeyV4 {
+    /// The same flow as a [`FlowKey`] (IPv4-mapped addresses).
+    pub const fn to_key(&self) -> FlowKey {
+        let mut src_addr = [0u8; 16];
+        let mut dst_addr = [0u8; 16];
+        src_addr[10] = 0xff;
+        src_addr[11] = 0xff;
+        dst_addr[10] = 0xff;
+        dst_addr[11] = 0xff;
+        let mut i = 0;
+        while i < 4 {
+            src_addr[12 + i] = self.src_addr[i];
+            dst_addr[12 + i] = self.dst_addr[i];
+            i += 1;
+        }
+        FlowKey {
+            src_addr,
+            dst_addr,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            protocol: self.protocol,
+            obs: self.obs,
+            family: self.family,
+            key_flags: self.key_flags,
+        }
+    }
+}
+
+/// Value of both flow maps, one per flow shared by all CPUs.
+///
+/// Three words, laid out for 64-bit atomics (the only RMW width every BPF CPU version has): word 0
+/// `bytes` (atomic add); word 1 `packets` + `first_flags` (atomic add of the packet count, atomic
+/// OR of new TCP flags into the high byte); word 2 `last_jiffies` + `ifindex` (one plain store).
+/// `packets` cannot carry into `first_flags`: 2³² packets of one flow at one hook within one
+/// flush interval is ~860 Mpps over 5 s.
+///
+/// Times are `jiffies` (the kernel's tick counter; the programs read it with `bpf_jiffies64()`,
+/// which the verifier inlines into one load): `last_jiffies` holds its low 32 bits, the low 24
+/// bits of `first_flags` the low 24 bits at the flow's first packet, so first = last − ((last −
+/// first) mod 2²⁴) as long as an entry lives less than 2²⁴ ticks (4.6 h at HZ=1000; entries live
+/// one flush interval). User space maps jiffies to `CLOCK_MONOTONIC` with a [`ClockSample`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    /// IP-layer bytes: the sum of IP total lengths of the packets (for GSO super-packets, as they
+    /// will be on the wire once segmented).
+    pub bytes: u64,
+    /// Packets (a GSO super-packet counts as its number of segments).
+    pub packets: u32,
+    /// Low 24 bits: low 24 bits of jiffies at the first packet ([`FIRST_JIFFIES_MASK`]); high 8
+    /// bits: OR of the TCP flags bytes ([`TCP_FLAGS_SHIFT`]).
+    pub first_flags: u32,
+    /// Low 32 bits of jiffies at the last packet.
+    pub last_jiffies: u32,
+    /// ifindex of the interface the packets were seen on (the last one if several).
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
+const _: () = assert!(core::mem::offset_of!(FlowValue, first_flags) == 12);
+const _: () = assert!(core::mem::offset_of!(FlowValue, ifindex) == 20);
+
+/// Mask of the first-packet jiffies in [`FlowValue::first_flags`].
+pub const FIRST_JIFFIES_MASK: u32 = 0x00ff_ffff;
+/// Shift of the TCP flags in [`FlowValue::first_flags`] (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08
+/// ACK=0x10 URG=0x20 ECE=0x40 CWR=0x80).
+pub const TCP_FLAGS_SHIFT: u32 = 24;
+
+/// What [`PROG_CLOCK`] writes into [`CLOCK`]: both clocks read in the same program run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClockSample {
+    /// `bpf_jiffies64()`.
+    pub jiffies: u64,
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`).
+    pub mono_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<ClockSample>() == 16);
+
+/// A flow entry as user space hands it on after a drain: a [`FlowValue`] decoded, times in
+/// `CLOCK_MONOTONIC` nanoseconds. Not a map value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowStats {
     /// Packets (a GSO super-packet counts as its number of segments).
     pub packets: u64,
-    /// IP-layer bytes: the sum of IP total lengths of the packets (for GSO super-packets, as they
-    /// will be on the wire once segmented).
+    /// IP-layer bytes (see [`FlowValue::bytes`]).
     pub bytes: u64,
-    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the first packet on this CPU; 0 if none.
+    /// `CLOCK_MONOTONIC` nanoseconds of the first packet (tick resolution); 0 if none.
     pub first_ns: u64,
-    /// `CLOCK_MONOTONIC` (coarse) nanoseconds of the last packet on this CPU.
+    /// `CLOCK_MONOTONIC` nanoseconds of the last packet (tick resolution).
     pub last_ns: u64,
-    /// ifindex of the interface the packets were seen on (last one if several).
+    /// ifindex of the interface the packets were seen on.
     pub ifindex: u32,
-    /// OR of the TCP flags byte (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ECE=0x40
-    /// CWR=0x80).
+    /// OR of the TCP flags bytes.
     pub tcp_flags: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 40);
 
 /// Runtime configuration, written by user space into [`CONFIG`] index 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Config {
-    /// Which flow map the programs write into: 0 → [`FLOWS_0`], 1 → [`FLOWS_1`].
-    pub active: u32,
+    /// The epoch keys are counted in (only bit 0 matters; see [`KEY_F_EPOCH`]).
+    pub epoch: u32,
     /// Count 1 in `sample_rate` packets; 0 or 1 means every packet.
     pub sample_rate: u32,
 }
@@ -147,7 +265,9 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
-    /// Packets that ran through a podflow program.
+    /// Packets that ran through a podflow program. Not bumped by the programs (one counter
+    /// update less per packet): user space derives it as the sum of the outcomes every packet
+    /// ends in exactly one of ([`Counter::is_outcome`]).
     Packets = 0,
     /// Packets counted into a flow entry.
     Recorded = 1,
@@ -204,6 +324,20 @@ impl Counter {
         }
     }
 
+    /// Whether every packet ends in exactly one of these counters (the sum is
+    /// [`Counter::Packets`]).
+    pub const fn is_outcome(self) -> bool {
+        matches!(
+            self,
+            Counter::Recorded
+                | Counter::SampledOut
+                | Counter::NotIp
+                | Counter::LostMapFull
+                | Counter::LostMapError
+                | Counter::LostIpMalformed
+        )
+    }
+
     /// Whether the counter counts packets that are missing from the flow records.
     pub const fn is_loss(self) -> bool {
         matches!(
@@ -219,7 +353,11 @@ mod user {
     // pattern is valid.
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ClockSample {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
 }

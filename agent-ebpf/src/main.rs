@@ -1,27 +1,38 @@
-//! podflow's tc programs: count every IP packet of a pod veth or an L3 tunnel device into a
-//! per-CPU flow map (see `lib.rs` for the shared types and the double-buffer protocol).
+//! podflow's tc programs: count every IP packet of a pod veth or an L3 tunnel device into a flow
+//! map (see `lib.rs` for the shared types and the epoch protocol).
+//!
+//! Per packet: one `CONFIG` load, the parse, `bpf_jiffies64()` (inlined by the verifier into a
+//! load of `jiffies`), one hash lookup, two atomic adds and two stores, one per-CPU counter bump.
 //!
 //! Every program returns `TC_ACT_UNSPEC` (-1) on every path: under tcx that is `TCX_NEXT` (run the
 //! next program, e.g. the CNI's) and in legacy cls_bpf direct-action mode it means "continue".
 //! The programs never write the packet nor change skb fields, and never pull data.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// The bpf target has no `AtomicU64::fetch_add` (no compare-and-swap in Rust's model of it); the
+// intrinsics lower to the BPF atomic instructions (`lock xadd`, `lock or`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod parse;
 
 #[cfg(target_arch = "bpf")]
 mod programs {
-    use core::mem::MaybeUninit;
+    use core::{
+        intrinsics::{AtomicOrdering, atomic_or, atomic_xadd},
+        mem::MaybeUninit,
+    };
 
     use aya_ebpf::{
         bindings::BPF_NOEXIST,
-        helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
+        helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
         macros::{classifier, map},
-        maps::{Array, PerCpuArray, PerCpuHashMap},
+        maps::{Array, HashMap, PerCpuArray},
         programs::TcContext,
     };
     use podflow_ebpf::{
-        COUNTER_COUNT, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FlowKey, FlowStats, ObsPoint,
+        COUNTER_COUNT, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4,
+        FIRST_JIFFIES_MASK, FlowKey, FlowKeyV4, FlowValue, KEY_F_EPOCH, ObsPoint, TCP_FLAGS_SHIFT,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -29,9 +40,9 @@ mod programs {
     /// "No verdict": continue with the next program / the normal path.
     const TC_ACT_UNSPEC: i32 = -1;
 
-    const _: () = assert!(size_of::<FlowStats>() == 40 && align_of::<FlowStats>() == 8);
-    const _: () = assert!(core::mem::offset_of!(FlowStats, ifindex) == 32);
-    const _: () = assert!(core::mem::offset_of!(FlowStats, tcp_flags) == 36);
+    const _: () = assert!(size_of::<FlowValue>() == 24 && align_of::<FlowValue>() == 8);
+    const _: () = assert!(size_of::<FlowKeyV4>() == 16 && align_of::<FlowKeyV4>() == 2);
+    const _: () = assert!(size_of::<FlowKey>() == 40);
 
     const EEXIST: i32 = 17;
     const E2BIG: i32 = 7;
@@ -40,15 +51,17 @@ mod programs {
     // The statics' names are the map names user space looks up: keep them equal to the lib.rs
     // constants (checked at compile time below).
     #[map]
-    static FLOWS_0: PerCpuHashMap<FlowKey, FlowStats> =
-        PerCpuHashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
+    static FLOWS_V4: HashMap<FlowKeyV4, FlowValue> =
+        HashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
     #[map]
-    static FLOWS_1: PerCpuHashMap<FlowKey, FlowStats> =
-        PerCpuHashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
+    static FLOWS_V6: HashMap<FlowKey, FlowValue> =
+        HashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
     #[map]
     static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
     #[map]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+    #[map]
+    static CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
 
     const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -64,8 +77,10 @@ mod programs {
         }
         true
     }
-    const _: () = assert!(str_eq(podflow_ebpf::FLOWS_0, "FLOWS_0"));
-    const _: () = assert!(str_eq(podflow_ebpf::FLOWS_1, "FLOWS_1"));
+    const _: () = assert!(str_eq(podflow_ebpf::FLOWS_V4, "FLOWS_V4"));
+    const _: () = assert!(str_eq(podflow_ebpf::FLOWS_V6, "FLOWS_V6"));
+    const _: () = assert!(str_eq(podflow_ebpf::CLOCK, "CLOCK"));
+    const _: () = assert!(str_eq(podflow_ebpf::PROG_CLOCK, "podflow_clock"));
     const _: () = assert!(str_eq(podflow_ebpf::CONFIG, "CONFIG"));
     const _: () = assert!(str_eq(podflow_ebpf::COUNTERS, "COUNTERS"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_VETH_INGRESS, "podflow_veth_in"));
@@ -97,6 +112,20 @@ mod programs {
         TC_ACT_UNSPEC
     }
 
+    /// Samples jiffies and `CLOCK_MONOTONIC` together into `CLOCK` (run by user space with
+    /// `BPF_PROG_TEST_RUN`, never attached).
+    #[classifier]
+    pub fn podflow_clock(_ctx: TcContext) -> i32 {
+        if let Some(p) = CLOCK.get_ptr_mut(0) {
+            // SAFETY: array value pointer from the kernel; helpers without arguments.
+            unsafe {
+                (*p).jiffies = bpf_jiffies64();
+                (*p).mono_ns = bpf_ktime_get_ns();
+            }
+        }
+        TC_ACT_UNSPEC
+    }
+
     /// Adds 1 to a per-CPU counter. A constant index keeps the lookup inlinable by the verifier.
     #[inline(always)]
     fn bump(c: Counter) {
@@ -112,8 +141,7 @@ mod programs {
             return;
         };
         // SAFETY: array value pointer returned by the kernel, valid for the program's run.
-        let (active, rate) = unsafe { ((*cfg).active, (*cfg).sample_rate) };
-        bump(Counter::Packets);
+        let (epoch, rate) = unsafe { ((*cfg).epoch, (*cfg).sample_rate) };
         if rate > 1 {
             // Count the packet iff rand < 2^32 / rate: probability ≈ 1/rate, no division.
             // SAFETY: helper without arguments.
@@ -146,11 +174,11 @@ mod programs {
         let skb = ctx.skb.skb;
         // SAFETY: ctx fields the verifier allows tc programs to read.
         let (gso_segs, ifindex) = unsafe { ((*skb).gso_segs, (*skb).ifindex) };
-        let segs = if gso_segs > 1 { u64::from(gso_segs) } else { 1 };
+        let segs = if gso_segs > 1 { u32::from(gso_segs) } else { 1 };
         // What the segments total on the wire: every segment repeats the L3 (+ext) and L4 headers.
-        let bytes = u64::from(f.ip_len) + (segs - 1) * u64::from(f.hdr_len);
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let bytes = u64::from(f.ip_len) + u64::from(segs - 1) * u64::from(f.hdr_len);
+        // SAFETY: helper without arguments (inlined by the verifier).
+        let now = unsafe { bpf_jiffies64() } as u32;
         let u = Update {
             segs,
             bytes,
@@ -158,67 +186,89 @@ mod programs {
             ifindex,
             tcp_flags: f.tcp_flags,
         };
-        // Two call sites (not a map pointer chosen at run time) so the verifier can still inline
-        // each map's lookup.
-        let res = if active == 0 {
-            record(&FLOWS_0, &f.key, &u)
+        if epoch & 1 != 0 {
+            f.key.key_flags |= KEY_F_EPOCH;
+        }
+        let res = if f.key.family == FAMILY_IPV4 {
+            let k = &f.key as *const FlowKey as *const u64;
+            // SAFETY: FlowKey is 40 bytes, 8-aligned (it starts the align(8) Flow); an IPv4 key
+            // holds its addresses in bytes 12..16 and 28..32 (IPv4-mapped), and FlowKeyV4's
+            // second word has FlowKey's last word's layout. Built from two words so no memset.
+            let k4 = unsafe {
+                let src = (*k.add(1) >> 32) as u32;
+                let dst = (*k.add(3) >> 32) as u32;
+                let mut out = MaybeUninit::<FlowKeyV4>::uninit();
+                let w = out.as_mut_ptr().cast::<u64>();
+                w.write_unaligned(u64::from(src) | (u64::from(dst) << 32));
+                w.add(1).write_unaligned(*k.add(4));
+                out.assume_init()
+            };
+            record(&FLOWS_V4, &k4, &u)
         } else {
-            record(&FLOWS_1, &f.key, &u)
+            record(&FLOWS_V6, &f.key, &u)
         };
         bump(res);
     }
 
     struct Update {
-        segs: u64,
+        segs: u32,
         bytes: u64,
-        now: u64,
+        now: u32,
         ifindex: u32,
         tcp_flags: u8,
     }
 
     #[inline(always)]
-    fn apply(s: *mut FlowStats, u: &Update) {
-        // SAFETY: this CPU's slot of a per-CPU hash value; no other writer.
+    fn apply(v: *mut FlowValue, u: &Update) {
+        let w = v.cast::<u64>();
+        // SAFETY: a (non-per-CPU) hash map value, 24 bytes, 8-aligned, valid for the program's
+        // run; several CPUs may update it at once, hence 64-bit atomics for the counts (see
+        // FlowValue for the word layout). Word 2 (last jiffies, ifindex) is a plain store: any
+        // CPU's recent value is right.
         unsafe {
-            (*s).packets += u.segs;
-            (*s).bytes += u.bytes;
-            (*s).last_ns = u.now;
-            if (*s).first_ns == 0 {
-                (*s).first_ns = u.now;
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, u.bytes);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w.add(1), u64::from(u.segs));
+            w.add(2)
+                .write(u64::from(u.now) | (u64::from(u.ifindex) << 32));
+            if u.tcp_flags != 0 {
+                let bits = u64::from(u.tcp_flags) << (32 + TCP_FLAGS_SHIFT);
+                // Atomic only when a flag is new to the flow (rarely after the handshake).
+                if core::ptr::read_volatile(w.add(1)) & bits != bits {
+                    atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w.add(1), bits);
+                }
             }
-            (*s).tcp_flags |= u.tcp_flags;
-            (*s).ifindex = u.ifindex;
         }
     }
 
     #[inline(always)]
-    fn record(map: &PerCpuHashMap<FlowKey, FlowStats>, key: &FlowKey, u: &Update) -> Counter {
-        if let Some(s) = map.get_ptr_mut(key) {
-            apply(s, u);
+    fn record<K>(map: &HashMap<K, FlowValue>, key: &K, u: &Update) -> Counter {
+        if let Some(v) = map.get_ptr_mut(key) {
+            apply(v, u);
             return Counter::Recorded;
         }
-        // Written as five u64 words: a struct literal would leave the 3 padding bytes to a memset,
-        // which bpf-linker turns into a call to a byte loop.
-        let mut fresh = MaybeUninit::<FlowStats>::uninit();
+        // Written as three u64 words: a struct literal could be left to a memset, which
+        // bpf-linker turns into a call to a byte loop.
+        let mut fresh = MaybeUninit::<FlowValue>::uninit();
         let w = fresh.as_mut_ptr().cast::<u64>();
-        // SAFETY: FlowStats is 40 bytes, 8-aligned: ifindex (u32), tcp_flags (u8) and _pad (3
-        // bytes) make up the last little-endian word.
+        let first_flags =
+            (u.now & FIRST_JIFFIES_MASK) | (u32::from(u.tcp_flags) << TCP_FLAGS_SHIFT);
+        // SAFETY: FlowValue is 24 bytes, 8-aligned: bytes; packets + first_flags; last_jiffies +
+        // ifindex (little-endian words).
         unsafe {
-            w.write(u.segs);
-            w.add(1).write(u.bytes);
-            w.add(2).write(u.now);
-            w.add(3).write(u.now);
-            w.add(4)
-                .write(u64::from(u.ifindex) | (u64::from(u.tcp_flags) << 32));
+            w.write(u.bytes);
+            w.add(1)
+                .write(u64::from(u.segs) | (u64::from(first_flags) << 32));
+            w.add(2)
+                .write(u64::from(u.now) | (u64::from(u.ifindex) << 32));
         }
         // SAFETY: fully initialized above.
         let fresh = unsafe { fresh.assume_init_ref() };
         match map.insert(key, fresh, u64::from(BPF_NOEXIST)) {
             Ok(()) => Counter::Recorded,
-            // Another CPU inserted the key in between: our slot of it is zeroed, update it.
+            // Another CPU inserted the key in between: add to its entry.
             Err(e) if e == -EEXIST => match map.get_ptr_mut(key) {
-                Some(s) => {
-                    apply(s, u);
+                Some(v) => {
+                    apply(v, u);
                     Counter::Recorded
                 }
                 None => Counter::LostMapError,

@@ -15,13 +15,13 @@ use std::net::Ipv6Addr;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult},
 };
 use podflow::capture::object::EBPF_OBJECT;
 use podflow_ebpf::{
-    COUNTER_COUNT, Config, Counter, FlowKey, FlowStats, KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED,
-    ObsPoint,
+    COUNTER_COUNT, Config, Counter, FIRST_JIFFIES_MASK, FlowKey, FlowKeyV4, FlowValue, KEY_F_EPOCH,
+    KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED, ObsPoint,
 };
 use support::{flow_key, pkt::*, privileged};
 
@@ -106,7 +106,7 @@ struct Harness {
     ebpf: Ebpf,
 }
 
-/// Sums of one flow's per-CPU values.
+/// One flow entry's counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Totals {
     packets: u64,
@@ -141,19 +141,12 @@ impl Harness {
         Some(h)
     }
 
-    fn set_config(&mut self, active: u32, sample_rate: u32) {
+    fn set_config(&mut self, epoch: u32, sample_rate: u32) {
         let mut cfg: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut(podflow_ebpf::CONFIG).expect("CONFIG"))
                 .expect("array");
-        cfg.set(
-            0,
-            Config {
-                active,
-                sample_rate,
-            },
-            0,
-        )
-        .expect("write CONFIG");
+        cfg.set(0, Config { epoch, sample_rate }, 0)
+            .expect("write CONFIG");
     }
 
     fn prog(&self, name: &str) -> &SchedClassifier {
@@ -209,6 +202,17 @@ impl Harness {
         for (i, c) in out.iter_mut().enumerate() {
             *c = arr.get(&(i as u32), 0).expect("read counter").iter().sum();
         }
+        assert_eq!(
+            out[Counter::Packets as usize],
+            0,
+            "the programs do not count runs themselves"
+        );
+        // What user space derives (Capture::drain): every run ends in exactly one outcome.
+        out[Counter::Packets as usize] = Counter::ALL
+            .iter()
+            .filter(|c| c.is_outcome())
+            .map(|c| out[*c as usize])
+            .sum();
         out
     }
 
@@ -224,40 +228,46 @@ impl Harness {
         }
     }
 
-    fn flows(&self, map: &str) -> Vec<(FlowKey, Totals)> {
-        let m: PerCpuHashMap<_, FlowKey, FlowStats> =
-            PerCpuHashMap::try_from(self.ebpf.map(map).expect("flow map")).expect("per-CPU hash");
+    /// The entries of one epoch in both flow maps (IPv4 keys as IPv4-mapped [`FlowKey`]s, the
+    /// epoch bit cleared).
+    fn flows(&self, epoch: u32) -> Vec<(FlowKey, Totals)> {
+        let bit = if epoch & 1 != 0 { KEY_F_EPOCH } else { 0 };
+        let mut raw: Vec<(FlowKey, FlowValue)> = Vec::new();
+        let v4: HashMap<_, FlowKeyV4, FlowValue> =
+            HashMap::try_from(self.ebpf.map(podflow_ebpf::FLOWS_V4).expect("FLOWS_V4"))
+                .expect("hash");
+        for entry in v4.iter() {
+            let (k, v) = entry.expect("iterate FLOWS_V4");
+            assert_eq!(k.family, podflow_ebpf::FAMILY_IPV4, "FLOWS_V4 key {k:?}");
+            raw.push((k.to_key(), v));
+        }
+        let v6: HashMap<_, FlowKey, FlowValue> =
+            HashMap::try_from(self.ebpf.map(podflow_ebpf::FLOWS_V6).expect("FLOWS_V6"))
+                .expect("hash");
+        for entry in v6.iter() {
+            let (k, v) = entry.expect("iterate FLOWS_V6");
+            assert_eq!(k.family, podflow_ebpf::FAMILY_IPV6, "FLOWS_V6 key {k:?}");
+            raw.push((k, v));
+        }
         let mut out = Vec::new();
-        for entry in m.iter() {
-            let (key, values) = entry.expect("iterate flow map");
-            let mut t = Totals {
-                packets: 0,
-                bytes: 0,
-                tcp_flags: 0,
-                ifindex: 0,
-            };
-            for v in values.iter() {
-                t.packets += v.packets;
-                t.bytes += v.bytes;
-                t.tcp_flags |= v.tcp_flags;
-                if v.packets != 0 {
-                    t.ifindex = v.ifindex;
-                    assert_ne!(v.first_ns, 0, "first_ns set");
-                    assert!(
-                        v.last_ns >= v.first_ns,
-                        "last_ns {} < first_ns {}",
-                        v.last_ns,
-                        v.first_ns
-                    );
-                } else {
-                    assert_eq!(
-                        (v.bytes, v.first_ns, v.last_ns),
-                        (0, 0, 0),
-                        "untouched CPU slot"
-                    );
-                }
+        for (mut key, v) in raw {
+            if key.key_flags & KEY_F_EPOCH != bit {
+                continue;
             }
-            out.push((key, t));
+            key.key_flags &= !KEY_F_EPOCH;
+            assert_ne!(v.packets, 0, "an entry has packets");
+            assert_ne!(v.last_jiffies, 0, "last jiffies set");
+            let span = v.last_jiffies.wrapping_sub(v.first_flags) & FIRST_JIFFIES_MASK;
+            assert!(span < 1_000, "first..last spans {span} ticks");
+            out.push((
+                key,
+                Totals {
+                    packets: u64::from(v.packets),
+                    bytes: v.bytes,
+                    tcp_flags: (v.first_flags >> podflow_ebpf::TCP_FLAGS_SHIFT) as u8,
+                    ifindex: v.ifindex,
+                },
+            ));
         }
         out.sort_by_key(|(k, _)| {
             (
@@ -273,13 +283,14 @@ impl Harness {
         out
     }
 
-    /// Asserts FLOWS_0 holds exactly these flows (in any order).
+    /// Asserts the maps hold exactly these flows of epoch 0 (in any order).
     fn assert_flows(&self, expected: &[(FlowKey, u64, u64, u8)]) {
-        self.assert_flows_in(podflow_ebpf::FLOWS_0, expected);
+        self.assert_flows_in(0, expected);
     }
 
-    fn assert_flows_in(&self, map: &str, expected: &[(FlowKey, u64, u64, u8)]) {
-        let got = self.flows(map);
+    fn assert_flows_in(&self, epoch: u32, expected: &[(FlowKey, u64, u64, u8)]) {
+        let map = format!("epoch {epoch}");
+        let got = self.flows(epoch);
         assert_eq!(got.len(), expected.len(), "{map}: flows {got:#?}");
         for (key, packets, bytes, flags) in expected {
             let (_, t) = got
@@ -817,34 +828,43 @@ fn egress_programs_set_the_observation_point() {
 }
 
 #[test]
-fn active_1_writes_flows_1_only() {
+fn keys_carry_the_epoch() {
     let Some(mut h) = Harness::new() else { return };
     h.set_config(1, 1);
     let p = eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 2, 0)));
+    let p6 = eth(ETH_P_IPV6, &ipv6(A6, B6, UDP, &udp(1, 2, 0)));
     h.run(VETH_IN, &p);
+    h.run(VETH_IN, &p6);
     h.run(L3_IN, &ipv4(A, B, UDP, &udp(1, 2, 0)));
-    h.assert_flows_in(podflow_ebpf::FLOWS_0, &[]);
+    h.assert_flows_in(0, &[]);
     h.assert_flows_in(
-        podflow_ebpf::FLOWS_1,
+        1,
         &[
             (flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+            (flow_key(VethIngress, A6, B6, UDP, 1, 2, 0), 1, 48, 0),
             (flow_key(L3Ingress, A, B, UDP, 1, 2, 0), 1, 28, 0),
         ],
     );
-    // Flip back: the next packet goes to FLOWS_0.
-    h.set_config(0, 1);
+    // Flip again (epoch 2: bit 0 clear): the same flow gets a separate entry, the epoch-1 entries
+    // stay as they were.
+    h.set_config(2, 1);
     h.run(VETH_IN, &p);
+    h.assert_flows_in(0, &[(flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0)]);
     h.assert_flows_in(
-        podflow_ebpf::FLOWS_0,
-        &[(flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0)],
+        1,
+        &[
+            (flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+            (flow_key(VethIngress, A6, B6, UDP, 1, 2, 0), 1, 48, 0),
+            (flow_key(L3Ingress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+        ],
     );
-    h.assert_counters(&[(Packets, 3), (Recorded, 3)]);
+    h.assert_counters(&[(Packets, 4), (Recorded, 4)]);
 }
 
 #[test]
 fn full_flow_map_is_a_loss() {
     let Some(h) = Harness::with_loader(|l| {
-        l.map_max_entries(podflow_ebpf::FLOWS_0, 2);
+        l.map_max_entries(podflow_ebpf::FLOWS_V4, 2);
     }) else {
         return;
     };

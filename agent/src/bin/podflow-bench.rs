@@ -1217,9 +1217,20 @@ fn rss(o: &Opts, bed: &Bed, n: u64, extra: &[&str]) -> anyhow::Result<(u64, u64,
     Ok(r)
 }
 
-/// Flow map memory: (bytes_memlock of FLOWS_0 + FLOWS_1, max_entries of each, bytes per entry),
-/// and lost_map_full with the map at 50 % occupancy.
-fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<((u64, u64, f64), u64, u64)> {
+/// Flow map memory per flow: `bytes_memlock` ÷ `max_entries` of FLOWS_V4 and of FLOWS_V6, and
+/// lost_map_full with the map at 50 % occupancy.
+struct MapMemory {
+    v4: (u64, u64),
+    v6: (u64, u64),
+}
+
+impl MapMemory {
+    fn per_flow(m: (u64, u64)) -> f64 {
+        m.0 as f64 / m.1.max(1) as f64
+    }
+}
+
+fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<(MapMemory, u64, u64)> {
     let entries = o.loss_map_entries;
     let agent = Agent::start(bed, &o.podflow, entries, "1s", &[])?;
     let ids = agent.prog_ids()?;
@@ -1232,18 +1243,25 @@ fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<((u64, u64, f64), 
     }
     map_ids.sort_unstable();
     map_ids.dedup();
-    let (mut memlock, mut cap) = (0u64, 0u64);
+    let mut mem = MapMemory {
+        v4: (0, 0),
+        v6: (0, 0),
+    };
     for m in map_ids {
         let v = bpftool_json(None, &["map", "show", "id", &m.to_string()])?;
-        let name = v["name"].as_str().unwrap_or_default();
-        if name == "FLOWS_0" || name == "FLOWS_1" {
-            memlock += v["bytes_memlock"].as_u64().unwrap_or(0);
-            cap += v["max_entries"].as_u64().unwrap_or(0);
-        }
+        let slot = match v["name"].as_str().unwrap_or_default() {
+            "FLOWS_V4" => &mut mem.v4,
+            "FLOWS_V6" => &mut mem.v6,
+            _ => continue,
+        };
+        *slot = (
+            v["bytes_memlock"].as_u64().unwrap_or(0),
+            v["max_entries"].as_u64().unwrap_or(0),
+        );
     }
     ensure!(
-        cap > 0,
-        "flow maps FLOWS_0/FLOWS_1 not found through bpftool"
+        mem.v4.1 > 0 && mem.v6.1 > 0,
+        "flow maps FLOWS_V4/FLOWS_V6 not found through bpftool"
     );
     // 50 % occupancy: entries / 4 flows, each with two entries (two veths), every flush interval.
     let flows = u64::from(entries) / 4;
@@ -1255,11 +1273,7 @@ fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<((u64, u64, f64), 
     let lost = agent.counter("lost_map_full")? - before;
     let records = agent.records_exported()? - rec0;
     agent.stop()?;
-    Ok((
-        (memlock, cap / 2, memlock as f64 / cap as f64),
-        lost,
-        records as u64,
-    ))
+    Ok((mem, lost, records as u64))
 }
 
 fn run(o: &Opts) -> anyhow::Result<bool> {
@@ -1369,20 +1383,24 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
             ),
         });
     }
-    if let Some(((memlock, entries, per_entry), lost50, rec50)) = map_results {
+    if let Some((mem, lost50, rec50)) = map_results {
+        let (v4, v6) = (MapMemory::per_flow(mem.v4), MapMemory::per_flow(mem.v6));
         rows.push(Row {
             key: "map_bytes_per_flow",
-            figure: "kernel flow-map memory per entry (bytes_memlock of FLOWS_0+FLOWS_1 ÷ their total capacity)".into(),
-            value: Some(per_entry),
+            figure: "kernel flow-map memory per flow (bytes_memlock ÷ max_entries of FLOWS_V4 and FLOWS_V6; the larger)".into(),
+            value: Some(v4.max(v6)),
             unit: "B",
             target: "≤ 128 B".into(),
             at_least: false,
             limit: 128.0,
-            digits: 0,
+            digits: 2,
             detail: format!(
-                "{memlock} B for 2 × {entries} entries, {} CPUs (per-CPU values); per flow of capacity (both buffers): {:.0} B",
+                "IPv4 {v4:.2} B ({} B for {} entries), IPv6 {v6:.2} B ({} B for {} entries); one entry per flow and observation point, independent of the number of CPUs ({} here)",
+                mem.v4.0,
+                mem.v4.1,
+                mem.v6.0,
+                mem.v6.1,
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-                memlock as f64 / entries as f64
             ),
         });
         rows.push(Row {

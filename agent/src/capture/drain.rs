@@ -1,23 +1,27 @@
-//! Reading and clearing a flow map that no program writes into any more.
+//! Reading and deleting the entries of one epoch from a flow map, and sampling the kernel's clocks.
 //!
-//! Fast path: `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (Linux ≥ 5.6 for hash maps) through a raw `bpf(2)`
-//! call, as aya 0.14 has no batch API: one syscall per few thousand entries. Fallback (older
-//! kernels, or if the batch call is refused): iterate keys (`BPF_MAP_GET_NEXT_KEY`), look each up,
-//! then delete each — three syscalls per entry.
+//! Fast path, through raw `bpf(2)` calls (aya 0.14 has no batch API): `BPF_MAP_LOOKUP_BATCH`
+//! walks the whole map a few thousand entries per syscall, the old epoch's entries are kept, and
+//! `BPF_MAP_DELETE_BATCH` deletes exactly their keys. Fallback (kernels without batch operations
+//! on hash maps, < 5.6, or if a batch call is refused): iterate keys (`BPF_MAP_GET_NEXT_KEY`),
+//! look each up, delete the old epoch's one by one.
 //!
-//! Either way this runs only on the *inactive* map after the RCU grace period, so nothing races it.
-use std::{
-    io,
-    os::fd::{AsFd as _, AsRawFd as _},
+//! Either way this runs after the epoch flip and an RCU grace period, so no program writes a key
+//! of the old epoch any more: what is read is final, and deleting it loses nothing.
+use std::{io, os::fd::RawFd};
+
+use aya::{
+    Pod,
+    maps::{HashMap, MapData, MapError},
 };
+use podflow_ebpf::FlowValue;
 
-use aya::maps::{MapData, PerCpuHashMap, PerCpuValues};
-use podflow_ebpf::{FlowKey, FlowStats};
+use super::CaptureError;
 
-use super::{CaptureError, FlowEntry};
-
-/// `enum bpf_cmd`: `BPF_MAP_LOOKUP_AND_DELETE_BATCH` (uapi/linux/bpf.h).
-const BPF_MAP_LOOKUP_AND_DELETE_BATCH: libc::c_long = 25;
+/// `enum bpf_cmd` (uapi/linux/bpf.h).
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
 /// The `batch` member of `union bpf_attr` (uapi/linux/bpf.h).
 #[repr(C)]
@@ -33,204 +37,211 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Merges the per-CPU values of one flow: packets/bytes summed, `first_ns` = minimum non-zero,
-/// `last_ns` = maximum, TCP flags ORed, `ifindex` from the CPU with the latest `last_ns`.
-pub fn merge_stats<'a>(per_cpu: impl IntoIterator<Item = &'a FlowStats>) -> FlowStats {
-    let mut out = FlowStats::default();
-    let mut best_last: Option<u64> = None;
-    for s in per_cpu {
-        if s.packets == 0 && s.bytes == 0 && s.last_ns == 0 {
-            continue; // this CPU never saw the flow (the kernel zero-fills other CPUs' slots)
-        }
-        out.packets += s.packets;
-        out.bytes += s.bytes;
-        if s.first_ns != 0 && (out.first_ns == 0 || s.first_ns < out.first_ns) {
-            out.first_ns = s.first_ns;
-        }
-        if best_last.is_none_or(|b| s.last_ns >= b) {
-            best_last = Some(s.last_ns);
-            out.ifindex = s.ifindex;
-        }
-        out.last_ns = out.last_ns.max(s.last_ns);
-        out.tcp_flags |= s.tcp_flags;
+/// The `test` member of `union bpf_attr` (uapi/linux/bpf.h), up to `batch_size`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> io::Result<()> {
+    // SAFETY: the callers pass a valid, live `bpf_attr` member of `size` bytes for `cmd`, whose
+    // pointers reference buffers that outlive the call.
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
-    out
+}
+
+/// Runs a tc program once on a zeroed Ethernet-sized frame (`BPF_PROG_TEST_RUN`).
+pub fn test_run(prog_fd: RawFd) -> io::Result<()> {
+    let mut frame = [0u8; 64];
+    let mut attr = TestRunAttr {
+        prog_fd: u32::try_from(prog_fd).unwrap_or(u32::MAX),
+        data_size_in: frame.len() as u32,
+        data_in: frame.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestRunAttr::default()
+    };
+    bpf(
+        BPF_PROG_TEST_RUN,
+        (&raw mut attr).cast(),
+        size_of::<TestRunAttr>(),
+    )
 }
 
 /// Outcome of a batch attempt.
 pub enum Batch {
-    /// The whole map was read and emptied.
+    /// The whole map was walked.
     Done,
     /// The kernel refused the batch command before touching anything (`EINVAL`, `ENOTSUPP`...):
     /// use the per-entry path.
     Unsupported(io::Error),
 }
 
-/// Reads and deletes every entry with `BPF_MAP_LOOKUP_AND_DELETE_BATCH`, appending to `out`.
-pub fn lookup_and_delete_batch(
-    map: &PerCpuHashMap<MapData, FlowKey, FlowStats>,
-    nr_cpus: usize,
-    chunk: usize,
-    out: &mut Vec<FlowEntry>,
+/// Reusable buffers of one map's batch walk.
+pub struct BatchBufs<K> {
+    keys: Vec<K>,
+    vals: Vec<FlowValue>,
+}
+
+impl<K: Pod + Default> BatchBufs<K> {
+    pub fn new(chunk: usize) -> BatchBufs<K> {
+        BatchBufs {
+            keys: vec![K::default(); chunk.max(1)],
+            vals: vec![FlowValue::default(); chunk.max(1)],
+        }
+    }
+}
+
+/// Walks the whole map with `BPF_MAP_LOOKUP_BATCH` and appends the entries `keep` accepts.
+pub fn lookup_batch<K: Pod + Default>(
+    map_fd: RawFd,
+    bufs: &mut BatchBufs<K>,
+    keep: impl Fn(&K) -> bool,
+    out: &mut Vec<(K, FlowValue)>,
 ) -> Result<Batch, CaptureError> {
-    // Per-CPU values are copied out as `round_up(value_size, 8)` bytes per possible CPU.
-    let val_stride = size_of::<FlowStats>().next_multiple_of(8);
-    let mut chunk = chunk.max(1);
-    let mut keys: Vec<FlowKey> = vec![FlowKey::default(); chunk];
-    let mut vals: Vec<FlowStats> = vec![FlowStats::default(); chunk * nr_cpus];
-    debug_assert_eq!(val_stride, size_of::<FlowStats>());
-    let map_fd = map_fd_of(map);
+    let map_fd = u32::try_from(map_fd).unwrap_or(u32::MAX);
     // The hash map's batch token is a u32 bucket index; 8 bytes leaves room.
     let mut token: u64 = 0;
     let mut first = true;
     loop {
+        let chunk = bufs.keys.len();
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { (&raw mut token) as u64 },
             out_batch: (&raw mut token) as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: vals.as_mut_ptr() as u64,
+            keys: bufs.keys.as_mut_ptr() as u64,
+            values: bufs.vals.as_mut_ptr() as u64,
             count: u32::try_from(chunk).unwrap_or(u32::MAX),
             map_fd,
             elem_flags: 0,
             flags: 0,
         };
-        // SAFETY: `attr` is a valid `bpf_attr.batch`; `keys`/`vals` hold `chunk` keys and
-        // `chunk * nr_cpus` values, which is what the kernel writes at most for `count = chunk`;
-        // `token` outlives the call.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_AND_DELETE_BATCH,
-                &raw mut attr,
-                size_of::<BatchAttr>(),
-            )
-        };
-        let err = (ret < 0).then(io::Error::last_os_error);
-        let n = attr.count as usize;
-        match err.as_ref().and_then(io::Error::raw_os_error) {
+        let res = bpf(
+            BPF_MAP_LOOKUP_BATCH,
+            (&raw mut attr).cast(),
+            size_of::<BatchAttr>(),
+        );
+        let n = (attr.count as usize).min(chunk);
+        match res.as_ref().err().and_then(io::Error::raw_os_error) {
             None | Some(libc::ENOENT) => {}
             Some(libc::ENOSPC) if n == 0 => {
                 // One bucket holds more entries than `chunk`: grow and retry the same bucket.
-                chunk *= 2;
-                keys.resize(chunk, FlowKey::default());
-                vals.resize(chunk * nr_cpus, FlowStats::default());
+                bufs.keys.resize(chunk * 2, K::default());
+                bufs.vals.resize(chunk * 2, FlowValue::default());
                 continue;
             }
             Some(libc::EINVAL | libc::ENOTSUP | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)
                 if first && n == 0 =>
             {
                 return Ok(Batch::Unsupported(
-                    err.unwrap_or_else(|| io::Error::other("?")),
+                    res.err().unwrap_or_else(|| io::Error::other("?")),
                 ));
             }
             Some(_) => {
                 return Err(CaptureError::Drain {
-                    op: "BPF_MAP_LOOKUP_AND_DELETE_BATCH",
-                    source: err.unwrap_or_else(|| io::Error::other("?")),
+                    op: "BPF_MAP_LOOKUP_BATCH",
+                    source: res.err().unwrap_or_else(|| io::Error::other("?")),
                 });
             }
         }
-        for i in 0..n.min(chunk) {
-            let per_cpu = &vals[i * nr_cpus..(i + 1) * nr_cpus];
-            out.push(FlowEntry {
-                key: keys[i],
-                stats: merge_stats(per_cpu),
-            });
-        }
+        out.extend(
+            bufs.keys[..n]
+                .iter()
+                .zip(&bufs.vals[..n])
+                .filter(|(k, _)| keep(k))
+                .map(|(k, v)| (*k, *v)),
+        );
         first = false;
-        if err.is_some() {
+        if res.is_err() {
             return Ok(Batch::Done); // ENOENT: the walk reached the last bucket
         }
     }
 }
 
-/// Per-entry fallback: collect keys, look each up, then delete each.
-pub fn lookup_then_delete(
-    map: &mut PerCpuHashMap<MapData, FlowKey, FlowStats>,
-    out: &mut Vec<FlowEntry>,
+/// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; returns how many were deleted before an error
+/// (all of them on success).
+pub fn delete_batch<K: Pod>(map_fd: RawFd, keys: &[K]) -> (usize, io::Result<()>) {
+    let mut done = 0;
+    while done < keys.len() {
+        let n = (keys.len() - done).min(u32::MAX as usize);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            count: n as u32,
+            map_fd: u32::try_from(map_fd).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        let res = bpf(
+            BPF_MAP_DELETE_BATCH,
+            (&raw mut attr).cast(),
+            size_of::<BatchAttr>(),
+        );
+        done += (attr.count as usize).min(n);
+        if let Err(e) = res {
+            return (done, Err(e));
+        }
+    }
+    (done, Ok(()))
+}
+
+/// Per-entry fallback: look up every key, keep the entries `keep` accepts, delete their keys.
+pub fn lookup_then_delete<K: Pod + Default>(
+    map: &mut HashMap<MapData, K, FlowValue>,
+    keep: impl Fn(&K) -> bool,
+    out: &mut Vec<(K, FlowValue)>,
 ) -> Result<(), CaptureError> {
-    let keys: Vec<FlowKey> =
-        map.keys()
-            .collect::<Result<_, _>>()
-            .map_err(|source| CaptureError::Map {
-                op: "iterate flow map keys",
-                source,
-            })?;
-    for key in &keys {
-        let values: PerCpuValues<FlowStats> = match map.get(key, 0) {
-            Ok(v) => v,
-            Err(aya::maps::MapError::KeyNotFound) => continue,
+    let keys: Vec<K> = map
+        .keys()
+        .filter(|k| k.as_ref().map_or(true, &keep))
+        .collect::<Result<_, _>>()
+        .map_err(|source| CaptureError::Map {
+            op: "iterate flow map keys",
+            source,
+        })?;
+    for key in keys {
+        match map.get(&key, 0) {
+            Ok(v) => out.push((key, v)),
+            Err(MapError::KeyNotFound) => continue,
             Err(source) => {
                 return Err(CaptureError::Map {
                     op: "look up flow",
                     source,
                 });
             }
-        };
-        out.push(FlowEntry {
-            key: *key,
-            stats: merge_stats(values.iter()),
-        });
-    }
-    for key in &keys {
-        match map.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(source) => {
-                return Err(CaptureError::Map {
-                    op: "delete flow",
-                    source,
-                });
-            }
         }
+        delete_one(map, &key)?;
     }
     Ok(())
 }
 
-fn map_fd_of(map: &PerCpuHashMap<MapData, FlowKey, FlowStats>) -> u32 {
-    use aya::maps::IterableMap as _;
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    u32::try_from(fd).unwrap_or(u32::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn s(packets: u64, first: u64, last: u64, ifindex: u32, flags: u8) -> FlowStats {
-        FlowStats {
-            packets,
-            bytes: packets * 100,
-            first_ns: first,
-            last_ns: last,
-            ifindex,
-            tcp_flags: flags,
-            _pad: [0; 3],
-        }
-    }
-
-    #[test]
-    fn merge_over_cpus() {
-        let m = merge_stats(&[
-            s(2, 50, 60, 7, 0x02),
-            FlowStats::default(),
-            s(3, 10, 90, 9, 0x10),
-            s(1, 40, 45, 7, 0x01),
-        ]);
-        assert_eq!(m.packets, 6);
-        assert_eq!(m.bytes, 600);
-        assert_eq!(m.first_ns, 10);
-        assert_eq!(m.last_ns, 90);
-        assert_eq!(m.ifindex, 9);
-        assert_eq!(m.tcp_flags, 0x13);
-    }
-
-    #[test]
-    fn merge_all_empty() {
-        assert_eq!(
-            merge_stats(&[FlowStats::default(); 4]),
-            FlowStats::default()
-        );
+/// Deletes one key; a key already gone is not an error.
+pub fn delete_one<K: Pod>(
+    map: &mut HashMap<MapData, K, FlowValue>,
+    key: &K,
+) -> Result<(), CaptureError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(CaptureError::Map {
+            op: "delete flow",
+            source,
+        }),
     }
 }

@@ -28,12 +28,13 @@
 //!
 //! # Exactness of a drain
 //!
-//! The programs write into the flow map named by `CONFIG.active`. [`Capture::drain`] flips it,
+//! The programs stamp every key with the epoch in `CONFIG.epoch`. [`Capture::drain`] flips it,
 //! waits for an RCU grace period (`membarrier(MEMBARRIER_CMD_GLOBAL)` runs `synchronize_rcu()`; tc
-//! programs run inside RCU read-side sections, so after it returns no program still holds the old
-//! map), then reads and deletes everything in the old map. A packet is therefore in exactly one
-//! drain.
+//! programs run inside RCU read-side sections, so after it returns no program can still write a
+//! key of the old epoch), then reads the old epoch's entries and deletes exactly those. A packet is
+//! therefore in exactly one drain.
 mod attach;
+pub mod clock;
 mod drain;
 mod netlink;
 pub mod object;
@@ -42,18 +43,22 @@ mod pattern;
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
     io,
+    os::fd::{AsFd as _, AsRawFd as _, RawFd},
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLink},
 };
 use podflow_ebpf::{
-    CONFIG, COUNTER_COUNT, COUNTERS, Config, DEFAULT_FLOW_MAP_ENTRIES, FLOWS_0, FLOWS_1, FlowKey,
-    FlowStats, PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS,
+    CLOCK, CONFIG, COUNTER_COUNT, COUNTERS, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES,
+    FLOWS_V4, FLOWS_V6, FlowKey, FlowKeyV4, FlowStats, FlowValue, KEY_F_EPOCH, PROG_CLOCK,
+    PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS,
 };
+
+use self::clock::JiffyClock;
 
 pub use self::{
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
@@ -170,12 +175,12 @@ pub enum InterfaceChange {
     Detached(AttachedInterface),
 }
 
-/// One flow of a drain, merged over CPUs.
+/// One flow entry of a drain (one flow at one observation point).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowEntry {
+    /// IPv4 flows with IPv4-mapped addresses; the epoch bit cleared.
     pub key: FlowKey,
-    /// Packets/bytes summed, `first_ns` = minimum non-zero, `last_ns` = maximum, TCP flags ORed,
-    /// `ifindex` from the CPU with the latest `last_ns`.
+    /// The map value decoded: times in `CLOCK_MONOTONIC` ns (tick resolution).
     pub stats: FlowStats,
 }
 
@@ -187,7 +192,7 @@ pub struct Drain {
     /// The `COUNTERS` array, cumulative since load, summed over CPUs, indexed by `Counter`.
     pub counters: [u64; COUNTER_COUNT as usize],
     /// `CLOCK_MONOTONIC` right after the flip. Packets counted here arrived before it — or at most
-    /// one RCU grace period after it, by programs that had read the old `CONFIG.active` just
+    /// one RCU grace period after it, by programs that had read the old `CONFIG.epoch` just
     /// before the flip; packets after that are in the next drain.
     pub mono_ns: u64,
 }
@@ -260,20 +265,31 @@ struct Attachment {
     egress: SchedClassifierLink,
 }
 
-type FlowMap = PerCpuHashMap<MapData, FlowKey, FlowStats>;
+type FlowMapV4 = aya::maps::HashMap<MapData, FlowKeyV4, FlowValue>;
+type FlowMapV6 = aya::maps::HashMap<MapData, FlowKey, FlowValue>;
 
 /// The loaded eBPF object, its maps and what is attached where.
 pub struct Capture {
     // Field order matters on drop: links detach before the programs and maps go away.
     attached: BTreeMap<u32, Attachment>,
     ebpf: Ebpf,
-    flows: [FlowMap; 2],
+    flows_v4: FlowMapV4,
+    flows_v6: FlowMapV6,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
+    clock_map: Array<MapData, ClockSample>,
+    clock_prog: RawFd,
+    clock: JiffyClock,
     cfg: CaptureConfig,
-    active: u32,
+    epoch: u32,
     capacity: u32,
-    nr_cpus: usize,
+    /// Buffers reused from drain to drain.
+    bufs_v4: drain::BatchBufs<FlowKeyV4>,
+    bufs_v6: drain::BatchBufs<FlowKey>,
+    old_v4: Vec<(FlowKeyV4, FlowValue)>,
+    old_v6: Vec<(FlowKey, FlowValue)>,
+    keys_v4: Vec<FlowKeyV4>,
+    keys_v6: Vec<FlowKey>,
     /// Recently removed interfaces: (ifindex, name, when), newest last.
     removed: VecDeque<(u32, String, Instant)>,
     /// Interfaces (by ifindex) whose stale filters from a previous instance were already removed.
@@ -288,7 +304,7 @@ impl std::fmt::Debug for Capture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Capture")
             .field("interfaces", &self.interfaces())
-            .field("active", &self.active)
+            .field("epoch", &self.epoch)
             .field("capacity", &self.capacity)
             .finish_non_exhaustive()
     }
@@ -300,7 +316,7 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, Captu
 
 impl Capture {
     /// Loads the embedded object ([`object::EBPF_OBJECT`]), sizes the flow maps, writes `CONFIG`
-    /// and loads the four programs. Attaches nothing.
+    /// and loads the four tc programs (and the clock sampler). Attaches nothing.
     pub fn load(cfg: CaptureConfig) -> Result<Capture, CaptureError> {
         Self::load_object(object::EBPF_OBJECT, cfg)
     }
@@ -309,8 +325,8 @@ impl Capture {
     pub fn load_object(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureError> {
         let entries = cfg.flow_map_entries.max(1);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(FLOWS_0, entries)
-            .map_max_entries(FLOWS_1, entries)
+            .map_max_entries(FLOWS_V4, entries)
+            .map_max_entries(FLOWS_V6, entries)
             .load(obj)
             .map_err(|e| CaptureError::Load {
                 source: Box::new(e),
@@ -329,19 +345,23 @@ impl Capture {
             None
         };
 
-        let nr_cpus = aya::util::nr_cpus().map_err(|(_, source)| CaptureError::Cpus { source })?;
-        let flows0 = FlowMap::try_from(take_map(&mut ebpf, FLOWS_0)?).map_err(|source| {
+        let flows_v4 = FlowMapV4::try_from(take_map(&mut ebpf, FLOWS_V4)?).map_err(|source| {
             CaptureError::Map {
-                op: "open FLOWS_0",
+                op: "open FLOWS_V4",
                 source,
             }
         })?;
-        let flows1 = FlowMap::try_from(take_map(&mut ebpf, FLOWS_1)?).map_err(|source| {
+        let flows_v6 = FlowMapV6::try_from(take_map(&mut ebpf, FLOWS_V6)?).map_err(|source| {
             CaptureError::Map {
-                op: "open FLOWS_1",
+                op: "open FLOWS_V6",
                 source,
             }
         })?;
+        let clock_map = Array::<MapData, ClockSample>::try_from(take_map(&mut ebpf, CLOCK)?)
+            .map_err(|source| CaptureError::Map {
+                op: "open CLOCK",
+                source,
+            })?;
         let mut config =
             Array::<MapData, Config>::try_from(take_map(&mut ebpf, CONFIG)?).map_err(|source| {
                 CaptureError::Map {
@@ -359,7 +379,7 @@ impl Capture {
             .set(
                 0,
                 Config {
-                    active: 0,
+                    epoch: 0,
                     sample_rate: cfg.sample_rate,
                 },
                 0,
@@ -374,6 +394,7 @@ impl Capture {
             PROG_VETH_EGRESS,
             PROG_L3_INGRESS,
             PROG_L3_EGRESS,
+            PROG_CLOCK,
         ] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -389,23 +410,54 @@ impl Capture {
             })?;
         }
 
-        let capacity = flows0.map_info_max_entries().unwrap_or(entries);
+        let clock_prog = {
+            let prog: &SchedClassifier = ebpf
+                .program(PROG_CLOCK)
+                .ok_or(CaptureError::MissingProgram { name: PROG_CLOCK })?
+                .try_into()
+                .map_err(|e| CaptureError::LoadProgram {
+                    name: PROG_CLOCK,
+                    source: Box::new(e),
+                })?;
+            // The fd stays owned by the program inside `ebpf`, which lives as long as `Capture`.
+            prog.fd()
+                .map_err(|e| CaptureError::LoadProgram {
+                    name: PROG_CLOCK,
+                    source: Box::new(e),
+                })?
+                .as_fd()
+                .as_raw_fd()
+        };
+        let clock = JiffyClock::new(sample_clock(clock_prog, &clock_map)?);
+
+        let capacity = flows_v4.map_info_max_entries().unwrap_or(entries);
         tracing::info!(
             flow_map_entries = capacity,
             sample_rate = cfg.sample_rate,
-            nr_cpus,
+            hz = clock.hz(),
             "ebpf programs loaded"
         );
+        let chunk = (BATCH_BUFFER_BYTES / (size_of::<FlowKey>() + size_of::<FlowValue>()))
+            .clamp(64, capacity.max(64) as usize);
         Ok(Capture {
             attached: BTreeMap::new(),
             ebpf,
-            flows: [flows0, flows1],
+            flows_v4,
+            flows_v6,
             config,
             counters,
+            clock_map,
+            clock_prog,
+            clock,
             cfg,
-            active: 0,
+            epoch: 0,
             capacity,
-            nr_cpus,
+            bufs_v4: drain::BatchBufs::new(chunk),
+            bufs_v6: drain::BatchBufs::new(chunk),
+            old_v4: Vec::new(),
+            old_v6: Vec::new(),
+            keys_v4: Vec::new(),
+            keys_v6: Vec::new(),
             removed: VecDeque::new(),
             cleaned: HashMap::new(),
             batch_ok: true,
@@ -414,7 +466,8 @@ impl Capture {
         })
     }
 
-    /// Capacity of each flow map, as the kernel created it.
+    /// Capacity of each flow map (IPv4 and IPv6: flows per observation point between two
+    /// drains), as the kernel created it.
     pub fn flow_map_capacity(&self) -> u32 {
         self.capacity
     }
@@ -706,59 +759,78 @@ impl Capture {
         self.cleaned.clear();
     }
 
-    /// Flips the active flow map, waits until no program can still write into the old one, reads
-    /// and clears it, and reads the counters. Every packet counted by the programs ends up in
-    /// exactly one drain.
+    /// Flips the epoch, waits until no program can still write a key of the old one, reads and
+    /// deletes the old epoch's entries, and reads the counters. Every packet counted by the
+    /// programs ends up in exactly one drain.
     pub fn drain(&mut self) -> Result<Drain, CaptureError> {
+        let mut entries = Vec::new();
+        let (counters, mono_ns) = self.drain_into(&mut entries)?;
+        Ok(Drain {
+            entries,
+            counters,
+            mono_ns,
+        })
+    }
+
+    /// [`Capture::drain`] appending to a caller's vector (which keeps its allocation from one
+    /// flush to the next). Returns the counters and the flip time (see [`Drain`]).
+    pub fn drain_into(
+        &mut self,
+        entries: &mut Vec<FlowEntry>,
+    ) -> Result<([u64; COUNTER_COUNT as usize], u64), CaptureError> {
         if let Some(l) = self.logger.as_mut() {
             l.flush();
         }
-        let old = self.active;
-        let new = 1 - old;
+        let old = self.epoch;
+        let new = old.wrapping_add(1);
         self.config
             .set(
                 0,
                 Config {
-                    active: new,
+                    epoch: new,
                     sample_rate: self.cfg.sample_rate,
                 },
                 0,
             )
             .map_err(|source| CaptureError::Map {
-                op: "flip CONFIG.active",
+                op: "flip CONFIG.epoch",
                 source,
             })?;
-        self.active = new;
+        self.epoch = new;
         let mono_ns = monotonic_ns();
         self.wait_grace_period();
+        self.clock
+            .update(sample_clock(self.clock_prog, &self.clock_map)?);
 
-        let mut entries = Vec::new();
-        let old_map = &mut self.flows[old as usize];
-        let mut per_entry = !self.batch_ok;
-        if self.batch_ok {
-            let entry_bytes = size_of::<FlowKey>() + size_of::<FlowStats>() * self.nr_cpus;
-            let chunk =
-                (BATCH_BUFFER_BYTES / entry_bytes).clamp(64, self.capacity.max(64) as usize);
-            match drain::lookup_and_delete_batch(old_map, self.nr_cpus, chunk, &mut entries) {
-                Ok(drain::Batch::Done) => {}
-                Ok(drain::Batch::Unsupported(e)) => {
-                    tracing::info!(error = %e,
-                        "BPF_MAP_LOOKUP_AND_DELETE_BATCH unsupported; draining entry by entry");
-                    self.batch_ok = false;
-                    per_entry = true;
-                }
-                // Entries read so far are kept in `entries`; the rest is read entry by entry,
-                // so a failure half-way loses nothing.
-                Err(e) => {
-                    tracing::warn!(error = %error_chain(&e),
-                        "batch drain failed half-way; finishing entry by entry");
-                    per_entry = true;
-                }
+        let old_bit = if old & 1 != 0 { KEY_F_EPOCH } else { 0 };
+        let mut old_v4 = std::mem::take(&mut self.old_v4);
+        let mut old_v6 = std::mem::take(&mut self.old_v6);
+        old_v4.clear();
+        old_v6.clear();
+        let res = self
+            .drain_map_v4(old_bit, &mut old_v4)
+            .and_then(|()| self.drain_map_v6(old_bit, &mut old_v6));
+        entries.reserve(old_v4.len() + old_v6.len());
+        let clock = self.clock;
+        entries.extend(old_v4.iter().map(|(k, v)| {
+            let mut key = k.to_key();
+            key.key_flags &= !KEY_F_EPOCH;
+            FlowEntry {
+                key,
+                stats: clock.decode(v),
             }
-        }
-        if per_entry {
-            drain::lookup_then_delete(old_map, &mut entries)?;
-        }
+        }));
+        entries.extend(old_v6.iter().map(|(k, v)| {
+            let mut key = *k;
+            key.key_flags &= !KEY_F_EPOCH;
+            FlowEntry {
+                key,
+                stats: clock.decode(v),
+            }
+        }));
+        self.old_v4 = old_v4;
+        self.old_v6 = old_v6;
+        res?;
 
         let mut counters = [0u64; COUNTER_COUNT as usize];
         for (i, c) in counters.iter_mut().enumerate() {
@@ -771,11 +843,64 @@ impl Capture {
                 })?;
             *c = v.iter().fold(0u64, |a, b| a.wrapping_add(*b));
         }
-        Ok(Drain {
-            entries,
-            counters,
-            mono_ns,
-        })
+        // The programs do not count runs (one update less per packet): every run ends in exactly
+        // one outcome counter.
+        counters[Counter::Packets as usize] = Counter::ALL
+            .iter()
+            .filter(|c| c.is_outcome())
+            .fold(0u64, |a, c| a.wrapping_add(counters[*c as usize]));
+        Ok((counters, mono_ns))
+    }
+
+    fn drain_map_v4(
+        &mut self,
+        old_bit: u8,
+        out: &mut Vec<(FlowKeyV4, FlowValue)>,
+    ) -> Result<(), CaptureError> {
+        let keep = |k: &FlowKeyV4| k.key_flags & KEY_F_EPOCH == old_bit;
+        let batch = self.batch_ok;
+        let fd = map_fd(self.flows_v4.map());
+        let res = drain_one(
+            &mut self.flows_v4,
+            fd,
+            batch,
+            &mut self.bufs_v4,
+            &mut self.keys_v4,
+            keep,
+            out,
+        );
+        self.settle_batch(res)
+    }
+
+    fn drain_map_v6(
+        &mut self,
+        old_bit: u8,
+        out: &mut Vec<(FlowKey, FlowValue)>,
+    ) -> Result<(), CaptureError> {
+        let keep = |k: &FlowKey| k.key_flags & KEY_F_EPOCH == old_bit;
+        let batch = self.batch_ok;
+        let fd = map_fd(self.flows_v6.map());
+        let res = drain_one(
+            &mut self.flows_v6,
+            fd,
+            batch,
+            &mut self.bufs_v6,
+            &mut self.keys_v6,
+            keep,
+            out,
+        );
+        self.settle_batch(res)
+    }
+
+    fn settle_batch(&mut self, res: Result<bool, CaptureError>) -> Result<(), CaptureError> {
+        match res {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.batch_ok = false;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Reads aya-log records the programs emitted (if the object logs) into the `log` crate.
@@ -786,16 +911,22 @@ impl Capture {
         }
     }
 
-    /// Uses (`true`, the default) or avoids `BPF_MAP_LOOKUP_AND_DELETE_BATCH` in [`Capture::drain`];
+    /// Uses (`true`, the default) or avoids `BPF_MAP_LOOKUP_BATCH`/`BPF_MAP_DELETE_BATCH` in
+    /// [`Capture::drain`];
     /// `false` forces the per-entry path (lookup each key, then delete each) — for benchmarks and
     /// tests. The batch path also turns itself off if the kernel refuses the command.
     pub fn set_batch_drain(&mut self, on: bool) {
         self.batch_ok = on;
     }
 
-    /// Which flow map the programs write into now (0 or 1).
-    pub fn active_map(&self) -> u32 {
-        self.active
+    /// The epoch the programs count into now (it advances by one at every drain).
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The tick rate the jiffies clock inferred (`CONFIG_HZ`).
+    pub fn hz(&self) -> u32 {
+        self.clock.hz()
     }
 
     fn wait_grace_period(&mut self) {
@@ -826,11 +957,75 @@ trait MaxEntries {
     fn map_info_max_entries(&self) -> Option<u32>;
 }
 
-impl MaxEntries for FlowMap {
+impl<K: aya::Pod> MaxEntries for aya::maps::HashMap<MapData, K, FlowValue> {
     fn map_info_max_entries(&self) -> Option<u32> {
-        use aya::maps::IterableMap as _;
         self.map().info().ok().map(|i| i.max_entries())
     }
+}
+
+fn map_fd(map: &MapData) -> RawFd {
+    map.fd().as_fd().as_raw_fd()
+}
+
+/// Reads and deletes one map's entries that `keep` accepts (the old epoch). Returns whether the
+/// batch path may be used next time.
+fn drain_one<K: aya::Pod + Default>(
+    map: &mut aya::maps::HashMap<MapData, K, FlowValue>,
+    fd: RawFd,
+    batch: bool,
+    bufs: &mut drain::BatchBufs<K>,
+    keys: &mut Vec<K>,
+    keep: impl Fn(&K) -> bool + Copy,
+    out: &mut Vec<(K, FlowValue)>,
+) -> Result<bool, CaptureError> {
+    let start = out.len();
+    if batch {
+        match drain::lookup_batch(fd, bufs, keep, out) {
+            Ok(drain::Batch::Done) => {
+                keys.clear();
+                keys.extend(out[start..].iter().map(|(k, _)| *k));
+                let (done, res) = drain::delete_batch(fd, keys);
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, deleted = done,
+                        "BPF_MAP_DELETE_BATCH failed half-way; deleting the rest one by one");
+                    for k in &keys[done..] {
+                        drain::delete_one(map, k)?;
+                    }
+                }
+                return Ok(true);
+            }
+            Ok(drain::Batch::Unsupported(e)) => {
+                tracing::info!(error = %e,
+                    "BPF_MAP_LOOKUP_BATCH unsupported; draining entry by entry");
+                out.truncate(start);
+                drain::lookup_then_delete(map, keep, out)?;
+                return Ok(false);
+            }
+            // Nothing was deleted yet: read again, entry by entry.
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e),
+                    "batch lookup failed half-way; draining entry by entry");
+                out.truncate(start);
+            }
+        }
+    }
+    drain::lookup_then_delete(map, keep, out)?;
+    Ok(batch)
+}
+
+/// Runs the clock program and reads what it wrote.
+fn sample_clock(
+    prog_fd: RawFd,
+    map: &Array<MapData, ClockSample>,
+) -> Result<ClockSample, CaptureError> {
+    drain::test_run(prog_fd).map_err(|source| CaptureError::Drain {
+        op: "BPF_PROG_TEST_RUN podflow_clock",
+        source,
+    })?;
+    map.get(&0, 0).map_err(|source| CaptureError::Map {
+        op: "read CLOCK",
+        source,
+    })
 }
 
 // The agent keeps the capture in a tokio task.
