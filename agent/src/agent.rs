@@ -40,7 +40,8 @@ pub struct AgentArgs {
     /// Count 1 in N packets (1 = every packet). Records carry the rate.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_rate: u32,
-    /// Capacity of each of the two kernel flow maps (distinct flows per flush interval).
+    /// Capacity of each kernel flow map, IPv4 and IPv6 (distinct flows per observation point and
+    /// flush interval; 104 B per IPv4 and 128 B per IPv6 entry, preallocated).
     #[arg(long, default_value_t = podflow_ebpf::DEFAULT_FLOW_MAP_ENTRIES)]
     pub flow_map_entries: u32,
     /// Flows tracked in user space at most.

@@ -1,4 +1,4 @@
-//! Privileged: exact counts through the double-buffered flow maps. Pods ping and send UDP to each
+//! Privileged: exact counts through the epoch-stamped flow maps. Pods ping and send UDP to each
 //! other through a test node namespace; drains must return every packet exactly once.
 //!
 //! Run as root: `cargo test -p podflow --test capture_drain`.

@@ -803,8 +803,8 @@ fn prog_stats(ids: &[u32]) -> anyhow::Result<(u64, u64)> {
 fn hook_ns(bed: &Bed, ids: &[u32], flows: Flows, rate: u64, secs: f64) -> anyhow::Result<f64> {
     ensure!(!ids.is_empty(), "no programs attached to measure");
     // Warm-up outside the window: one pass over every flow, so the window measures packets of
-    // flows already in the map (the agent's flush may still flip the double buffer once inside
-    // the window, which re-inserts the flows: that cost is part of the figure).
+    // flows already in the map (the agent's flush may still flip the epoch once inside the
+    // window, which re-inserts the flows: that cost is part of the figure).
     if let Flows::Rotate(n) = flows {
         generate(bed, flows, rate, (n as f64 / rate as f64).max(0.2))?;
     }

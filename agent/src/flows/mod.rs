@@ -9,8 +9,8 @@
 //!
 //! The counting point is the earliest point on the packet's path that the flow was seen at when it
 //! first appeared, in path order [`VethIngress`, `L3Ingress`, `VethEgress`, `L3Egress`], and it is
-//! sticky while the flow is tracked. Because the kernel's double-buffered drain flips between two
-//! maps atomically (see `agent-ebpf/src/lib.rs`), a packet's earlier observation is always in the
+//! sticky while the flow is tracked. Because the kernel's drain flips the epoch the programs stamp
+//! keys with atomically (see `agent-ebpf/src/lib.rs`), a packet's earlier observation is always in the
 //! same drain as its later one or in an earlier drain, never a later one: when a flow first
 //! appears, its earliest point is present, and a packet that straddles a flip (counted at the
 //! source veth in drain k, at the destination veth in drain k+1) is counted once, in drain k.
