@@ -112,7 +112,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
     } else {
         Opts {
             smoke,
-            pairs: 5,
+            pairs: 7,
             iperf_secs: 3,
             hook_secs: 2.0,
             hook_rate: 100_000,
@@ -369,9 +369,15 @@ fn iperf(bed: &Bed, args: &[&str]) -> anyhow::Result<Value> {
     // The server takes one test at a time and may still be closing the previous one: retry.
     for _ in 0..3 {
         check_stop()?;
-        let out = src
-            .command("timeout")
-            .args(["60", "iperf3", "-c", &dst, "-J"])
+        let mut cmd = src.command("timeout");
+        cmd.args(["60", "iperf3", "-c", &dst, "-J"]);
+        // Client on CPU 0, server on CPU 1 (iperf3 -A n,m), in every run with and without the
+        // agent: the scheduler moving the two between the cores is most of the run-to-run spread
+        // of a single stream on a 2-core VM.
+        if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+            cmd.args(["-A", "0,1"]);
+        }
+        let out = cmd
             .args(args)
             .stdin(Stdio::null())
             .output()

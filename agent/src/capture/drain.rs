@@ -111,12 +111,16 @@ impl<K: Pod + Default> BatchBufs<K> {
     }
 }
 
-/// Walks the whole map with `BPF_MAP_LOOKUP_BATCH` and appends the entries `keep` accepts.
+/// Walks the whole map with `BPF_MAP_LOOKUP_BATCH`, appends the entries `keep` accepts and hands
+/// their keys to `delete` chunk by chunk, as the walk goes: the programs fill the same map with
+/// the new epoch meanwhile, so the old epoch's room is given back as early as possible.
+/// (Deleting in buckets the walk has passed does not disturb it: its token is a bucket index.)
 pub fn lookup_batch<K: Pod + Default>(
     map_fd: RawFd,
     bufs: &mut BatchBufs<K>,
     keep: impl Fn(&K) -> bool,
     out: &mut Vec<(K, FlowValue)>,
+    mut delete: impl FnMut(&[(K, FlowValue)]) -> Result<(), CaptureError>,
 ) -> Result<Batch, CaptureError> {
     let map_fd = u32::try_from(map_fd).unwrap_or(u32::MAX);
     // The hash map's batch token is a u32 bucket index; 8 bytes leaves room.
@@ -162,6 +166,7 @@ pub fn lookup_batch<K: Pod + Default>(
                 });
             }
         }
+        let start = out.len();
         out.extend(
             bufs.keys[..n]
                 .iter()
@@ -169,6 +174,7 @@ pub fn lookup_batch<K: Pod + Default>(
                 .filter(|(k, _)| keep(k))
                 .map(|(k, v)| (*k, *v)),
         );
+        delete(&out[start..])?;
         first = false;
         if res.is_err() {
             return Ok(Batch::Done); // ENOENT: the walk reached the last bucket

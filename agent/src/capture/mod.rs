@@ -980,20 +980,21 @@ fn drain_one<K: aya::Pod + Default>(
 ) -> Result<bool, CaptureError> {
     let start = out.len();
     if batch {
-        match drain::lookup_batch(fd, bufs, keep, out) {
-            Ok(drain::Batch::Done) => {
-                keys.clear();
-                keys.extend(out[start..].iter().map(|(k, _)| *k));
-                let (done, res) = drain::delete_batch(fd, keys);
-                if let Err(e) = res {
-                    tracing::warn!(error = %e, deleted = done,
-                        "BPF_MAP_DELETE_BATCH failed half-way; deleting the rest one by one");
-                    for k in &keys[done..] {
-                        drain::delete_one(map, k)?;
-                    }
+        let delete = |chunk: &[(K, FlowValue)]| {
+            keys.clear();
+            keys.extend(chunk.iter().map(|(k, _)| *k));
+            let (done, res) = drain::delete_batch(fd, keys);
+            if let Err(e) = res {
+                tracing::warn!(error = %e, deleted = done,
+                    "BPF_MAP_DELETE_BATCH failed half-way; deleting the rest one by one");
+                for k in &keys[done..] {
+                    drain::delete_one(map, k)?;
                 }
-                return Ok(true);
             }
+            Ok(())
+        };
+        match drain::lookup_batch(fd, bufs, keep, out, delete) {
+            Ok(drain::Batch::Done) => return Ok(true),
             Ok(drain::Batch::Unsupported(e)) => {
                 tracing::info!(error = %e,
                     "BPF_MAP_LOOKUP_BATCH unsupported; draining entry by entry");
@@ -1001,11 +1002,11 @@ fn drain_one<K: aya::Pod + Default>(
                 drain::lookup_then_delete(map, keep, out)?;
                 return Ok(false);
             }
-            // Nothing was deleted yet: read again, entry by entry.
+            // What was read so far was deleted too and stays in `out`; the rest is read entry by
+            // entry (`keep` still selects only old-epoch keys, all of them still in the map).
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e),
-                    "batch lookup failed half-way; draining entry by entry");
-                out.truncate(start);
+                    "batch lookup failed half-way; finishing entry by entry");
             }
         }
     }
