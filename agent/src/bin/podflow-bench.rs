@@ -805,6 +805,64 @@ fn prog_stats(ids: &[u32]) -> anyhow::Result<(u64, u64)> {
     Ok(t)
 }
 
+/// ns per step of a pointer chase through a random cyclic permutation of the cache lines of a
+/// `bytes` buffer backed by 4 KiB pages (`MADV_NOHUGEPAGE`, like the kernel's vmalloc'd map
+/// memory): the latency of one dependent access that misses the caches and the TLB, which is what
+/// a hash lookup pays twice (bucket, then element) when flows are many.
+fn memory_latency_ns(bytes: usize) -> anyhow::Result<f64> {
+    const LINE: usize = 64;
+    let lines = (bytes / LINE).max(2);
+    let len = lines * LINE;
+    // SAFETY: anonymous private mapping, checked below; unmapped at the end.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    ensure!(p != libc::MAP_FAILED, "mmap {len} bytes failed");
+    // SAFETY: the mapping above.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    let base = p.cast::<u8>();
+    // A random cyclic order of the lines (xorshift-shuffled), each line pointing at the next.
+    let mut order: Vec<usize> = (0..lines).collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..lines).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    for w in 0..lines {
+        let (from, to) = (order[w], order[(w + 1) % lines]);
+        // SAFETY: both offsets are line starts inside the mapping; 8-aligned.
+        unsafe {
+            *base.add(from * LINE).cast::<usize>() = base.add(to * LINE) as usize;
+        }
+    }
+    let steps = 2_000_000usize;
+    let mut cur = base.wrapping_add(order[0] * LINE) as usize;
+    // Warm-up: a full lap (page tables, caches as warm as they get).
+    for _ in 0..lines {
+        // SAFETY: `cur` always holds a line start written above.
+        cur = unsafe { *(cur as *const usize) };
+    }
+    let t = Instant::now();
+    for _ in 0..steps {
+        // SAFETY: as above.
+        cur = unsafe { std::ptr::read_volatile(cur as *const usize) };
+    }
+    let ns = t.elapsed().as_nanos() as f64 / steps as f64;
+    std::hint::black_box(cur);
+    // SAFETY: the mapping above, no references into it remain.
+    unsafe { libc::munmap(p, len) };
+    Ok(ns)
+}
+
 /// Average ns per program run over a generator window.
 fn hook_ns(bed: &Bed, ids: &[u32], flows: Flows, rate: u64, secs: f64) -> anyhow::Result<f64> {
     ensure!(!ids.is_empty(), "no programs attached to measure");
@@ -1039,6 +1097,9 @@ struct Collected {
     /// lost_map_full summed over the agent's kernel cost windows, and the map capacity used.
     hook_lost: u64,
     hook_entries: u32,
+    /// ns per dependent random access into a buffer the size of the flow maps (4 KiB pages).
+    mem_latency_ns: f64,
+    mem_latency_bytes: usize,
 }
 
 fn log(msg: impl AsRef<str>) {
@@ -1061,6 +1122,8 @@ fn interleaved(o: &Opts, bed: &Bed) -> anyhow::Result<Collected> {
         hook_diff_many: vec![],
         hook_lost: 0,
         hook_entries: 0,
+        mem_latency_ns: 0.0,
+        mem_latency_bytes: 0,
     };
     let est = Flows::Rotate(16);
     let many = Flows::Rotate(o.many_flows);
@@ -1070,6 +1133,15 @@ fn interleaved(o: &Opts, bed: &Bed) -> anyhow::Result<Collected> {
         .hook_map_entries
         .unwrap_or((o.many_flows * 4).next_power_of_two().max(65_536) as u32);
     c.hook_entries = entries;
+    // The memory floor of a lookup in maps that size: FLOWS_V4's buckets (16 B) and elements
+    // (88 B) for `entries`, as the kernel lays them out (vmalloc, 4 KiB pages).
+    c.mem_latency_bytes = entries as usize * (16 + 88);
+    c.mem_latency_ns = memory_latency_ns(c.mem_latency_bytes)?;
+    log(format!(
+        "memory latency: {:.1} ns per dependent random access into {} MiB (4 KiB pages)",
+        c.mem_latency_ns,
+        c.mem_latency_bytes >> 20
+    ));
     for pair in 0..o.pairs {
         let agent_first = pair % 2 == 1;
         let mut base = None;
@@ -1536,12 +1608,14 @@ fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()>
         limit: 200.0,
         digits: 1,
         detail: format!(
-            "difference {}; podflow {} ns; empty {} ns; flow maps of {} entries, lost_map_full {}",
+            "difference {}; podflow {} ns; empty {} ns; flow maps of {} entries, lost_map_full {}; memory floor: one dependent random access into {} MiB with 4 KiB pages takes {:.0} ns here, a lookup makes two (bucket, element)",
             fmt_range(&dm, 1),
             fmt_range(&am, 1),
             fmt_range(&em, 1),
             c.hook_entries,
-            c.hook_lost
+            c.hook_lost,
+            c.mem_latency_bytes >> 20,
+            c.mem_latency_ns
         ),
     });
     Ok(())
