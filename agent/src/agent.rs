@@ -15,7 +15,7 @@ use crate::{
     capture::{
         AttachModePref, Capture, CaptureConfig, CaptureError, Drain, InterfaceChange, LinkWatcher,
     },
-    flows::{Clock, FlowTable, FlowTableConfig, Observation, timestamp_from_unix_ns},
+    flows::{Clock, FlowTable, FlowTableConfig, timestamp_from_unix_ns},
     metadata, proto,
 };
 
@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// Events kept for `tail --last N` and late subscribers.
     #[arg(long, default_value_t = 65_536)]
     pub buffer: usize,
+    /// Memory the kept events may take at most (they are kept protobuf-encoded, ~100-1000 bytes
+    /// each depending on the metadata); the oldest go first.
+    #[arg(long, default_value_t = api::DEFAULT_BUFFER_BYTES)]
+    pub buffer_bytes: usize,
     /// Pod veth name patterns (globs); repeat or comma-separate to give several.
     /// Default: veth*, cali*, lxc*, gke*.
     #[arg(long = "veth-pattern", value_delimiter = ',')]
@@ -219,7 +223,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         sampling_rate: args.sample_rate,
     });
 
-    let hub = Hub::new(args.buffer);
+    let hub = Hub::with_limits(args.buffer, args.buffer_bytes, args.buffer);
     let started = Clock::now();
     let start_time =
         timestamp_from_unix_ns(i128::from(started.mono_now_ns) + started.realtime_offset_ns);
@@ -529,19 +533,17 @@ struct Outputs<'a> {
     exporter: Option<&'a crate::export::ExporterHandle>,
 }
 
+/// Records are made, enriched, counted and published this many at a time: a flush of 100 000
+/// flows never holds all of its records at once (they used to peak at ~100 MiB of short-lived
+/// heap, which glibc kept as resident memory).
+const FLUSH_CHUNK: usize = 4096;
+
 fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
     counters: &mut Counters,
     out: &Outputs<'_>,
 ) {
-    let Outputs {
-        node,
-        hub,
-        index,
-        metrics,
-        exporter,
-    } = *out;
     let drain: Drain = match tokio::task::block_in_place(|| capture.drain()) {
         Ok(d) => d,
         Err(e) => {
@@ -550,26 +552,49 @@ fn flush_once(
         }
     };
     let clock = Clock::now();
-    let observations: Vec<Observation> = drain
-        .entries
-        .iter()
-        .map(|e| Observation {
-            key: e.key,
-            stats: e.stats,
-        })
-        .collect();
-    let mut records = table.ingest(&observations, &clock, &|ifindex| {
-        capture.interface_name(ifindex)
-    });
-    if let Some(index) = index {
-        crate::flows::enrich::enrich(&mut records, &metadata::read_index(index), node);
-    }
-    // Inter-node traffic that bypassed WireGuard on a node that has it.
+    counters.kernel = drain.counters;
     let wireguard = capture
         .interfaces()
         .iter()
         .any(|i| matches!(i.kind, crate::capture::IfaceKind::L3));
-    for r in &mut records {
+    let ifname = |ifindex| capture.interface_name(ifindex);
+    let n = table.group(&drain.entries);
+    let mut records = Vec::with_capacity(n.min(FLUSH_CHUNK));
+    let mut from = 0;
+    while from < n {
+        let to = (from + FLUSH_CHUNK).min(n);
+        table.records(&drain.entries, from..to, &clock, &ifname, &mut records);
+        publish_records(&mut records, wireguard, counters, out);
+        from = to;
+    }
+    table.evict(&clock);
+    drop(drain);
+    let losses = loss_events(counters, out.node, &clock);
+    if !losses.is_empty() {
+        out.hub.publish_each(&losses);
+        if let Some(exporter) = out.exporter {
+            exporter.send(losses);
+        }
+    }
+}
+
+/// Enriches a chunk of records, counts them into the metrics and hands them to the hub and the
+/// exporter; leaves `records` empty (its capacity is reused).
+fn publish_records(
+    records: &mut Vec<proto::Flow>,
+    wireguard: bool,
+    counters: &mut Counters,
+    out: &Outputs<'_>,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let node = out.node;
+    if let Some(index) = out.index {
+        crate::flows::enrich::enrich(records, &metadata::read_index(index), node);
+    }
+    // Inter-node traffic that bypassed WireGuard on a node that has it.
+    for r in records.iter_mut() {
         r.plaintext_inter_node = wireguard && r.inter_node && !r.encrypted;
         if r.plaintext_inter_node {
             counters.plaintext_inter_node_flows += 1;
@@ -577,42 +602,47 @@ fn flush_once(
                 r.bytes.saturating_mul(u64::from(r.sampling_rate.max(1)));
         }
     }
-    for r in &records {
+    let mut batch = crate::metrics::FlowBatch::new();
+    for r in records.iter() {
         let (src, dst) = (
-            r.src.clone().unwrap_or_default(),
-            r.dst.clone().unwrap_or_default(),
+            r.src.as_ref().map_or(("", "", ""), endpoint_names),
+            r.dst.as_ref().map_or(("", "", ""), endpoint_names),
         );
         // An inter-node flow is recorded on both of its nodes; metrics summed over agents (and
         // the alerts on them) count it once, on the source's node.
-        if r.inter_node && src.node != node {
+        if r.inter_node && src.2 != node {
             continue;
         }
         let scale = u64::from(r.sampling_rate.max(1));
-        metrics.observe_flow(
-            &src.namespace,
-            &src.workload,
-            &dst.namespace,
-            &dst.workload,
+        batch.add(
+            src.0,
+            src.1,
+            dst.0,
+            dst.1,
             r.packets.saturating_mul(scale),
             r.bytes.saturating_mul(scale),
             crate::metrics::Locality::of(r.same_node, r.inter_node),
             r.encrypted,
         );
     }
-    counters.kernel = drain.counters;
-    let mut events: Vec<proto::FlowEvent> = records
-        .into_iter()
-        .map(|f| proto::FlowEvent {
-            event: Some(proto::flow_event::Event::Flow(f)),
-        })
-        .collect();
-    events.extend(loss_events(counters, node, &clock));
-    if !events.is_empty() {
-        if let Some(exporter) = exporter {
-            exporter.send(events.clone());
+    out.metrics.observe_flows(&batch);
+    drop(batch);
+    let events = records.drain(..).map(|f| proto::FlowEvent {
+        event: Some(proto::flow_event::Event::Flow(f)),
+    });
+    match out.exporter {
+        Some(exporter) => {
+            let events: Vec<proto::FlowEvent> = events.collect();
+            out.hub.publish_each(&events);
+            exporter.send(events);
         }
-        hub.publish(events);
+        None => out.hub.publish_each(events),
     }
+}
+
+/// (namespace, workload, node) of an endpoint.
+fn endpoint_names(e: &proto::Endpoint) -> (&str, &str, &str) {
+    (&e.namespace, &e.workload, &e.node)
 }
 
 /// Loss records for every kernel loss counter that grew since the last report.

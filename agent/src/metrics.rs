@@ -46,7 +46,7 @@ use prometheus_client::{
 };
 
 /// Where a flow runs, for the `locality` label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Locality {
     /// Both ends are pods behind this node's veths.
     SameNode,
@@ -74,6 +74,81 @@ impl Locality {
         } else {
             Locality::Other
         }
+    }
+}
+
+/// Flow records summed per label set, borrowing the names from the records: what a flush hands
+/// to [`Metrics::observe_flows`], so that the shared counter families (a lock, a label set of
+/// owned strings, three hash lookups) are touched once per label set, not once per record.
+#[derive(Debug, Default)]
+pub struct FlowBatch<'a> {
+    index: std::collections::HashMap<BatchKey<'a>, usize, crate::flows::FlowHashState>,
+    /// In the order each label set was first seen (label-set admission follows it).
+    sets: Vec<(BatchKey<'a>, BatchSum)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct BatchKey<'a> {
+    workloads: [&'a str; 4],
+    locality: Locality,
+    encrypted: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct BatchSum {
+    records: u64,
+    packets: u64,
+    bytes: u64,
+}
+
+impl<'a> FlowBatch<'a> {
+    pub fn new() -> FlowBatch<'a> {
+        FlowBatch {
+            index: std::collections::HashMap::with_hasher(crate::flows::flow_hash_state()),
+            sets: Vec::new(),
+        }
+    }
+
+    /// Adds one record, as [`Metrics::observe_flow`] takes it.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the same values as Metrics::observe_flow"
+    )]
+    pub fn add(
+        &mut self,
+        src_ns: &'a str,
+        src_workload: &'a str,
+        dst_ns: &'a str,
+        dst_workload: &'a str,
+        packets: u64,
+        bytes: u64,
+        locality: Locality,
+        encrypted: bool,
+    ) {
+        let key = BatchKey {
+            workloads: [src_ns, src_workload, dst_ns, dst_workload],
+            locality,
+            encrypted,
+        };
+        let sets = &mut self.sets;
+        let i = *self.index.entry(key).or_insert_with(|| {
+            sets.push((key, BatchSum::default()));
+            sets.len() - 1
+        });
+        if let Some((_, sum)) = self.sets.get_mut(i) {
+            sum.records += 1;
+            sum.packets = sum.packets.saturating_add(packets);
+            sum.bytes = sum.bytes.saturating_add(bytes);
+        }
+    }
+
+    /// Distinct label sets in the batch.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
     }
 }
 
@@ -325,8 +400,43 @@ impl Metrics {
         locality: Locality,
         encrypted: bool,
     ) {
+        self.observe(
+            [src_ns, src_workload, dst_ns, dst_workload],
+            1,
+            packets,
+            bytes,
+            locality,
+            encrypted,
+        );
+    }
+
+    /// Counts a batch of flow records: the same as [`Metrics::observe_flow`] for each record of
+    /// the batch, in the order the batch first saw each label set, at the cost of one update per
+    /// label set.
+    pub fn observe_flows(&self, batch: &FlowBatch<'_>) {
+        for (k, sum) in &batch.sets {
+            self.observe(
+                k.workloads,
+                sum.records,
+                sum.packets,
+                sum.bytes,
+                k.locality,
+                k.encrypted,
+            );
+        }
+    }
+
+    fn observe(
+        &self,
+        workloads: [&str; 4],
+        records: u64,
+        packets: u64,
+        bytes: u64,
+        locality: Locality,
+        encrypted: bool,
+    ) {
         let [src_namespace, src_workload, dst_namespace, dst_workload] =
-            self.admit([src_ns, src_workload, dst_ns, dst_workload]);
+            self.admit(workloads, records);
         let labels = FlowLabels {
             src_namespace,
             src_workload,
@@ -335,7 +445,7 @@ impl Metrics {
             locality: locality.as_str(),
             encrypted: if encrypted { "true" } else { "false" },
         };
-        self.flows.get_or_create(&labels).inc();
+        self.flows.get_or_create(&labels).inc_by(records);
         self.packets.get_or_create(&labels).inc_by(packets);
         self.bytes.get_or_create(&labels).inc_by(bytes);
         if locality == Locality::InterNode && !encrypted {
@@ -351,8 +461,9 @@ impl Metrics {
         }
     }
 
-    /// The label values to use for a tuple: itself if admitted (or admissible), else `_other`.
-    fn admit(&self, tuple: [&str; 4]) -> WorkloadTuple {
+    /// The label values to use for a tuple of `records` observations: itself if admitted (or
+    /// admissible), else `_other`.
+    fn admit(&self, tuple: [&str; 4], records: u64) -> WorkloadTuple {
         let tuple = tuple.map(|v| {
             if v.is_empty() {
                 UNKNOWN_LABEL.to_string()
@@ -373,7 +484,7 @@ impl Metrics {
                 .set(i64::try_from(sets.len()).unwrap_or(i64::MAX));
             return tuple;
         }
-        self.label_overflow.inc();
+        self.label_overflow.inc_by(records);
         [OVERFLOW_LABEL; 4].map(str::to_string)
     }
 

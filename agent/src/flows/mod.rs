@@ -21,13 +21,16 @@
 //! [`L3Egress`]: ObsPoint::L3Egress
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    ops::Range,
     time::Duration,
 };
 
 pub mod enrich;
+mod hash;
 
+pub use hash::{FlowHashState, flow_hash_state};
 use podflow_ebpf::{FAMILY_IPV4, FlowKey, FlowStats, KEY_F_FRAGMENT, ObsPoint};
 
 use crate::proto;
@@ -40,6 +43,11 @@ const fn path_rank(obs: ObsPoint) -> u8 {
         ObsPoint::VethEgress => 2,
         ObsPoint::L3Egress => 3,
     }
+}
+
+/// Whether a path rank (see [`path_rank`]) is a layer-3 (WireGuard) point.
+const fn rank_is_l3(rank: usize) -> bool {
+    rank == 1 || rank == 3
 }
 
 /// A flow's identity: the kernel key without the observation point.
@@ -75,6 +83,50 @@ pub struct Observation {
     pub stats: FlowStats,
 }
 
+/// What the flow table reads of a drained entry. Implemented for [`Observation`] and for the
+/// capture module's `FlowEntry`, so that a drain is ingested in place, without a copy; only the
+/// user-facing field names of the stats are relied on.
+pub trait Observed {
+    fn key(&self) -> &FlowKey;
+    fn packets(&self) -> u64;
+    fn bytes(&self) -> u64;
+    /// `CLOCK_MONOTONIC` nanoseconds of the first and last packet.
+    fn first_ns(&self) -> u64;
+    fn last_ns(&self) -> u64;
+    fn ifindex(&self) -> u32;
+    fn tcp_flags(&self) -> u8;
+}
+
+macro_rules! impl_observed {
+    ($t:ty) => {
+        impl Observed for $t {
+            fn key(&self) -> &FlowKey {
+                &self.key
+            }
+            fn packets(&self) -> u64 {
+                self.stats.packets
+            }
+            fn bytes(&self) -> u64 {
+                self.stats.bytes
+            }
+            fn first_ns(&self) -> u64 {
+                self.stats.first_ns
+            }
+            fn last_ns(&self) -> u64 {
+                self.stats.last_ns
+            }
+            fn ifindex(&self) -> u32 {
+                self.stats.ifindex
+            }
+            fn tcp_flags(&self) -> u8 {
+                self.stats.tcp_flags
+            }
+        }
+    };
+}
+impl_observed!(Observation);
+impl_observed!(crate::capture::FlowEntry);
+
 #[derive(Clone, Debug)]
 pub struct FlowTableConfig {
     /// Node name put on every record.
@@ -89,16 +141,43 @@ pub struct FlowTableConfig {
     pub sampling_rate: u32,
 }
 
+/// A tracked flow. `epoch`/`slot` say where its observations of the drain being ingested are
+/// grouped (valid while `epoch` is the table's current one), so that grouping a drain costs one
+/// lookup in this table per observation and no second map.
 #[derive(Clone, Copy, Debug)]
 struct FlowState {
-    counting: ObsPoint,
     last_seen_ns: u64,
+    epoch: u32,
+    slot: u32,
+    /// Path rank of the sticky counting point.
+    counting: u8,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct LocalEndpoint {
     ifindex: u32,
     last_seen_ns: u64,
+}
+
+/// "No observation at this point" in a [`Group`].
+const NONE: u32 = u32::MAX;
+
+/// One flow's observations in the drain being ingested.
+#[derive(Clone, Copy, Debug)]
+struct Group {
+    /// Index into the drain of the observation at each path rank, or [`NONE`].
+    at: [u32; 4],
+    /// Path rank of the counting point: the sticky one of a flow tracked before this drain, else
+    /// (`fresh`) the earliest point seen so far in this drain.
+    counting: u8,
+    fresh: bool,
+}
+
+/// A record to produce, in start-time order.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    first_ns: u64,
+    group: u32,
 }
 
 /// Wall-clock conversion for the kernel's `CLOCK_MONOTONIC` timestamps.
@@ -152,25 +231,53 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
+/// Clears a scratch vector for reuse, giving memory back when a burst left it much larger than
+/// its last use needed.
+fn reuse<T>(v: &mut Vec<T>) {
+    let used = v.len();
+    v.clear();
+    if v.capacity() > 4 * used.max(16 * 1024) {
+        v.shrink_to(2 * used);
+    }
+}
+
 /// Aggregation state across drains: which point counts each flow, and which addresses are pods
 /// behind this node's veths.
+///
+/// A drain is ingested in three steps, so that the caller can turn a large drain into records a
+/// chunk at a time (bounded memory): [`FlowTable::group`], then [`FlowTable::records`] over
+/// ranges of `0..pending`, then [`FlowTable::evict`]. [`FlowTable::ingest`] does all three.
 #[derive(Debug)]
 pub struct FlowTable {
     cfg: FlowTableConfig,
-    flows: HashMap<FlowId, FlowState>,
+    flows: HashMap<FlowId, FlowState, FlowHashState>,
     /// Addresses seen leaving a pod veth (source at veth ingress) or entering one (destination at
     /// veth egress): the pods behind this node's veths.
-    local: HashMap<[u8; 16], LocalEndpoint>,
+    local: HashMap<[u8; 16], LocalEndpoint, FlowHashState>,
     untracked: u64,
+    /// Incremented by every [`FlowTable::group`].
+    epoch: u32,
+    // Scratch of the drain being ingested, kept across drains (no regrowing).
+    groups: Vec<Group>,
+    /// Groups of flows that could not be tracked (table full), by flow.
+    untracked_groups: HashMap<FlowId, u32, FlowHashState>,
+    pending: Vec<Pending>,
+    /// Interface names looked up during this drain.
+    names: HashMap<u32, String, FlowHashState>,
 }
 
 impl FlowTable {
     pub fn new(cfg: FlowTableConfig) -> FlowTable {
         FlowTable {
             cfg,
-            flows: HashMap::new(),
-            local: HashMap::new(),
+            flows: HashMap::with_hasher(flow_hash_state()),
+            local: HashMap::with_hasher(flow_hash_state()),
             untracked: 0,
+            epoch: 0,
+            groups: Vec::new(),
+            untracked_groups: HashMap::with_hasher(flow_hash_state()),
+            pending: Vec::new(),
+            names: HashMap::with_hasher(flow_hash_state()),
         }
     }
 
@@ -194,144 +301,259 @@ impl FlowTable {
         self.local.retain(|_, ep| ep.ifindex != ifindex);
     }
 
-    /// Turns one drain's entries into flow records (one per flow with counted packets), updates
-    /// the tracking state and evicts idle flows. `ifname` names an ifindex.
+    /// Turns one drain's entries into flow records (one per flow with counted packets, in
+    /// start-time order), updates the tracking state and evicts idle flows. `ifname` names an
+    /// ifindex.
     pub fn ingest(
         &mut self,
         observations: &[Observation],
         clock: &Clock,
         ifname: &dyn Fn(u32) -> Option<String>,
     ) -> Vec<proto::Flow> {
+        let n = self.group(observations);
+        let mut records = Vec::with_capacity(n);
+        self.records(observations, 0..n, clock, ifname, &mut records);
+        self.evict(clock);
+        records
+    }
+
+    /// Step 1 of ingesting a drain: learns the local pods, groups the observations of each flow,
+    /// updates the tracking state and decides which flows get a record. Returns the number of
+    /// records the drain makes, to be produced with [`FlowTable::records`] from the same
+    /// `observations`.
+    pub fn group<O: Observed>(&mut self, observations: &[O]) -> usize {
+        self.epoch = self.epoch.wrapping_add(1);
+        reuse(&mut self.groups);
+        reuse(&mut self.pending);
+        self.untracked_groups.clear();
+        self.names.clear();
+
         // 1. Learn which addresses are pods behind this node's veths.
         for o in observations {
-            let (addr, seen) = match ObsPoint::from_u8(o.key.obs) {
-                Some(ObsPoint::VethIngress) => (o.key.src_addr, o.stats.last_ns),
-                Some(ObsPoint::VethEgress) => (o.key.dst_addr, o.stats.last_ns),
+            let key = o.key();
+            let addr = match ObsPoint::from_u8(key.obs) {
+                Some(ObsPoint::VethIngress) => &key.src_addr,
+                Some(ObsPoint::VethEgress) => &key.dst_addr,
                 _ => continue,
             };
-            if !is_unicast(o.key.family, &addr) {
+            if !is_unicast(key.family, addr) {
                 // Multicast, broadcast or unspecified: never a pod.
                 continue;
             }
-            let ep = self.local.entry(addr).or_insert(LocalEndpoint {
-                ifindex: o.stats.ifindex,
+            let (ifindex, seen) = (o.ifindex(), o.last_ns());
+            let ep = self.local.entry(*addr).or_insert(LocalEndpoint {
+                ifindex,
                 last_seen_ns: seen,
             });
-            ep.ifindex = o.stats.ifindex;
+            ep.ifindex = ifindex;
             ep.last_seen_ns = ep.last_seen_ns.max(seen);
         }
 
-        // 2. Group the observations of each flow.
-        let mut groups: HashMap<FlowId, Vec<(ObsPoint, &Observation)>> = HashMap::new();
-        for o in observations {
-            let Some(obs) = ObsPoint::from_u8(o.key.obs) else {
+        // 2. Group the observations of each flow (one lookup per observation) and keep the
+        // tracking state up to date.
+        let epoch = self.epoch;
+        for (i, o) in observations.iter().enumerate() {
+            let Some(point) = ObsPoint::from_u8(o.key().obs) else {
                 continue;
             };
-            groups.entry(FlowId::of(&o.key)).or_default().push((obs, o));
+            let Ok(index) = u32::try_from(i) else {
+                break;
+            };
+            let rank = path_rank(point);
+            let last = o.last_ns();
+            let id = FlowId::of(o.key());
+            let tracked = self.flows.len();
+            let slot = match self.flows.entry(id) {
+                Entry::Occupied(e) => {
+                    let st = e.into_mut();
+                    st.last_seen_ns = st.last_seen_ns.max(last);
+                    if st.epoch != epoch {
+                        st.epoch = epoch;
+                        st.slot = new_group(&mut self.groups, st.counting, false);
+                    } else if let Some(g) = self.groups.get(st.slot as usize)
+                        && g.fresh
+                    {
+                        // New in this drain: counted at its earliest point.
+                        st.counting = st.counting.min(rank);
+                    }
+                    st.slot
+                }
+                Entry::Vacant(e) if tracked < self.cfg.max_flows => {
+                    let slot = new_group(&mut self.groups, rank, true);
+                    e.insert(FlowState {
+                        last_seen_ns: last,
+                        epoch,
+                        slot,
+                        counting: rank,
+                    });
+                    slot
+                }
+                Entry::Vacant(_) => match self.untracked_groups.entry(id) {
+                    Entry::Occupied(e) => *e.get(),
+                    Entry::Vacant(e) => {
+                        self.untracked += 1;
+                        *e.insert(new_group(&mut self.groups, rank, true))
+                    }
+                },
+            };
+            if let Some(g) = self.groups.get_mut(slot as usize) {
+                g.at[usize::from(rank)] = index;
+                if g.fresh {
+                    g.counting = g.counting.min(rank);
+                }
+            }
         }
 
-        // 3. One record per flow, from its counting point.
-        let mut records = Vec::with_capacity(groups.len());
-        for (id, mut group) in groups {
-            group.sort_by_key(|(obs, _)| path_rank(*obs));
-            let earliest = group[0].0;
-            let last_seen = group
-                .iter()
-                .map(|(_, o)| o.stats.last_ns)
-                .max()
-                .unwrap_or(0);
-            let counting = match self.flows.get_mut(&id) {
-                Some(state) => {
-                    state.last_seen_ns = state.last_seen_ns.max(last_seen);
-                    state.counting
-                }
-                None => {
-                    if self.flows.len() < self.cfg.max_flows {
-                        self.flows.insert(
-                            id,
-                            FlowState {
-                                counting: earliest,
-                                last_seen_ns: last_seen,
-                            },
-                        );
-                    } else {
-                        self.untracked += 1;
-                    }
-                    earliest
-                }
-            };
-            let Some((_, counted)) = group.iter().find(|(obs, _)| *obs == counting) else {
-                // Only later points saw this flow in this drain: its packets were counted at the
-                // counting point in an earlier drain.
+        // 3. The flows with packets at their counting point make a record, in start-time order.
+        // Only later points saw the others in this drain: their packets were counted at the
+        // counting point in an earlier drain.
+        for (g, group) in self.groups.iter().enumerate() {
+            let at = group.at[usize::from(group.counting)];
+            let Some(o) = observations.get(at as usize) else {
                 continue;
             };
-            if counted.stats.packets == 0 {
+            if o.packets() == 0 {
                 continue;
             }
-            records.push(self.record(&id, counted, &group, clock, ifname));
+            let Ok(group) = u32::try_from(g) else {
+                break;
+            };
+            self.pending.push(Pending {
+                first_ns: o.first_ns(),
+                group,
+            });
         }
+        // Unstable is enough: flows of equal start came in the kernel map's hash order anyway.
+        self.pending.sort_unstable_by_key(|p| p.first_ns);
+        self.pending.len()
+    }
 
-        // 4. Evict idle flows and stale endpoints.
+    /// Step 2: appends to `out` the records `range` (of `0..n`, `n` from [`FlowTable::group`]
+    /// with the same `observations`). `ifname` names an ifindex.
+    pub fn records<O: Observed>(
+        &mut self,
+        observations: &[O],
+        range: Range<usize>,
+        clock: &Clock,
+        ifname: &dyn Fn(u32) -> Option<String>,
+        out: &mut Vec<proto::Flow>,
+    ) {
+        let Some(pending) = self.pending.get(range) else {
+            return;
+        };
+        out.reserve(pending.len());
+        for p in pending {
+            let Some(group) = self.groups.get(p.group as usize) else {
+                continue;
+            };
+            let Some(counted) = observations.get(group.at[usize::from(group.counting)] as usize)
+            else {
+                continue;
+            };
+            out.push(record(
+                &self.cfg,
+                &self.local,
+                &mut self.names,
+                counted,
+                group,
+                observations,
+                clock,
+                ifname,
+            ));
+        }
+    }
+
+    /// Step 3: evicts idle flows and stale endpoints.
+    pub fn evict(&mut self, clock: &Clock) {
         let horizon = clock
             .mono_now_ns
             .saturating_sub(u64::try_from(self.cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX));
         self.flows.retain(|_, st| st.last_seen_ns >= horizon);
         self.local.retain(|_, ep| ep.last_seen_ns >= horizon);
-
-        records.sort_by(|a, b| {
-            let ka = a.start_time.as_ref().map(|t| (t.seconds, t.nanos));
-            let kb = b.start_time.as_ref().map(|t| (t.seconds, t.nanos));
-            ka.cmp(&kb)
-        });
-        records
+        // After a burst, give the table's memory back (the map never shrinks by itself).
+        if self.flows.capacity() > 4 * self.flows.len().max(16 * 1024) {
+            self.flows.shrink_to(2 * self.flows.len());
+        }
     }
+}
 
-    fn record(
-        &self,
-        id: &FlowId,
-        counted: &Observation,
-        group: &[(ObsPoint, &Observation)],
-        clock: &Clock,
-        ifname: &dyn Fn(u32) -> Option<String>,
-    ) -> proto::Flow {
-        let name = |ifindex: u32| ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}"));
-        let mut interfaces = vec![name(counted.stats.ifindex)];
-        for (_, o) in group {
-            let n = name(o.stats.ifindex);
-            if !interfaces.contains(&n) {
-                interfaces.push(n);
-            }
+/// Appends a group for a flow and returns its index.
+fn new_group(groups: &mut Vec<Group>, counting: u8, fresh: bool) -> u32 {
+    let slot = u32::try_from(groups.len()).unwrap_or(NONE);
+    groups.push(Group {
+        at: [NONE; 4],
+        counting,
+        fresh,
+    });
+    slot
+}
+
+/// The name of an interface, looked up once per drain.
+fn ifname_cached<'a>(
+    names: &'a mut HashMap<u32, String, FlowHashState>,
+    ifname: &dyn Fn(u32) -> Option<String>,
+    ifindex: u32,
+) -> &'a str {
+    names
+        .entry(ifindex)
+        .or_insert_with(|| ifname(ifindex).unwrap_or_else(|| format!("if{ifindex}")))
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "disjoint borrows of the table's fields plus the drain"
+)]
+fn record<O: Observed>(
+    cfg: &FlowTableConfig,
+    local: &HashMap<[u8; 16], LocalEndpoint, FlowHashState>,
+    names: &mut HashMap<u32, String, FlowHashState>,
+    counted: &O,
+    group: &Group,
+    observations: &[O],
+    clock: &Clock,
+    ifname: &dyn Fn(u32) -> Option<String>,
+) -> proto::Flow {
+    // The counting point's interface first, then the others in path order.
+    let seen = group.at.iter().filter(|&&at| at != NONE).count();
+    let mut interfaces = Vec::with_capacity(seen);
+    interfaces.push(ifname_cached(names, ifname, counted.ifindex()).to_owned());
+    let mut encrypted = false;
+    for (rank, &at) in group.at.iter().enumerate() {
+        let Some(o) = observations.get(at as usize) else {
+            continue;
+        };
+        encrypted |= rank_is_l3(rank);
+        let n = ifname_cached(names, ifname, o.ifindex());
+        if !interfaces.iter().any(|i| i == n) {
+            interfaces.push(n.to_owned());
         }
-        let encrypted = group
-            .iter()
-            .any(|(obs, _)| matches!(obs, ObsPoint::L3Ingress | ObsPoint::L3Egress));
-        let same_node =
-            self.local.contains_key(&id.src_addr) && self.local.contains_key(&id.dst_addr);
-        let stats = &counted.stats;
-        proto::Flow {
-            start_time: Some(clock.to_timestamp(stats.first_ns)),
-            end_time: Some(clock.to_timestamp(stats.last_ns.max(stats.first_ns))),
-            src_ip: ip_bytes(id.family, &id.src_addr),
-            dst_ip: ip_bytes(id.family, &id.dst_addr),
-            src_port: u32::from(id.src_port),
-            dst_port: u32::from(id.dst_port),
-            protocol: u32::from(id.protocol),
-            packets: stats.packets,
-            bytes: stats.bytes,
-            tcp_flags: u32::from(stats.tcp_flags),
-            interfaces,
-            same_node,
-            sampling_rate: self.cfg.sampling_rate.max(1),
-            fragment: id.key_flags & KEY_F_FRAGMENT != 0,
-            node: self.cfg.node.clone(),
-            encrypted,
-            // Set by enrichment, which knows where the endpoints live.
-            inter_node: false,
-            src: None,
-            dst: None,
-            metadata_age: None,
-            plaintext_inter_node: false,
-        }
+    }
+    let key = counted.key();
+    let same_node = local.contains_key(&key.src_addr) && local.contains_key(&key.dst_addr);
+    let (first_ns, last_ns) = (counted.first_ns(), counted.last_ns());
+    proto::Flow {
+        start_time: Some(clock.to_timestamp(first_ns)),
+        end_time: Some(clock.to_timestamp(last_ns.max(first_ns))),
+        src_ip: ip_bytes(key.family, &key.src_addr),
+        dst_ip: ip_bytes(key.family, &key.dst_addr),
+        src_port: u32::from(key.src_port),
+        dst_port: u32::from(key.dst_port),
+        protocol: u32::from(key.protocol),
+        packets: counted.packets(),
+        bytes: counted.bytes(),
+        tcp_flags: u32::from(counted.tcp_flags()),
+        interfaces,
+        same_node,
+        sampling_rate: cfg.sampling_rate.max(1),
+        fragment: key.key_flags & KEY_F_FRAGMENT != 0,
+        node: cfg.node.clone(),
+        encrypted,
+        // Set by enrichment, which knows where the endpoints live.
+        inter_node: false,
+        src: None,
+        dst: None,
+        metadata_age: None,
+        plaintext_inter_node: false,
     }
 }
 
