@@ -124,9 +124,12 @@ impl Hub {
         let mut ring = self.ring();
         for event in events {
             let encoded = Bytes::from(event.borrow().encode_to_vec());
-            ring.push(encoded.clone());
-            // An error only means that nobody follows right now.
-            let _ = self.tx.send(encoded);
+            if self.tx.receiver_count() > 0 {
+                // A clone makes the buffer shared (an allocation): only when someone follows.
+                // An error only means that the last follower just left.
+                let _ = self.tx.send(encoded.clone());
+            }
+            ring.push(encoded);
         }
     }
 
