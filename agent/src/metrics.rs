@@ -87,11 +87,29 @@ pub struct FlowBatch<'a> {
     sets: Vec<(BatchKey<'a>, BatchSum)>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Eq, Hash)]
 struct BatchKey<'a> {
     workloads: [&'a str; 4],
     locality: Locality,
     encrypted: bool,
+}
+
+impl PartialEq for BatchKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.locality == other.locality
+            && self.encrypted == other.encrypted
+            && self
+                .workloads
+                .iter()
+                .zip(&other.workloads)
+                .all(|(a, b)| same_str(a, b))
+    }
+}
+
+/// String equality that skips the `memcmp` call for empty strings (no metadata) and for the very
+/// same string (the derived comparison of four names per record was 12 % of the agent's CPU).
+fn same_str(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (a.is_empty() || std::ptr::eq(a.as_ptr(), b.as_ptr()) || a == b)
 }
 
 #[derive(Clone, Copy, Debug, Default)]
