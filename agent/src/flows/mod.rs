@@ -173,15 +173,23 @@ struct LocalEndpoint {
 /// "No observation at this point" in a [`Group`].
 const NONE: u32 = u32::MAX;
 
-/// One flow's observations in the drain being ingested.
+/// One flow's observations in the drain being ingested, with what deciding its record needs of
+/// them (copied while the observation is in cache: the drain is read in order once, then only
+/// the counted observations are read again).
 #[derive(Clone, Copy, Debug)]
 struct Group {
     /// Index into the drain of the observation at each path rank, or [`NONE`].
     at: [u32; 4],
+    /// ifindex of the observation at each path rank.
+    ifindex: [u32; 4],
+    /// `first_ns` of the observation at the counting point.
+    first_ns: u64,
     /// Path rank of the counting point: the sticky one of a flow tracked before this drain, else
     /// (`fresh`) the earliest point seen so far in this drain.
     counting: u8,
     fresh: bool,
+    /// The observation at the counting point has packets.
+    counted_packets: bool,
 }
 
 /// A record to produce, in start-time order, with what it needs of its group (so that making it
@@ -284,6 +292,8 @@ pub struct FlowTable {
     untracked: u64,
     /// Incremented by every [`FlowTable::group`].
     epoch: u32,
+    /// `CLOCK_MONOTONIC` of the last eviction scan.
+    evicted_ns: u64,
     // Scratch of the drain being ingested, kept across drains (no regrowing).
     groups: Vec<Group>,
     /// Groups of flows that could not be tracked (table full), by flow.
@@ -301,6 +311,7 @@ impl FlowTable {
             local: HashMap::with_hasher(flow_hash_state()),
             untracked: 0,
             epoch: 0,
+            evicted_ns: 0,
             groups: Vec::new(),
             untracked_groups: HashMap::with_hasher(flow_hash_state()),
             pending: Vec::new(),
@@ -425,8 +436,13 @@ impl FlowTable {
             };
             if let Some(g) = self.groups.get_mut(slot as usize) {
                 g.at[usize::from(rank)] = index;
+                g.ifindex[usize::from(rank)] = o.ifindex();
                 if g.fresh {
                     g.counting = g.counting.min(rank);
+                }
+                if g.counting == rank {
+                    g.first_ns = o.first_ns();
+                    g.counted_packets = o.packets() != 0;
                 }
             }
         }
@@ -434,30 +450,28 @@ impl FlowTable {
         // 3. The flows with packets at their counting point make a record, in start-time order.
         // Only later points saw the others in this drain: their packets were counted at the
         // counting point in an earlier drain.
-        for group in &self.groups {
-            let counted = group.at[usize::from(group.counting)];
-            let Some(o) = observations.get(counted as usize) else {
-                continue;
-            };
-            if o.packets() == 0 {
+        for g in &self.groups {
+            let counting = usize::from(g.counting);
+            let counted = g.at[counting];
+            if counted == NONE || !g.counted_packets {
                 continue;
             }
             let mut p = Pending {
-                first_ns: o.first_ns(),
+                first_ns: g.first_ns,
                 counted,
-                ifindexes: [o.ifindex(), 0, 0, 0],
+                ifindexes: [g.ifindex[counting], 0, 0, 0],
                 seen: 1,
                 encrypted: false,
             };
-            for (rank, &at) in group.at.iter().enumerate() {
-                let Some(other) = observations.get(at as usize) else {
+            for (rank, &at) in g.at.iter().enumerate() {
+                if at == NONE {
                     continue;
-                };
+                }
                 p.encrypted |= rank_is_l3(rank);
-                if at != counted
+                if rank != counting
                     && let Some(slot) = p.ifindexes.get_mut(usize::from(p.seen))
                 {
-                    *slot = other.ifindex();
+                    *slot = g.ifindex[rank];
                     p.seen += 1;
                 }
             }
@@ -498,11 +512,17 @@ impl FlowTable {
         }
     }
 
-    /// Step 3: evicts idle flows and stale endpoints.
+    /// Step 3: evicts idle flows and stale endpoints. The tables are scanned at most every
+    /// eighth of the idle timeout (a flow is forgotten between 1 and 1⅛ idle timeouts after it was
+    /// last seen): scanning 600 000 flows every flush was 3 % of the agent's CPU at 100 000 new
+    /// flows/s. Forgetting later is always safe for counting (see the module docs).
     pub fn evict(&mut self, clock: &Clock) {
-        let horizon = clock
-            .mono_now_ns
-            .saturating_sub(u64::try_from(self.cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX));
+        let timeout_ns = u64::try_from(self.cfg.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        if clock.mono_now_ns.saturating_sub(self.evicted_ns) < timeout_ns / 8 {
+            return;
+        }
+        self.evicted_ns = clock.mono_now_ns;
+        let horizon = clock.mono_now_ns.saturating_sub(timeout_ns);
         self.flows.retain(|_, st| st.last_seen_ns >= horizon);
         self.local.retain(|_, ep| ep.last_seen_ns >= horizon);
         // After a burst, give the table's memory back (the map never shrinks by itself).
@@ -517,8 +537,11 @@ fn new_group(groups: &mut Vec<Group>, counting: u8, fresh: bool) -> u32 {
     let slot = u32::try_from(groups.len()).unwrap_or(NONE);
     groups.push(Group {
         at: [NONE; 4],
+        ifindex: [0; 4],
+        first_ns: 0,
         counting,
         fresh,
+        counted_packets: false,
     });
     slot
 }
