@@ -906,6 +906,71 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_counts_like_one_observation_per_record() {
+        // Near the label-set limit, with repeats, empty names, both localities and encryption.
+        let records: [([&str; 4], u64, u64, Locality, bool); 7] = [
+            (["a", "x", "b", "y"], 1, 10, Locality::SameNode, false),
+            (["a", "x", "", ""], 2, 20, Locality::InterNode, false),
+            (["a", "x", "c", "w"], 3, 30, Locality::SameNode, false), // overflows
+            (["a", "x", "b", "y"], 4, 40, Locality::SameNode, false),
+            (["a", "x", "c", "w"], 5, 50, Locality::SameNode, false), // overflows
+            (["a", "x", "b", "y"], 6, 60, Locality::InterNode, true),
+            (["a", "x", "", ""], 7, 70, Locality::InterNode, false),
+        ];
+        let one_by_one = Metrics::with_max_label_sets(2);
+        for (w, p, b, l, e) in records {
+            one_by_one.observe_flow(w[0], w[1], w[2], w[3], p, b, l, e);
+        }
+        let batched = Metrics::with_max_label_sets(2);
+        // Names in distinct allocations, as they are in distinct records.
+        let owned: Vec<[String; 4]> = records
+            .iter()
+            .map(|(w, ..)| w.map(str::to_string))
+            .collect();
+        let mut batch = FlowBatch::new();
+        for ((_, p, b, l, e), w) in records.iter().zip(&owned) {
+            batch.add(&w[0], &w[1], &w[2], &w[3], *p, *b, *l, *e);
+        }
+        assert_eq!(batch.len(), 4);
+        batched.observe_flows(&batch);
+        let t = batched.encode().unwrap();
+        // The same series and values (a family's series come in hash order: sort them).
+        let sorted = |t: &str| {
+            let mut lines: Vec<String> = t.lines().map(str::to_string).collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sorted(&t), sorted(&one_by_one.encode().unwrap()));
+        assert_eq!(
+            sample_value(&t, "podflow_flow_label_overflow_total"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample_value(
+                &t,
+                &flow_series(
+                    "podflow_flows_total",
+                    ["a", "x", "b", "y"],
+                    "same_node",
+                    "false"
+                )
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn same_str_compares_contents() {
+        let (a, b) = (String::from("cart"), String::from("cart"));
+        assert!(same_str(&a, &b));
+        assert!(same_str(&a, &a));
+        assert!(same_str("", &String::new()));
+        assert!(!same_str("cart", "carT"));
+        assert!(!same_str("cart", "car"));
+        assert!(!same_str("", "x"));
+    }
+
+    #[test]
     fn kernel_counters_are_cumulative_and_losses_have_a_reason() {
         let m = Metrics::new();
         let before = m.encode().unwrap();

@@ -420,4 +420,73 @@ mod tests {
         let status = hub.status();
         assert_eq!((status.node.as_str(), status.buffered_events), ("n", 2));
     }
+
+    fn rich_flow() -> proto::FlowEvent {
+        let ep = |pod: &str| proto::Endpoint {
+            kind: "pod".into(),
+            namespace: "shop".into(),
+            pod: pod.into(),
+            workload: "cart".into(),
+            labels: [("app".to_string(), "cart".to_string())].into(),
+            node: "node-a".into(),
+            ..Default::default()
+        };
+        proto::FlowEvent {
+            event: Some(Event::Flow(proto::Flow {
+                src_ip: vec![10, 0, 0, 1],
+                dst_ip: vec![10, 0, 0, 2],
+                src_port: 40000,
+                dst_port: 443,
+                protocol: 6,
+                packets: 12,
+                bytes: 3400,
+                interfaces: vec!["vethA".into(), "vethB".into()],
+                node: "node-a".into(),
+                src: Some(ep("cart-1")),
+                dst: Some(ep("cart-2")),
+                end_time: Some(prost_types::Timestamp {
+                    seconds: 1_700_000_000,
+                    nanos: 5,
+                }),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn events_come_back_as_published_to_readers_and_followers() {
+        let hub = Hub::new(10);
+        let mut sub = Box::pin(hub.subscribe(Query {
+            follow: true,
+            ..Default::default()
+        }));
+        let event = rich_flow();
+        // Borrowed events, from any iterator.
+        hub.publish_each(std::slice::from_ref(&event));
+        assert_eq!(collect(&hub, Query::default()).await, [event.clone()]);
+        assert_eq!(sub.next().await, Some(event));
+    }
+
+    #[tokio::test]
+    async fn ring_is_bounded_in_bytes_too() {
+        let one = rich_flow().encoded_len() + EVENT_OVERHEAD;
+        // Room for three events' bytes, and for 100 events by count.
+        let hub = Hub::with_limits(100, 3 * one + one / 2, 10);
+        hub.publish((1..=5).map(|_| rich_flow()).collect());
+        assert_eq!(hub.buffered_events(), 3);
+        assert_eq!(hub.ring().bytes, 3 * one);
+        // An event larger than the whole bound is not kept (but still followed).
+        let tiny = Hub::with_limits(100, one - 1, 10);
+        tiny.publish(vec![rich_flow()]);
+        assert_eq!(tiny.buffered_events(), 0);
+        // Bytes are given back as events leave by count.
+        let by_count = Hub::with_limits(2, usize::MAX, 10);
+        by_count.publish((1..=5).map(|i| flow(i, 1)).collect());
+        assert_eq!(ids(&collect(&by_count, Query::default()).await), [4, 5]);
+        let kept: usize = [flow(4, 1), flow(5, 1)]
+            .iter()
+            .map(|e| e.encoded_len() + EVENT_OVERHEAD)
+            .sum();
+        assert_eq!(by_count.ring().bytes, kept);
+    }
 }

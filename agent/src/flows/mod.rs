@@ -1039,4 +1039,188 @@ mod tests {
         assert_eq!(t.local_endpoints(), 1);
         assert!(recs.iter().all(|r| !r.same_node));
     }
+
+    /// `n` flows between the two pods, each seen at both veths, the egress observations first
+    /// (the kernel's map order is arbitrary), starts spread over 3 s.
+    fn many(n: u32) -> Vec<Observation> {
+        let mut v = Vec::new();
+        for point in [ObsPoint::VethEgress, ObsPoint::VethIngress] {
+            for i in 0..n {
+                let ifindex = if point == ObsPoint::VethEgress {
+                    VETH_B
+                } else {
+                    VETH_A
+                };
+                let t = S + u64::from(i % 3) * S;
+                let mut o = obs(POD_A, POD_B, point, ifindex, 2, 120, (t, t + 1));
+                o.key.src_port = u16::try_from(1000 + i % 50_000).unwrap();
+                o.key.dst_port = u16::try_from(80 + i / 50_000).unwrap();
+                v.push(o);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn chunked_ingest_makes_the_same_records_in_start_order() {
+        let drain = many(1000);
+        let mut whole = table();
+        let expected = whole.ingest(&drain, &clock(5), &names);
+        assert_eq!(expected.len(), 1000);
+        let mut chunked = table();
+        let n = chunked.group(&drain);
+        assert_eq!(n, 1000);
+        let mut got = Vec::new();
+        for from in (0..n).step_by(64) {
+            chunked.records(
+                &drain,
+                from..(from + 64).min(n),
+                &clock(5),
+                &names,
+                &mut got,
+            );
+        }
+        chunked.evict(&clock(5));
+        assert_eq!(got, expected);
+        let starts: Vec<i64> = got
+            .iter()
+            .map(|r| r.start_time.as_ref().map_or(0, |t| t.seconds))
+            .collect();
+        assert!(starts.is_sorted(), "{starts:?}");
+        assert_eq!(starts.first(), Some(&1_700_000_001));
+        assert_eq!(starts.last(), Some(&1_700_000_003));
+        assert!(
+            got.iter()
+                .all(|r| r.packets == 2 && r.interfaces == ["vethA", "vethB"] && r.same_node)
+        );
+        // Out of range: nothing, no panic.
+        let mut none = Vec::new();
+        chunked.records(&drain, n..n + 5, &clock(5), &names, &mut none);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn scratch_is_reused_and_a_second_drain_keeps_sticky_points() {
+        let mut t = table();
+        let first = t.ingest(&many(500), &clock(5), &names);
+        assert_eq!(first.len(), 500);
+        // Next drain: only the destination veth saw these flows (the packets straddled a flip):
+        // they were counted at the source veth, so no record.
+        let late: Vec<Observation> = many(500)
+            .into_iter()
+            .filter(|o| o.key.obs == ObsPoint::VethEgress as u8)
+            .collect();
+        assert!(t.ingest(&late, &clock(6), &names).is_empty());
+        assert_eq!(t.active_flows(), 500);
+    }
+
+    #[test]
+    fn untracked_flow_seen_twice_makes_one_record_and_counts_once() {
+        let mut t = FlowTable::new(FlowTableConfig {
+            node: "n".into(),
+            idle_timeout: Duration::from_secs(60),
+            max_flows: 1,
+            sampling_rate: 1,
+        });
+        let tracked = obs(POD_A, POD_B, ObsPoint::VethIngress, VETH_A, 1, 60, (S, S));
+        let mut egress = obs(POD_A, POD_B, ObsPoint::VethEgress, VETH_B, 3, 180, (S, S));
+        let mut ingress = obs(POD_A, POD_B, ObsPoint::VethIngress, VETH_A, 3, 180, (S, S));
+        egress.key.src_port = 7;
+        ingress.key.src_port = 7;
+        let recs = t.ingest(&[tracked, egress, ingress], &clock(2), &names);
+        assert_eq!(t.untracked(), 1);
+        assert_eq!(t.active_flows(), 1);
+        let untracked: Vec<_> = recs.iter().filter(|r| r.src_port == 7).collect();
+        assert_eq!(untracked.len(), 1);
+        assert_eq!(untracked[0].packets, 3);
+        assert_eq!(untracked[0].interfaces, ["vethA", "vethB"]);
+    }
+
+    #[test]
+    fn flow_ids_differ_in_every_field() {
+        let base = obs(POD_A, POD_B, ObsPoint::VethIngress, VETH_A, 1, 60, (S, S)).key;
+        let id = FlowId::of(&base);
+        let mut variants = Vec::new();
+        for i in 0..16 {
+            let mut k = base;
+            k.src_addr[i] ^= 1;
+            variants.push(k);
+            let mut k = base;
+            k.dst_addr[i] ^= 0x80;
+            variants.push(k);
+        }
+        let mut k = base;
+        k.src_port ^= 0x8000;
+        variants.push(k);
+        let mut k = base;
+        k.dst_port ^= 1;
+        variants.push(k);
+        let mut k = base;
+        k.protocol = IPPROTO_UDP;
+        variants.push(k);
+        let mut k = base;
+        k.family = FAMILY_IPV6;
+        variants.push(k);
+        let mut k = base;
+        k.key_flags = KEY_F_FRAGMENT;
+        variants.push(k);
+        let ids: std::collections::HashSet<FlowId> = variants.iter().map(FlowId::of).collect();
+        assert_eq!(ids.len(), variants.len());
+        assert!(!ids.contains(&id));
+        // The observation point is not part of a flow's identity.
+        let mut other_point = base;
+        other_point.obs = ObsPoint::VethEgress as u8;
+        assert_eq!(FlowId::of(&other_point), id);
+    }
+
+    #[test]
+    fn idle_scan_runs_every_eighth_of_the_timeout_and_the_table_shrinks() {
+        // Idle timeout 60 s: a scan at most every 7.5 s.
+        let mut t = FlowTable::new(FlowTableConfig {
+            max_flows: 100_000,
+            ..table().cfg
+        });
+        t.ingest(&many(100_000), &clock(5), &names);
+        assert_eq!(t.active_flows(), 100_000);
+        let grown = t.flows.capacity();
+        // Scanned at 60 s: the flows (last seen at 1 to 3 s) are not idle yet.
+        t.ingest(&[], &clock(60), &names);
+        assert_eq!(t.active_flows(), 100_000);
+        // 66 s: idle, but the last scan was 6 s ago.
+        t.ingest(&[], &clock(66), &names);
+        assert_eq!(t.active_flows(), 100_000);
+        // 68 s: scanned, forgotten, and the table gave its memory back.
+        t.ingest(&[], &clock(68), &names);
+        assert_eq!(t.active_flows(), 0);
+        assert!(
+            t.flows.capacity() < grown / 4,
+            "{grown} -> {}",
+            t.flows.capacity()
+        );
+    }
+
+    #[test]
+    fn interface_named_twice_is_listed_once() {
+        // Two ifindexes with one name (an interface re-created under its old name).
+        let same = |ifindex: u32| match ifindex {
+            VETH_A | VETH_B => Some("veth0".to_string()),
+            _ => None,
+        };
+        let mut t = table();
+        let recs = t.ingest(
+            &[
+                obs(POD_A, POD_B, ObsPoint::VethIngress, VETH_A, 1, 60, (S, S)),
+                obs(POD_A, POD_B, ObsPoint::VethEgress, VETH_B, 1, 60, (S, S)),
+                obs(POD_A, REMOTE, ObsPoint::VethIngress, 99, 1, 60, (S, S)),
+            ],
+            &clock(2),
+            &same,
+        );
+        let mut ifaces: Vec<Vec<String>> = recs.into_iter().map(|r| r.interfaces).collect();
+        ifaces.sort();
+        assert_eq!(
+            ifaces,
+            [vec!["if99".to_string()], vec!["veth0".to_string()]]
+        );
+    }
 }
