@@ -15,7 +15,7 @@ use crate::{
     capture::{
         AttachModePref, Capture, CaptureConfig, CaptureError, Drain, InterfaceChange, LinkWatcher,
     },
-    flows::{Clock, FlowTable, FlowTableConfig, Observation, timestamp_from_unix_ns},
+    flows::{Clock, FlowTable, FlowTableConfig, timestamp_from_unix_ns},
     metadata, proto,
 };
 
@@ -50,6 +50,10 @@ pub struct AgentArgs {
     /// Events kept for `tail --last N` and late subscribers.
     #[arg(long, default_value_t = 65_536)]
     pub buffer: usize,
+    /// Memory the kept events may take at most (they are kept protobuf-encoded, ~100-1000 bytes
+    /// each depending on the metadata); the oldest go first.
+    #[arg(long, default_value_t = api::DEFAULT_BUFFER_BYTES)]
+    pub buffer_bytes: usize,
     /// Pod veth name patterns (globs); repeat or comma-separate to give several.
     /// Default: veth*, cali*, lxc*, gke*.
     #[arg(long = "veth-pattern", value_delimiter = ',')]
@@ -193,6 +197,7 @@ struct Counters {
 }
 
 pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    tune_allocator();
     crate::privileges::check().map_err(|source| AgentError::Privileges { source })?;
     let node = node_name(&args);
     let mut cfg = CaptureConfig::default();
@@ -220,7 +225,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
         sampling_rate: args.sample_rate,
     });
 
-    let hub = Hub::new(args.buffer);
+    let hub = Hub::with_limits(args.buffer, args.buffer_bytes, args.buffer);
     let started = Clock::now();
     let start_time =
         timestamp_from_unix_ns(i128::from(started.mono_now_ns) + started.realtime_offset_ns);
@@ -402,6 +407,32 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Allocations from this size on are mapped and unmapped on their own (see [`tune_allocator`]).
+pub const MMAP_THRESHOLD: usize = 8 << 20;
+
+/// glibc raises its mmap threshold to the size of every large block freed (up to 32 MiB), after
+/// which the drain's and the flow table's buffers of tens of MiB come from the heap, and the heap
+/// keeps what they leave as resident memory. A fixed threshold keeps them mapped and given back
+/// when freed: with 100 000 active flows the agent's VmRSS went from 63.6 to 41.9 MiB. 8 MiB, not
+/// less: the capture's 4 MiB batch buffers, allocated every drain, stay on the heap and reused
+/// (at 1 MiB their page faults cost 0.6 µs per record at 10 000 new flows/s).
+fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes allocator parameters; called before the busy threads
+        // start allocating.
+        let ok = unsafe {
+            libc::mallopt(
+                libc::M_MMAP_THRESHOLD,
+                libc::c_int::try_from(MMAP_THRESHOLD).unwrap_or(libc::c_int::MAX),
+            )
+        };
+        if ok != 1 {
+            warn!("setting the allocator's mmap threshold failed; resident memory may be higher");
+        }
+    }
+}
+
 fn non_empty(patterns: &[String]) -> Option<Vec<String>> {
     let p: Vec<String> = patterns
         .iter()
@@ -530,19 +561,19 @@ struct Outputs<'a> {
     exporter: Option<&'a crate::export::ExporterHandle>,
 }
 
+/// Records are made, enriched, counted and published this many at a time: a flush of 100 000
+/// flows never holds all of its records at once (they used to peak at ~100 MiB of short-lived
+/// heap, which glibc kept as resident memory).
+/// Small enough that a chunk's short-lived allocations are recycled by the allocator's per-thread
+/// caches while still hot.
+const FLUSH_CHUNK: usize = 256;
+
 fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
     counters: &mut Counters,
     out: &Outputs<'_>,
 ) {
-    let Outputs {
-        node,
-        hub,
-        index,
-        metrics,
-        exporter,
-    } = *out;
     let drain: Drain = match tokio::task::block_in_place(|| capture.drain()) {
         Ok(d) => d,
         Err(e) => {
@@ -551,26 +582,49 @@ fn flush_once(
         }
     };
     let clock = Clock::now();
-    let observations: Vec<Observation> = drain
-        .entries
-        .iter()
-        .map(|e| Observation {
-            key: e.key,
-            stats: e.stats,
-        })
-        .collect();
-    let mut records = table.ingest(&observations, &clock, &|ifindex| {
-        capture.interface_name(ifindex)
-    });
-    if let Some(index) = index {
-        crate::flows::enrich::enrich(&mut records, &metadata::read_index(index), node);
-    }
-    // Inter-node traffic that bypassed WireGuard on a node that has it.
+    counters.kernel = drain.counters;
     let wireguard = capture
         .interfaces()
         .iter()
         .any(|i| matches!(i.kind, crate::capture::IfaceKind::L3));
-    for r in &mut records {
+    let ifname = |ifindex| capture.interface_name(ifindex);
+    let n = table.group(&drain.entries);
+    let mut records = Vec::with_capacity(n.min(FLUSH_CHUNK));
+    let mut from = 0;
+    while from < n {
+        let to = (from + FLUSH_CHUNK).min(n);
+        table.records(&drain.entries, from..to, &clock, &ifname, &mut records);
+        publish_records(&mut records, wireguard, counters, out);
+        from = to;
+    }
+    table.evict(&clock);
+    drop(drain);
+    let losses = loss_events(counters, out.node, &clock);
+    if !losses.is_empty() {
+        out.hub.publish_each(&losses);
+        if let Some(exporter) = out.exporter {
+            exporter.send(losses);
+        }
+    }
+}
+
+/// Enriches a chunk of records, counts them into the metrics and hands them to the hub and the
+/// exporter; leaves `records` empty (its capacity is reused).
+fn publish_records(
+    records: &mut Vec<proto::Flow>,
+    wireguard: bool,
+    counters: &mut Counters,
+    out: &Outputs<'_>,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let node = out.node;
+    if let Some(index) = out.index {
+        crate::flows::enrich::enrich(records, &metadata::read_index(index), node);
+    }
+    // Inter-node traffic that bypassed WireGuard on a node that has it.
+    for r in records.iter_mut() {
         r.plaintext_inter_node = wireguard && r.inter_node && !r.encrypted;
         if r.plaintext_inter_node {
             counters.plaintext_inter_node_flows += 1;
@@ -578,42 +632,47 @@ fn flush_once(
                 r.bytes.saturating_mul(u64::from(r.sampling_rate.max(1)));
         }
     }
-    for r in &records {
+    let mut batch = crate::metrics::FlowBatch::new();
+    for r in records.iter() {
         let (src, dst) = (
-            r.src.clone().unwrap_or_default(),
-            r.dst.clone().unwrap_or_default(),
+            r.src.as_ref().map_or(("", "", ""), endpoint_names),
+            r.dst.as_ref().map_or(("", "", ""), endpoint_names),
         );
         // An inter-node flow is recorded on both of its nodes; metrics summed over agents (and
         // the alerts on them) count it once, on the source's node.
-        if r.inter_node && src.node != node {
+        if r.inter_node && src.2 != node {
             continue;
         }
         let scale = u64::from(r.sampling_rate.max(1));
-        metrics.observe_flow(
-            &src.namespace,
-            &src.workload,
-            &dst.namespace,
-            &dst.workload,
+        batch.add(
+            src.0,
+            src.1,
+            dst.0,
+            dst.1,
             r.packets.saturating_mul(scale),
             r.bytes.saturating_mul(scale),
             crate::metrics::Locality::of(r.same_node, r.inter_node),
             r.encrypted,
         );
     }
-    counters.kernel = drain.counters;
-    let mut events: Vec<proto::FlowEvent> = records
-        .into_iter()
-        .map(|f| proto::FlowEvent {
-            event: Some(proto::flow_event::Event::Flow(f)),
-        })
-        .collect();
-    events.extend(loss_events(counters, node, &clock));
-    if !events.is_empty() {
-        if let Some(exporter) = exporter {
-            exporter.send(events.clone());
+    out.metrics.observe_flows(&batch);
+    drop(batch);
+    let events = records.drain(..).map(|f| proto::FlowEvent {
+        event: Some(proto::flow_event::Event::Flow(f)),
+    });
+    match out.exporter {
+        Some(exporter) => {
+            let events: Vec<proto::FlowEvent> = events.collect();
+            out.hub.publish_each(&events);
+            exporter.send(events);
         }
-        hub.publish(events);
+        None => out.hub.publish_each(events),
     }
+}
+
+/// (namespace, workload, node) of an endpoint.
+fn endpoint_names(e: &proto::Endpoint) -> (&str, &str, &str) {
+    (&e.namespace, &e.workload, &e.node)
 }
 
 /// Loss records for every kernel loss counter that grew since the last report.
@@ -730,4 +789,88 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt as _;
+
+    use crate::metrics::{Metrics, sample_value};
+
+    fn endpoint(namespace: &str, workload: &str, node: &str) -> proto::Endpoint {
+        proto::Endpoint {
+            kind: "pod".into(),
+            namespace: namespace.into(),
+            workload: workload.into(),
+            node: node.into(),
+            ..Default::default()
+        }
+    }
+
+    fn record(port: u32, inter_node: bool, src_node: &str) -> proto::Flow {
+        proto::Flow {
+            src_port: port,
+            packets: 2,
+            bytes: 100,
+            sampling_rate: 4,
+            inter_node,
+            src: Some(endpoint("shop", "cart", src_node)),
+            dst: Some(endpoint("shop", "db", "node-b")),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_is_counted_once_and_published_in_order() {
+        let hub = Hub::new(100);
+        let metrics = Metrics::new();
+        let outputs = Outputs {
+            node: "node-a",
+            hub: &hub,
+            index: None,
+            metrics: &metrics,
+            exporter: None,
+        };
+        let mut counters = Counters {
+            kernel: [0; COUNTER_COUNT as usize],
+            kernel_reported: [0; COUNTER_COUNT as usize],
+            plaintext_inter_node_flows: 0,
+            plaintext_inter_node_bytes: 0,
+            export: None,
+        };
+        let mut records = vec![
+            record(1, true, "node-a"),
+            // Inter-node from the other node: its source's node counts it.
+            record(2, true, "node-b"),
+            record(3, false, "node-a"),
+        ];
+        let capacity = records.capacity();
+        publish_records(&mut records, true, &mut counters, &outputs);
+        assert!(records.is_empty());
+        assert_eq!(records.capacity(), capacity);
+        let ports: Vec<u32> = hub
+            .subscribe(api::Query::default())
+            .map(|e| match e.event {
+                Some(proto::flow_event::Event::Flow(f)) => {
+                    assert_eq!(f.plaintext_inter_node, f.inter_node);
+                    f.src_port
+                }
+                _ => 0,
+            })
+            .collect()
+            .await;
+        assert_eq!(ports, [1, 2, 3]);
+        // Both inter-node records bypassed WireGuard on this node; bytes scaled by the rate.
+        assert_eq!(counters.plaintext_inter_node_flows, 2);
+        assert_eq!(counters.plaintext_inter_node_bytes, 800);
+        let t = metrics.encode().unwrap();
+        let series = |locality: &str| {
+            format!(
+                "podflow_flow_packets_total{{src_namespace=\"shop\",src_workload=\"cart\",dst_namespace=\"shop\",dst_workload=\"db\",locality=\"{locality}\",encrypted=\"false\"}}"
+            )
+        };
+        assert_eq!(sample_value(&t, &series("inter_node")), Some(8.0));
+        assert_eq!(sample_value(&t, &series("other")), Some(8.0));
+    }
 }

@@ -26,7 +26,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::Server;
 use tracing::{info, warn};
 
-pub use self::hub::{Hub, Query, SUBSCRIBER_LAGGED};
+pub use self::hub::{DEFAULT_BUFFER_BYTES, Hub, Query, SUBSCRIBER_LAGGED};
 pub use self::service::FlowApi;
 use crate::proto::flow_service_server::FlowServiceServer;
 
