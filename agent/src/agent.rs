@@ -13,7 +13,8 @@ use tracing::{info, warn};
 use crate::{
     api::{self, ApiConfig, Hub},
     capture::{
-        AttachModePref, Capture, CaptureConfig, CaptureError, Drain, InterfaceChange, LinkWatcher,
+        AttachModePref, Capture, CaptureConfig, CaptureError, FlowEntry, InterfaceChange,
+        LinkWatcher,
     },
     flows::{Clock, FlowTable, FlowTableConfig, timestamp_from_unix_ns},
     metadata, proto,
@@ -328,6 +329,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     hub.set_status(status(&capture, &table, &counters));
     info!(node = %node, socket = %args.socket.display(), interfaces = capture.interfaces().len(), "podflow agent running");
 
+    let mut entries = Vec::new();
     let outputs = Outputs {
         node: &node,
         hub: &hub,
@@ -364,7 +366,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &mut counters, &outputs);
+                flush_once(&mut capture, &mut table, &mut counters, &mut entries, &outputs);
                 counters.export = exporter.as_ref().map(|e| e.stats());
                 update_metrics(&metrics, &capture, &table, &counters);
                 if let Some(age) = index.as_ref().and_then(|i| metadata::read_index(i).age()) {
@@ -378,7 +380,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     }
 
     // Last drain, so what was counted since the previous flush is not lost.
-    flush_once(&mut capture, &mut table, &mut counters, &outputs);
+    flush_once(
+        &mut capture,
+        &mut table,
+        &mut counters,
+        &mut entries,
+        &outputs,
+    );
     capture.detach_all();
     if let Some(exporter) = exporter {
         let stats = exporter.shutdown(Duration::from_secs(5)).await;
@@ -568,37 +576,43 @@ struct Outputs<'a> {
 /// caches while still hot.
 const FLUSH_CHUNK: usize = 256;
 
+/// `entries`: the drain's buffer, kept from one flush to the next (empty between flushes).
 fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
     counters: &mut Counters,
+    entries: &mut Vec<FlowEntry>,
     out: &Outputs<'_>,
 ) {
-    let drain: Drain = match tokio::task::block_in_place(|| capture.drain()) {
-        Ok(d) => d,
+    match tokio::task::block_in_place(|| capture.drain_into(entries)) {
+        Ok((kernel, _flip_ns)) => counters.kernel = kernel,
         Err(e) => {
             warn!(error = %error_chain(&e), "draining the flow maps failed");
             return;
         }
-    };
+    }
     let clock = Clock::now();
-    counters.kernel = drain.counters;
     let wireguard = capture
         .interfaces()
         .iter()
         .any(|i| matches!(i.kind, crate::capture::IfaceKind::L3));
     let ifname = |ifindex| capture.interface_name(ifindex);
-    let n = table.group(&drain.entries);
+    let n = table.group(entries);
     let mut records = Vec::with_capacity(n.min(FLUSH_CHUNK));
     let mut from = 0;
     while from < n {
         let to = (from + FLUSH_CHUNK).min(n);
-        table.records(&drain.entries, from..to, &clock, &ifname, &mut records);
+        table.records(entries, from..to, &clock, &ifname, &mut records);
         publish_records(&mut records, wireguard, counters, out);
         from = to;
     }
     table.evict(&clock);
-    drop(drain);
+    // Keep the allocation for the next flush, but not a burst's worth of it for ever.
+    let len = entries.len();
+    entries.clear();
+    if entries.capacity() > 4 * len.max(FLUSH_CHUNK) {
+        entries.shrink_to(2 * len.max(FLUSH_CHUNK));
+    }
     let losses = loss_events(counters, out.node, &clock);
     if !losses.is_empty() {
         out.hub.publish_each(&losses);

@@ -1454,7 +1454,7 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
             limit: 64.0,
             digits: 1,
             detail: format!(
-                "flows_active {active}; VmHWM {:.1} MiB; VmRSS right after attaching (no flows) {:.1} MiB; same run with --buffer 1024 (default 65536 events kept for tail --last): {:.1} MiB; lost_map_full {rss_lost}",
+                "flows_active {active}; VmHWM {:.1} MiB; VmRSS right after attaching (no flows) {:.1} MiB; same run with --buffer 1024 (the replay buffer for tail --last, default 65536 events and at most 32 MiB encoded): {:.1} MiB; lost_map_full {rss_lost}",
                 hwm_kib as f64 / 1024.0,
                 idle_kib as f64 / 1024.0,
                 rss_small_kib as f64 / 1024.0

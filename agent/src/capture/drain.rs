@@ -100,6 +100,7 @@ pub enum Batch {
 pub struct BatchBufs<K> {
     keys: Vec<K>,
     vals: Vec<FlowValue>,
+    kept: Vec<(K, FlowValue)>,
 }
 
 impl<K: Pod + Default> BatchBufs<K> {
@@ -107,20 +108,20 @@ impl<K: Pod + Default> BatchBufs<K> {
         BatchBufs {
             keys: vec![K::default(); chunk.max(1)],
             vals: vec![FlowValue::default(); chunk.max(1)],
+            kept: Vec::new(),
         }
     }
 }
 
-/// Walks the whole map with `BPF_MAP_LOOKUP_BATCH`, appends the entries `keep` accepts and hands
-/// their keys to `delete` chunk by chunk, as the walk goes: the programs fill the same map with
-/// the new epoch meanwhile, so the old epoch's room is given back as early as possible.
+/// Walks the whole map with `BPF_MAP_LOOKUP_BATCH` and hands the entries `keep` accepts to
+/// `on_chunk`, chunk by chunk, as the walk goes: `on_chunk` deletes them, so while the programs
+/// fill the same map with the new epoch the old epoch's room is given back as early as possible.
 /// (Deleting in buckets the walk has passed does not disturb it: its token is a bucket index.)
 pub fn lookup_batch<K: Pod + Default>(
     map_fd: RawFd,
     bufs: &mut BatchBufs<K>,
     keep: impl Fn(&K) -> bool,
-    out: &mut Vec<(K, FlowValue)>,
-    mut delete: impl FnMut(&[(K, FlowValue)]) -> Result<(), CaptureError>,
+    mut on_chunk: impl FnMut(&[(K, FlowValue)]) -> Result<(), CaptureError>,
 ) -> Result<Batch, CaptureError> {
     let map_fd = u32::try_from(map_fd).unwrap_or(u32::MAX);
     // The hash map's batch token is a u32 bucket index; 8 bytes leaves room.
@@ -166,15 +167,15 @@ pub fn lookup_batch<K: Pod + Default>(
                 });
             }
         }
-        let start = out.len();
-        out.extend(
+        bufs.kept.clear();
+        bufs.kept.extend(
             bufs.keys[..n]
                 .iter()
                 .zip(&bufs.vals[..n])
                 .filter(|(k, _)| keep(k))
                 .map(|(k, v)| (*k, *v)),
         );
-        delete(&out[start..])?;
+        on_chunk(&bufs.kept)?;
         first = false;
         if res.is_err() {
             return Ok(Batch::Done); // ENOENT: the walk reached the last bucket

@@ -73,8 +73,8 @@ pub const ARPHRD_NONE: u16 = 0xfffe;
 /// How many removed interfaces [`Capture::interface_name`] still remembers, and for how long.
 const RECENT_REMOVED_MAX: usize = 1024;
 const RECENT_REMOVED_TTL: Duration = Duration::from_secs(600);
-/// Values buffer of one batch call stays below this (keys and values for `chunk` entries).
-const BATCH_BUFFER_BYTES: usize = 4 << 20;
+/// Keys and values buffer of one batch call stay below this (kept from drain to drain).
+const BATCH_BUFFER_BYTES: usize = 1 << 20;
 /// Sleep used instead of an RCU grace period when `membarrier` is unavailable. A tc program runs
 /// for microseconds; 50 ms is far beyond any RCU read-side section of one.
 const GRACE_FALLBACK: Duration = Duration::from_millis(50);
@@ -286,8 +286,6 @@ pub struct Capture {
     /// Buffers reused from drain to drain.
     bufs_v4: drain::BatchBufs<FlowKeyV4>,
     bufs_v6: drain::BatchBufs<FlowKey>,
-    old_v4: Vec<(FlowKeyV4, FlowValue)>,
-    old_v6: Vec<(FlowKey, FlowValue)>,
     keys_v4: Vec<FlowKeyV4>,
     keys_v6: Vec<FlowKey>,
     /// Recently removed interfaces: (ifindex, name, when), newest last.
@@ -454,8 +452,6 @@ impl Capture {
             capacity,
             bufs_v4: drain::BatchBufs::new(chunk),
             bufs_v6: drain::BatchBufs::new(chunk),
-            old_v4: Vec::new(),
-            old_v6: Vec::new(),
             keys_v4: Vec::new(),
             keys_v6: Vec::new(),
             removed: VecDeque::new(),
@@ -772,7 +768,7 @@ impl Capture {
         })
     }
 
-    /// [`Capture::drain`] appending to a caller's vector (which keeps its allocation from one
+    /// [`Capture::drain`] into a caller's vector (cleared first; it keeps its allocation from one
     /// flush to the next). Returns the counters and the flip time (see [`Drain`]).
     pub fn drain_into(
         &mut self,
@@ -803,34 +799,43 @@ impl Capture {
             .update(sample_clock(self.clock_prog, &self.clock_map)?);
 
         let old_bit = if old & 1 != 0 { KEY_F_EPOCH } else { 0 };
-        let mut old_v4 = std::mem::take(&mut self.old_v4);
-        let mut old_v6 = std::mem::take(&mut self.old_v6);
-        old_v4.clear();
-        old_v6.clear();
-        let res = self
-            .drain_map_v4(old_bit, &mut old_v4)
-            .and_then(|()| self.drain_map_v6(old_bit, &mut old_v6));
-        entries.reserve(old_v4.len() + old_v6.len());
+        entries.clear();
         let clock = self.clock;
-        entries.extend(old_v4.iter().map(|(k, v)| {
-            let mut key = k.to_key();
-            key.key_flags &= !KEY_F_EPOCH;
-            FlowEntry {
-                key,
-                stats: clock.decode(v),
-            }
-        }));
-        entries.extend(old_v6.iter().map(|(k, v)| {
-            let mut key = *k;
-            key.key_flags &= !KEY_F_EPOCH;
-            FlowEntry {
-                key,
-                stats: clock.decode(v),
-            }
-        }));
-        self.old_v4 = old_v4;
-        self.old_v6 = old_v6;
-        res?;
+        let batch = self.batch_ok;
+        let v4 = drain_one(
+            &mut self.flows_v4,
+            batch,
+            &mut self.bufs_v4,
+            &mut self.keys_v4,
+            |k: &FlowKeyV4| k.key_flags & KEY_F_EPOCH == old_bit,
+            |k: &FlowKeyV4, v: &FlowValue| {
+                let mut key = k.to_key();
+                key.key_flags &= !KEY_F_EPOCH;
+                FlowEntry {
+                    key,
+                    stats: clock.decode(v),
+                }
+            },
+            entries,
+        );
+        let v4_batch = self.settle_batch(v4)?;
+        let v6 = drain_one(
+            &mut self.flows_v6,
+            v4_batch,
+            &mut self.bufs_v6,
+            &mut self.keys_v6,
+            |k: &FlowKey| k.key_flags & KEY_F_EPOCH == old_bit,
+            |k: &FlowKey, v: &FlowValue| {
+                let mut key = *k;
+                key.key_flags &= !KEY_F_EPOCH;
+                FlowEntry {
+                    key,
+                    stats: clock.decode(v),
+                }
+            },
+            entries,
+        );
+        self.settle_batch(v6)?;
 
         let mut counters = [0u64; COUNTER_COUNT as usize];
         for (i, c) in counters.iter_mut().enumerate() {
@@ -852,55 +857,11 @@ impl Capture {
         Ok((counters, mono_ns))
     }
 
-    fn drain_map_v4(
-        &mut self,
-        old_bit: u8,
-        out: &mut Vec<(FlowKeyV4, FlowValue)>,
-    ) -> Result<(), CaptureError> {
-        let keep = |k: &FlowKeyV4| k.key_flags & KEY_F_EPOCH == old_bit;
-        let batch = self.batch_ok;
-        let fd = map_fd(self.flows_v4.map());
-        let res = drain_one(
-            &mut self.flows_v4,
-            fd,
-            batch,
-            &mut self.bufs_v4,
-            &mut self.keys_v4,
-            keep,
-            out,
-        );
-        self.settle_batch(res)
-    }
-
-    fn drain_map_v6(
-        &mut self,
-        old_bit: u8,
-        out: &mut Vec<(FlowKey, FlowValue)>,
-    ) -> Result<(), CaptureError> {
-        let keep = |k: &FlowKey| k.key_flags & KEY_F_EPOCH == old_bit;
-        let batch = self.batch_ok;
-        let fd = map_fd(self.flows_v6.map());
-        let res = drain_one(
-            &mut self.flows_v6,
-            fd,
-            batch,
-            &mut self.bufs_v6,
-            &mut self.keys_v6,
-            keep,
-            out,
-        );
-        self.settle_batch(res)
-    }
-
-    fn settle_batch(&mut self, res: Result<bool, CaptureError>) -> Result<(), CaptureError> {
-        match res {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                self.batch_ok = false;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+    /// Remembers a refused batch command; returns whether batches may still be used.
+    fn settle_batch(&mut self, res: Result<bool, CaptureError>) -> Result<bool, CaptureError> {
+        let ok = res?;
+        self.batch_ok &= ok;
+        Ok(self.batch_ok)
     }
 
     /// Reads aya-log records the programs emitted (if the object logs) into the `log` crate.
@@ -967,20 +928,20 @@ fn map_fd(map: &MapData) -> RawFd {
     map.fd().as_fd().as_raw_fd()
 }
 
-/// Reads and deletes one map's entries that `keep` accepts (the old epoch). Returns whether the
-/// batch path may be used next time.
+/// Reads and deletes one map's entries that `keep` accepts (the old epoch), appending them to
+/// `entries` through `convert`. Returns whether the batch path may be used next time.
 fn drain_one<K: aya::Pod + Default>(
     map: &mut aya::maps::HashMap<MapData, K, FlowValue>,
-    fd: RawFd,
     batch: bool,
     bufs: &mut drain::BatchBufs<K>,
     keys: &mut Vec<K>,
     keep: impl Fn(&K) -> bool + Copy,
-    out: &mut Vec<(K, FlowValue)>,
+    convert: impl Fn(&K, &FlowValue) -> FlowEntry,
+    entries: &mut Vec<FlowEntry>,
 ) -> Result<bool, CaptureError> {
-    let start = out.len();
+    let fd = map_fd(map.map());
     if batch {
-        let delete = |chunk: &[(K, FlowValue)]| {
+        let on_chunk = |chunk: &[(K, FlowValue)]| {
             keys.clear();
             keys.extend(chunk.iter().map(|(k, _)| *k));
             let (done, res) = drain::delete_batch(fd, keys);
@@ -991,27 +952,39 @@ fn drain_one<K: aya::Pod + Default>(
                     drain::delete_one(map, k)?;
                 }
             }
+            entries.extend(chunk.iter().map(|(k, v)| convert(k, v)));
             Ok(())
         };
-        match drain::lookup_batch(fd, bufs, keep, out, delete) {
+        match drain::lookup_batch(fd, bufs, keep, on_chunk) {
             Ok(drain::Batch::Done) => return Ok(true),
             Ok(drain::Batch::Unsupported(e)) => {
                 tracing::info!(error = %e,
                     "BPF_MAP_LOOKUP_BATCH unsupported; draining entry by entry");
-                out.truncate(start);
-                drain::lookup_then_delete(map, keep, out)?;
+                per_entry(map, keep, &convert, entries)?;
                 return Ok(false);
             }
-            // What was read so far was deleted too and stays in `out`; the rest is read entry by
-            // entry (`keep` still selects only old-epoch keys, all of them still in the map).
+            // What was read so far was deleted too and is in `entries`; the rest is read entry
+            // by entry (`keep` still selects only old-epoch keys, all of them still in the map).
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e),
                     "batch lookup failed half-way; finishing entry by entry");
             }
         }
     }
-    drain::lookup_then_delete(map, keep, out)?;
+    per_entry(map, keep, &convert, entries)?;
     Ok(batch)
+}
+
+fn per_entry<K: aya::Pod + Default>(
+    map: &mut aya::maps::HashMap<MapData, K, FlowValue>,
+    keep: impl Fn(&K) -> bool,
+    convert: &impl Fn(&K, &FlowValue) -> FlowEntry,
+    entries: &mut Vec<FlowEntry>,
+) -> Result<(), CaptureError> {
+    let mut read = Vec::new();
+    drain::lookup_then_delete(map, keep, &mut read)?;
+    entries.extend(read.iter().map(|(k, v)| convert(k, v)));
+    Ok(())
 }
 
 /// Runs the clock program and reads what it wrote.
