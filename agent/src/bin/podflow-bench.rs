@@ -219,6 +219,13 @@ impl BpfStatsGuard {
         std::fs::write(BPF_STATS_SYSCTL, "1").context("enabling kernel.bpf_stats_enabled")?;
         Ok(BpfStatsGuard { previous })
     }
+
+    /// Turns run-time statistics on for the kernel-cost windows and off for the throughput runs
+    /// (production runs without them: they add two clock reads to every program run).
+    fn set(&self, on: bool) -> anyhow::Result<()> {
+        std::fs::write(BPF_STATS_SYSCTL, if on { "1" } else { "0" })
+            .context("writing kernel.bpf_stats_enabled")
+    }
 }
 
 impl Drop for BpfStatsGuard {
@@ -1083,6 +1090,10 @@ fn machine() -> String {
 
 struct Collected {
     tcp_base: Vec<f64>,
+    /// TCP and UDP with the empty tc program attached to the same hooks (no agent): what any tc
+    /// program costs there (the tcx hook itself), next to what podflow costs.
+    tcp_empty: Vec<f64>,
+    udp_empty: Vec<f64>,
     tcp_agent: Vec<f64>,
     tcp_ratio: Vec<f64>,
     udp_base: Vec<f64>,
@@ -1106,9 +1117,11 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("podflow-bench: {}", msg.as_ref());
 }
 
-fn interleaved(o: &Opts, bed: &Bed) -> anyhow::Result<Collected> {
+fn interleaved(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Collected> {
     let mut c = Collected {
         tcp_base: vec![],
+        tcp_empty: vec![],
+        udp_empty: vec![],
         tcp_agent: vec![],
         tcp_ratio: vec![],
         udp_base: vec![],
@@ -1152,8 +1165,10 @@ fn interleaved(o: &Opts, bed: &Bed) -> anyhow::Result<Collected> {
                 log(format!("pair {}/{}: with the agent", pair + 1, o.pairs));
                 // The default flush interval (5 s).
                 let agent = Agent::start(bed, &o.podflow, entries, "5s", &[])?;
+                stats.set(false)?;
                 let tcp = tcp_gbps(bed, o.iperf_secs)?;
                 let udp = udp_pps(bed, o.iperf_secs)?;
+                stats.set(true)?;
                 let ids = agent.prog_ids()?;
                 let e = hook_ns(bed, &ids, est, o.hook_rate, o.hook_secs)?;
                 let m = hook_ns(bed, &ids, many, o.hook_rate, o.hook_secs)?;
@@ -1163,9 +1178,13 @@ fn interleaved(o: &Opts, bed: &Bed) -> anyhow::Result<Collected> {
                 with = Some((tcp, udp, e, m));
             } else {
                 log(format!("pair {}/{}: no agent", pair + 1, o.pairs));
+                stats.set(false)?;
                 let tcp = tcp_gbps(bed, o.iperf_secs)?;
                 let udp = udp_pps(bed, o.iperf_secs)?;
                 let empty = EmptyProg::attach(bed)?;
+                c.tcp_empty.push(tcp_gbps(bed, o.iperf_secs)?);
+                c.udp_empty.push(udp_pps(bed, o.iperf_secs)?);
+                stats.set(true)?;
                 let ids = attached_prog_ids(bed.node.ns.name())?;
                 ensure!(
                     ids.len() == 1,
@@ -1366,7 +1385,7 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         o.podflow.display()
     );
     let started = Instant::now();
-    let _stats = BpfStatsGuard::enable()?;
+    let stats = BpfStatsGuard::enable()?;
     let bed = build_bed()?;
     log(format!(
         "node {} with pods src {} and dst {}",
@@ -1376,7 +1395,7 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
     ));
 
     let c = if o.wants("pairs") {
-        Some(interleaved(o, &bed)?)
+        Some(interleaved(o, &bed, &stats)?)
     } else {
         None
     };
@@ -1510,6 +1529,14 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
     Ok(rows.iter().all(|r| r.pass() == Some(true)))
 }
 
+fn kilo(v: &Summary) -> Summary {
+    Summary {
+        median: v.median / 1e3,
+        min: v.min / 1e3,
+        max: v.max / 1e3,
+    }
+}
+
 /// The rows of the interleaved pairs: TCP and UDP ratios, kernel cost per hook.
 fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let s = |v: &[f64]| summary(v).ok_or_else(|| anyhow!("no samples"));
@@ -1527,10 +1554,11 @@ fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()>
         limit: 0.98,
         digits: 3,
         detail: format!(
-            "ratio {}; no agent {} Gbit/s; agent {} Gbit/s",
+            "ratio {}; no agent {} Gbit/s; agent {} Gbit/s; empty tc program on the same hooks instead of the agent: {} Gbit/s",
             fmt_range(&tr, 3),
             fmt_range(&tb, 2),
-            fmt_range(&ta, 2)
+            fmt_range(&ta, 2),
+            fmt_range(&s(&c.tcp_empty)?, 2)
         ),
     });
     let (ub, ua, ur) = (s(&c.udp_base)?, s(&c.udp_agent)?, s(&c.udp_ratio)?);
@@ -1545,24 +1573,11 @@ fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()>
         limit: 0.92,
         digits: 3,
         detail: format!(
-            "ratio {}; no agent {} kpps; agent {} kpps",
+            "ratio {}; no agent {} kpps; agent {} kpps; empty tc program on the same hooks instead of the agent: {} kpps",
             fmt_range(&ur, 3),
-            fmt_range(
-                &Summary {
-                    median: ub.median / 1e3,
-                    min: ub.min / 1e3,
-                    max: ub.max / 1e3
-                },
-                0
-            ),
-            fmt_range(
-                &Summary {
-                    median: ua.median / 1e3,
-                    min: ua.min / 1e3,
-                    max: ua.max / 1e3
-                },
-                0
-            )
+            fmt_range(&kilo(&ub), 0),
+            fmt_range(&kilo(&ua), 0),
+            fmt_range(&kilo(&s(&c.udp_empty)?), 0)
         ),
     });
     let (de, ae, ee) = (
