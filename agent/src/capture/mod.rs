@@ -245,14 +245,9 @@ pub enum CaptureError {
     },
     #[error("undecodable netlink message: {reason}")]
     NetlinkDecode { reason: String },
-    #[error("draining the flow map failed: {op}")]
+    #[error("draining the flow maps failed: {op}")]
     Drain {
         op: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("reading the number of possible cpus failed")]
-    Cpus {
         #[source]
         source: io::Error,
     },
