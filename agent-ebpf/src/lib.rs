@@ -40,6 +40,32 @@ pub const CONFIG: &str = "CONFIG";
 pub const COUNTERS: &str = "COUNTERS";
 /// Name of the single-entry array [`PROG_CLOCK`] writes a [`ClockSample`] into.
 pub const CLOCK: &str = "CLOCK";
+/// Name of the array of [`VethSlot`]s indexed by ifindex: the pod veths podflow counts at.
+pub const VETHS: &str = "VETHS";
+/// Entries of [`VETHS`]: veths with a larger ifindex are not in it (their packets are then
+/// counted at both veths and deduplicated in user space, as without the array).
+pub const VETHS_MAX: u32 = 65_536;
+
+/// A pod veth podflow counts at, at [`VETHS`]`[ifindex]`.
+///
+/// A packet from one pod to another on the same node enters the node through the source pod's
+/// veth, where the ingress program counts it, and leaves through the destination pod's veth. At
+/// that egress hook `skb->ingress_ifindex` names the veth it entered through: if podflow counts
+/// there (that veth's `attached` set), the egress program does not count it again
+/// ([`Counter::CountedUpstream`]) and only notes, in the slot of the veth it leaves through, the
+/// destination address it delivers to (`peer4`/`peer6`), from which user space learns which pod
+/// sits behind that veth. One map update per packet instead of two.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VethSlot {
+    /// Non-zero while podflow's ingress program is attached to this veth.
+    pub attached: u32,
+    /// The last IPv4 destination this veth delivered a packet counted upstream to.
+    pub peer4: [u8; 4],
+    /// The last IPv6 destination, likewise.
+    pub peer6: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<VethSlot>() == 24);
 
 /// Default capacity of each flow map (entries, i.e. flows per observation point and family
 /// between two flushes). User space may resize before load.
@@ -289,10 +315,13 @@ pub enum Counter {
     /// Packets whose IPv6 extension header chain was longer than the parser follows; counted
     /// under their IP pair with the last header reached as protocol.
     Ipv6ExtChainTooLong = 9,
+    /// Packets at a pod veth's egress that entered the node through a pod veth podflow counts at
+    /// (see [`VethSlot`]): already accounted for there, not counted again.
+    CountedUpstream = 10,
 }
 
 /// Number of entries of the [`COUNTERS`] array.
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -306,6 +335,7 @@ impl Counter {
         Counter::L4Truncated,
         Counter::Fragments,
         Counter::Ipv6ExtChainTooLong,
+        Counter::CountedUpstream,
     ];
 
     /// Stable snake_case name, used in the API and metrics.
@@ -321,6 +351,7 @@ impl Counter {
             Counter::L4Truncated => "l4_truncated",
             Counter::Fragments => "fragments",
             Counter::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",
+            Counter::CountedUpstream => "counted_upstream",
         }
     }
 
@@ -335,6 +366,7 @@ impl Counter {
                 | Counter::LostMapFull
                 | Counter::LostMapError
                 | Counter::LostIpMalformed
+                | Counter::CountedUpstream
         )
     }
 
@@ -358,6 +390,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClockSample {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VethSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
 }

@@ -33,6 +33,7 @@ mod programs {
     use podflow_ebpf::{
         COUNTER_COUNT, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4,
         FIRST_JIFFIES_MASK, FlowKey, FlowKeyV4, FlowValue, KEY_F_EPOCH, ObsPoint, TCP_FLAGS_SHIFT,
+        VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -62,6 +63,8 @@ mod programs {
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
     #[map]
     static CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
+    #[map]
+    static VETHS: Array<VethSlot> = Array::with_max_entries(VETHS_MAX, 0);
 
     const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -80,6 +83,7 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::FLOWS_V4, "FLOWS_V4"));
     const _: () = assert!(str_eq(podflow_ebpf::FLOWS_V6, "FLOWS_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::CLOCK, "CLOCK"));
+    const _: () = assert!(str_eq(podflow_ebpf::VETHS, "VETHS"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_CLOCK, "podflow_clock"));
     const _: () = assert!(str_eq(podflow_ebpf::CONFIG, "CONFIG"));
     const _: () = assert!(str_eq(podflow_ebpf::COUNTERS, "COUNTERS"));
@@ -96,8 +100,76 @@ mod programs {
 
     #[classifier]
     pub fn podflow_veth_eg(ctx: TcContext) -> i32 {
-        count(&ctx, ObsPoint::VethEgress as u8, true);
+        if !counted_upstream(&ctx) {
+            count(&ctx, ObsPoint::VethEgress as u8, true);
+        }
         TC_ACT_UNSPEC
+    }
+
+    /// Whether the packet entered the node through a pod veth whose ingress podflow counts at
+    /// (then it was counted, sampled out or recorded as lost there). Notes the destination the
+    /// packet is delivered to in that case. See `VethSlot`.
+    #[inline(always)]
+    fn counted_upstream(ctx: &TcContext) -> bool {
+        // SAFETY: a ctx field tc programs may read (skb->skb_iif).
+        let iif = unsafe { (*ctx.skb.skb).ingress_ifindex };
+        if iif == 0 || iif >= VETHS_MAX {
+            return false;
+        }
+        let Some(slot) = VETHS.get_ptr_mut(iif) else {
+            return false;
+        };
+        // SAFETY: array value pointer from the kernel, valid for the program's run.
+        if unsafe { (*slot).attached } == 0 {
+            return false;
+        }
+        // The destination is behind the veth the packet leaves through (this one).
+        // SAFETY: a ctx field tc programs may read.
+        let oif = unsafe { (*ctx.skb.skb).ifindex };
+        if oif < VETHS_MAX
+            && let Some(out) = VETHS.get_ptr_mut(oif)
+        {
+            note_peer(ctx, out);
+        }
+        bump(Counter::CountedUpstream);
+        true
+    }
+
+    /// Stores the packet's destination address in the veth's slot if it changed (a read, rarely
+    /// a write: the slot's cache line stays shared between CPUs).
+    #[inline(always)]
+    fn note_peer(ctx: &TcContext, slot: *mut VethSlot) {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        if data + 14 > end {
+            return;
+        }
+        // SAFETY: bounds checked above (14 bytes); byte reads.
+        let proto = unsafe { u16::from_be_bytes(*((data + 12) as *const [u8; 2])) };
+        if proto == 0x0800 {
+            if data + 34 > end {
+                return;
+            }
+            // SAFETY: bounds checked above: the IPv4 destination is bytes 30..34.
+            let dst = unsafe { *((data + 30) as *const [u8; 4]) };
+            // SAFETY: the slot pointer is valid for the program's run.
+            unsafe {
+                if (*slot).peer4 != dst {
+                    (*slot).peer4 = dst;
+                }
+            }
+        } else if proto == 0x86DD {
+            if data + 54 > end {
+                return;
+            }
+            // SAFETY: bounds checked above: the IPv6 destination is bytes 38..54.
+            let dst = unsafe { *((data + 38) as *const [u8; 16]) };
+            // SAFETY: as above.
+            unsafe {
+                if (*slot).peer6 != dst {
+                    (*slot).peer6 = dst;
+                }
+            }
+        }
     }
 
     #[classifier]

@@ -585,7 +585,14 @@ fn flush_once(
     out: &Outputs<'_>,
 ) {
     match tokio::task::block_in_place(|| capture.drain_into(entries)) {
-        Ok((kernel, _flip_ns)) => counters.kernel = kernel,
+        Ok((kernel, flip_ns)) => {
+            counters.kernel = kernel;
+            // Pods that only receive from other pods of the node are known from their veth's
+            // slot (their packets are counted once, where they entered).
+            for (ifindex, family, addr) in capture.veth_peers() {
+                table.learn_local(family, &addr, ifindex, flip_ns);
+            }
+        }
         Err(e) => {
             warn!(error = %error_chain(&e), "draining the flow maps failed");
             return;

@@ -317,8 +317,8 @@ const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
 const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 9);
 
 use Counter::{
-    Fragments, Ipv6ExtChainTooLong, L4Truncated, LostIpMalformed, LostMapFull, NotIp, Packets,
-    Recorded, SampledOut,
+    CountedUpstream, Fragments, Ipv6ExtChainTooLong, L4Truncated, LostIpMalformed, LostMapFull,
+    NotIp, Packets, Recorded, SampledOut,
 };
 use ObsPoint::{L3Egress, L3Ingress, VethEgress, VethIngress};
 
@@ -994,4 +994,62 @@ fn per_packet_cost() {
             ACK,
         ),
     ]);
+}
+
+#[test]
+fn egress_skips_packets_counted_at_a_pod_veth_ingress() {
+    let Some(mut h) = Harness::new() else { return };
+    const SRC_VETH: u32 = 7;
+    {
+        let mut veths: Array<_, podflow_ebpf::VethSlot> =
+            Array::try_from(h.ebpf.map_mut(podflow_ebpf::VETHS).expect("VETHS")).expect("array");
+        veths
+            .set(
+                SRC_VETH,
+                podflow_ebpf::VethSlot {
+                    attached: 1,
+                    ..Default::default()
+                },
+                0,
+            )
+            .expect("mark the veth");
+    }
+    let from = |iif: u32| SkBuffCtx {
+        ingress_ifindex: iif,
+        ifindex: LO_IFINDEX,
+        ..Default::default()
+    };
+    let p = eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 2, 0)));
+    let p6 = eth(ETH_P_IPV6, &ipv6(A6, B6, UDP, &udp(1, 2, 0)));
+    // Entered through the marked veth: not counted again at the egress, destination noted.
+    h.run_with(VETH_EG, &p, Some(&from(SRC_VETH)), 1);
+    h.run_with(VETH_EG, &p6, Some(&from(SRC_VETH)), 1);
+    // Entered elsewhere (another veth, the node's own stack): counted at the egress.
+    h.run_with(VETH_EG, &p, Some(&from(SRC_VETH + 1)), 1);
+    h.run_with(VETH_EG, &p, Some(&from(0)), 1);
+    // The ingress program never skips.
+    h.run_with(VETH_IN, &p, Some(&from(SRC_VETH)), 1);
+    h.assert_flows(&[
+        (flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
+        (flow_key(VethEgress, A, B, UDP, 1, 2, 0), 2, 56, 0),
+    ]);
+    h.assert_counters(&[(Packets, 5), (Recorded, 3), (CountedUpstream, 2)]);
+    let veths: Array<_, podflow_ebpf::VethSlot> =
+        Array::try_from(h.ebpf.map(podflow_ebpf::VETHS).expect("VETHS")).expect("array");
+    // The destination is noted in the slot of the veth the packet left through (the test skb's
+    // device), not in the one it entered through.
+    let out = veths.get(&LO_IFINDEX, 0).expect("slot");
+    assert_eq!((out.attached, out.peer4, out.peer6), (0, B, B6.octets()));
+    assert_eq!(
+        veths.get(&SRC_VETH, 0).expect("slot"),
+        podflow_ebpf::VethSlot {
+            attached: 1,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        veths.get(&(SRC_VETH + 1), 0).expect("slot"),
+        podflow_ebpf::VethSlot::default(),
+        "an unrelated veth's slot stays untouched"
+    );
 }

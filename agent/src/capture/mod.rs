@@ -54,8 +54,9 @@ use aya::{
 };
 use podflow_ebpf::{
     CLOCK, CONFIG, COUNTER_COUNT, COUNTERS, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES,
-    FLOWS_V4, FLOWS_V6, FlowKey, FlowKeyV4, FlowStats, FlowValue, KEY_F_EPOCH, PROG_CLOCK,
-    PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS,
+    FAMILY_IPV4, FAMILY_IPV6, FLOWS_V4, FLOWS_V6, FlowKey, FlowKeyV4, FlowStats, FlowValue,
+    KEY_F_EPOCH, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS,
+    VETHS, VETHS_MAX, VethSlot,
 };
 
 use self::clock::JiffyClock;
@@ -273,6 +274,7 @@ pub struct Capture {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     clock_map: Array<MapData, ClockSample>,
+    veths: Array<MapData, VethSlot>,
     clock_prog: RawFd,
     clock: JiffyClock,
     cfg: CaptureConfig,
@@ -355,6 +357,12 @@ impl Capture {
                 op: "open CLOCK",
                 source,
             })?;
+        let veths = Array::<MapData, VethSlot>::try_from(take_map(&mut ebpf, VETHS)?).map_err(
+            |source| CaptureError::Map {
+                op: "open VETHS",
+                source,
+            },
+        )?;
         let mut config =
             Array::<MapData, Config>::try_from(take_map(&mut ebpf, CONFIG)?).map_err(|source| {
                 CaptureError::Map {
@@ -440,6 +448,7 @@ impl Capture {
             config,
             counters,
             clock_map,
+            veths,
             clock_prog,
             clock,
             cfg,
@@ -602,6 +611,11 @@ impl Capture {
                 tracing::info!(iface = %iface.name, ifindex = iface.ifindex, kind = kind.as_str(),
                     mode = iface.mode.as_str(), "attached");
                 self.attached.insert(l.ifindex, a);
+                // Both programs are attached: from now on the ingress one counts what enters
+                // here, so egress programs elsewhere may skip it.
+                if kind == IfaceKind::Veth {
+                    self.set_veth_slot(l.ifindex, true);
+                }
                 Ok(Some(InterfaceChange::Attached(iface)))
             }
             Err(e) if attach::ifname_of(l.ifindex).as_deref() != Some(l.name.as_str()) => {
@@ -705,6 +719,10 @@ impl Capture {
     /// remembers its name.
     fn forget(&mut self, ifindex: u32, gone: bool) -> Option<InterfaceChange> {
         let a = self.attached.remove(&ifindex)?;
+        // Before the ingress program goes: egress programs must count what enters here again.
+        if a.iface.kind == IfaceKind::Veth {
+            self.set_veth_slot(ifindex, false);
+        }
         self.cleaned.remove(&ifindex);
         for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
             // A device that is gone took its tcx links / cls_bpf filters with it.
@@ -736,6 +754,11 @@ impl Capture {
     /// tcx programs, and the clsact qdiscs, stay. Errors are logged; it always completes.
     pub fn detach_all(&mut self) {
         let all = std::mem::take(&mut self.attached);
+        for (ifindex, a) in &all {
+            if a.iface.kind == IfaceKind::Veth {
+                self.set_veth_slot(*ifindex, false);
+            }
+        }
         for (ifindex, a) in all {
             for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
                 match attach::detach_link(link, true) {
@@ -873,6 +896,47 @@ impl Capture {
     /// tests. The batch path also turns itself off if the kernel refuses the command.
     pub fn set_batch_drain(&mut self, on: bool) {
         self.batch_ok = on;
+    }
+
+    /// Marks (`on`) or unmarks the veth `ifindex` in `VETHS` (see `podflow_ebpf::VethSlot`).
+    /// A failure only costs the optimisation: the packet is then counted at both veths and
+    /// deduplicated in user space.
+    fn set_veth_slot(&mut self, ifindex: u32, on: bool) {
+        if ifindex >= VETHS_MAX {
+            return;
+        }
+        let slot = VethSlot {
+            attached: u32::from(on),
+            ..VethSlot::default()
+        };
+        if let Err(e) = self.veths.set(ifindex, slot, 0) {
+            tracing::warn!(ifindex, error = %e, "could not update VETHS");
+        }
+    }
+
+    /// The destination addresses the attached veths last delivered packets counted upstream to
+    /// (`(ifindex, family, IPv4-mapped or IPv6 address)`): the pods behind them.
+    pub fn veth_peers(&self) -> Vec<(u32, u8, [u8; 16])> {
+        let mut out = Vec::new();
+        for (&ifindex, a) in &self.attached {
+            if a.iface.kind != IfaceKind::Veth || ifindex >= VETHS_MAX {
+                continue;
+            }
+            let Ok(slot) = self.veths.get(&ifindex, 0) else {
+                continue;
+            };
+            if slot.peer4 != [0; 4] {
+                let mut addr = [0u8; 16];
+                addr[10] = 0xff;
+                addr[11] = 0xff;
+                addr[12..].copy_from_slice(&slot.peer4);
+                out.push((ifindex, FAMILY_IPV4, addr));
+            }
+            if slot.peer6 != [0; 16] {
+                out.push((ifindex, FAMILY_IPV6, slot.peer6));
+            }
+        }
+        out
     }
 
     /// The epoch the programs count into now (it advances by one at every drain).

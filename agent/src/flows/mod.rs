@@ -362,6 +362,20 @@ impl FlowTable {
         records
     }
 
+    /// Learns that `addr` is a pod behind the veth `ifindex` (seen at `seen_ns`, `CLOCK_MONOTONIC`).
+    /// Multicast, broadcast and unspecified addresses are never pods and are ignored.
+    pub fn learn_local(&mut self, family: u8, addr: &[u8; 16], ifindex: u32, seen_ns: u64) {
+        if !is_unicast(family, addr) {
+            return;
+        }
+        let ep = self.local.entry(addr_key(addr)).or_insert(LocalEndpoint {
+            ifindex,
+            last_seen_ns: seen_ns,
+        });
+        ep.ifindex = ifindex;
+        ep.last_seen_ns = ep.last_seen_ns.max(seen_ns);
+    }
+
     /// Step 1 of ingesting a drain: learns the local pods, groups the observations of each flow,
     /// updates the tracking state and decides which flows get a record. Returns the number of
     /// records the drain makes, to be produced with [`FlowTable::records`] from the same
@@ -381,17 +395,7 @@ impl FlowTable {
                 Some(ObsPoint::VethEgress) => &key.dst_addr,
                 _ => continue,
             };
-            if !is_unicast(key.family, addr) {
-                // Multicast, broadcast or unspecified: never a pod.
-                continue;
-            }
-            let (ifindex, seen) = (o.ifindex(), o.last_ns());
-            let ep = self.local.entry(addr_key(addr)).or_insert(LocalEndpoint {
-                ifindex,
-                last_seen_ns: seen,
-            });
-            ep.ifindex = ifindex;
-            ep.last_seen_ns = ep.last_seen_ns.max(seen);
+            self.learn_local(key.family, addr, o.ifindex(), o.last_ns());
         }
 
         // 2. Group the observations of each flow (one lookup per observation) and keep the
@@ -593,8 +597,23 @@ fn record<O: Observed>(
         }
         ids[i] = n.id;
     }
-    let encrypted = p.encrypted;
     let key = counted.key();
+    // Counted where it entered from a pod: a packet to a pod of this node also left through that
+    // pod's veth, whose egress program (seeing it counted upstream) did not count it again.
+    if key.obs == ObsPoint::VethIngress as u8
+        && let Some(ep) = local.get(&addr_key(&key.dst_addr))
+        && !p
+            .ifindexes
+            .iter()
+            .take(usize::from(p.seen))
+            .any(|&i| i == ep.ifindex)
+    {
+        let n = ifname_cached(names, ifname, ep.ifindex);
+        if !interfaces.contains(&n.name) {
+            interfaces.push(n.name.clone());
+        }
+    }
+    let encrypted = p.encrypted;
     let same_node = local.contains_key(&addr_key(&key.src_addr))
         && local.contains_key(&addr_key(&key.dst_addr));
     let (first_ns, last_ns) = (counted.first_ns(), counted.last_ns());
