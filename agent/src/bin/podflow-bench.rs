@@ -1140,8 +1140,8 @@ fn interleaved(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Col
     };
     let est = Flows::Rotate(16);
     let many = Flows::Rotate(o.many_flows);
-    // Map capacity for the many-flows window: each flow has two entries (source veth ingress,
-    // destination veth egress).
+    // Map capacity for the many-flows window: room for two epochs of the flows (one entry each,
+    // at the source veth's ingress), the map at most half full.
     let entries = o
         .hook_map_entries
         .unwrap_or((o.many_flows * 4).next_power_of_two().max(65_536) as u32);
@@ -1361,7 +1361,8 @@ fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<(MapMemory, u64, u
         "flow maps FLOWS_V4/FLOWS_V6 not found through bpftool"
     );
     // 50 % occupancy: entries / 4 flows, each with two entries (two veths), every flush interval.
-    let flows = u64::from(entries) / 4;
+    // (one entry per flow: counted once, at the source pod's veth; the destination veth skips it)
+    let flows = u64::from(entries) / 2;
     let rate = (flows * 2).max(1_000);
     let before = agent.counter("lost_map_full")?;
     let rec0 = agent.records_exported()?;
@@ -1503,8 +1504,8 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         rows.push(Row {
             key: "lost_at_half_occupancy",
             figure: format!(
-                "lost_map_full with the flow map at 50 % occupancy ({} flows × 2 veths in {} entries)",
-                o.loss_map_entries / 4,
+                "lost_map_full with the flow map at 50 % occupancy ({} flows, one entry each, in {} entries)",
+                o.loss_map_entries / 2,
                 o.loss_map_entries
             ),
             value: Some(lost50 as f64),
