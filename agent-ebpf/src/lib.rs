@@ -180,18 +180,8 @@ const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
 impl FlowKeyV4 {
     /// The same flow as a [`FlowKey`] (IPv4-mapped addresses).
     pub const fn to_key(&self) -> FlowKey {
-        let mut src_addr = [0u8; 16];
-        let mut dst_addr = [0u8; 16];
-        src_addr[10] = 0xff;
-        src_addr[11] = 0xff;
-        dst_addr[10] = 0xff;
-        dst_addr[11] = 0xff;
-        let mut i = 0;
-        while i < 4 {
-            src_addr[12 + i] = self.src_addr[i];
-            dst_addr[12 + i] = self.dst_addr[i];
-            i += 1;
-        }
+        let src_addr = ipv4_mapped(self.src_addr);
+        let dst_addr = ipv4_mapped(self.dst_addr);
         FlowKey {
             src_addr,
             dst_addr,
@@ -203,6 +193,13 @@ impl FlowKeyV4 {
             key_flags: self.key_flags,
         }
     }
+}
+
+/// `::ffff:a.b.c.d`: the form an IPv4 address takes in a [`FlowKey`].
+pub const fn ipv4_mapped(a: [u8; 4]) -> [u8; 16] {
+    core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3])
+        .to_ipv6_mapped()
+        .octets()
 }
 
 /// Value of both flow maps, one per flow shared by all CPUs.

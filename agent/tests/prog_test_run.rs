@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::net::Ipv6Addr;
+use std::{net::Ipv6Addr, os::fd::AsRawFd as _};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -883,62 +883,12 @@ fn full_flow_map_is_a_loss() {
 /// A 2-instruction tc program (`r0 = -1; exit`) loaded with the raw bpf(2) syscall, to measure
 /// BPF_PROG_TEST_RUN's own per-run overhead. Returns the average ns per run.
 fn empty_program_ns(data: &[u8], repeat: u32) -> u128 {
-    const BPF_PROG_LOAD: libc::c_long = 5;
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
-    let insns: [u8; 16] = [
-        0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
-    ];
-    let license = c"GPL";
-    let mut attr = [0u64; 16]; // 128 bytes, zeroed
-    {
-        let b = attr.as_mut_ptr().cast::<u8>();
-        // SAFETY: writes within the 128-byte buffer at the UAPI offsets of union bpf_attr.
-        unsafe {
-            b.cast::<u32>().write(BPF_PROG_TYPE_SCHED_CLS);
-            b.add(4).cast::<u32>().write(2);
-            b.add(8).cast::<u64>().write(insns.as_ptr() as u64);
-            b.add(16).cast::<u64>().write(license.as_ptr() as u64);
-        }
-    }
-    // SAFETY: bpf(BPF_PROG_LOAD) with a valid attr of the given size.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_mut_ptr(), 128u32) };
-    assert!(
-        fd >= 0,
-        "load the empty program: {}",
-        std::io::Error::last_os_error()
-    );
-    let mut t = [0u64; 10]; // 80 bytes
-    {
-        let b = t.as_mut_ptr().cast::<u8>();
-        // SAFETY: as above (attr.test).
-        unsafe {
-            b.cast::<u32>().write(fd as u32);
-            b.add(8).cast::<u32>().write(data.len() as u32);
-            b.add(16).cast::<u64>().write(data.as_ptr() as u64);
-            b.add(32).cast::<u32>().write(repeat);
-        }
-    }
-    // SAFETY: bpf(BPF_PROG_TEST_RUN) with a valid attr; data outlives the call.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, t.as_mut_ptr(), 80u32) };
-    assert_eq!(
-        rc,
-        0,
-        "test_run the empty program: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: reading retval (offset 4) and duration (offset 36) of the 80-byte attr.
-    let (retval, duration) = unsafe {
-        let b = t.as_ptr().cast::<u8>();
-        (
-            b.add(4).cast::<u32>().read(),
-            b.add(36).cast::<u32>().read(),
-        )
-    };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd as libc::c_int) };
-    assert_eq!(retval, VERDICT);
-    u128::from(duration)
+    let prog = podflow::capture::load_empty_tc_program("pf_test_empty")
+        .unwrap_or_else(|e| panic!("load the empty program: {e}"));
+    let r = podflow::capture::test_run(prog.as_raw_fd(), data, repeat)
+        .unwrap_or_else(|e| panic!("test_run the empty program: {e}"));
+    assert_eq!(r.retval, VERDICT);
+    u128::from(r.duration_ns)
 }
 
 /// Informational: the kernel's average run time of one program invocation for an established

@@ -912,30 +912,11 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> std::io::Result<OwnedFd> {
 
 impl EmptyProg {
     fn attach(bed: &Bed) -> anyhow::Result<EmptyProg> {
-        const BPF_PROG_LOAD: libc::c_long = 5;
         const BPF_LINK_CREATE: libc::c_long = 28;
-        const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
         const BPF_TCX_INGRESS: u32 = 46;
         const BPF_TCX_EGRESS: u32 = 47;
-        let insns: [u8; 16] = [
-            0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
-        ];
-        let license = c"GPL";
-        let mut attr = [0u64; 16];
-        {
-            let b = attr.as_mut_ptr().cast::<u8>();
-            // SAFETY: writes within the 128-byte buffer at the UAPI offsets of union bpf_attr
-            // (prog_type, insn_cnt, insns, license, prog_name at 48).
-            unsafe {
-                b.cast::<u32>().write(BPF_PROG_TYPE_SCHED_CLS);
-                b.add(4).cast::<u32>().write(2);
-                b.add(8).cast::<u64>().write(insns.as_ptr() as u64);
-                b.add(16).cast::<u64>().write(license.as_ptr() as u64);
-                let name = b"pfbench_empty";
-                std::ptr::copy_nonoverlapping(name.as_ptr(), b.add(48), name.len());
-            }
-        }
-        let prog = bpf(BPF_PROG_LOAD, &mut attr).context("loading the empty tc program")?;
+        let prog = podflow::capture::load_empty_tc_program("pfbench_empty")
+            .context("loading the empty tc program")?;
         let prog_fd = prog.as_raw_fd() as u32;
         let ifs = [
             (bed.node.ns.ifindex(SRC_VETH)?, BPF_TCX_INGRESS),

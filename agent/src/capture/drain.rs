@@ -8,7 +8,10 @@
 //!
 //! Either way this runs after the epoch flip and an RCU grace period, so no program writes a key
 //! of the old epoch any more: what is read is final, and deleting it loses nothing.
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+};
 
 use aya::{
     Pod,
@@ -70,21 +73,71 @@ fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> io::Result<()> {
     }
 }
 
-/// Runs a tc program once on a zeroed Ethernet-sized frame (`BPF_PROG_TEST_RUN`).
-pub fn test_run(prog_fd: RawFd) -> io::Result<()> {
-    let mut frame = [0u8; 64];
+/// What one `BPF_PROG_TEST_RUN` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TestRunResult {
+    /// The program's return value.
+    pub retval: u32,
+    /// Average ns per run, as the kernel measured it.
+    pub duration_ns: u32,
+}
+
+/// Runs a loaded tc program `repeat` times on `data` (`BPF_PROG_TEST_RUN`), for programs aya did
+/// not load (a raw fd).
+pub fn test_run(prog_fd: RawFd, data: &[u8], repeat: u32) -> io::Result<TestRunResult> {
     let mut attr = TestRunAttr {
         prog_fd: u32::try_from(prog_fd).unwrap_or(u32::MAX),
-        data_size_in: frame.len() as u32,
-        data_in: frame.as_mut_ptr() as u64,
-        repeat: 1,
+        data_size_in: u32::try_from(data.len()).unwrap_or(u32::MAX),
+        data_in: data.as_ptr() as u64,
+        repeat,
         ..TestRunAttr::default()
     };
     bpf(
         BPF_PROG_TEST_RUN,
         (&raw mut attr).cast(),
         size_of::<TestRunAttr>(),
-    )
+    )?;
+    Ok(TestRunResult {
+        retval: attr.retval,
+        duration_ns: attr.duration,
+    })
+}
+
+/// Loads the smallest tc program (`r0 = -1 (TC_ACT_UNSPEC); exit`) with raw `bpf(2)`: the
+/// baseline the benchmark and the per-packet cost test subtract.
+pub fn load_empty_tc_program(name: &str) -> io::Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+    let insns: [u8; 16] = [
+        0xb7, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x95, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let license = c"GPL";
+    let mut attr = [0u64; 16]; // 128 bytes of union bpf_attr, zeroed
+    let b = attr.as_mut_ptr().cast::<u8>();
+    // SAFETY: writes within the 128-byte buffer at the UAPI offsets of union bpf_attr
+    // (prog_type, insn_cnt, insns, license, prog_name at 48, at most 15 bytes + NUL).
+    unsafe {
+        b.cast::<u32>().write(BPF_PROG_TYPE_SCHED_CLS);
+        b.add(4).cast::<u32>().write(2);
+        b.add(8).cast::<u64>().write(insns.as_ptr() as u64);
+        b.add(16).cast::<u64>().write(license.as_ptr() as u64);
+        let n = name.len().min(15);
+        std::ptr::copy_nonoverlapping(name.as_ptr(), b.add(48), n);
+    }
+    // SAFETY: bpf(BPF_PROG_LOAD) with the attr above; insns and license outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Outcome of a batch attempt.

@@ -62,6 +62,7 @@ use podflow_ebpf::{
 use self::clock::JiffyClock;
 
 pub use self::{
+    drain::{TestRunResult, load_empty_tc_program, test_run},
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
     pattern::glob_match,
 };
@@ -926,11 +927,7 @@ impl Capture {
                 continue;
             };
             if slot.peer4 != [0; 4] {
-                let mut addr = [0u8; 16];
-                addr[10] = 0xff;
-                addr[11] = 0xff;
-                addr[12..].copy_from_slice(&slot.peer4);
-                out.push((ifindex, FAMILY_IPV4, addr));
+                out.push((ifindex, FAMILY_IPV4, podflow_ebpf::ipv4_mapped(slot.peer4)));
             }
             if slot.peer6 != [0; 16] {
                 out.push((ifindex, FAMILY_IPV6, slot.peer6));
@@ -1051,7 +1048,8 @@ fn sample_clock(
     prog_fd: RawFd,
     map: &Array<MapData, ClockSample>,
 ) -> Result<ClockSample, CaptureError> {
-    drain::test_run(prog_fd).map_err(|source| CaptureError::Drain {
+    // A zeroed Ethernet-sized frame: the program only reads the clocks.
+    drain::test_run(prog_fd, &[0u8; 64], 1).map_err(|source| CaptureError::Drain {
         op: "BPF_PROG_TEST_RUN podflow_clock",
         source,
     })?;

@@ -691,13 +691,7 @@ mod tests {
     const VETH_B: u32 = 12;
     const WG: u32 = 20;
 
-    fn mapped(v4: [u8; 4]) -> [u8; 16] {
-        let mut a = [0u8; 16];
-        a[10] = 0xff;
-        a[11] = 0xff;
-        a[12..].copy_from_slice(&v4);
-        a
-    }
+    use podflow_ebpf::ipv4_mapped as mapped;
 
     fn obs(
         src: [u8; 4],
