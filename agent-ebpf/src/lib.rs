@@ -6,8 +6,8 @@
 //! # How flows are counted
 //!
 //! Every tc hook counts each IP packet it sees into a hash map: IPv4 flows into [`FLOWS_V4`]
-//! (16-byte [`FlowKeyV4`]), IPv6 flows into [`FLOWS_V6`] (40-byte [`FlowKey`]), both with the
-//! 24-byte [`FlowValue`] shared by all CPUs and updated with atomic adds. The key includes the
+//! (16-byte [`FlowKeyV4`]), IPv6 flows into [`FLOWS_V6`] (40-byte [`FlowKeyV6`]), both with the
+//! 16-byte [`FlowValue`] shared by all CPUs and updated with atomic adds. The key includes the
 //! *observation point* ([`ObsPoint`]): a packet between two pods on the same node crosses the
 //! source pod's veth (host-side ingress) and the destination pod's veth (host-side egress), so it
 //! lands in two entries. User space picks one authoritative observation point per flow and uses
@@ -15,7 +15,8 @@
 //!
 //! # Exact drains: the epoch bit
 //!
-//! Every key carries the current *epoch* ([`Config::epoch`], bit [`KEY_F_EPOCH`] of `key_flags`).
+//! Every key carries the current *epoch* ([`Config::epoch`], bit [`KEY_F_EPOCH`] of
+//! [`KeyTail::meta`]).
 //! User space flips the epoch, waits for an RCU grace period (every program that could still
 //! write a key of the old epoch has then returned), reads the old epoch's entries (no writer
 //! races them any more) and deletes exactly those keys. No packet is lost or counted twice at a
@@ -25,14 +26,14 @@
 //! # Memory per flow
 //!
 //! A preallocated kernel hash map costs, per entry, a 16-byte bucket, a 48-byte element header,
-//! the key rounded up to 8 bytes, and the value: 16 + 48 + 16 + 24 = 104 bytes for IPv4 and
-//! 16 + 48 + 40 + 24 = 128 bytes for IPv6, independent of the number of CPUs (a per-CPU value
+//! the key rounded up to 8 bytes, and the value: 16 + 48 + 16 + 16 = 96 bytes for IPv4 and
+//! 16 + 48 + 40 + 16 = 120 bytes for IPv6, independent of the number of CPUs (a per-CPU value
 //! would cost its size once per possible CPU: kilobytes per flow on a 64-core node).
 #![no_std]
 
 /// Name of the IPv4 flow map ([`FlowKeyV4`] → [`FlowValue`]).
 pub const FLOWS_V4: &str = "FLOWS_V4";
-/// Name of the IPv6 flow map ([`FlowKey`] → [`FlowValue`]).
+/// Name of the IPv6 flow map ([`FlowKeyV6`] → [`FlowValue`]).
 pub const FLOWS_V6: &str = "FLOWS_V6";
 /// Name of the single-entry config array ([`Config`] at index 0).
 pub const CONFIG: &str = "CONFIG";
@@ -123,8 +124,8 @@ pub const KEY_F_FRAGMENT: u8 = 1 << 0;
 /// The transport header was truncated or malformed: ports are 0, the packet is still counted
 /// under its IP pair and protocol.
 pub const KEY_F_L4_TRUNCATED: u8 = 1 << 1;
-/// The epoch the entry was counted in ([`Config::epoch`] & 1). User space clears it before the
-/// key goes anywhere else.
+/// Bit of [`KeyTail::meta`]: the epoch the entry was counted in ([`Config::epoch`] & 1). Never in
+/// a [`FlowKey`].
 pub const KEY_F_EPOCH: u8 = 1 << 7;
 
 /// IP protocol numbers the parser understands.
@@ -134,12 +135,11 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_SCTP: u8 = 132;
 
-/// A unidirectional 5-tuple plus where it was observed: the key of [`FLOWS_V6`], and the form in
-/// which user space handles every flow.
+/// A unidirectional 5-tuple plus where it was observed: the form in which user space handles every
+/// flow (the kernel maps use the shorter [`FlowKeyV4`] and [`FlowKeyV6`]).
 ///
 /// IPv4 addresses are stored as IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`), so one type holds
-/// both families (in the kernel, IPv4 flows use the shorter [`FlowKeyV4`]). Ports are host byte
-/// order. For ICMP and ICMPv6, `src_port` holds the type and
+/// both families. Ports are host byte order. For ICMP and ICMPv6, `src_port` holds the type and
 /// `dst_port` the code (as VPC flow logs and IPFIX do).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -153,45 +153,127 @@ pub struct FlowKey {
     pub obs: u8,
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
     pub family: u8,
-    /// `KEY_F_*` bits.
+    /// `KEY_F_*` bits ([`KEY_F_FRAGMENT`], [`KEY_F_L4_TRUNCATED`]).
     pub key_flags: u8,
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
 
-/// Key of [`FLOWS_V4`]: [`FlowKey`] with 4-byte addresses. The last 8 bytes have the same layout
-/// as [`FlowKey`]'s last 8 (ports, protocol, observation point, family, flags), so the programs
-/// copy them as one word.
+/// The last 8 bytes of both kernel keys ([`FlowKeyV4`], [`FlowKeyV6`]): ports, protocol, `meta`
+/// and the low 16 bits of the ifindex, so the programs build them as one word.
+///
+/// `meta`: bits 0–1 the `KEY_F_*` flags of [`FlowKey::key_flags`] ([`META_FLAGS_MASK`]), bits 4–5
+/// the [`ObsPoint`] ([`META_OBS_SHIFT`]), bit 7 the epoch ([`KEY_F_EPOCH`]).
+///
+/// The interface is part of the key (its low 16 bits here, bits 16–23 in the value, see
+/// [`FlowValue`]): the same 5-tuple seen at the same observation point on two interfaces in one
+/// epoch — a pod sending with another pod's address, say — makes two entries, which user space
+/// adds up into one record that lists both interfaces.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub struct FlowKeyV4 {
-    pub src_addr: [u8; 4],
-    pub dst_addr: [u8; 4],
+pub struct KeyTail {
     pub src_port: u16,
     pub dst_port: u16,
     pub protocol: u8,
-    pub obs: u8,
-    /// Always [`FAMILY_IPV4`].
-    pub family: u8,
-    pub key_flags: u8,
+    pub meta: u8,
+    /// Low 16 bits of the ifindex the packet was seen on.
+    pub ifindex_lo: u16,
 }
-const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
-const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
+const _: () = assert!(core::mem::size_of::<KeyTail>() == 8);
 
-impl FlowKeyV4 {
-    /// The same flow as a [`FlowKey`] (IPv4-mapped addresses).
-    pub const fn to_key(&self) -> FlowKey {
-        let src_addr = ipv4_mapped(self.src_addr);
-        let dst_addr = ipv4_mapped(self.dst_addr);
+/// Mask of the `KEY_F_*` flags in [`KeyTail::meta`].
+pub const META_FLAGS_MASK: u8 = KEY_F_FRAGMENT | KEY_F_L4_TRUNCATED;
+/// Shift of the [`ObsPoint`] in [`KeyTail::meta`] (2 bits).
+pub const META_OBS_SHIFT: u32 = 4;
+
+impl KeyTail {
+    /// The tail of `key` seen on `ifindex` (low 16 bits kept) in epoch `epoch` (bit 0).
+    pub const fn of(key: &FlowKey, ifindex: u32, epoch: u32) -> KeyTail {
+        let epoch_bit = if epoch & 1 != 0 { KEY_F_EPOCH } else { 0 };
+        KeyTail {
+            src_port: key.src_port,
+            dst_port: key.dst_port,
+            protocol: key.protocol,
+            meta: (key.key_flags & META_FLAGS_MASK) | ((key.obs & 3) << META_OBS_SHIFT) | epoch_bit,
+            ifindex_lo: ifindex as u16,
+        }
+    }
+
+    /// The epoch bit ([`KEY_F_EPOCH`] or 0).
+    pub const fn epoch_bit(&self) -> u8 {
+        self.meta & KEY_F_EPOCH
+    }
+
+    /// A [`FlowKey`] with these ports, protocol, flags and observation point.
+    const fn key(&self, family: u8, src_addr: [u8; 16], dst_addr: [u8; 16]) -> FlowKey {
         FlowKey {
             src_addr,
             dst_addr,
             src_port: self.src_port,
             dst_port: self.dst_port,
             protocol: self.protocol,
-            obs: self.obs,
-            family: self.family,
-            key_flags: self.key_flags,
+            obs: (self.meta >> META_OBS_SHIFT) & 3,
+            family,
+            key_flags: self.meta & META_FLAGS_MASK,
         }
+    }
+}
+
+/// Key of [`FLOWS_V4`]: IPv4 addresses and a [`KeyTail`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKeyV4 {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub tail: KeyTail,
+}
+const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+
+impl FlowKeyV4 {
+    /// The kernel key of an IPv4 `key` (IPv4-mapped addresses) seen on `ifindex` in `epoch`.
+    pub const fn of(key: &FlowKey, ifindex: u32, epoch: u32) -> FlowKeyV4 {
+        let (s, d) = (&key.src_addr, &key.dst_addr);
+        FlowKeyV4 {
+            src_addr: [s[12], s[13], s[14], s[15]],
+            dst_addr: [d[12], d[13], d[14], d[15]],
+            tail: KeyTail::of(key, ifindex, epoch),
+        }
+    }
+
+    /// The same flow as a [`FlowKey`] (IPv4-mapped addresses; no epoch, no ifindex).
+    pub const fn to_key(&self) -> FlowKey {
+        self.tail.key(
+            FAMILY_IPV4,
+            ipv4_mapped(self.src_addr),
+            ipv4_mapped(self.dst_addr),
+        )
+    }
+}
+
+/// Key of [`FLOWS_V6`]: IPv6 addresses and a [`KeyTail`] (the layout of [`FlowKey`] with its last
+/// word replaced, so the programs turn one into the other in place).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKeyV6 {
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    pub tail: KeyTail,
+}
+const _: () = assert!(core::mem::size_of::<FlowKeyV6>() == 40);
+
+impl FlowKeyV6 {
+    /// The kernel key of an IPv6 `key` seen on `ifindex` in `epoch`.
+    pub const fn of(key: &FlowKey, ifindex: u32, epoch: u32) -> FlowKeyV6 {
+        FlowKeyV6 {
+            src_addr: key.src_addr,
+            dst_addr: key.dst_addr,
+            tail: KeyTail::of(key, ifindex, epoch),
+        }
+    }
+
+    /// The same flow as a [`FlowKey`] (no epoch, no ifindex).
+    pub const fn to_key(&self) -> FlowKey {
+        self.tail.key(FAMILY_IPV6, self.src_addr, self.dst_addr)
     }
 }
 
@@ -202,44 +284,63 @@ pub const fn ipv4_mapped(a: [u8; 4]) -> [u8; 16] {
         .octets()
 }
 
-/// Value of both flow maps, one per flow shared by all CPUs.
+/// Value of both flow maps, one per flow shared by all CPUs: 16 bytes, two words laid out for
+/// 64-bit atomics (the only read-modify-write width every BPF CPU version has).
 ///
-/// Three words, laid out for 64-bit atomics (the only RMW width every BPF CPU version has): word 0
-/// `bytes` (atomic add); word 1 `packets` + `first_flags` (atomic add of the packet count, atomic
-/// OR of new TCP flags into the high byte); word 2 `last_jiffies` + `ifindex` (one plain store).
-/// `packets` cannot carry into `first_flags`: 2³² packets of one flow at one hook within one
-/// flush interval is ~860 Mpps over 5 s.
+/// Word 0, `bytes_flags`: bits 0–47 IP-layer bytes (atomic add; 2⁴⁸ bytes is 256 TiB, more than a
+/// flow can move through one hook in one flush interval); bits 48–55 the OR of the TCP flags
+/// bytes (atomic OR, only when a flag is new to the flow); bits 56–63 bits 16–23 of the ifindex
+/// (written at insert; bits 0–15 are in the key).
 ///
-/// Times are `jiffies` (the kernel's tick counter; the programs read it with `bpf_jiffies64()`,
-/// which the verifier inlines into one load): `last_jiffies` holds its low 32 bits, the low 24
-/// bits of `first_flags` the low 24 bits at the flow's first packet, so first = last − ((last −
-/// first) mod 2²⁴) as long as an entry lives less than 2²⁴ ticks (4.6 h at HZ=1000; entries live
-/// one flush interval). User space maps jiffies to `CLOCK_MONOTONIC` with a [`ClockSample`].
+/// Word 1: `packets` (atomic add of the segment count in the low 32 bits), `first_jiffies` (written
+/// at insert) and `last_jiffies` (a plain 16-bit store per packet): the low 16 bits of `jiffies`
+/// (the kernel's tick counter, read with `bpf_jiffies64()`, which the verifier inlines into one
+/// load). User space knows the full `jiffies` at the drain that reads the entry
+/// ([`ClockSample`]), and an entry lives one flush interval, so a time is the latest value with
+/// those low 16 bits at or before the drain — exact as long as the flush interval is shorter than
+/// 2¹⁶ ticks (65 s at HZ=1000; the agent refuses longer intervals). `packets` cannot carry into
+/// the times within a flush interval at any rate a veth or tunnel delivers (2³² segments).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
-    /// IP-layer bytes: the sum of IP total lengths of the packets (for GSO super-packets, as they
-    /// will be on the wire once segmented).
-    pub bytes: u64,
+    /// Bytes, TCP flags, ifindex bits 16–23 (see the type's docs and [`FlowValue::bytes`]).
+    pub bytes_flags: u64,
     /// Packets (a GSO super-packet counts as its number of segments).
     pub packets: u32,
-    /// Low 24 bits: low 24 bits of jiffies at the first packet ([`FIRST_JIFFIES_MASK`]); high 8
-    /// bits: OR of the TCP flags bytes ([`TCP_FLAGS_SHIFT`]).
-    pub first_flags: u32,
-    /// Low 32 bits of jiffies at the last packet.
-    pub last_jiffies: u32,
-    /// ifindex of the interface the packets were seen on (the last one if several).
-    pub ifindex: u32,
+    /// Low 16 bits of jiffies at the flow's first packet in this entry.
+    pub first_jiffies: u16,
+    /// Low 16 bits of jiffies at the last packet.
+    pub last_jiffies: u16,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
-const _: () = assert!(core::mem::offset_of!(FlowValue, first_flags) == 12);
-const _: () = assert!(core::mem::offset_of!(FlowValue, ifindex) == 20);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::offset_of!(FlowValue, packets) == 8);
+const _: () = assert!(core::mem::offset_of!(FlowValue, last_jiffies) == 14);
 
-/// Mask of the first-packet jiffies in [`FlowValue::first_flags`].
-pub const FIRST_JIFFIES_MASK: u32 = 0x00ff_ffff;
-/// Shift of the TCP flags in [`FlowValue::first_flags`] (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08
+/// Mask of the byte count in [`FlowValue::bytes_flags`].
+pub const VALUE_BYTES_MASK: u64 = (1 << 48) - 1;
+/// Shift of the TCP flags in [`FlowValue::bytes_flags`] (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08
 /// ACK=0x10 URG=0x20 ECE=0x40 CWR=0x80).
-pub const TCP_FLAGS_SHIFT: u32 = 24;
+pub const VALUE_TCP_FLAGS_SHIFT: u32 = 48;
+/// Shift of ifindex bits 16–23 in [`FlowValue::bytes_flags`].
+pub const VALUE_IFINDEX_HI_SHIFT: u32 = 56;
+
+impl FlowValue {
+    /// IP-layer bytes: the sum of IP total lengths of the packets (for GSO super-packets, as they
+    /// will be on the wire once segmented).
+    pub const fn bytes(&self) -> u64 {
+        self.bytes_flags & VALUE_BYTES_MASK
+    }
+
+    /// OR of the TCP flags bytes of the packets.
+    pub const fn tcp_flags(&self) -> u8 {
+        (self.bytes_flags >> VALUE_TCP_FLAGS_SHIFT) as u8
+    }
+
+    /// The low 24 bits of the ifindex, with the key's low 16 bits.
+    pub const fn ifindex24(&self, tail: &KeyTail) -> u32 {
+        (((self.bytes_flags >> VALUE_IFINDEX_HI_SHIFT) as u32) << 16) | tail.ifindex_lo as u32
+    }
+}
 
 /// What [`PROG_CLOCK`] writes into [`CLOCK`]: both clocks read in the same program run.
 #[repr(C)]
@@ -265,7 +366,8 @@ pub struct FlowStats {
     pub first_ns: u64,
     /// `CLOCK_MONOTONIC` nanoseconds of the last packet (tick resolution).
     pub last_ns: u64,
-    /// ifindex of the interface the packets were seen on.
+    /// ifindex of the interface the packets were seen on (its low 24 bits until user space has
+    /// matched it with the interfaces it attached to).
     pub ifindex: u32,
     /// OR of the TCP flags bytes.
     pub tcp_flags: u8,
@@ -383,6 +485,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FlowKeyV6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above.

@@ -2,7 +2,8 @@
 //! map (see `lib.rs` for the shared types and the epoch protocol).
 //!
 //! Per packet: one `CONFIG` load, the parse, `bpf_jiffies64()` (inlined by the verifier into a
-//! load of `jiffies`), one hash lookup, two atomic adds and two stores, one per-CPU counter bump.
+//! load of `jiffies`), one hash lookup, two atomic adds and one 16-bit store, one per-CPU counter
+//! bump.
 //!
 //! Every program returns `TC_ACT_UNSPEC` (-1) on every path: under tcx that is `TCX_NEXT` (run the
 //! next program, e.g. the CNI's) and in legacy cls_bpf direct-action mode it means "continue".
@@ -32,8 +33,8 @@ mod programs {
     };
     use podflow_ebpf::{
         COUNTER_COUNT, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4,
-        FIRST_JIFFIES_MASK, FlowKey, FlowKeyV4, FlowValue, KEY_F_EPOCH, ObsPoint, TCP_FLAGS_SHIFT,
-        VETHS_MAX, VethSlot,
+        FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, KEY_F_EPOCH, META_FLAGS_MASK, META_OBS_SHIFT,
+        ObsPoint, VALUE_IFINDEX_HI_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -41,9 +42,10 @@ mod programs {
     /// "No verdict": continue with the next program / the normal path.
     const TC_ACT_UNSPEC: i32 = -1;
 
-    const _: () = assert!(size_of::<FlowValue>() == 24 && align_of::<FlowValue>() == 8);
+    const _: () = assert!(size_of::<FlowValue>() == 16 && align_of::<FlowValue>() == 8);
     const _: () = assert!(size_of::<FlowKeyV4>() == 16 && align_of::<FlowKeyV4>() == 2);
-    const _: () = assert!(size_of::<FlowKey>() == 40);
+    const _: () = assert!(size_of::<FlowKey>() == 40 && size_of::<FlowKeyV6>() == 40);
+    const _: () = assert!(align_of::<FlowKeyV6>() <= align_of::<FlowKey>());
 
     const EEXIST: i32 = 17;
     const E2BIG: i32 = 7;
@@ -55,7 +57,7 @@ mod programs {
     static FLOWS_V4: HashMap<FlowKeyV4, FlowValue> =
         HashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
     #[map]
-    static FLOWS_V6: HashMap<FlowKey, FlowValue> =
+    static FLOWS_V6: HashMap<FlowKeyV6, FlowValue> =
         HashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
     #[map]
     static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -250,34 +252,47 @@ mod programs {
         // What the segments total on the wire: every segment repeats the L3 (+ext) and L4 headers.
         let bytes = u64::from(f.ip_len) + u64::from(segs - 1) * u64::from(f.hdr_len);
         // SAFETY: helper without arguments (inlined by the verifier).
-        let now = unsafe { bpf_jiffies64() } as u32;
+        let now = unsafe { bpf_jiffies64() } as u16;
         let u = Update {
             segs,
             bytes,
             now,
-            ifindex,
+            ifindex_hi: (ifindex >> 16) as u8,
             tcp_flags: f.tcp_flags,
         };
-        if epoch & 1 != 0 {
-            f.key.key_flags |= KEY_F_EPOCH;
-        }
-        let res = if f.key.family == FAMILY_IPV4 {
-            let k = &f.key as *const FlowKey as *const u64;
-            // SAFETY: FlowKey is 40 bytes, 8-aligned (it starts the align(8) Flow); an IPv4 key
-            // holds its addresses in bytes 12..16 and 28..32 (IPv4-mapped), and FlowKeyV4's
-            // second word has FlowKey's last word's layout. Built from two words so no memset.
+        // The key's last word (ports, protocol, obs, family, flags) becomes the kernel keys'
+        // KeyTail: ports and protocol stay, then meta (flags, obs, epoch) and the ifindex's low 16
+        // bits.
+        let meta = (f.key.key_flags & META_FLAGS_MASK)
+            | (obs << META_OBS_SHIFT)
+            | if epoch & 1 != 0 { KEY_F_EPOCH } else { 0 };
+        let family = f.key.family;
+        let k = &mut f.key as *mut FlowKey as *mut u64;
+        // SAFETY: FlowKey is 40 bytes, 8-aligned (it starts the align(8) Flow): five words.
+        let tail = unsafe { *k.add(4) } & 0xff_ffff_ffff
+            | (u64::from(meta) << 40)
+            | (u64::from(ifindex & 0xffff) << 48);
+        let res = if family == FAMILY_IPV4 {
+            // SAFETY: as above; an IPv4 key holds its addresses in bytes 12..16 and 28..32
+            // (IPv4-mapped). Built from two words so no memset.
             let k4 = unsafe {
                 let src = (*k.add(1) >> 32) as u32;
                 let dst = (*k.add(3) >> 32) as u32;
                 let mut out = MaybeUninit::<FlowKeyV4>::uninit();
                 let w = out.as_mut_ptr().cast::<u64>();
                 w.write_unaligned(u64::from(src) | (u64::from(dst) << 32));
-                w.add(1).write_unaligned(*k.add(4));
+                w.add(1).write_unaligned(tail);
                 out.assume_init()
             };
             record(&FLOWS_V4, &k4, &u)
         } else {
-            record(&FLOWS_V6, &f.key, &u)
+            // SAFETY: FlowKeyV6 is FlowKey with its last word replaced by the tail: turned into
+            // one in place (the FlowKey is not used afterwards).
+            let k6 = unsafe {
+                k.add(4).write(tail);
+                &*(k as *const FlowKeyV6)
+            };
+            record(&FLOWS_V6, k6, &u)
         };
         bump(res);
     }
@@ -285,28 +300,29 @@ mod programs {
     struct Update {
         segs: u32,
         bytes: u64,
-        now: u32,
-        ifindex: u32,
+        /// Low 16 bits of jiffies.
+        now: u16,
+        /// Bits 16..24 of the ifindex (bits 0..16 are in the key).
+        ifindex_hi: u8,
         tcp_flags: u8,
     }
 
     #[inline(always)]
     fn apply(v: *mut FlowValue, u: &Update) {
         let w = v.cast::<u64>();
-        // SAFETY: a (non-per-CPU) hash map value, 24 bytes, 8-aligned, valid for the program's
+        // SAFETY: a (non-per-CPU) hash map value, 16 bytes, 8-aligned, valid for the program's
         // run; several CPUs may update it at once, hence 64-bit atomics for the counts (see
-        // FlowValue for the word layout). Word 2 (last jiffies, ifindex) is a plain store: any
-        // CPU's recent value is right.
+        // FlowValue for the word layout). `last_jiffies` is a plain store: any CPU's recent
+        // value is right.
         unsafe {
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, u.bytes);
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w.add(1), u64::from(u.segs));
-            w.add(2)
-                .write(u64::from(u.now) | (u64::from(u.ifindex) << 32));
+            (*v).last_jiffies = u.now;
             if u.tcp_flags != 0 {
-                let bits = u64::from(u.tcp_flags) << (32 + TCP_FLAGS_SHIFT);
+                let bits = u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT;
                 // Atomic only when a flag is new to the flow (rarely after the handshake).
-                if core::ptr::read_volatile(w.add(1)) & bits != bits {
-                    atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w.add(1), bits);
+                if core::ptr::read_volatile(w) & bits != bits {
+                    atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w, bits);
                 }
             }
         }
@@ -318,20 +334,21 @@ mod programs {
             apply(v, u);
             return Counter::Recorded;
         }
-        // Written as three u64 words: a struct literal could be left to a memset, which
+        // Written as two u64 words: a struct literal could be left to a memset, which
         // bpf-linker turns into a call to a byte loop.
         let mut fresh = MaybeUninit::<FlowValue>::uninit();
         let w = fresh.as_mut_ptr().cast::<u64>();
-        let first_flags =
-            (u.now & FIRST_JIFFIES_MASK) | (u32::from(u.tcp_flags) << TCP_FLAGS_SHIFT);
-        // SAFETY: FlowValue is 24 bytes, 8-aligned: bytes; packets + first_flags; last_jiffies +
-        // ifindex (little-endian words).
+        let now = u64::from(u.now);
+        // SAFETY: FlowValue is 16 bytes, 8-aligned: bytes + flags + ifindex bits 16..24;
+        // packets + first + last jiffies (little-endian words).
         unsafe {
-            w.write(u.bytes);
+            w.write(
+                u.bytes
+                    | (u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT)
+                    | (u64::from(u.ifindex_hi) << VALUE_IFINDEX_HI_SHIFT),
+            );
             w.add(1)
-                .write(u64::from(u.segs) | (u64::from(first_flags) << 32));
-            w.add(2)
-                .write(u64::from(u.now) | (u64::from(u.ifindex) << 32));
+                .write(u64::from(u.segs) | (now << 32) | (now << 48));
         }
         // SAFETY: fully initialized above.
         let fresh = unsafe { fresh.assume_init_ref() };

@@ -32,7 +32,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// How often the kernel maps are drained into records (VPC flow logs' shortest aggregation
-    /// interval is 5s).
+    /// interval is 5s). At most 2^16 kernel ticks less 2 s (63s at HZ=1000, 260s at HZ=250): the
+    /// flow maps keep 16 bits of the tick counter; aggregate longer in the collector.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub flush_interval: Duration,
     /// A flow not seen for this long is forgotten.
@@ -42,7 +43,7 @@ pub struct AgentArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_rate: u32,
     /// Capacity of each kernel flow map, IPv4 and IPv6 (distinct flows per observation point and
-    /// flush interval; 104 B per IPv4 and 128 B per IPv6 entry, preallocated).
+    /// flush interval; 96 B per IPv4 and 120 B per IPv6 entry, preallocated).
     #[arg(long, default_value_t = podflow_ebpf::DEFAULT_FLOW_MAP_ENTRIES)]
     pub flow_map_entries: u32,
     /// Flows tracked in user space at most.
@@ -164,6 +165,12 @@ pub enum AgentError {
         #[source]
         source: tonic::transport::Error,
     },
+    #[error(
+        "--flush-interval {}s is longer than the {}s the kernel's tick rate allows (the flow maps keep 16 bits of jiffies)",
+        .interval.as_secs(),
+        .max.as_secs()
+    )]
+    FlushInterval { interval: Duration, max: Duration },
     #[error("installing signal handlers failed")]
     Signal {
         #[source]
@@ -214,6 +221,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     cfg.sample_rate = args.sample_rate;
 
     let mut capture = Capture::load(cfg)?;
+    let max = capture.max_flush_interval();
+    if args.flush_interval > max {
+        return Err(AgentError::FlushInterval {
+            interval: args.flush_interval,
+            max,
+        });
+    }
     // Subscribe before listing, so a veth created in between is not missed until the re-sync.
     let mut links = LinkWatcher::new()?;
     for change in capture.sync_interfaces()? {

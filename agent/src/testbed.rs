@@ -534,6 +534,17 @@ impl Node {
     /// Adds a pod named `name` whose host-side veth is `host_veth` (≤ 15 bytes; it should match
     /// the agent's veth patterns, e.g. start with `veth`, unless the test wants it ignored).
     pub fn add_pod(&mut self, name: &str, host_veth: &str) -> Result<&Pod, TestbedError> {
+        self.add_pod_at(name, host_veth, None)
+    }
+
+    /// [`Node::add_pod`] with the host-side veth at a chosen ifindex (the kernel allocates one
+    /// otherwise): long-lived nodes reach ifindexes past 2^16 and 2^24.
+    pub fn add_pod_at(
+        &mut self,
+        name: &str,
+        host_veth: &str,
+        ifindex: Option<u32>,
+    ) -> Result<&Pod, TestbedError> {
         let n = self.next_pod;
         self.next_pod = self.next_pod.saturating_add(1);
         let ipv4 = Ipv4Addr::new(10, self.subnet, 0, n);
@@ -553,18 +564,13 @@ impl Node {
             ns.sysctl(k, v)?;
         }
         // Create the pair inside the node namespace, with the pod end straight in the pod's.
-        self.ns.ip(&[
-            "link",
-            "add",
-            host_veth,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            ns.name(),
-        ])?;
+        let index = ifindex.map(|i| i.to_string());
+        let mut args = vec!["link", "add", host_veth];
+        if let Some(i) = index.as_deref() {
+            args.extend(["index", i]);
+        }
+        args.extend(["type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
+        self.ns.ip(&args)?;
         // Pod side.
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&["addr", "add", &format!("{ipv4}/32"), "dev", "eth0"])?;

@@ -500,3 +500,92 @@ fn direction(kind: &str) -> String {
         "ingress".into()
     }
 }
+
+#[test]
+fn veths_past_ifindex_2_16_and_2_24_are_counted_once_and_named() {
+    if !privileged() {
+        return;
+    }
+    // The kernel maps keep an ifindex's low 16 bits in the key and the next 8 in the value, and
+    // the VETHS array covers ifindexes below 2^16. Pod b's veth is past 2^16 (its packets are
+    // counted at both veths and deduplicated in user space), pod c's past 2^24 (user space
+    // matches the low 24 bits back to the interface it attached to).
+    let p = unique_prefix("i");
+    let mut node = Node::new(&p, 63).expect("node");
+    let (va, vb, vc) = (
+        format!("veth{p}a"),
+        format!("veth{p}b"),
+        format!("veth{p}c"),
+    );
+    let (ib, ic) = (70_001u32, (1u32 << 24) + 0x0203);
+    node.add_pod("a", &va).expect("pod a");
+    node.add_pod_at("b", &vb, Some(ib)).expect("pod b");
+    node.add_pod_at("c", &vc, Some(ic)).expect("pod c");
+    assert_eq!(node.pod("b").unwrap().host_ifindex, ib);
+    assert_eq!(node.pod("c").unwrap().host_ifindex, ic);
+    let ip = |n: &str| node.pod(n).unwrap().ipv4;
+    let (a, b, c) = (ip("a"), ip("b"), ip("c"));
+
+    let agent = Agent::start(&node, &[]);
+    agent.wait_attached(&[&va, &vb, &vc], Duration::from_secs(10));
+    let status = agent.status().expect("status");
+    let mut indexes: Vec<u64> = status["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .filter_map(|i| i["ifindex"].as_u64())
+        .collect();
+    indexes.sort();
+    assert_eq!(&indexes[1..], &[u64::from(ib), u64::from(ic)]);
+
+    for (from, to, ifaces, n) in [
+        ("a", b, [&va, &vb], 3),
+        ("b", c, [&vb, &vc], 4),
+        ("c", a, [&vc, &va], 5),
+    ] {
+        let src = ip(from);
+        ping(&node, from, &to.to_string(), n, false);
+        for (s, d, ty, names) in [
+            (src, to, 8, [ifaces[0], ifaces[1]]),
+            (to, src, 0, [ifaces[1], ifaces[0]]),
+        ] {
+            let recs = expect_totals(
+                &agent,
+                &Tuple::new(s, d, "ICMP", ty, 0),
+                (u64::from(n), u64::from(n) * PING_V4_BYTES),
+            );
+            for r in &recs {
+                assert_eq!(r["same_node"], true, "{r}");
+                assert_eq!(r["interfaces"], serde_json::json!(names), "{r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flush_interval_past_the_tick_wrap_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let p = unique_prefix("f");
+    let mut node = Node::new(&p, 64).expect("node");
+    let va = format!("veth{p}a");
+    node.add_pod("a", &va).expect("pod a");
+    // 11 min is more than 2^16 ticks at any HZ Linux is built with except 100 (655 s).
+    let sock = tempfile::tempdir().expect("tempdir");
+    let out = node
+        .ns
+        .command("timeout")
+        .args(["20", support::BIN, "--log-format", "text", "agent"])
+        .args(["--flush-interval", "11m", "--socket"])
+        .arg(sock.path().join("podflow.sock"))
+        .output()
+        .expect("run podflow agent");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "agent exit; log:\n{log}");
+    assert!(
+        log.contains("--flush-interval 660s is longer than"),
+        "log:\n{log}"
+    );
+    assert_eq!(podflow_programs(&node.ns), vec![], "nothing left attached");
+}

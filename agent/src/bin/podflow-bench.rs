@@ -1128,8 +1128,8 @@ fn interleaved(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Col
         .unwrap_or((o.many_flows * 4).next_power_of_two().max(65_536) as u32);
     c.hook_entries = entries;
     // The memory floor of a lookup in maps that size: FLOWS_V4's buckets (16 B) and elements
-    // (88 B) for `entries`, as the kernel lays them out (vmalloc, 4 KiB pages).
-    c.mem_latency_bytes = entries as usize * (16 + 88);
+    // (80 B) for `entries`, as the kernel lays them out (vmalloc, 4 KiB pages).
+    c.mem_latency_bytes = entries as usize * (16 + 80);
     c.mem_latency_ns = memory_latency_ns(c.mem_latency_bytes)?;
     log(format!(
         "memory latency: {:.1} ns per dependent random access into {} MiB (4 KiB pages)",

@@ -10,13 +10,24 @@
 //! so it is inferred: from one sample, by which HZ makes `jiffies` agree with the boot-time origin
 //! of both clocks (jiffies start at `INITIAL_JIFFIES` = 2³² − 300·HZ when `CLOCK_MONOTONIC` is ~0);
 //! and, once two samples are seconds apart, by the rate at which jiffies advanced.
-use podflow_ebpf::{ClockSample, FIRST_JIFFIES_MASK, FlowStats, FlowValue, TCP_FLAGS_SHIFT};
+//!
+//! The flow maps keep only the low 16 bits of jiffies ([`FlowValue`]); a drain reads entries
+//! stamped since the previous drain, so a stamp is the latest jiffies value with those low bits at
+//! or before the drain's sample, exact while drains are less than [`TIME_WRAP_TICKS`] apart.
+use std::time::Duration;
+
+use podflow_ebpf::{ClockSample, FlowStats, FlowValue, KeyTail};
 
 /// The tick rates Linux is configured with (`CONFIG_HZ`) on the architectures podflow runs on.
 const HZ_CANDIDATES: [u32; 8] = [100, 200, 250, 300, 500, 1000, 1024, 1200];
 const NS_PER_SEC: u128 = 1_000_000_000;
 /// Two samples at least this far apart measure the tick rate.
 const MEASURE_AFTER_NS: u64 = 2_000_000_000;
+/// Ticks after which the 16-bit stamps of the flow maps wrap.
+pub const TIME_WRAP_TICKS: u64 = 1 << 16;
+/// Slack kept between the longest allowed flush interval and [`TIME_WRAP_TICKS`], in seconds: a
+/// drain may start late (a busy node) or take a while.
+const WRAP_SLACK_S: u64 = 2;
 
 /// Maps jiffies to `CLOCK_MONOTONIC` nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +54,17 @@ impl JiffyClock {
         self.hz
     }
 
-    /// Takes a newer sample; re-measures HZ once the samples are far enough apart.
-    pub fn update(&mut self, s: ClockSample) {
+    /// The longest flush interval for which every stamp of a drain can be unwrapped exactly.
+    pub fn max_flush_interval(&self) -> Duration {
+        let hz = u64::from(self.hz.max(1));
+        Duration::from_secs((TIME_WRAP_TICKS / hz).saturating_sub(WRAP_SLACK_S).max(1))
+    }
+
+    /// Takes a newer sample; re-measures HZ once the samples are far enough apart. Returns the
+    /// ticks since the previous sample (if [`TIME_WRAP_TICKS`] or more, the 16-bit stamps of the
+    /// drain it serves may have wrapped).
+    pub fn update(&mut self, s: ClockSample) -> u64 {
+        let since = s.jiffies.saturating_sub(self.at.jiffies);
         self.at = s;
         let dt = s.mono_ns.saturating_sub(self.origin.mono_ns);
         let dj = s.jiffies.saturating_sub(self.origin.jiffies);
@@ -52,6 +72,7 @@ impl JiffyClock {
             let measured = u128::from(dj) * NS_PER_SEC / u128::from(dt);
             self.hz = nearest_hz(measured as f64);
         }
+        since
     }
 
     /// `CLOCK_MONOTONIC` ns of a full jiffies value.
@@ -66,32 +87,27 @@ impl JiffyClock {
         }
     }
 
-    /// The full jiffies value whose low 32 bits are `low`, at or before the sample (a flow's last
-    /// packet precedes the drain that reads it).
-    pub fn unwrap_low32(&self, low: u32) -> u64 {
-        let back = (self.at.jiffies as u32).wrapping_sub(low);
+    /// The full jiffies value whose low 16 bits are `low`, at or before the sample (a flow's
+    /// packets precede the drain that reads it).
+    pub fn unwrap_low16(&self, low: u16) -> u64 {
+        let back = (self.at.jiffies as u16).wrapping_sub(low);
         self.at.jiffies.wrapping_sub(u64::from(back))
     }
 
-    /// A map value with its times in `CLOCK_MONOTONIC` ns.
-    pub fn decode(&self, v: &FlowValue) -> FlowStats {
-        let last = self.unwrap_low32(v.last_jiffies);
+    /// A map entry (its key's tail and its value) with its times in `CLOCK_MONOTONIC` ns. The
+    /// ifindex is the low 24 bits the map keeps (see [`FlowValue::ifindex24`]).
+    pub fn decode(&self, tail: &KeyTail, v: &FlowValue) -> FlowStats {
+        let last = self.unwrap_low16(v.last_jiffies);
         // First and last come from different CPUs' stores: a CPU that read jiffies just before a
-        // tick may store a `last` one tick older than the `first` another CPU inserted. A
-        // "negative" span is that, not a 4.6-hour-old flow.
-        let span = v.last_jiffies.wrapping_sub(v.first_flags) & FIRST_JIFFIES_MASK;
-        let first = if span > FIRST_JIFFIES_MASK / 2 {
-            last
-        } else {
-            last - u64::from(span)
-        };
+        // tick may store a `last` one tick older than the `first` another CPU inserted.
+        let first = self.unwrap_low16(v.first_jiffies).min(last);
         FlowStats {
             packets: u64::from(v.packets),
-            bytes: v.bytes,
+            bytes: v.bytes(),
             first_ns: self.mono_ns(first),
             last_ns: self.mono_ns(last),
-            ifindex: v.ifindex,
-            tcp_flags: (v.first_flags >> TCP_FLAGS_SHIFT) as u8,
+            ifindex: v.ifindex24(tail),
+            tcp_flags: v.tcp_flags(),
             _pad: [0; 3],
         }
     }
@@ -170,54 +186,98 @@ mod tests {
         assert_eq!(c.mono_ns(at.jiffies), at.mono_ns);
         assert_eq!(c.mono_ns(at.jiffies - 1_500), at.mono_ns - 1_500_000_000);
         assert_eq!(c.mono_ns(at.jiffies + 2), at.mono_ns + 2_000_000);
-        assert_eq!(c.unwrap_low32(at.jiffies as u32), at.jiffies);
-        assert_eq!(c.unwrap_low32((at.jiffies - 7) as u32), at.jiffies - 7);
+        assert_eq!(c.unwrap_low16(at.jiffies as u16), at.jiffies);
+        assert_eq!(c.unwrap_low16((at.jiffies - 7) as u16), at.jiffies - 7);
+        // The oldest stamp a drain can unwrap: 2^16 - 1 ticks before it.
+        let oldest = at.jiffies - (TIME_WRAP_TICKS - 1);
+        assert_eq!(c.unwrap_low16(oldest as u16), oldest);
     }
 
     #[test]
-    fn unwraps_across_the_32_bit_boundary() {
+    fn unwraps_across_the_16_and_32_bit_boundaries() {
         // jiffies just past 2^32 (5 min after boot), a flow stamped just before it.
         let c = JiffyClock::new(ClockSample {
             jiffies: (1 << 32) + 3,
             mono_ns: 300_000_000_000,
         });
-        assert_eq!(c.unwrap_low32(u32::MAX - 1), (1 << 32) - 2);
+        assert_eq!(c.unwrap_low16(u16::MAX - 1), (1 << 32) - 2);
+        let c = JiffyClock::new(ClockSample {
+            jiffies: (7 << 16) + 10,
+            mono_ns: 300_000_000_000,
+        });
+        assert_eq!(c.unwrap_low16(0xfff0), (7 << 16) - 16);
+    }
+
+    #[test]
+    fn flush_interval_limit_follows_hz() {
+        for (hz, secs) in [(100, 653), (250, 260), (1000, 63), (1200, 52)] {
+            let mut s = sample(hz, 3_600.0);
+            s.jiffies += 1;
+            let c = JiffyClock::new(s);
+            assert_eq!(c.hz(), hz as u32);
+            assert_eq!(c.max_flush_interval(), Duration::from_secs(secs), "HZ {hz}");
+            // Within the limit, the drain's oldest possible stamp still unwraps.
+            let limit = (secs + WRAP_SLACK_S) * hz;
+            assert!(limit <= TIME_WRAP_TICKS, "HZ {hz}");
+        }
+    }
+
+    #[test]
+    fn update_reports_the_ticks_since_the_previous_sample() {
+        let mut c = JiffyClock::new(sample(1000, 100.0));
+        assert_eq!(c.update(sample(1000, 105.0)), 5_000);
+        assert_eq!(c.update(sample(1000, 175.0)), 70_000);
+        assert!(c.update(sample(1000, 175.0)) == 0);
+    }
+
+    fn value(
+        bytes: u64,
+        flags: u8,
+        ifindex_hi: u8,
+        packets: u32,
+        first: u64,
+        last: u64,
+    ) -> FlowValue {
+        FlowValue {
+            bytes_flags: bytes
+                | u64::from(flags) << podflow_ebpf::VALUE_TCP_FLAGS_SHIFT
+                | u64::from(ifindex_hi) << podflow_ebpf::VALUE_IFINDEX_HI_SHIFT,
+            packets,
+            first_jiffies: first as u16,
+            last_jiffies: last as u16,
+        }
+    }
+
+    fn tail(ifindex_lo: u16) -> KeyTail {
+        KeyTail {
+            ifindex_lo,
+            ..KeyTail::default()
+        }
     }
 
     #[test]
     fn decodes_a_value() {
         let c = JiffyClock::new(sample(1000, 1_000.0));
         let j = c.at.jiffies;
-        let first = j - 4_000;
+        let first = j - 40_000;
         let last = j - 250;
-        let v = FlowValue {
-            bytes: 12_345,
-            packets: 17,
-            ifindex: 9,
-            last_jiffies: last as u32,
-            first_flags: (first as u32 & FIRST_JIFFIES_MASK) | (0x12 << TCP_FLAGS_SHIFT),
-        };
-        let s = c.decode(&v);
+        let bytes = (1 << 48) - 3;
+        let v = value(bytes, 0x12, 0x05, u32::MAX, first, last);
+        let s = c.decode(&tail(0x0009), &v);
         assert_eq!(
             (s.packets, s.bytes, s.ifindex, s.tcp_flags),
-            (17, 12_345, 9, 0x12)
+            (u64::from(u32::MAX), bytes, 0x05_0009, 0x12)
         );
         assert_eq!(s.last_ns, c.at.mono_ns - 250_000_000);
-        assert_eq!(s.first_ns, c.at.mono_ns - 4_000_000_000);
+        assert_eq!(s.first_ns, c.at.mono_ns - 40_000_000_000);
     }
 
     #[test]
     fn a_last_stamp_older_than_the_first_is_clamped() {
         let c = JiffyClock::new(sample(1000, 1_000.0));
         let j = c.at.jiffies;
-        let v = FlowValue {
-            bytes: 1,
-            packets: 1,
-            ifindex: 1,
-            last_jiffies: (j - 11) as u32,
-            first_flags: (j - 10) as u32 & FIRST_JIFFIES_MASK,
-        };
-        let s = c.decode(&v);
+        let v = value(1, 0, 0, 1, j - 10, j - 11);
+        let s = c.decode(&tail(1), &v);
         assert_eq!(s.first_ns, s.last_ns);
         assert_eq!(s.last_ns, c.at.mono_ns - 11_000_000);
     }

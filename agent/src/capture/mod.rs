@@ -54,9 +54,9 @@ use aya::{
 };
 use podflow_ebpf::{
     CLOCK, CONFIG, COUNTER_COUNT, COUNTERS, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES,
-    FAMILY_IPV4, FAMILY_IPV6, FLOWS_V4, FLOWS_V6, FlowKey, FlowKeyV4, FlowStats, FlowValue,
-    KEY_F_EPOCH, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS,
-    VETHS, VETHS_MAX, VethSlot,
+    FAMILY_IPV4, FAMILY_IPV6, FLOWS_V4, FLOWS_V6, FlowKey, FlowKeyV4, FlowKeyV6, FlowStats,
+    FlowValue, KEY_F_EPOCH, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS,
+    PROG_VETH_INGRESS, VETHS, VETHS_MAX, VethSlot,
 };
 
 use self::clock::JiffyClock;
@@ -263,7 +263,7 @@ struct Attachment {
 }
 
 type FlowMapV4 = aya::maps::HashMap<MapData, FlowKeyV4, FlowValue>;
-type FlowMapV6 = aya::maps::HashMap<MapData, FlowKey, FlowValue>;
+type FlowMapV6 = aya::maps::HashMap<MapData, FlowKeyV6, FlowValue>;
 
 /// The loaded eBPF object, its maps and what is attached where.
 pub struct Capture {
@@ -283,9 +283,9 @@ pub struct Capture {
     capacity: u32,
     /// Buffers reused from drain to drain.
     bufs_v4: drain::BatchBufs<FlowKeyV4>,
-    bufs_v6: drain::BatchBufs<FlowKey>,
+    bufs_v6: drain::BatchBufs<FlowKeyV6>,
     keys_v4: Vec<FlowKeyV4>,
-    keys_v6: Vec<FlowKey>,
+    keys_v6: Vec<FlowKeyV6>,
     /// Recently removed interfaces: (ifindex, name, when), newest last.
     removed: VecDeque<(u32, String, Instant)>,
     /// Interfaces (by ifindex) whose stale filters from a previous instance were already removed.
@@ -814,8 +814,17 @@ impl Capture {
         self.epoch = new;
         let mono_ns = monotonic_ns();
         self.wait_grace_period();
-        self.clock
+        let ticks = self
+            .clock
             .update(sample_clock(self.clock_prog, &self.clock_map)?);
+        if ticks >= clock::TIME_WRAP_TICKS {
+            tracing::warn!(
+                ticks,
+                hz = self.clock.hz(),
+                "drains were 2^16 ticks or more apart: first/last times of this drain may be early \
+                 by multiples of 2^16 ticks"
+            );
+        }
 
         let old_bit = if old & 1 != 0 { KEY_F_EPOCH } else { 0 };
         entries.clear();
@@ -826,14 +835,10 @@ impl Capture {
             batch,
             &mut self.bufs_v4,
             &mut self.keys_v4,
-            |k: &FlowKeyV4| k.key_flags & KEY_F_EPOCH == old_bit,
-            |k: &FlowKeyV4, v: &FlowValue| {
-                let mut key = k.to_key();
-                key.key_flags &= !KEY_F_EPOCH;
-                FlowEntry {
-                    key,
-                    stats: clock.decode(v),
-                }
+            |k: &FlowKeyV4| k.tail.epoch_bit() == old_bit,
+            |k: &FlowKeyV4, v: &FlowValue| FlowEntry {
+                key: k.to_key(),
+                stats: clock.decode(&k.tail, v),
             },
             entries,
         );
@@ -843,18 +848,15 @@ impl Capture {
             v4_batch,
             &mut self.bufs_v6,
             &mut self.keys_v6,
-            |k: &FlowKey| k.key_flags & KEY_F_EPOCH == old_bit,
-            |k: &FlowKey, v: &FlowValue| {
-                let mut key = *k;
-                key.key_flags &= !KEY_F_EPOCH;
-                FlowEntry {
-                    key,
-                    stats: clock.decode(v),
-                }
+            |k: &FlowKeyV6| k.tail.epoch_bit() == old_bit,
+            |k: &FlowKeyV6, v: &FlowValue| FlowEntry {
+                key: k.to_key(),
+                stats: clock.decode(&k.tail, v),
             },
             entries,
         );
         self.settle_batch(v6)?;
+        self.widen_ifindexes(entries);
 
         let mut counters = [0u64; COUNTER_COUNT as usize];
         for (i, c) in counters.iter_mut().enumerate() {
@@ -874,6 +876,38 @@ impl Capture {
             .filter(|c| c.is_outcome())
             .fold(0u64, |a, c| a.wrapping_add(counters[*c as usize]));
         Ok((counters, mono_ns))
+    }
+
+    /// The maps keep the low 24 bits of an ifindex (16 in the key, 8 in the value). Once an
+    /// interface podflow attached to (or recently detached) has an ifindex of 2^24 or more, the
+    /// entries' ifindexes are matched back to those interfaces (attached ones first).
+    fn widen_ifindexes(&self, entries: &mut [FlowEntry]) {
+        const LOW24: u32 = (1 << 24) - 1;
+        let wide: Vec<u32> = self
+            .attached
+            .keys()
+            .copied()
+            .chain(self.removed.iter().rev().map(|(i, _, _)| *i))
+            .filter(|i| *i > LOW24)
+            .collect();
+        if wide.is_empty() {
+            return;
+        }
+        for e in entries.iter_mut() {
+            let low = e.stats.ifindex;
+            if self.attached.contains_key(&low) {
+                continue;
+            }
+            if let Some(full) = wide.iter().find(|i| *i & LOW24 == low) {
+                e.stats.ifindex = *full;
+            }
+        }
+    }
+
+    /// The longest flush interval the flow maps' 16-bit time stamps allow at this kernel's tick
+    /// rate (see [`clock::JiffyClock::max_flush_interval`]).
+    pub fn max_flush_interval(&self) -> Duration {
+        self.clock.max_flush_interval()
     }
 
     /// Remembers a refused batch command; returns whether batches may still be used.

@@ -197,6 +197,21 @@ struct Group {
     fresh: bool,
     /// The observation at the counting point has packets.
     counted_packets: bool,
+    /// More observations of the flow at a point that already had one in this drain (the same
+    /// 5-tuple on another interface, see [`Dup`]).
+    dups: bool,
+}
+
+/// A second (third, ...) observation of a flow at one observation point in one drain: the kernel
+/// keys entries by interface too, so a 5-tuple seen at the same point on two interfaces — a pod
+/// sending with another pod's source address, say — comes as two entries. Its record adds them
+/// up and lists every interface.
+#[derive(Clone, Copy, Debug)]
+struct Dup {
+    group: u32,
+    rank: u8,
+    /// Index of the observation in the drain.
+    index: u32,
 }
 
 /// A record to produce, in start-time order, with what it needs of its group (so that making it
@@ -212,6 +227,8 @@ struct Pending {
     seen: u8,
     /// Seen at a layer-3 (WireGuard) point.
     encrypted: bool,
+    /// The group (index into the drain's groups) if it has [`Dup`]s, else [`NONE`].
+    dup_group: u32,
 }
 
 /// An interface name looked up during a drain, and a number shared by the interfaces of equal
@@ -306,6 +323,8 @@ pub struct FlowTable {
     /// Groups of flows that could not be tracked (table full), by flow.
     untracked_groups: HashMap<FlowId, u32, FlowHashState>,
     pending: Vec<Pending>,
+    /// The drain's [`Dup`]s, sorted by group.
+    dups: Vec<Dup>,
     /// Interface names looked up during this drain.
     names: HashMap<u32, IfName, FlowHashState>,
 }
@@ -322,6 +341,7 @@ impl FlowTable {
             groups: Vec::new(),
             untracked_groups: HashMap::with_hasher(flow_hash_state()),
             pending: Vec::new(),
+            dups: Vec::new(),
             names: HashMap::with_hasher(flow_hash_state()),
         }
     }
@@ -384,6 +404,7 @@ impl FlowTable {
         self.epoch = self.epoch.wrapping_add(1);
         reuse(&mut self.groups);
         reuse(&mut self.pending);
+        self.dups.clear();
         self.untracked_groups.clear();
         self.names.clear();
 
@@ -446,6 +467,19 @@ impl FlowTable {
                 },
             };
             if let Some(g) = self.groups.get_mut(slot as usize) {
+                if g.at[usize::from(rank)] != NONE {
+                    g.dups = true;
+                    self.dups.push(Dup {
+                        group: slot,
+                        rank,
+                        index,
+                    });
+                    if g.counting == rank {
+                        g.first_ns = g.first_ns.min(o.first_ns());
+                        g.counted_packets |= o.packets() != 0;
+                    }
+                    continue;
+                }
                 g.at[usize::from(rank)] = index;
                 g.ifindex[usize::from(rank)] = o.ifindex();
                 if g.fresh {
@@ -458,10 +492,23 @@ impl FlowTable {
             }
         }
 
+        // A counting point that moved (fresh flows: to the earliest point seen) may have had
+        // duplicates added before it was the counting point.
+        self.dups.sort_by_key(|d| d.group);
+        for d in &self.dups {
+            if let Some(g) = self.groups.get_mut(d.group as usize)
+                && g.counting == d.rank
+                && let Some(o) = observations.get(d.index as usize)
+            {
+                g.first_ns = g.first_ns.min(o.first_ns());
+                g.counted_packets |= o.packets() != 0;
+            }
+        }
+
         // 3. The flows with packets at their counting point make a record, in start-time order.
         // Only later points saw the others in this drain: their packets were counted at the
         // counting point in an earlier drain.
-        for g in &self.groups {
+        for (gi, g) in self.groups.iter().enumerate() {
             let counting = usize::from(g.counting);
             let counted = g.at[counting];
             if counted == NONE || !g.counted_packets {
@@ -473,6 +520,11 @@ impl FlowTable {
                 ifindexes: [g.ifindex[counting], 0, 0, 0],
                 seen: 1,
                 encrypted: false,
+                dup_group: if g.dups {
+                    u32::try_from(gi).unwrap_or(NONE)
+                } else {
+                    NONE
+                },
             };
             for (rank, &at) in g.at.iter().enumerate() {
                 if at == NONE {
@@ -511,12 +563,62 @@ impl FlowTable {
             let Some(counted) = observations.get(p.counted as usize) else {
                 continue;
             };
+            if p.dup_group == NONE {
+                out.push(record(
+                    &self.cfg,
+                    &self.local,
+                    &mut self.names,
+                    counted,
+                    p,
+                    &[],
+                    clock,
+                    ifname,
+                ));
+                continue;
+            }
+            // Add up the entries at the counting point; list every interface.
+            let counting = self
+                .groups
+                .get(p.dup_group as usize)
+                .map_or(u8::MAX, |g| g.counting);
+            let from = self.dups.partition_point(|d| d.group < p.dup_group);
+            let mut merged = Observation {
+                key: *counted.key(),
+                stats: FlowStats {
+                    packets: counted.packets(),
+                    bytes: counted.bytes(),
+                    first_ns: counted.first_ns(),
+                    last_ns: counted.last_ns(),
+                    ifindex: counted.ifindex(),
+                    tcp_flags: counted.tcp_flags(),
+                    _pad: [0; 3],
+                },
+            };
+            let mut extra = Vec::new();
+            for d in self.dups[from..]
+                .iter()
+                .take_while(|d| d.group == p.dup_group)
+            {
+                let Some(o) = observations.get(d.index as usize) else {
+                    continue;
+                };
+                extra.push(o.ifindex());
+                if d.rank == counting {
+                    let m = &mut merged.stats;
+                    m.packets += o.packets();
+                    m.bytes += o.bytes();
+                    m.first_ns = m.first_ns.min(o.first_ns());
+                    m.last_ns = m.last_ns.max(o.last_ns());
+                    m.tcp_flags |= o.tcp_flags();
+                }
+            }
             out.push(record(
                 &self.cfg,
                 &self.local,
                 &mut self.names,
-                counted,
+                &merged,
                 p,
+                &extra,
                 clock,
                 ifname,
             ));
@@ -553,6 +655,7 @@ fn new_group(groups: &mut Vec<Group>, counting: u8, fresh: bool) -> u32 {
         counting,
         fresh,
         counted_packets: false,
+        dups: false,
     });
     slot
 }
@@ -578,17 +681,24 @@ fn ifname_cached<'a>(
     })
 }
 
+/// The record of a flow: `counted` is its observation at the counting point (duplicates at that
+/// point already added in), `extra` the ifindexes of its [`Dup`]s.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per kind of pending record"
+)]
 fn record<O: Observed>(
     cfg: &FlowTableConfig,
     local: &HashMap<u128, LocalEndpoint, FlowHashState>,
     names: &mut HashMap<u32, IfName, FlowHashState>,
     counted: &O,
     p: &Pending,
+    extra: &[u32],
     clock: &Clock,
     ifname: &dyn Fn(u32) -> Option<String>,
 ) -> proto::Flow {
     // The counting point's interface first, then the others in path order, each name once.
-    let mut interfaces = Vec::with_capacity(usize::from(p.seen));
+    let mut interfaces = Vec::with_capacity(usize::from(p.seen) + extra.len());
     let mut ids = [u32::MAX; 4];
     for (i, &ifindex) in p.ifindexes.iter().take(usize::from(p.seen)).enumerate() {
         let n = ifname_cached(names, ifname, ifindex);
@@ -596,6 +706,12 @@ fn record<O: Observed>(
             interfaces.push(n.name.clone());
         }
         ids[i] = n.id;
+    }
+    for &ifindex in extra {
+        let n = ifname_cached(names, ifname, ifindex);
+        if !interfaces.contains(&n.name) {
+            interfaces.push(n.name.clone());
+        }
     }
     let key = counted.key();
     // Counted where it entered from a pod: a packet to a pod of this node also left through that
@@ -794,6 +910,119 @@ mod tests {
             Some(1_700_000_001)
         );
         assert_eq!(r.end_time.as_ref().map(|t| t.seconds), Some(1_700_000_002));
+    }
+
+    #[test]
+    fn one_flow_at_one_point_on_two_interfaces_is_added_up_and_lists_both() {
+        // The kernel keys entries by interface: pod A's 5-tuple also sent from behind veth B
+        // (a spoofed source) makes two entries at the same observation point.
+        let mut t = table();
+        let mut spoofed = obs(
+            POD_A,
+            POD_B,
+            ObsPoint::VethIngress,
+            VETH_B,
+            4,
+            400,
+            (S, 4 * S),
+        );
+        spoofed.stats.tcp_flags = 0x04;
+        let recs = t.ingest(
+            &[
+                obs(
+                    POD_A,
+                    POD_B,
+                    ObsPoint::VethIngress,
+                    VETH_A,
+                    10,
+                    1000,
+                    (2 * S, 3 * S),
+                ),
+                spoofed,
+                // Seen again after the flow's counting point: interfaces only.
+                obs(POD_A, POD_B, ObsPoint::L3Egress, WG, 7, 700, (2 * S, 3 * S)),
+                obs(POD_A, POD_B, ObsPoint::L3Egress, 30, 1, 100, (2 * S, 3 * S)),
+            ],
+            &clock(5),
+            &names,
+        );
+        assert_eq!(recs.len(), 1, "{recs:#?}");
+        let r = &recs[0];
+        assert_eq!((r.packets, r.bytes, r.tcp_flags), (14, 1400, 0x16));
+        assert_eq!(r.interfaces, vec!["vethA", "wg0", "vethB", "if30"]);
+        assert_eq!(
+            r.start_time.as_ref().map(|t| t.seconds),
+            Some(1_700_000_001)
+        );
+        assert_eq!(r.end_time.as_ref().map(|t| t.seconds), Some(1_700_000_004));
+
+        // Next drain, the counting point is sticky: duplicates at a later point of a new drain
+        // that come before the counting point's entry are not counted.
+        let recs = t.ingest(
+            &[
+                obs(POD_A, POD_B, ObsPoint::L3Egress, WG, 2, 200, (6 * S, 6 * S)),
+                obs(POD_A, POD_B, ObsPoint::L3Egress, 30, 2, 200, (6 * S, 6 * S)),
+                obs(
+                    POD_A,
+                    POD_B,
+                    ObsPoint::VethIngress,
+                    VETH_B,
+                    3,
+                    300,
+                    (6 * S, 7 * S),
+                ),
+                obs(
+                    POD_A,
+                    POD_B,
+                    ObsPoint::VethIngress,
+                    VETH_A,
+                    2,
+                    200,
+                    (5 * S, 6 * S),
+                ),
+            ],
+            &clock(8),
+            &names,
+        );
+        assert_eq!(recs.len(), 1, "{recs:#?}");
+        assert_eq!((recs[0].packets, recs[0].bytes), (5, 500));
+        assert_eq!(
+            recs[0].start_time.as_ref().map(|t| t.seconds),
+            Some(1_700_000_005)
+        );
+        assert_eq!(recs[0].interfaces, vec!["vethB", "wg0", "if30", "vethA"]);
+    }
+
+    #[test]
+    fn duplicates_before_a_fresh_flow_moves_its_counting_point_are_not_counted() {
+        // A fresh flow's counting point is the earliest point seen: the two entries at the L3
+        // egress come first, the veth ingress entry then takes over as the counting point.
+        let mut t = table();
+        let recs = t.ingest(
+            &[
+                obs(POD_A, REMOTE, ObsPoint::L3Egress, WG, 5, 500, (S, 2 * S)),
+                obs(POD_A, REMOTE, ObsPoint::L3Egress, 30, 5, 500, (S, 2 * S)),
+                obs(
+                    POD_A,
+                    REMOTE,
+                    ObsPoint::VethIngress,
+                    VETH_A,
+                    5,
+                    500,
+                    (3 * S, 4 * S),
+                ),
+            ],
+            &clock(5),
+            &names,
+        );
+        assert_eq!(recs.len(), 1, "{recs:#?}");
+        assert_eq!((recs[0].packets, recs[0].bytes), (5, 500));
+        assert_eq!(
+            recs[0].start_time.as_ref().map(|t| t.seconds),
+            Some(1_700_000_003)
+        );
+        assert_eq!(recs[0].interfaces, vec!["vethA", "wg0", "if30"]);
+        assert!(recs[0].encrypted);
     }
 
     #[test]
