@@ -1003,7 +1003,13 @@ struct HookWindow {
 }
 
 /// Average ns per program run over a generator window.
-fn hook_ns(bed: &Bed, ids: &[u32], flows: Flows, rate: u64, secs: f64) -> anyhow::Result<HookWindow> {
+fn hook_ns(
+    bed: &Bed,
+    ids: &[u32],
+    flows: Flows,
+    rate: u64,
+    secs: f64,
+) -> anyhow::Result<HookWindow> {
     ensure!(!ids.is_empty(), "no programs attached to measure");
     // Warm-up outside the window: one pass over every flow, so the window measures packets of
     // flows already in the map (the agent's flush may still flip the epoch once inside the
@@ -1246,6 +1252,9 @@ struct Throughput {
     udp_empty: Vec<f64>,
     tcp_empty_ratio: Vec<f64>,
     udp_empty_ratio: Vec<f64>,
+    /// Per pair, the highest CPU pressure (PSI "some", share of the wall time) of its blocks:
+    /// how much the machine's other work competed with the runs.
+    pressure: Vec<f64>,
     /// Seconds from the agent's attachment until it settled, and how many times it did not
     /// within the bound.
     settle_secs: Vec<f64>,
@@ -1277,29 +1286,56 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("podflow-bench: {}", msg.as_ref());
 }
 
-/// One throughput block: `reps` × (TCP run, UDP run); the means.
-fn throughput_block(o: &Opts, bed: &Bed) -> anyhow::Result<(f64, f64)> {
+/// The kernel's CPU pressure stall total (`/proc/pressure/cpu`, "some": µs during which at
+/// least one runnable task waited for a CPU), if the kernel has PSI.
+fn cpu_pressure_us() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// One throughput block: `reps` × (TCP run, UDP run); the means, and the CPU pressure over the
+/// block (share of its wall time some task waited for a CPU; NaN without PSI).
+fn throughput_block(o: &Opts, bed: &Bed) -> anyhow::Result<(f64, f64, f64)> {
+    let (p0, t0) = (cpu_pressure_us(), Instant::now());
     let (mut tcp, mut udp) = (0.0, 0.0);
     for _ in 0..o.reps {
         tcp += tcp_gbps(bed, o.iperf_secs)?;
         udp += udp_pps(bed, o.iperf_secs)?;
     }
-    Ok((tcp / o.reps as f64, udp / o.reps as f64))
+    let pressure = match (p0, cpu_pressure_us()) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / t0.elapsed().as_micros().max(1) as f64,
+        _ => f64::NAN,
+    };
+    Ok((tcp / o.reps as f64, udp / o.reps as f64, pressure))
 }
 
-/// Starts the agent (default 5 s flush) and waits until it settled; records the settle time.
-fn start_settled(o: &Opts, bed: &Bed, entries: u32, t: &mut Throughput) -> anyhow::Result<Agent> {
+/// Starts the agent (default 5 s flush) and waits until it settled (see [`Agent::settle`]).
+/// Returns the agent and the seconds that took, `None` when it did not settle within the bound
+/// (measured anyway, and reported).
+fn start_settled(o: &Opts, bed: &Bed, entries: u32) -> anyhow::Result<(Agent, Option<f64>)> {
     let agent = Agent::start(bed, &o.podflow, entries, "5s", &[])?;
     let (took, settled) = agent.settle()?;
-    t.settle_secs.push(took.as_secs_f64());
     if !settled {
-        t.unsettled += 1;
         log(format!(
             "the agent was still using CPU {:.1} s after attaching; measuring anyway",
             took.as_secs_f64()
         ));
     }
-    Ok(agent)
+    Ok((agent, settled.then_some(took.as_secs_f64())))
+}
+
+impl Throughput {
+    fn settled(&mut self, s: Option<f64>) {
+        match s {
+            Some(secs) => self.settle_secs.push(secs),
+            None => self.unsettled += 1,
+        }
+    }
 }
 
 /// The agent's CPU time and wake-ups over `secs` with no traffic.
@@ -1359,10 +1395,17 @@ fn throughput(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Thro
     // Warm-up outside the pairs: one run of each kind (iperf3 server, TCP metrics cache, page
     // cache), then one agent cycle to time its start and stop and to watch it idle.
     log("throughput warm-up (no agent)");
-    throughput_block(&Opts { reps: 1, ..o.clone() }, bed)?;
+    throughput_block(
+        &Opts {
+            reps: 1,
+            ..o.clone()
+        },
+        bed,
+    )?;
     log("agent start-up, settle and idle window");
     let t0 = Instant::now();
-    let agent = start_settled(o, bed, entries, &mut t)?;
+    let (agent, settled) = start_settled(o, bed, entries)?;
+    t.settled(settled);
     let mut gap_start = t0.elapsed();
     t.idle = idle_window(&agent, o.idle_secs)?;
     log(format!(
@@ -1399,7 +1442,8 @@ fn throughput(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Thro
             match arm {
                 Arm::Agent => {
                     let t0 = Instant::now();
-                    let a = start_settled(o, bed, entries, &mut t)?;
+                    let (a, settled) = start_settled(o, bed, entries)?;
+                    t.settled(settled);
                     gap_start = t0.elapsed();
                     agent = Some(throughput_block(o, bed)?);
                     let t1 = Instant::now();
@@ -1418,8 +1462,10 @@ fn throughput(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Thro
         let (Some(b), Some(b2), Some(a), Some(e)) = (base, base2, agent, empty) else {
             bail!("throughput pair {pair} incomplete");
         };
+        let pressure = [b.2, a.2, b2.2, e.2].into_iter().fold(f64::NAN, f64::max);
+        t.pressure.push(pressure * 100.0);
         log(format!(
-            "pair {}: tcp {:.2} {:.2} {:.2} {:.2} Gbit/s, udp {:.0} {:.0} {:.0} {:.0} kpps (no agent, agent, no agent again, empty program): ratio tcp {:.3} udp {:.3}, A/A tcp {:.3} udp {:.3}",
+            "pair {}: tcp {:.2} {:.2} {:.2} {:.2} Gbit/s, udp {:.0} {:.0} {:.0} {:.0} kpps (no agent, agent, no agent again, empty program): ratio tcp {:.3} udp {:.3}, A/A tcp {:.3} udp {:.3}; CPU pressure {:.0} {:.0} {:.0} {:.0} %",
             pair + 1,
             b.0,
             a.0,
@@ -1432,7 +1478,11 @@ fn throughput(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Thro
             a.0 / b.0,
             a.1 / b.1,
             b2.0 / b.0,
-            b2.1 / b.1
+            b2.1 / b.1,
+            b.2 * 100.0,
+            a.2 * 100.0,
+            b2.2 * 100.0,
+            e.2 * 100.0
         ));
         t.tcp_base.push(b.0);
         t.udp_base.push(b.1);
@@ -1468,8 +1518,6 @@ fn hooks(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Hooks> {
         h.mem_latency_ns,
         h.mem_latency_bytes >> 20
     ));
-    // Settle times of the agents here (not reported: the throughput group reports them).
-    let mut scratch = Throughput::default();
     for pair in 0..o.hook_pairs {
         let agent_first = pair % 2 == 1;
         let mut base = None;
@@ -1479,7 +1527,7 @@ fn hooks(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Hooks> {
             if with_agent {
                 log(format!("hook pair {}/{}: agent", pair + 1, o.hook_pairs));
                 // The default flush interval (5 s).
-                let agent = start_settled(o, bed, h.entries, &mut scratch)?;
+                let (agent, _) = start_settled(o, bed, h.entries)?;
                 let ids = agent.prog_ids()?;
                 let names = prog_names(&ids)?;
                 stats.set(true)?;
@@ -1500,7 +1548,11 @@ fn hooks(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Hooks> {
                 agent.stop()?;
                 with = Some((e.ns, m.ns));
             } else {
-                log(format!("hook pair {}/{}: empty program", pair + 1, o.hook_pairs));
+                log(format!(
+                    "hook pair {}/{}: empty program",
+                    pair + 1,
+                    o.hook_pairs
+                ));
                 let empty = EmptyProg::attach(bed)?;
                 let ids = attached_prog_ids(bed.node.ns.name())?;
                 ensure!(
@@ -1882,7 +1934,10 @@ fn throughput_rows(o: &Opts, t: &Throughput, rows: &mut Vec<Row>) -> anyhow::Res
     } else {
         format!("one run of {} s per block", o.iperf_secs)
     };
-    let settle = s(&t.settle_secs)?;
+    let settle = summary(&t.settle_secs).map_or_else(
+        || "agent never quiet within 10 s of attaching".to_string(),
+        |v| format!("agent quiet {} s after attaching", fmt_range(&v, 1)),
+    );
     let idle = &t.idle;
     let (tb, ta, tr) = (s(&t.tcp_base)?, s(&t.tcp_agent)?, s(&t.tcp_ratio)?);
     rows.push(Row {
@@ -1897,14 +1952,14 @@ fn throughput_rows(o: &Opts, t: &Throughput, rows: &mut Vec<Row>) -> anyhow::Res
         limit: 0.98,
         digits: 3,
         detail: format!(
-            "ratio {}; A/A (no agent / no agent, same structure) {}; no agent {} Gbit/s; agent {} Gbit/s; empty tc program on the same hooks instead of the agent: {} Gbit/s, {} of the adjacent no-agent block; agent settled {} s after attaching{}; agent idle (no traffic, 5 s flush): {:.1} ms CPU and {:.1} wake-ups/s over {:.0} s",
+            "ratio {}; A/A (no agent / no agent, same structure) {}; no agent {} Gbit/s; agent {} Gbit/s; empty tc program on the same hooks instead of the agent: {} Gbit/s, {} of the adjacent no-agent block; {}{}; agent idle (no traffic, 5 s flush): {:.1} ms CPU and {:.1} wake-ups/s over {:.0} s; CPU pressure (PSI some, the highest block of each pair) {} %",
             fmt_range(&tr, 3),
             fmt_range(&s(&t.tcp_aa)?, 3),
             fmt_range(&tb, 2),
             fmt_range(&ta, 2),
             fmt_range(&s(&t.tcp_empty)?, 2),
             fmt_range(&s(&t.tcp_empty_ratio)?, 3),
-            fmt_range(&settle, 1),
+            settle,
             if t.unsettled > 0 {
                 format!(" ({} times not within 10 s)", t.unsettled)
             } else {
@@ -1912,7 +1967,8 @@ fn throughput_rows(o: &Opts, t: &Throughput, rows: &mut Vec<Row>) -> anyhow::Res
             },
             idle.cpu_ns as f64 / 1e6,
             idle.wakeups as f64 / idle.secs.max(1e-9),
-            idle.secs
+            idle.secs,
+            summary(&t.pressure).map_or_else(|| "not available".to_string(), |v| fmt_range(&v, 0))
         ),
     });
     let (ub, ua, ur) = (s(&t.udp_base)?, s(&t.udp_agent)?, s(&t.udp_ratio)?);
