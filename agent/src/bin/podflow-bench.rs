@@ -41,10 +41,18 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 struct Opts {
     smoke: bool,
-    /// Interleaved pairs (with / without the agent).
+    /// Interleaved pairs of throughput blocks (with / without the agent).
     pairs: usize,
+    /// Interleaved pairs of kernel-cost windows (agent / empty program).
+    hook_pairs: usize,
+    /// Runs of each churn rate.
+    churn_runs: usize,
     /// Seconds of each iperf3 run.
     iperf_secs: u32,
+    /// iperf3 runs of each kind (TCP, UDP) per block; a block's figure is their mean.
+    reps: usize,
+    /// Seconds of the agent's idle window (CPU and wake-ups with no traffic).
+    idle_secs: f64,
     /// Seconds of each generator window for the kernel cost.
     hook_secs: f64,
     /// Packets per second of the generator for the kernel cost.
@@ -67,8 +75,8 @@ struct Opts {
     only: Vec<String>,
 }
 
-/// The figure groups `--only` selects from.
-const GROUPS: [&str; 4] = ["pairs", "churn", "rss", "map"];
+/// The figure groups `--only` selects from (`pairs` is an alias of `throughput,hook`).
+const GROUPS: [&str; 5] = ["throughput", "hook", "churn", "rss", "map"];
 
 impl Opts {
     fn wants(&self, group: &str) -> bool {
@@ -77,10 +85,14 @@ impl Opts {
 }
 
 fn usage() -> &'static str {
-    "usage: podflow-bench [--smoke] [--pairs N] [--secs N] [--only pairs,churn,rss,map] [--podflow PATH] [--doc FILE] [--command TEXT]\n\
+    "usage: podflow-bench [--smoke] [--pairs N] [--secs N] [--reps N] [--only throughput,hook,churn,rss,map] [--podflow PATH] [--doc FILE] [--command TEXT]\n\
      Measures podflow against the no-agent baseline inside network namespaces (root needed).\n\
-     --only measures some figure groups (pairs: TCP, UDP and kernel cost; churn: CPU per flow;\n\
-     rss: resident memory; map: map memory and loss) and never writes --doc."
+     --pairs N: interleaved pairs of throughput blocks, of kernel-cost windows and churn runs\n\
+     (default 9, 7 and 5); --secs: seconds per iperf3 run (3); --reps: iperf3 runs of each kind\n\
+     per block (1).\n\
+     --only measures some figure groups (throughput: TCP and UDP ratios, A/A, empty program;\n\
+     hook: kernel ns per hook; pairs: both; churn: CPU per flow; rss: resident memory;\n\
+     map: map memory and loss) and never writes --doc."
 }
 
 fn parse_opts() -> anyhow::Result<Opts> {
@@ -95,7 +107,11 @@ fn parse_opts() -> anyhow::Result<Opts> {
         Opts {
             smoke,
             pairs: 1,
+            hook_pairs: 1,
+            churn_runs: 1,
             iperf_secs: 1,
+            reps: 1,
+            idle_secs: 1.0,
             hook_secs: 1.0,
             hook_rate: 50_000,
             many_flows: 20_000,
@@ -112,8 +128,14 @@ fn parse_opts() -> anyhow::Result<Opts> {
     } else {
         Opts {
             smoke,
-            pairs: 7,
+            pairs: 9,
+            hook_pairs: 7,
+            // 5, as the method says (it used to follow --pairs, 7): the time goes to the
+            // throughput pairs.
+            churn_runs: 5,
             iperf_secs: 3,
+            reps: 1,
+            idle_secs: 10.0,
             hook_secs: 2.0,
             hook_rate: 100_000,
             many_flows: 60_000,
@@ -137,15 +159,26 @@ fn parse_opts() -> anyhow::Result<Opts> {
         };
         match a.as_str() {
             "--smoke" => {}
-            "--pairs" => o.pairs = val()?.parse().context("--pairs")?,
+            "--pairs" => {
+                o.pairs = val()?.parse().context("--pairs")?;
+                o.hook_pairs = o.pairs;
+                o.churn_runs = o.pairs;
+            }
             "--secs" => o.iperf_secs = val()?.parse().context("--secs")?,
+            "--reps" => o.reps = val()?.parse().context("--reps")?,
             "--podflow" => o.podflow = PathBuf::from(val()?),
             "--many-flows" => o.many_flows = val()?.parse().context("--many-flows")?,
             "--map-entries" => o.hook_map_entries = Some(val()?.parse().context("--map-entries")?),
             "--doc" => o.doc = Some(PathBuf::from(val()?)),
             "--command" => o.command = val()?,
             "--only" => {
-                o.only = val()?.split(',').map(str::to_string).collect();
+                o.only = val()?
+                    .split(',')
+                    .flat_map(|g| match g {
+                        "pairs" => vec!["throughput".to_string(), "hook".to_string()],
+                        g => vec![g.to_string()],
+                    })
+                    .collect();
                 if let Some(g) = o.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
                     bail!("--only: unknown group {g} (groups: {})", GROUPS.join(","));
                 }
@@ -158,6 +191,8 @@ fn parse_opts() -> anyhow::Result<Opts> {
         }
     }
     ensure!(o.pairs >= 1, "--pairs must be at least 1");
+    ensure!(o.reps >= 1, "--reps must be at least 1");
+    ensure!(o.iperf_secs >= 1, "--secs must be at least 1");
     if o.command.is_empty() {
         o.command = std::iter::once("podflow-bench".to_string())
             .chain(args.iter().cloned())
@@ -506,6 +541,15 @@ fn generate(bed: &Bed, flows: Flows, rate: u64, secs: f64) -> anyhow::Result<Gen
 // ---------------------------------------------------------------------------------------------
 // The agent
 
+/// One thread's CPU time and number of times it was scheduled onto a CPU (its wake-ups, roughly).
+#[derive(Debug, Clone)]
+struct ThreadCpu {
+    tid: u32,
+    name: String,
+    ns: u64,
+    slices: u64,
+}
+
 struct Agent {
     child: ChildGuard,
     pid: i32,
@@ -657,6 +701,74 @@ impl Agent {
         Ok((utime + stime) * 1_000_000_000 / tck)
     }
 
+    /// CPU time (ns) and times scheduled onto a CPU of each of the agent's threads, from
+    /// `/proc/<pid>/task/<tid>/schedstat` (exact ns, unlike the 10 ms ticks of `stat`), with the
+    /// thread's name.
+    fn threads(&self) -> anyhow::Result<Vec<ThreadCpu>> {
+        let dir = format!("/proc/{}/task", self.pid);
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+            let path = e?.path();
+            // A thread may exit between readdir and read: skip it.
+            let Ok(st) = std::fs::read_to_string(path.join("schedstat")) else {
+                continue;
+            };
+            let mut f = st.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+            let (ns, _wait, slices) = (
+                f.next().unwrap_or(0),
+                f.next().unwrap_or(0),
+                f.next().unwrap_or(0),
+            );
+            let name = std::fs::read_to_string(path.join("comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            let tid = path
+                .file_name()
+                .and_then(|t| t.to_str())
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(0);
+            out.push(ThreadCpu {
+                tid,
+                name,
+                ns,
+                slices,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Total CPU ns of the agent's threads (schedstat).
+    fn sched_ns(&self) -> anyhow::Result<u64> {
+        Ok(self.threads()?.iter().map(|t| t.ns).sum())
+    }
+
+    /// Waits until the agent's start-up work (interface discovery, attaching, the first flush,
+    /// its runtime's threads) is over: until its threads used less than 2 ms of CPU in the last
+    /// 500 ms (sampled every 100 ms), for at most 10 s. Returns how long that took and whether
+    /// it settled.
+    fn settle(&self) -> anyhow::Result<(Duration, bool)> {
+        const WINDOW: usize = 5;
+        const QUIET_NS: u64 = 2_000_000;
+        let start = Instant::now();
+        let mut samples = std::collections::VecDeque::new();
+        loop {
+            check_stop()?;
+            samples.push_back(self.sched_ns()?);
+            if samples.len() > WINDOW {
+                samples.pop_front();
+                if let (Some(first), Some(last)) = (samples.front(), samples.back())
+                    && last.saturating_sub(*first) < QUIET_NS
+                {
+                    return Ok((start.elapsed(), true));
+                }
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Ok((start.elapsed(), false));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A `/proc/<pid>/status` field in KiB (VmRSS, VmHWM).
     fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
@@ -801,15 +913,27 @@ fn attached_prog_ids(node_ns: &str) -> anyhow::Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// (run_time_ns, run_cnt) summed over programs.
-fn prog_stats(ids: &[u32]) -> anyhow::Result<(u64, u64)> {
-    let mut t = (0, 0);
-    for id in ids {
-        let v = bpftool_json(None, &["prog", "show", "id", &id.to_string()])?;
-        t.0 += v["run_time_ns"].as_u64().unwrap_or(0);
-        t.1 += v["run_cnt"].as_u64().unwrap_or(0);
-    }
-    Ok(t)
+/// (run_time_ns, run_cnt) of each program.
+fn prog_stats(ids: &[u32]) -> anyhow::Result<Vec<(u64, u64)>> {
+    ids.iter()
+        .map(|id| {
+            let v = bpftool_json(None, &["prog", "show", "id", &id.to_string()])?;
+            Ok((
+                v["run_time_ns"].as_u64().unwrap_or(0),
+                v["run_cnt"].as_u64().unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+/// The name of each program (`bpftool -j prog show id N` → name).
+fn prog_names(ids: &[u32]) -> anyhow::Result<Vec<String>> {
+    ids.iter()
+        .map(|id| {
+            let v = bpftool_json(None, &["prog", "show", "id", &id.to_string()])?;
+            Ok(v["name"].as_str().unwrap_or("?").to_string())
+        })
+        .collect()
 }
 
 /// ns per step of a pointer chase through a random cyclic permutation of the cache lines of a
@@ -870,8 +994,22 @@ fn memory_latency_ns(bytes: usize) -> anyhow::Result<f64> {
     Ok(ns)
 }
 
+/// A kernel-cost window: ns per program run over all the programs, and per program (ns per
+/// run, runs) in the order of the ids given.
+#[derive(Debug, Clone)]
+struct HookWindow {
+    ns: f64,
+    per_prog: Vec<(f64, u64)>,
+}
+
 /// Average ns per program run over a generator window.
-fn hook_ns(bed: &Bed, ids: &[u32], flows: Flows, rate: u64, secs: f64) -> anyhow::Result<f64> {
+fn hook_ns(
+    bed: &Bed,
+    ids: &[u32],
+    flows: Flows,
+    rate: u64,
+    secs: f64,
+) -> anyhow::Result<HookWindow> {
     ensure!(!ids.is_empty(), "no programs attached to measure");
     // Warm-up outside the window: one pass over every flow, so the window measures packets of
     // flows already in the map (the agent's flush may still flip the epoch once inside the
@@ -879,14 +1017,28 @@ fn hook_ns(bed: &Bed, ids: &[u32], flows: Flows, rate: u64, secs: f64) -> anyhow
     if let Flows::Rotate(n) = flows {
         generate(bed, flows, rate, (n as f64 / rate as f64).max(0.2))?;
     }
-    let (t0, c0) = prog_stats(ids)?;
+    let before = prog_stats(ids)?;
     generate(bed, flows, rate, secs)?;
-    let (t1, c1) = prog_stats(ids)?;
+    let after = prog_stats(ids)?;
+    let per: Vec<(u64, u64)> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a.0.saturating_sub(b.0), a.1.saturating_sub(b.1)))
+        .collect();
+    let (t, c) = per
+        .iter()
+        .fold((0u64, 0u64), |acc, p| (acc.0 + p.0, acc.1 + p.1));
     ensure!(
-        c1 > c0 && t1 >= t0,
+        c > 0,
         "bpf stats did not advance (kernel.bpf_stats_enabled?)"
     );
-    Ok((t1 - t0) as f64 / (c1 - c0) as f64)
+    Ok(HookWindow {
+        ns: t as f64 / c as f64,
+        per_prog: per
+            .iter()
+            .map(|&(t, c)| (if c > 0 { t as f64 / c as f64 } else { f64::NAN }, c))
+            .collect(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1069,26 +1221,62 @@ fn machine() -> String {
 // ---------------------------------------------------------------------------------------------
 // The benchmark
 
-struct Collected {
+/// What the agent does with no traffic: its threads' CPU time and wake-ups over an idle window
+/// (after it settled, default 5 s flush).
+#[derive(Debug, Clone, Default)]
+struct Idle {
+    secs: f64,
+    cpu_ns: u64,
+    wakeups: u64,
+    /// Per thread name: (threads, CPU ns, wake-ups), the busiest first.
+    by_name: Vec<(String, usize, u64, u64)>,
+}
+
+/// The throughput blocks: the agent against the baseline (A/B), the baseline against itself
+/// (A/A, the noise floor of the same comparison), and the empty tc program as a reference.
+#[derive(Debug, Default)]
+struct Throughput {
     tcp_base: Vec<f64>,
+    udp_base: Vec<f64>,
+    tcp_agent: Vec<f64>,
+    udp_agent: Vec<f64>,
+    tcp_ratio: Vec<f64>,
+    udp_ratio: Vec<f64>,
+    /// Second baseline block / baseline block of the same pair.
+    tcp_aa: Vec<f64>,
+    udp_aa: Vec<f64>,
     /// TCP and UDP with the empty tc program attached to the same hooks (no agent): what any tc
-    /// program costs there (the tcx hook itself), next to what podflow costs.
+    /// program costs there (the tcx hook itself), next to what podflow costs; and its ratio to
+    /// the adjacent (second) baseline block.
     tcp_empty: Vec<f64>,
     udp_empty: Vec<f64>,
-    tcp_agent: Vec<f64>,
-    tcp_ratio: Vec<f64>,
-    udp_base: Vec<f64>,
-    udp_agent: Vec<f64>,
-    udp_ratio: Vec<f64>,
-    hook_empty_est: Vec<f64>,
-    hook_agent_est: Vec<f64>,
-    hook_diff_est: Vec<f64>,
-    hook_empty_many: Vec<f64>,
-    hook_agent_many: Vec<f64>,
-    hook_diff_many: Vec<f64>,
+    tcp_empty_ratio: Vec<f64>,
+    udp_empty_ratio: Vec<f64>,
+    /// Per pair, the highest CPU pressure (PSI "some", share of the wall time) of its blocks:
+    /// how much the machine's other work competed with the runs.
+    pressure: Vec<f64>,
+    /// Seconds from the agent's attachment until it settled, and how many times it did not
+    /// within the bound.
+    settle_secs: Vec<f64>,
+    unsettled: usize,
+    idle: Idle,
+}
+
+/// The kernel-cost windows: podflow's programs against the empty program.
+#[derive(Debug, Default)]
+struct Hooks {
+    empty_est: Vec<f64>,
+    agent_est: Vec<f64>,
+    diff_est: Vec<f64>,
+    empty_many: Vec<f64>,
+    agent_many: Vec<f64>,
+    diff_many: Vec<f64>,
+    /// Per podflow program name: (ns per run, runs) of each pair's window.
+    prog_est: std::collections::BTreeMap<String, Vec<(f64, u64)>>,
+    prog_many: std::collections::BTreeMap<String, Vec<(f64, u64)>>,
     /// lost_map_full summed over the agent's kernel cost windows, and the map capacity used.
-    hook_lost: u64,
-    hook_entries: u32,
+    lost: u64,
+    entries: u32,
     /// ns per dependent random access into a buffer the size of the flow maps (4 KiB pages).
     mem_latency_ns: f64,
     mem_latency_bytes: usize,
@@ -1098,114 +1286,306 @@ fn log(msg: impl AsRef<str>) {
     eprintln!("podflow-bench: {}", msg.as_ref());
 }
 
-fn interleaved(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Collected> {
-    let mut c = Collected {
-        tcp_base: vec![],
-        tcp_empty: vec![],
-        udp_empty: vec![],
-        tcp_agent: vec![],
-        tcp_ratio: vec![],
-        udp_base: vec![],
-        udp_agent: vec![],
-        udp_ratio: vec![],
-        hook_empty_est: vec![],
-        hook_agent_est: vec![],
-        hook_diff_est: vec![],
-        hook_empty_many: vec![],
-        hook_agent_many: vec![],
-        hook_diff_many: vec![],
-        hook_lost: 0,
-        hook_entries: 0,
-        mem_latency_ns: 0.0,
-        mem_latency_bytes: 0,
+/// The kernel's CPU pressure stall total (`/proc/pressure/cpu`, "some": µs during which at
+/// least one runnable task waited for a CPU), if the kernel has PSI.
+fn cpu_pressure_us() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// One throughput block: `reps` × (TCP run, UDP run); the means, and the CPU pressure over the
+/// block (share of its wall time some task waited for a CPU; NaN without PSI).
+fn throughput_block(o: &Opts, bed: &Bed) -> anyhow::Result<(f64, f64, f64)> {
+    let (p0, t0) = (cpu_pressure_us(), Instant::now());
+    let (mut tcp, mut udp) = (0.0, 0.0);
+    for _ in 0..o.reps {
+        tcp += tcp_gbps(bed, o.iperf_secs)?;
+        udp += udp_pps(bed, o.iperf_secs)?;
+    }
+    let pressure = match (p0, cpu_pressure_us()) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / t0.elapsed().as_micros().max(1) as f64,
+        _ => f64::NAN,
+    };
+    Ok((tcp / o.reps as f64, udp / o.reps as f64, pressure))
+}
+
+/// Starts the agent (default 5 s flush) and waits until it settled (see [`Agent::settle`]).
+/// Returns the agent and the seconds that took, `None` when it did not settle within the bound
+/// (measured anyway, and reported).
+fn start_settled(o: &Opts, bed: &Bed, entries: u32) -> anyhow::Result<(Agent, Option<f64>)> {
+    let agent = Agent::start(bed, &o.podflow, entries, "5s", &[])?;
+    let (took, settled) = agent.settle()?;
+    if !settled {
+        log(format!(
+            "the agent was still using CPU {:.1} s after attaching; measuring anyway",
+            took.as_secs_f64()
+        ));
+    }
+    Ok((agent, settled.then_some(took.as_secs_f64())))
+}
+
+impl Throughput {
+    fn settled(&mut self, s: Option<f64>) {
+        match s {
+            Some(secs) => self.settle_secs.push(secs),
+            None => self.unsettled += 1,
+        }
+    }
+}
+
+/// The agent's CPU time and wake-ups over `secs` with no traffic.
+fn idle_window(agent: &Agent, secs: f64) -> anyhow::Result<Idle> {
+    let before = agent.threads()?;
+    sleep(Duration::from_secs_f64(secs))?;
+    let after = agent.threads()?;
+    let mut by_name: Vec<(String, usize, u64, u64)> = Vec::new();
+    for a in &after {
+        let (ns0, sl0) = before
+            .iter()
+            .find(|b| b.tid == a.tid)
+            .map_or((0, 0), |b| (b.ns, b.slices));
+        let (ns, sl) = (a.ns.saturating_sub(ns0), a.slices.saturating_sub(sl0));
+        match by_name.iter_mut().find(|e| e.0 == a.name) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += ns;
+                e.3 += sl;
+            }
+            None => by_name.push((a.name.clone(), 1, ns, sl)),
+        }
+    }
+    by_name.sort_by_key(|e| std::cmp::Reverse(e.2));
+    Ok(Idle {
+        secs,
+        cpu_ns: by_name.iter().map(|e| e.2).sum(),
+        wakeups: by_name.iter().map(|e| e.3).sum(),
+        by_name,
+    })
+}
+
+/// The map capacity of the agent in the throughput and kernel-cost runs: room for two epochs of
+/// the many-flows window (one entry each, at the source veth's ingress), the map at most half
+/// full.
+fn hook_entries(o: &Opts) -> u32 {
+    o.hook_map_entries
+        .unwrap_or((o.many_flows * 4).next_power_of_two().max(65_536) as u32)
+}
+
+/// The blocks of a throughput pair, in order. Even pairs: empty, second baseline, baseline,
+/// agent; odd pairs the reverse. The compared blocks are adjacent (agent–baseline,
+/// baseline–second baseline, second baseline–empty) and each comparison alternates its order
+/// from pair to pair, so a drift of the machine favours neither side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    Empty,
+    Base2,
+    Base,
+    Agent,
+}
+
+fn throughput(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Throughput> {
+    let mut t = Throughput::default();
+    let entries = hook_entries(o);
+    stats.set(false)?;
+    // Warm-up outside the pairs: one run of each kind (iperf3 server, TCP metrics cache, page
+    // cache), then one agent cycle to time its start and stop and to watch it idle.
+    log("throughput warm-up (no agent)");
+    throughput_block(
+        &Opts {
+            reps: 1,
+            ..o.clone()
+        },
+        bed,
+    )?;
+    log("agent start-up, settle and idle window");
+    let t0 = Instant::now();
+    let (agent, settled) = start_settled(o, bed, entries)?;
+    t.settled(settled);
+    let mut gap_start = t0.elapsed();
+    t.idle = idle_window(&agent, o.idle_secs)?;
+    log(format!(
+        "agent idle for {:.0} s: {:.2} ms CPU, {} wake-ups; by thread: {}",
+        t.idle.secs,
+        t.idle.cpu_ns as f64 / 1e6,
+        t.idle.wakeups,
+        t.idle
+            .by_name
+            .iter()
+            .map(|(n, k, ns, sl)| format!("{n} ×{k} {:.2} ms {sl} wake-ups", *ns as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let t1 = Instant::now();
+    agent.stop()?;
+    let mut gap_stop = t1.elapsed();
+    for pair in 0..o.pairs {
+        let mut order = [Arm::Empty, Arm::Base2, Arm::Base, Arm::Agent];
+        if pair % 2 == 1 {
+            order.reverse();
+        }
+        let (mut base, mut base2, mut agent, mut empty) = (None, None, None, None);
+        for arm in order {
+            log(format!("throughput pair {}/{}: {arm:?}", pair + 1, o.pairs));
+            // The A/A pair (Base2, Base) gets the same gap between its blocks as the A/B pair
+            // (Base, Agent): as long as the agent last took to start and settle (even pairs:
+            // Base, start, Agent) or to stop (odd pairs: Agent, stop, Base).
+            match (arm, pair % 2) {
+                (Arm::Base, 0) => sleep(gap_start)?,
+                (Arm::Base2, 1) => sleep(gap_stop)?,
+                _ => {}
+            }
+            match arm {
+                Arm::Agent => {
+                    let t0 = Instant::now();
+                    let (a, settled) = start_settled(o, bed, entries)?;
+                    t.settled(settled);
+                    gap_start = t0.elapsed();
+                    agent = Some(throughput_block(o, bed)?);
+                    let t1 = Instant::now();
+                    a.stop()?;
+                    gap_stop = t1.elapsed();
+                }
+                Arm::Base => base = Some(throughput_block(o, bed)?),
+                Arm::Base2 => base2 = Some(throughput_block(o, bed)?),
+                Arm::Empty => {
+                    let e = EmptyProg::attach(bed)?;
+                    empty = Some(throughput_block(o, bed)?);
+                    drop(e);
+                }
+            }
+        }
+        let (Some(b), Some(b2), Some(a), Some(e)) = (base, base2, agent, empty) else {
+            bail!("throughput pair {pair} incomplete");
+        };
+        let pressure = [b.2, a.2, b2.2, e.2].into_iter().fold(f64::NAN, f64::max);
+        t.pressure.push(pressure * 100.0);
+        log(format!(
+            "pair {}: tcp {:.2} {:.2} {:.2} {:.2} Gbit/s, udp {:.0} {:.0} {:.0} {:.0} kpps (no agent, agent, no agent again, empty program): ratio tcp {:.3} udp {:.3}, A/A tcp {:.3} udp {:.3}; CPU pressure {:.0} {:.0} {:.0} {:.0} %",
+            pair + 1,
+            b.0,
+            a.0,
+            b2.0,
+            e.0,
+            b.1 / 1e3,
+            a.1 / 1e3,
+            b2.1 / 1e3,
+            e.1 / 1e3,
+            a.0 / b.0,
+            a.1 / b.1,
+            b2.0 / b.0,
+            b2.1 / b.1,
+            b.2 * 100.0,
+            a.2 * 100.0,
+            b2.2 * 100.0,
+            e.2 * 100.0
+        ));
+        t.tcp_base.push(b.0);
+        t.udp_base.push(b.1);
+        t.tcp_agent.push(a.0);
+        t.udp_agent.push(a.1);
+        t.tcp_ratio.push(a.0 / b.0);
+        t.udp_ratio.push(a.1 / b.1);
+        t.tcp_aa.push(b2.0 / b.0);
+        t.udp_aa.push(b2.1 / b.1);
+        t.tcp_empty.push(e.0);
+        t.udp_empty.push(e.1);
+        t.tcp_empty_ratio.push(e.0 / b2.0);
+        t.udp_empty_ratio.push(e.1 / b2.1);
+    }
+    Ok(t)
+}
+
+/// Kernel cost per hook: agent windows against empty-program windows, interleaved (the order
+/// alternates from pair to pair), `kernel.bpf_stats_enabled` on only here.
+fn hooks(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Hooks> {
+    let mut h = Hooks {
+        entries: hook_entries(o),
+        ..Hooks::default()
     };
     let est = Flows::Rotate(16);
     let many = Flows::Rotate(o.many_flows);
-    // Map capacity for the many-flows window: room for two epochs of the flows (one entry each,
-    // at the source veth's ingress), the map at most half full.
-    let entries = o
-        .hook_map_entries
-        .unwrap_or((o.many_flows * 4).next_power_of_two().max(65_536) as u32);
-    c.hook_entries = entries;
     // The memory floor of a lookup in maps that size: FLOWS_V4's buckets (16 B) and elements
     // (80 B) for `entries`, as the kernel lays them out (vmalloc, 4 KiB pages).
-    c.mem_latency_bytes = entries as usize * (16 + 80);
-    c.mem_latency_ns = memory_latency_ns(c.mem_latency_bytes)?;
+    h.mem_latency_bytes = h.entries as usize * (16 + 80);
+    h.mem_latency_ns = memory_latency_ns(h.mem_latency_bytes)?;
     log(format!(
         "memory latency: {:.1} ns per dependent random access into {} MiB (4 KiB pages)",
-        c.mem_latency_ns,
-        c.mem_latency_bytes >> 20
+        h.mem_latency_ns,
+        h.mem_latency_bytes >> 20
     ));
-    for pair in 0..o.pairs {
+    for pair in 0..o.hook_pairs {
         let agent_first = pair % 2 == 1;
         let mut base = None;
         let mut with = None;
         for phase in 0..2 {
             let with_agent = (phase == 0) == agent_first;
             if with_agent {
-                log(format!("pair {}/{}: with the agent", pair + 1, o.pairs));
+                log(format!("hook pair {}/{}: agent", pair + 1, o.hook_pairs));
                 // The default flush interval (5 s).
-                let agent = Agent::start(bed, &o.podflow, entries, "5s", &[])?;
-                stats.set(false)?;
-                let tcp = tcp_gbps(bed, o.iperf_secs)?;
-                let udp = udp_pps(bed, o.iperf_secs)?;
-                stats.set(true)?;
+                let (agent, _) = start_settled(o, bed, h.entries)?;
                 let ids = agent.prog_ids()?;
-                let e = hook_ns(bed, &ids, est, o.hook_rate, o.hook_secs)?;
-                let m = hook_ns(bed, &ids, many, o.hook_rate, o.hook_secs)?;
-                // Reported, not fatal: a failed insert is a cheaper path, so the figure says so.
-                c.hook_lost += agent.counter("lost_map_full")?;
-                agent.stop()?;
-                with = Some((tcp, udp, e, m));
-            } else {
-                log(format!("pair {}/{}: no agent", pair + 1, o.pairs));
-                stats.set(false)?;
-                let tcp = tcp_gbps(bed, o.iperf_secs)?;
-                let udp = udp_pps(bed, o.iperf_secs)?;
-                let empty = EmptyProg::attach(bed)?;
-                c.tcp_empty.push(tcp_gbps(bed, o.iperf_secs)?);
-                c.udp_empty.push(udp_pps(bed, o.iperf_secs)?);
+                let names = prog_names(&ids)?;
                 stats.set(true)?;
+                let e = hook_ns(bed, &ids, est, o.hook_rate, o.hook_secs);
+                let m = hook_ns(bed, &ids, many, o.hook_rate, o.hook_secs);
+                stats.set(false)?;
+                let (e, m) = (e?, m?);
+                for (i, name) in names.iter().enumerate() {
+                    if let Some(&p) = e.per_prog.get(i) {
+                        h.prog_est.entry(name.clone()).or_default().push(p);
+                    }
+                    if let Some(&p) = m.per_prog.get(i) {
+                        h.prog_many.entry(name.clone()).or_default().push(p);
+                    }
+                }
+                // Reported, not fatal: a failed insert is a cheaper path, so the figure says so.
+                h.lost += agent.counter("lost_map_full")?;
+                agent.stop()?;
+                with = Some((e.ns, m.ns));
+            } else {
+                log(format!(
+                    "hook pair {}/{}: empty program",
+                    pair + 1,
+                    o.hook_pairs
+                ));
+                let empty = EmptyProg::attach(bed)?;
                 let ids = attached_prog_ids(bed.node.ns.name())?;
                 ensure!(
                     ids.len() == 1,
                     "expected the empty program alone, got {ids:?}"
                 );
-                let e = hook_ns(bed, &ids, est, o.hook_rate, o.hook_secs)?;
-                let m = hook_ns(bed, &ids, many, o.hook_rate, o.hook_secs)?;
+                stats.set(true)?;
+                let e = hook_ns(bed, &ids, est, o.hook_rate, o.hook_secs);
+                let m = hook_ns(bed, &ids, many, o.hook_rate, o.hook_secs);
+                stats.set(false)?;
                 drop(empty);
-                base = Some((tcp, udp, e, m));
+                base = Some((e?.ns, m?.ns));
             }
         }
         let (Some(b), Some(w)) = (base, with) else {
-            bail!("pair {pair} incomplete");
+            bail!("hook pair {pair} incomplete");
         };
         log(format!(
-            "pair {}: tcp {:.2}/{:.2} Gbit/s, udp {:.0}/{:.0} pps, hook est {:.1}/{:.1} ns, many {:.1}/{:.1} ns (no agent/agent)",
+            "hook pair {}: est {:.1}/{:.1} ns, many {:.1}/{:.1} ns (empty/agent)",
             pair + 1,
             b.0,
             w.0,
             b.1,
-            w.1,
-            b.2,
-            w.2,
-            b.3,
-            w.3
+            w.1
         ));
-        c.tcp_base.push(b.0);
-        c.tcp_agent.push(w.0);
-        c.tcp_ratio.push(w.0 / b.0);
-        c.udp_base.push(b.1);
-        c.udp_agent.push(w.1);
-        c.udp_ratio.push(w.1 / b.1);
-        c.hook_empty_est.push(b.2);
-        c.hook_agent_est.push(w.2);
-        c.hook_diff_est.push(w.2 - b.2);
-        c.hook_empty_many.push(b.3);
-        c.hook_agent_many.push(w.3);
-        c.hook_diff_many.push(w.3 - b.3);
+        h.empty_est.push(b.0);
+        h.agent_est.push(w.0);
+        h.diff_est.push(w.0 - b.0);
+        h.empty_many.push(b.1);
+        h.agent_many.push(w.1);
+        h.diff_many.push(w.1 - b.1);
     }
-    Ok(c)
+    Ok(h)
 }
 
 /// CPU per exported flow at a churn of `rate` new flows per second (fresh agent). Returns
@@ -1376,8 +1756,16 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         bed.dst_ip
     ));
 
-    let c = if o.wants("pairs") {
-        Some(interleaved(o, &bed, &stats)?)
+    // Statistics off except in the kernel-cost windows (production runs without them: they add
+    // two clock reads to every program run).
+    stats.set(false)?;
+    let tput = if o.wants("throughput") {
+        Some(throughput(o, &bed, &stats)?)
+    } else {
+        None
+    };
+    let hook = if o.wants("hook") {
+        Some(hooks(o, &bed, &stats)?)
     } else {
         None
     };
@@ -1386,8 +1774,8 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         let mut per = Vec::new();
         let mut achieved = Vec::new();
         let mut recs = Vec::new();
-        for i in 0..o.pairs {
-            log(format!("churn {rate}/s, run {}/{}", i + 1, o.pairs));
+        for i in 0..o.churn_runs {
+            log(format!("churn {rate}/s, run {}/{}", i + 1, o.churn_runs));
             let (ns, r, a) = churn(o, &bed, rate)?;
             per.push(ns / 1000.0);
             recs.push(r);
@@ -1413,8 +1801,11 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
 
     let s = |v: &[f64]| summary(v).ok_or_else(|| anyhow!("no samples"));
     let mut rows = Vec::new();
-    if let Some(c) = &c {
-        pair_rows(o, c, &mut rows)?;
+    if let Some(t) = &tput {
+        throughput_rows(o, t, &mut rows)?;
+    }
+    if let Some(h) = &hook {
+        hook_rows(o, h, &mut rows)?;
     }
     for (k, (rate, per, recs, achieved)) in churn_results.iter().enumerate() {
         let p = s(per)?;
@@ -1519,15 +1910,40 @@ fn kilo(v: &Summary) -> Summary {
     }
 }
 
-/// The rows of the interleaved pairs: TCP and UDP ratios, kernel cost per hook.
-fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+/// "name 95.1 ns × 200000 runs, ..." (medians over the pairs) for each program.
+fn per_prog_detail(m: &std::collections::BTreeMap<String, Vec<(f64, u64)>>) -> String {
+    m.iter()
+        .filter_map(|(name, v)| {
+            let ns: Vec<f64> = v.iter().map(|p| p.0).collect();
+            let runs: Vec<f64> = v.iter().map(|p| p.1 as f64).collect();
+            Some(format!(
+                "{name} {} ns per run × {:.0} runs",
+                fmt_range(&summary(&ns)?, 1),
+                summary(&runs)?.median
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The throughput rows: TCP and UDP ratios, with the A/A ratio and the empty program.
+fn throughput_rows(o: &Opts, t: &Throughput, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let s = |v: &[f64]| summary(v).ok_or_else(|| anyhow!("no samples"));
-    let (tb, ta, tr) = (s(&c.tcp_base)?, s(&c.tcp_agent)?, s(&c.tcp_ratio)?);
+    let block = if o.reps > 1 {
+        format!("mean of {} runs of {} s per block", o.reps, o.iperf_secs)
+    } else {
+        format!("one run of {} s per block", o.iperf_secs)
+    };
+    let settle = summary(&t.settle_secs).map_or_else(
+        || "agent never quiet within 10 s of attaching".to_string(),
+        |v| format!("agent quiet {} s after attaching", fmt_range(&v, 1)),
+    );
+    let idle = &t.idle;
+    let (tb, ta, tr) = (s(&t.tcp_base)?, s(&t.tcp_agent)?, s(&t.tcp_ratio)?);
     rows.push(Row {
         key: "tcp_throughput_ratio",
         figure: format!(
-            "single-stream TCP pod→pod, agent / no agent (iperf3 -J, {} s)",
-            o.iperf_secs
+            "single-stream TCP pod→pod, agent / no agent (iperf3 -J, {block})"
         ),
         value: Some(tr.median),
         unit: "",
@@ -1536,18 +1952,31 @@ fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()>
         limit: 0.98,
         digits: 3,
         detail: format!(
-            "ratio {}; no agent {} Gbit/s; agent {} Gbit/s; empty tc program on the same hooks instead of the agent: {} Gbit/s",
+            "ratio {}; A/A (no agent / no agent, same structure) {}; no agent {} Gbit/s; agent {} Gbit/s; empty tc program on the same hooks instead of the agent: {} Gbit/s, {} of the adjacent no-agent block; {}{}; agent idle (no traffic, 5 s flush): {:.1} ms CPU and {:.1} wake-ups/s over {:.0} s; CPU pressure (PSI some, the highest block of each pair) {} %",
             fmt_range(&tr, 3),
+            fmt_range(&s(&t.tcp_aa)?, 3),
             fmt_range(&tb, 2),
             fmt_range(&ta, 2),
-            fmt_range(&s(&c.tcp_empty)?, 2)
+            fmt_range(&s(&t.tcp_empty)?, 2),
+            fmt_range(&s(&t.tcp_empty_ratio)?, 3),
+            settle,
+            if t.unsettled > 0 {
+                format!(" ({} times not within 10 s)", t.unsettled)
+            } else {
+                String::new()
+            },
+            idle.cpu_ns as f64 / 1e6,
+            idle.wakeups as f64 / idle.secs.max(1e-9),
+            idle.secs,
+            summary(&t.pressure).map_or_else(|| "not available".to_string(), |v| fmt_range(&v, 0))
         ),
     });
-    let (ub, ua, ur) = (s(&c.udp_base)?, s(&c.udp_agent)?, s(&c.udp_ratio)?);
+    let (ub, ua, ur) = (s(&t.udp_base)?, s(&t.udp_agent)?, s(&t.udp_ratio)?);
     rows.push(Row {
         key: "udp64_pps_ratio",
-        figure: "UDP 64-byte packet rate, receiver side, agent / no agent (iperf3 -u -l 64 -b 0)"
-            .into(),
+        figure: format!(
+            "UDP 64-byte packet rate, receiver side, agent / no agent (iperf3 -u -l 64 -b 0, {block})"
+        ),
         value: Some(ur.median),
         unit: "",
         target: "≥ 0.92".into(),
@@ -1555,18 +1984,22 @@ fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()>
         limit: 0.92,
         digits: 3,
         detail: format!(
-            "ratio {}; no agent {} kpps; agent {} kpps; empty tc program on the same hooks instead of the agent: {} kpps",
+            "ratio {}; A/A (no agent / no agent, same structure) {}; no agent {} kpps; agent {} kpps; empty tc program on the same hooks instead of the agent: {} kpps, {} of the adjacent no-agent block",
             fmt_range(&ur, 3),
+            fmt_range(&s(&t.udp_aa)?, 3),
             fmt_range(&kilo(&ub), 0),
             fmt_range(&kilo(&ua), 0),
-            fmt_range(&kilo(&s(&c.udp_empty)?), 0)
+            fmt_range(&kilo(&s(&t.udp_empty)?), 0),
+            fmt_range(&s(&t.udp_empty_ratio)?, 3),
         ),
     });
-    let (de, ae, ee) = (
-        s(&c.hook_diff_est)?,
-        s(&c.hook_agent_est)?,
-        s(&c.hook_empty_est)?,
-    );
+    Ok(())
+}
+
+/// The kernel-cost rows: ns per hook with established flows and with many flows.
+fn hook_rows(o: &Opts, h: &Hooks, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let s = |v: &[f64]| summary(v).ok_or_else(|| anyhow!("no samples"));
+    let (de, ae, ee) = (s(&h.diff_est)?, s(&h.agent_est)?, s(&h.empty_est)?);
     rows.push(Row {
         key: "hook_ns_established",
         figure: format!(
@@ -1580,17 +2013,14 @@ fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()>
         limit: 40.0,
         digits: 1,
         detail: format!(
-            "difference {}; podflow {} ns; empty {} ns (bpf stats run_time_ns/run_cnt)",
+            "difference {}; podflow {} ns; empty {} ns (bpf stats run_time_ns/run_cnt); per podflow program: {}",
             fmt_range(&de, 1),
             fmt_range(&ae, 1),
-            fmt_range(&ee, 1)
+            fmt_range(&ee, 1),
+            per_prog_detail(&h.prog_est)
         ),
     });
-    let (dm, am, em) = (
-        s(&c.hook_diff_many)?,
-        s(&c.hook_agent_many)?,
-        s(&c.hook_empty_many)?,
-    );
+    let (dm, am, em) = (s(&h.diff_many)?, s(&h.agent_many)?, s(&h.empty_many)?);
     rows.push(Row {
         key: "hook_ns_many_flows",
         figure: format!(
@@ -1605,14 +2035,15 @@ fn pair_rows(o: &Opts, c: &Collected, rows: &mut Vec<Row>) -> anyhow::Result<()>
         limit: 200.0,
         digits: 1,
         detail: format!(
-            "difference {}; podflow {} ns; empty {} ns; flow maps of {} entries, lost_map_full {}; memory floor: one dependent random access into {} MiB with 4 KiB pages takes {:.0} ns here, a lookup makes two (bucket, element)",
+            "difference {}; podflow {} ns; empty {} ns; per podflow program: {}; flow maps of {} entries, lost_map_full {}; memory floor: one dependent random access into {} MiB with 4 KiB pages takes {:.0} ns here, a lookup makes two (bucket, element)",
             fmt_range(&dm, 1),
             fmt_range(&am, 1),
             fmt_range(&em, 1),
-            c.hook_entries,
-            c.hook_lost,
-            c.mem_latency_bytes >> 20,
-            c.mem_latency_ns
+            per_prog_detail(&h.prog_many),
+            h.entries,
+            h.lost,
+            h.mem_latency_bytes >> 20,
+            h.mem_latency_ns
         ),
     });
     Ok(())
@@ -1628,8 +2059,15 @@ fn write_doc(doc: &Path, o: &Opts, table: &str, elapsed: f64) -> anyhow::Result<
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let generated = format!(
-        "{BEGIN}\n\n**Last run:** {date}, {elapsed:.0} s, {} interleaved pairs.\n\n**Machine:** {}\n\n**Command:** `{}`\n\n{table}\n{END}",
+        "{BEGIN}\n\n**Last run:** {date}, {elapsed:.0} s, {} interleaved throughput pairs ({}), {} kernel-cost pairs, {} churn runs.\n\n**Machine:** {}\n\n**Command:** `{}`\n\n{table}\n{END}",
         o.pairs,
+        if o.reps > 1 {
+            format!("{} × {} s per run kind and block", o.reps, o.iperf_secs)
+        } else {
+            format!("{} s runs", o.iperf_secs)
+        },
+        o.hook_pairs,
+        o.churn_runs,
         machine(),
         o.command
     );
