@@ -893,7 +893,7 @@ fn empty_program_ns(data: &[u8], repeat: u32) -> u128 {
 /// IPv4 TCP flow (map hit) and others, next to an empty program's. Noisy: no assertion on time.
 #[test]
 fn per_packet_cost() {
-    let Some(h) = Harness::new() else { return };
+    let Some(mut h) = Harness::new() else { return };
     const RUNS: u32 = 1_000_000;
     let p = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(40000, 80, ACK, 100)));
     h.run(VETH_IN, &p); // establish the flow
@@ -916,12 +916,32 @@ fn per_packet_cost() {
         .run_with(VETH_IN, &eth(ETH_P_ARP, &arp), None, RUNS)
         .duration
         .as_nanos();
+    // A same-node packet at the destination veth's egress: entered through a pod veth podflow
+    // counts at, so only the skip path runs (destination noted, unchanged).
+    const SRC_VETH: u32 = 7;
+    mark_veth(&mut h, SRC_VETH);
+    let upstream = SkBuffCtx {
+        ingress_ifindex: SRC_VETH,
+        ifindex: LO_IFINDEX,
+        ..Default::default()
+    };
+    let skip_ns = h
+        .run_with(VETH_EG, &p, Some(&upstream), RUNS)
+        .duration
+        .as_nanos();
     let empty2_ns = empty_program_ns(&p, RUNS);
     println!(
         "BPF_PROG_TEST_RUN ns per run ({RUNS} runs): empty program {empty_ns}/{empty2_ns} ns; \
          veth IPv4 TCP established flow {tcp_ns} ns; veth IPv6 TCP {tcp6_ns} ns; \
-         L3 IPv4 TCP {l3_ns} ns; ARP (not IP) {arp_ns} ns"
+         L3 IPv4 TCP {l3_ns} ns; ARP (not IP) {arp_ns} ns; \
+         veth egress, counted upstream {skip_ns} ns"
     );
+    h.assert_counters(&[
+        (Packets, 5 * u64::from(RUNS) + 1),
+        (Recorded, 3 * u64::from(RUNS) + 1),
+        (NotIp, u64::from(RUNS)),
+        (CountedUpstream, u64::from(RUNS)),
+    ]);
     h.assert_flows(&[
         (
             flow_key(VethIngress, A, B, TCP, 40000, 80, 0),
@@ -944,24 +964,27 @@ fn per_packet_cost() {
     ]);
 }
 
+/// Marks `ifindex` as a veth podflow's ingress program is attached to (`VETHS`).
+fn mark_veth(h: &mut Harness, ifindex: u32) {
+    let mut veths: Array<_, podflow_ebpf::VethSlot> =
+        Array::try_from(h.ebpf.map_mut(podflow_ebpf::VETHS).expect("VETHS")).expect("array");
+    veths
+        .set(
+            ifindex,
+            podflow_ebpf::VethSlot {
+                attached: 1,
+                ..Default::default()
+            },
+            0,
+        )
+        .expect("mark the veth");
+}
+
 #[test]
 fn egress_skips_packets_counted_at_a_pod_veth_ingress() {
     let Some(mut h) = Harness::new() else { return };
     const SRC_VETH: u32 = 7;
-    {
-        let mut veths: Array<_, podflow_ebpf::VethSlot> =
-            Array::try_from(h.ebpf.map_mut(podflow_ebpf::VETHS).expect("VETHS")).expect("array");
-        veths
-            .set(
-                SRC_VETH,
-                podflow_ebpf::VethSlot {
-                    attached: 1,
-                    ..Default::default()
-                },
-                0,
-            )
-            .expect("mark the veth");
-    }
+    mark_veth(&mut h, SRC_VETH);
     let from = |iif: u32| SkBuffCtx {
         ingress_ifindex: iif,
         ifindex: LO_IFINDEX,
