@@ -35,6 +35,10 @@
 pub const FLOWS_V4: &str = "FLOWS_V4";
 /// Name of the IPv6 flow map ([`FlowKeyV6`] → [`FlowValue`]).
 pub const FLOWS_V6: &str = "FLOWS_V6";
+/// Name of the IPv4 spill map ([`FlowKeyV4`] → [`SpillValue`]).
+pub const SPILL_V4: &str = "SPILL_V4";
+/// Name of the IPv6 spill map ([`FlowKeyV6`] → [`SpillValue`]).
+pub const SPILL_V6: &str = "SPILL_V6";
 /// Name of the single-entry config array ([`Config`] at index 0).
 pub const CONFIG: &str = "CONFIG";
 /// Name of the per-CPU counters array, indexed by [`Counter`].
@@ -165,7 +169,7 @@ const _: () = assert!(core::mem::offset_of!(FlowKey, src_port) == 32);
 /// `meta`: bits 0–1 the `KEY_F_*` flags of [`FlowKey::key_flags`] ([`META_FLAGS_MASK`]), bits 4–5
 /// the [`ObsPoint`] ([`META_OBS_SHIFT`]), bit 7 the epoch ([`KEY_F_EPOCH`]).
 ///
-/// The interface is part of the key (its low 16 bits here, bits 16–23 in the value, see
+/// The interface is part of the key (its low 16 bits here, bits 16–31 in the value, see
 /// [`FlowValue`]): the same 5-tuple seen at the same observation point on two interfaces in one
 /// epoch — a pod sending with another pod's address, say — makes two entries, which user space
 /// adds up into one record that lists both interfaces.
@@ -284,63 +288,90 @@ pub const fn ipv4_mapped(a: [u8; 4]) -> [u8; 16] {
         .octets()
 }
 
-/// Value of both flow maps, one per flow shared by all CPUs: 16 bytes, two words laid out for
-/// 64-bit atomics (the only read-modify-write width every BPF CPU version has).
+/// Value of both flow maps, one per flow shared by all CPUs: 16 bytes, two words.
 ///
-/// Word 0, `bytes_flags`: bits 0–47 IP-layer bytes (atomic add; 2⁴⁸ bytes is 256 TiB, more than a
-/// flow can move through one hook in one flush interval); bits 48–55 the OR of the TCP flags
-/// bytes (atomic OR, only when a flag is new to the flow); bits 56–63 bits 16–23 of the ifindex
-/// (written at insert; bits 0–15 are in the key).
+/// Word 0, `counts`: bytes in bits 0–39, packets in bits 40–63, so that one atomic fetch-add
+/// counts a packet (an atomic read-modify-write costs ~7 ns; two were a fifth of the program).
+/// The fields never overflow: the packet whose add takes a field to [`SPILL_PACKETS`] or
+/// [`SPILL_BYTES`] (it sees the previous counts: one program run per crossing) moves that amount
+/// into the flow's entry in [`SPILL_V4`]/[`SPILL_V6`] and subtracts it here, so a field stays
+/// below its threshold plus the packets in flight on other CPUs — far below its width. User space
+/// adds the spill entries back when it drains.
 ///
-/// Word 1: `packets` (atomic add of the segment count in the low 32 bits), `first_jiffies` (written
-/// at insert) and `last_jiffies` (a plain 16-bit store per packet): the low 16 bits of `jiffies`
-/// (the kernel's tick counter, read with `bpf_jiffies64()`, which the verifier inlines into one
-/// load). User space knows the full `jiffies` at the drain that reads the entry
-/// ([`ClockSample`]), and an entry lives one flush interval, so a time is the latest value with
-/// those low 16 bits at or before the drain — exact as long as the flush interval is shorter than
-/// 2¹⁶ ticks (65 s at HZ=1000; the agent refuses longer intervals). `packets` cannot carry into
-/// the times within a flush interval at any rate a veth or tunnel delivers (2³² segments).
+/// Word 1: `first_jiffies` (written at insert) and `last_jiffies` (a plain 16-bit store per
+/// packet): the low 16 bits of `jiffies` (the kernel's tick counter, read with `bpf_jiffies64()`,
+/// which the verifier inlines into one load). User space knows the full `jiffies` at the drain that
+/// reads the entry ([`ClockSample`]), and an entry lives one flush interval, so a time is the
+/// latest value with those low bits at or before the drain — exact as long as the flush interval
+/// is shorter than 2¹⁶ ticks (65 s at HZ=1000; the agent refuses longer intervals). Then the OR of
+/// the TCP flags bytes (atomic OR, only when a flag is new to the flow), and bits 16–31 of the
+/// ifindex (written at insert; bits 0–15 are in the key).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowValue {
-    /// Bytes, TCP flags, ifindex bits 16–23 (see the type's docs and [`FlowValue::bytes`]).
-    pub bytes_flags: u64,
-    /// Packets (a GSO super-packet counts as its number of segments).
-    pub packets: u32,
+    /// Bytes (bits 0–39) and packets (bits 40–63); see [`FlowValue::bytes`],
+    /// [`FlowValue::packets`].
+    pub counts: u64,
     /// Low 16 bits of jiffies at the flow's first packet in this entry.
     pub first_jiffies: u16,
     /// Low 16 bits of jiffies at the last packet.
     pub last_jiffies: u16,
+    /// OR of the TCP flags bytes (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ECE=0x40
+    /// CWR=0x80).
+    pub tcp_flags: u8,
+    pub _pad: u8,
+    /// Bits 16–31 of the ifindex the packets were seen on.
+    pub ifindex_hi: u16,
 }
 const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
-const _: () = assert!(core::mem::offset_of!(FlowValue, packets) == 8);
-const _: () = assert!(core::mem::offset_of!(FlowValue, last_jiffies) == 14);
+const _: () = assert!(core::mem::offset_of!(FlowValue, first_jiffies) == 8);
+const _: () = assert!(core::mem::offset_of!(FlowValue, last_jiffies) == 10);
+const _: () = assert!(core::mem::offset_of!(FlowValue, tcp_flags) == 12);
+const _: () = assert!(core::mem::offset_of!(FlowValue, ifindex_hi) == 14);
 
-/// Mask of the byte count in [`FlowValue::bytes_flags`].
-pub const VALUE_BYTES_MASK: u64 = (1 << 48) - 1;
-/// Shift of the TCP flags in [`FlowValue::bytes_flags`] (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08
-/// ACK=0x10 URG=0x20 ECE=0x40 CWR=0x80).
-pub const VALUE_TCP_FLAGS_SHIFT: u32 = 48;
-/// Shift of ifindex bits 16–23 in [`FlowValue::bytes_flags`].
-pub const VALUE_IFINDEX_HI_SHIFT: u32 = 56;
+/// Shift of the packet count in [`FlowValue::counts`].
+pub const VALUE_PACKETS_SHIFT: u32 = 40;
+/// Mask of the byte count in [`FlowValue::counts`].
+pub const VALUE_BYTES_MASK: u64 = (1 << VALUE_PACKETS_SHIFT) - 1;
+/// Shift of [`FlowValue::tcp_flags`] in the value's second word (for the 64-bit atomic OR).
+pub const VALUE_TCP_FLAGS_SHIFT: u32 = 32;
+/// Packets moved to the spill map at a time (half the 24-bit field).
+pub const SPILL_PACKETS: u64 = 1 << 23;
+/// Bytes moved to the spill map at a time (half the 40-bit field).
+pub const SPILL_BYTES: u64 = 1 << 39;
 
 impl FlowValue {
     /// IP-layer bytes: the sum of IP total lengths of the packets (for GSO super-packets, as they
-    /// will be on the wire once segmented).
+    /// will be on the wire once segmented), spill not included.
     pub const fn bytes(&self) -> u64 {
-        self.bytes_flags & VALUE_BYTES_MASK
+        self.counts & VALUE_BYTES_MASK
     }
 
-    /// OR of the TCP flags bytes of the packets.
-    pub const fn tcp_flags(&self) -> u8 {
-        (self.bytes_flags >> VALUE_TCP_FLAGS_SHIFT) as u8
+    /// Packets (a GSO super-packet counts as its number of segments), spill not included.
+    pub const fn packets(&self) -> u64 {
+        self.counts >> VALUE_PACKETS_SHIFT
     }
 
-    /// The low 24 bits of the ifindex, with the key's low 16 bits.
-    pub const fn ifindex24(&self, tail: &KeyTail) -> u32 {
-        (((self.bytes_flags >> VALUE_IFINDEX_HI_SHIFT) as u32) << 16) | tail.ifindex_lo as u32
+    /// The ifindex: bits 16–31 from the value, 0–15 from the key.
+    pub const fn ifindex(&self, tail: &KeyTail) -> u32 {
+        ((self.ifindex_hi as u32) << 16) | tail.ifindex_lo as u32
     }
 }
+
+/// Value of [`SPILL_V4`]/[`SPILL_V6`]: counts moved out of a [`FlowValue`] before its fields
+/// could overflow, keyed like the flow map (epoch bit included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SpillValue {
+    pub bytes: u64,
+    pub packets: u64,
+}
+const _: () = assert!(core::mem::size_of::<SpillValue>() == 16);
+
+/// Capacity of each spill map: flows that moved more than 2²³ packets or 2³⁹ bytes through one
+/// hook within one flush interval (a node forwards a few thousand such packets per second per
+/// core; 1024 such flows in one interval is far beyond any node).
+pub const SPILL_MAP_ENTRIES: u32 = 1024;
 
 /// What [`PROG_CLOCK`] writes into [`CLOCK`]: both clocks read in the same program run.
 #[repr(C)]
@@ -417,10 +448,14 @@ pub enum Counter {
     /// Packets at a pod veth's egress that entered the node through a pod veth podflow counts at
     /// (see [`VethSlot`]): already accounted for there, not counted again.
     CountedUpstream = 10,
+    /// LOSS (not per packet): a flow's counts reached a spill threshold and its spill map was
+    /// full; each event means 2²³ packets or 2³⁹ bytes missing from one record (see
+    /// [`FlowValue`]).
+    CountsOverflow = 11,
 }
 
 /// Number of entries of the [`COUNTERS`] array.
-pub const COUNTER_COUNT: u32 = 11;
+pub const COUNTER_COUNT: u32 = 12;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -435,6 +470,7 @@ impl Counter {
         Counter::Fragments,
         Counter::Ipv6ExtChainTooLong,
         Counter::CountedUpstream,
+        Counter::CountsOverflow,
     ];
 
     /// Stable snake_case name, used in the API and metrics.
@@ -451,6 +487,7 @@ impl Counter {
             Counter::Fragments => "fragments",
             Counter::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",
             Counter::CountedUpstream => "counted_upstream",
+            Counter::CountsOverflow => "counts_overflow",
         }
     }
 
@@ -473,7 +510,10 @@ impl Counter {
     pub const fn is_loss(self) -> bool {
         matches!(
             self,
-            Counter::LostMapFull | Counter::LostMapError | Counter::LostIpMalformed
+            Counter::LostMapFull
+                | Counter::LostMapError
+                | Counter::LostIpMalformed
+                | Counter::CountsOverflow
         )
     }
 }
@@ -489,6 +529,8 @@ mod user {
     unsafe impl aya::Pod for super::FlowKeyV6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SpillValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClockSample {}
     // SAFETY: as above.

@@ -2,8 +2,8 @@
 //! map (see `lib.rs` for the shared types and the epoch protocol).
 //!
 //! Per packet: one `CONFIG` load, the parse, `bpf_jiffies64()` (inlined by the verifier into a
-//! load of `jiffies`), one hash lookup, two atomic adds and one 16-bit store, one per-CPU counter
-//! bump.
+//! load of `jiffies`), one hash lookup, one atomic fetch-add and one 16-bit store, one per-CPU
+//! counter bump.
 //!
 //! Every program returns `TC_ACT_UNSPEC` (-1) on every path: under tcx that is `TCX_NEXT` (run the
 //! next program, e.g. the CNI's) and in legacy cls_bpf direct-action mode it means "continue".
@@ -13,6 +13,8 @@
 // intrinsics lower to the BPF atomic instructions (`lock xadd`, `lock or`).
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// `fetch_add` below.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
 mod parse;
@@ -34,7 +36,8 @@ mod programs {
     use podflow_ebpf::{
         COUNTER_COUNT, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4,
         FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, KEY_F_EPOCH, META_FLAGS_MASK, META_OBS_SHIFT,
-        ObsPoint, VALUE_IFINDEX_HI_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
+        ObsPoint, SPILL_BYTES, SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK,
+        VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -59,6 +62,12 @@ mod programs {
     #[map]
     static FLOWS_V6: HashMap<FlowKeyV6, FlowValue> =
         HashMap::with_max_entries(DEFAULT_FLOW_MAP_ENTRIES, 0);
+    #[map]
+    static SPILL_V4: HashMap<FlowKeyV4, SpillValue> =
+        HashMap::with_max_entries(SPILL_MAP_ENTRIES, 0);
+    #[map]
+    static SPILL_V6: HashMap<FlowKeyV6, SpillValue> =
+        HashMap::with_max_entries(SPILL_MAP_ENTRIES, 0);
     #[map]
     static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
     #[map]
@@ -85,6 +94,8 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::FLOWS_V4, "FLOWS_V4"));
     const _: () = assert!(str_eq(podflow_ebpf::FLOWS_V6, "FLOWS_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::CLOCK, "CLOCK"));
+    const _: () = assert!(str_eq(podflow_ebpf::SPILL_V4, "SPILL_V4"));
+    const _: () = assert!(str_eq(podflow_ebpf::SPILL_V6, "SPILL_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::VETHS, "VETHS"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_CLOCK, "podflow_clock"));
     const _: () = assert!(str_eq(podflow_ebpf::CONFIG, "CONFIG"));
@@ -257,7 +268,7 @@ mod programs {
             segs,
             bytes,
             now,
-            ifindex_hi: (ifindex >> 16) as u8,
+            ifindex_hi: (ifindex >> 16) as u16,
             tcp_flags: f.tcp_flags,
         };
         // The key's last word (ports, protocol, obs, family, flags) becomes the kernel keys'
@@ -284,7 +295,7 @@ mod programs {
                 w.add(1).write_unaligned(tail);
                 out.assume_init()
             };
-            record(&FLOWS_V4, &k4, &u)
+            record(&FLOWS_V4, &SPILL_V4, &k4, &u)
         } else {
             // SAFETY: FlowKeyV6 is FlowKey with its last word replaced by the tail: turned into
             // one in place (the FlowKey is not used afterwards).
@@ -292,7 +303,7 @@ mod programs {
                 k.add(4).write(tail);
                 &*(k as *const FlowKeyV6)
             };
-            record(&FLOWS_V6, k6, &u)
+            record(&FLOWS_V6, &SPILL_V6, k6, &u)
         };
         bump(res);
     }
@@ -302,36 +313,125 @@ mod programs {
         bytes: u64,
         /// Low 16 bits of jiffies.
         now: u16,
-        /// Bits 16..24 of the ifindex (bits 0..16 are in the key).
-        ifindex_hi: u8,
+        /// Bits 16..32 of the ifindex (bits 0..16 are in the key).
+        ifindex_hi: u16,
         tcp_flags: u8,
     }
 
+    /// `*p += v`, atomically, returning the previous value (`BPF_ATOMIC | BPF_FETCH | BPF_ADD`,
+    /// Linux 5.12). Written as assembly: bpf-linker generates code for the v1 CPU, whose LLVM
+    /// backend only emits the fetch-less add, and rustc passes the CPU itself.
     #[inline(always)]
-    fn apply(v: *mut FlowValue, u: &Update) {
-        let w = v.cast::<u64>();
-        // SAFETY: a (non-per-CPU) hash map value, 16 bytes, 8-aligned, valid for the program's
-        // run; several CPUs may update it at once, hence 64-bit atomics for the counts (see
-        // FlowValue for the word layout). `last_jiffies` is a plain store: any CPU's recent
-        // value is right.
+    unsafe fn fetch_add(p: *mut u64, v: u64) -> u64 {
+        let mut r = v;
+        // SAFETY: the caller passes a valid, 8-aligned pointer to map memory.
         unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, u.bytes);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w.add(1), u64::from(u.segs));
+            core::arch::asm!(
+                "{r} = atomic_fetch_add((u64 *)({p} + 0), {r})",
+                p = in(reg) p,
+                r = inout(reg) r,
+                options(nostack),
+            );
+        }
+        r
+    }
+
+    #[inline(always)]
+    fn apply<K>(spill: &HashMap<K, SpillValue>, key: &K, v: *mut FlowValue, u: &Update) {
+        let w = v.cast::<u64>();
+        let inc = u.bytes | (u64::from(u.segs) << VALUE_PACKETS_SHIFT);
+        // SAFETY: a (non-per-CPU) hash map value, 16 bytes, 8-aligned, valid for the program's
+        // run; several CPUs may update it at once, hence the atomics (see FlowValue for the
+        // layout). `last_jiffies` is a plain store: any CPU's recent value is right.
+        unsafe {
+            let old = fetch_add(w, inc);
+            let bytes = (old & VALUE_BYTES_MASK) + u.bytes;
+            let packets = (old >> VALUE_PACKETS_SHIFT) + u64::from(u.segs);
+            if bytes >= SPILL_BYTES || packets >= SPILL_PACKETS {
+                spill_counts(spill, key, w, old, inc);
+            }
             (*v).last_jiffies = u.now;
-            if u.tcp_flags != 0 {
-                let bits = u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT;
+            if u.tcp_flags != 0 && (*v).tcp_flags & u.tcp_flags != u.tcp_flags {
                 // Atomic only when a flag is new to the flow (rarely after the handshake).
-                if core::ptr::read_volatile(w) & bits != bits {
-                    atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w, bits);
-                }
+                let bits = u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT;
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(w.add(1), bits);
             }
         }
     }
 
+    /// Moves [`SPILL_BYTES`] / [`SPILL_PACKETS`] out of a value whose fields this packet took to
+    /// the threshold (`old` are the counts before its add `inc`): adds them to the flow's spill
+    /// entry, then subtracts them from the value. Only the run whose add crosses a threshold
+    /// moves it, so each amount moves once. Out of line: it runs once per 2^23 packets of a flow.
+    #[inline(never)]
+    fn spill_counts<K>(spill: &HashMap<K, SpillValue>, key: &K, w: *mut u64, old: u64, inc: u64) {
+        let (ob, op) = (old & VALUE_BYTES_MASK, old >> VALUE_PACKETS_SHIFT);
+        let (nb, np) = (
+            ob + (inc & VALUE_BYTES_MASK),
+            op + (inc >> VALUE_PACKETS_SHIFT),
+        );
+        let bytes = if ob < SPILL_BYTES && nb >= SPILL_BYTES {
+            SPILL_BYTES
+        } else {
+            0
+        };
+        let packets = if op < SPILL_PACKETS && np >= SPILL_PACKETS {
+            SPILL_PACKETS
+        } else {
+            0
+        };
+        if bytes == 0 && packets == 0 {
+            return;
+        }
+        let moved = add_spill(spill, key, bytes, packets);
+        // SAFETY: the flow value's first word, valid for the program's run. Subtracting even if
+        // the spill map was full keeps the fields from overflowing into each other; the amount
+        // is then counted as lost.
+        unsafe {
+            fetch_add(w, (bytes | (packets << VALUE_PACKETS_SHIFT)).wrapping_neg());
+        }
+        if !moved {
+            bump(Counter::CountsOverflow);
+        }
+    }
+
     #[inline(always)]
-    fn record<K>(map: &HashMap<K, FlowValue>, key: &K, u: &Update) -> Counter {
+    fn add_spill<K>(spill: &HashMap<K, SpillValue>, key: &K, bytes: u64, packets: u64) -> bool {
+        let add = |s: *mut SpillValue| {
+            // SAFETY: a spill map value, 16 bytes, 8-aligned, valid for the program's run.
+            unsafe {
+                let w = s.cast::<u64>();
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w, bytes);
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(w.add(1), packets);
+            }
+        };
+        if let Some(s) = spill.get_ptr_mut(key) {
+            add(s);
+            return true;
+        }
+        let fresh = SpillValue { bytes, packets };
+        match spill.insert(key, &fresh, u64::from(BPF_NOEXIST)) {
+            Ok(()) => true,
+            Err(e) if e == -EEXIST => match spill.get_ptr_mut(key) {
+                Some(s) => {
+                    add(s);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    #[inline(always)]
+    fn record<K>(
+        map: &HashMap<K, FlowValue>,
+        spill: &HashMap<K, SpillValue>,
+        key: &K,
+        u: &Update,
+    ) -> Counter {
         if let Some(v) = map.get_ptr_mut(key) {
-            apply(v, u);
+            apply(spill, key, v, u);
             return Counter::Recorded;
         }
         // Written as two u64 words: a struct literal could be left to a memset, which
@@ -339,16 +439,16 @@ mod programs {
         let mut fresh = MaybeUninit::<FlowValue>::uninit();
         let w = fresh.as_mut_ptr().cast::<u64>();
         let now = u64::from(u.now);
-        // SAFETY: FlowValue is 16 bytes, 8-aligned: bytes + flags + ifindex bits 16..24;
-        // packets + first + last jiffies (little-endian words).
+        // SAFETY: FlowValue is 16 bytes, 8-aligned: counts; first, last, TCP flags, pad,
+        // ifindex bits 16..32 (little-endian words). One packet's counts are far below the
+        // spill thresholds (segs < 2^16, bytes < 2^32).
         unsafe {
-            w.write(
-                u.bytes
+            w.write(u.bytes | (u64::from(u.segs) << VALUE_PACKETS_SHIFT));
+            w.add(1).write(
+                now | (now << 16)
                     | (u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT)
-                    | (u64::from(u.ifindex_hi) << VALUE_IFINDEX_HI_SHIFT),
+                    | (u64::from(u.ifindex_hi) << 48),
             );
-            w.add(1)
-                .write(u64::from(u.segs) | (now << 32) | (now << 48));
         }
         // SAFETY: fully initialized above.
         let fresh = unsafe { fresh.assume_init_ref() };
@@ -357,7 +457,7 @@ mod programs {
             // Another CPU inserted the key in between: add to its entry.
             Err(e) if e == -EEXIST => match map.get_ptr_mut(key) {
                 Some(v) => {
-                    apply(v, u);
+                    apply(spill, key, v, u);
                     Counter::Recorded
                 }
                 None => Counter::LostMapError,

@@ -21,7 +21,7 @@ use aya::{
 use podflow::capture::object::EBPF_OBJECT;
 use podflow_ebpf::{
     COUNTER_COUNT, Config, Counter, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, KEY_F_EPOCH,
-    KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED, KeyTail, ObsPoint,
+    KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED, KeyTail, ObsPoint, SPILL_BYTES, SPILL_PACKETS, SpillValue,
 };
 use support::{flow_key, pkt::*, privileged};
 
@@ -247,23 +247,28 @@ impl Harness {
             let (k, v) = entry.expect("iterate FLOWS_V6");
             raw.push((k.to_key(), k.tail, v));
         }
+        let spilled = self.spills();
         let mut out = Vec::new();
         for (key, tail, v) in raw {
             assert_eq!(tail.meta & 0x4c, 0, "unused meta bits are clear: {tail:?}");
             if tail.epoch_bit() != bit {
                 continue;
             }
-            assert_ne!(v.packets, 0, "an entry has packets");
+            let spill = spilled
+                .iter()
+                .filter(|(k, t, _)| *k == key && t == &tail)
+                .fold((0, 0), |a, (_, _, s)| (a.0 + s.packets, a.1 + s.bytes));
+            assert_ne!(v.packets() + spill.0, 0, "an entry has packets");
             // The test runs within a few ticks: first and last are the same or adjacent.
             let span = v.last_jiffies.wrapping_sub(v.first_jiffies);
             assert!(span < 1_000, "first..last spans {span} ticks");
             out.push((
                 key,
                 Totals {
-                    packets: u64::from(v.packets),
-                    bytes: v.bytes(),
-                    tcp_flags: v.tcp_flags(),
-                    ifindex: v.ifindex24(&tail),
+                    packets: v.packets() + spill.0,
+                    bytes: v.bytes() + spill.1,
+                    tcp_flags: v.tcp_flags,
+                    ifindex: v.ifindex(&tail),
                 },
             ));
         }
@@ -278,6 +283,26 @@ impl Harness {
                 k.key_flags,
             )
         });
+        out
+    }
+
+    /// The entries of both spill maps (kernel keys as [`FlowKey`] and tail).
+    fn spills(&self) -> Vec<(FlowKey, KeyTail, SpillValue)> {
+        let mut out = Vec::new();
+        let v4: HashMap<_, FlowKeyV4, SpillValue> =
+            HashMap::try_from(self.ebpf.map(podflow_ebpf::SPILL_V4).expect("SPILL_V4"))
+                .expect("hash");
+        for entry in v4.iter() {
+            let (k, v) = entry.expect("iterate SPILL_V4");
+            out.push((k.to_key(), k.tail, v));
+        }
+        let v6: HashMap<_, FlowKeyV6, SpillValue> =
+            HashMap::try_from(self.ebpf.map(podflow_ebpf::SPILL_V6).expect("SPILL_V6"))
+                .expect("hash");
+        for entry in v6.iter() {
+            let (k, v) = entry.expect("iterate SPILL_V6");
+            out.push((k.to_key(), k.tail, v));
+        }
         out
     }
 
@@ -786,6 +811,75 @@ fn gso_counts_segments() {
         (flow_key(VethIngress, B, A, TCP, 80, 40000, 0), 2, 80, ACK),
     ]);
     h.assert_counters(&[(Packets, 5), (Recorded, 5)]);
+}
+
+#[test]
+fn counts_move_to_the_spill_map_before_their_fields_overflow() {
+    let Some(h) = Harness::new() else { return };
+    let ctx = SkBuffCtx {
+        gso_segs: 65_535,
+        gso_size: 1,
+        ifindex: LO_IFINDEX,
+        ..Default::default()
+    };
+    // 129 super-packets of 65 535 segments: past 2^23 packets once (IPv4 TCP, 1000-byte
+    // payload: 1040 + 65 534 × 40 bytes each).
+    let small = eth(ETH_P_IP, &ipv4(A, B, TCP, &tcp(1, 2, ACK, 1000)));
+    h.run_with(VETH_IN, &small, Some(&ctx), 129);
+    let spills = h.spills();
+    assert_eq!(spills.len(), 1, "{spills:?}");
+    assert_eq!(
+        spills[0].2,
+        SpillValue {
+            bytes: 0,
+            packets: SPILL_PACKETS
+        }
+    );
+    h.assert_flows(&[(
+        flow_key(VethIngress, A, B, TCP, 1, 2, 0),
+        129 * 65_535,
+        129 * (1040 + 65_534 * 40),
+        ACK,
+    )]);
+
+    // IPv6 and bytes too: the header claims 65 535 bytes and the TCP header is 60, so a run
+    // counts 65 575 + 65 534 × 100 bytes; 84 000 runs pass 2^39 bytes (and 2^23 packets 656
+    // times).
+    let runs = 84_000u64;
+    let mut tcp60 = tcp_doff(3, 4, ACK, 15, 0);
+    tcp60.resize(60, 1);
+    let big = eth(ETH_P_IPV6, &ipv6_plen(A6, B6, TCP, &tcp60, Some(65_535)));
+    h.run_with(VETH_IN, &big, Some(&ctx), runs as u32);
+    let per_run = 65_575 + 65_534 * 100;
+    assert!(runs * per_run > SPILL_BYTES && runs * per_run < 2 * SPILL_BYTES);
+    let spill6: Vec<SpillValue> = h
+        .spills()
+        .into_iter()
+        .filter(|(k, _, _)| k.family == podflow_ebpf::FAMILY_IPV6)
+        .map(|(_, _, s)| s)
+        .collect();
+    assert_eq!(
+        spill6,
+        vec![SpillValue {
+            bytes: SPILL_BYTES,
+            packets: (runs * 65_535 / SPILL_PACKETS) * SPILL_PACKETS,
+        }]
+    );
+    h.assert_flows(&[
+        (
+            flow_key(VethIngress, A, B, TCP, 1, 2, 0),
+            129 * 65_535,
+            129 * (1040 + 65_534 * 40),
+            ACK,
+        ),
+        (
+            flow_key(VethIngress, A6, B6, TCP, 3, 4, 0),
+            runs * 65_535,
+            runs * per_run,
+            ACK,
+        ),
+    ]);
+    h.assert_counters(&[(Packets, 129 + runs), (Recorded, 129 + runs)]);
 }
 
 #[test]

@@ -1677,14 +1677,18 @@ fn rss(o: &Opts, bed: &Bed, n: u64, extra: &[&str]) -> anyhow::Result<(u64, u64,
 
 /// Flow map memory per flow: `bytes_memlock` ÷ `max_entries` of FLOWS_V4 and of FLOWS_V6, and
 /// lost_map_full with the map at 50 % occupancy.
+/// (bytes_memlock, max_entries) of each flow map, and bytes_memlock of its spill map.
 struct MapMemory {
     v4: (u64, u64),
     v6: (u64, u64),
+    spill_v4: u64,
+    spill_v6: u64,
 }
 
 impl MapMemory {
-    fn per_flow(m: (u64, u64)) -> f64 {
-        m.0 as f64 / m.1.max(1) as f64
+    /// Flow map and spill map bytes per flow-map entry.
+    fn per_flow(m: (u64, u64), spill: u64) -> f64 {
+        (m.0 + spill) as f64 / m.1.max(1) as f64
     }
 }
 
@@ -1704,10 +1708,21 @@ fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<(MapMemory, u64, u
     let mut mem = MapMemory {
         v4: (0, 0),
         v6: (0, 0),
+        spill_v4: 0,
+        spill_v6: 0,
     };
     for m in map_ids {
         let v = bpftool_json(None, &["map", "show", "id", &m.to_string()])?;
+        let memlock = v["bytes_memlock"].as_u64().unwrap_or(0);
         let slot = match v["name"].as_str().unwrap_or_default() {
+            "SPILL_V4" => {
+                mem.spill_v4 = memlock;
+                continue;
+            }
+            "SPILL_V6" => {
+                mem.spill_v6 = memlock;
+                continue;
+            }
             "FLOWS_V4" => &mut mem.v4,
             "FLOWS_V6" => &mut mem.v6,
             _ => continue,
@@ -1718,8 +1733,8 @@ fn map_memory_and_loss(o: &Opts, bed: &Bed) -> anyhow::Result<(MapMemory, u64, u
         );
     }
     ensure!(
-        mem.v4.1 > 0 && mem.v6.1 > 0,
-        "flow maps FLOWS_V4/FLOWS_V6 not found through bpftool"
+        mem.v4.1 > 0 && mem.v6.1 > 0 && mem.spill_v4 > 0 && mem.spill_v6 > 0,
+        "flow maps FLOWS_V4/FLOWS_V6 and spill maps SPILL_V4/SPILL_V6 not all found through bpftool"
     );
     // 50 % occupancy: entries / 4 flows, each with two entries (two veths), every flush interval.
     // (one entry per flow: counted once, at the source pod's veth; the destination veth skips it)
@@ -1854,10 +1869,13 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         });
     }
     if let Some((mem, lost50, rec50)) = map_results {
-        let (v4, v6) = (MapMemory::per_flow(mem.v4), MapMemory::per_flow(mem.v6));
+        let (v4, v6) = (
+            MapMemory::per_flow(mem.v4, mem.spill_v4),
+            MapMemory::per_flow(mem.v6, mem.spill_v6),
+        );
         rows.push(Row {
             key: "map_bytes_per_flow",
-            figure: "kernel flow-map memory per flow (bytes_memlock ÷ max_entries of FLOWS_V4 and FLOWS_V6; the larger)".into(),
+            figure: "kernel flow-map memory per flow ((bytes_memlock of FLOWS_Vn + SPILL_Vn) ÷ max_entries of FLOWS_Vn, n = 4 and 6; the larger)".into(),
             value: Some(v4.max(v6)),
             unit: "B",
             target: "≤ 128 B".into(),
@@ -1865,11 +1883,13 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
             limit: 128.0,
             digits: 2,
             detail: format!(
-                "IPv4 {v4:.2} B ({} B for {} entries), IPv6 {v6:.2} B ({} B for {} entries); one entry per flow and observation point, independent of the number of CPUs ({} here)",
+                "IPv4 {v4:.2} B ({} B for {} entries + {} B spill map), IPv6 {v6:.2} B ({} B for {} entries + {} B spill map); one entry per flow and observation point, independent of the number of CPUs ({} here)",
                 mem.v4.0,
                 mem.v4.1,
+                mem.spill_v4,
                 mem.v6.0,
                 mem.v6.1,
+                mem.spill_v6,
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             ),
         });

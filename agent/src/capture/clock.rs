@@ -94,20 +94,20 @@ impl JiffyClock {
         self.at.jiffies.wrapping_sub(u64::from(back))
     }
 
-    /// A map entry (its key's tail and its value) with its times in `CLOCK_MONOTONIC` ns. The
-    /// ifindex is the low 24 bits the map keeps (see [`FlowValue::ifindex24`]).
+    /// A map entry (its key's tail and its value) with its times in `CLOCK_MONOTONIC` ns (spill
+    /// not included).
     pub fn decode(&self, tail: &KeyTail, v: &FlowValue) -> FlowStats {
         let last = self.unwrap_low16(v.last_jiffies);
         // First and last come from different CPUs' stores: a CPU that read jiffies just before a
         // tick may store a `last` one tick older than the `first` another CPU inserted.
         let first = self.unwrap_low16(v.first_jiffies).min(last);
         FlowStats {
-            packets: u64::from(v.packets),
+            packets: v.packets(),
             bytes: v.bytes(),
             first_ns: self.mono_ns(first),
             last_ns: self.mono_ns(last),
-            ifindex: v.ifindex24(tail),
-            tcp_flags: v.tcp_flags(),
+            ifindex: v.ifindex(tail),
+            tcp_flags: v.tcp_flags,
             _pad: [0; 3],
         }
     }
@@ -232,19 +232,19 @@ mod tests {
 
     fn value(
         bytes: u64,
-        flags: u8,
-        ifindex_hi: u8,
-        packets: u32,
+        tcp_flags: u8,
+        ifindex_hi: u16,
+        packets: u64,
         first: u64,
         last: u64,
     ) -> FlowValue {
         FlowValue {
-            bytes_flags: bytes
-                | u64::from(flags) << podflow_ebpf::VALUE_TCP_FLAGS_SHIFT
-                | u64::from(ifindex_hi) << podflow_ebpf::VALUE_IFINDEX_HI_SHIFT,
-            packets,
+            counts: bytes | packets << podflow_ebpf::VALUE_PACKETS_SHIFT,
             first_jiffies: first as u16,
             last_jiffies: last as u16,
+            tcp_flags,
+            _pad: 0,
+            ifindex_hi,
         }
     }
 
@@ -261,12 +261,13 @@ mod tests {
         let j = c.at.jiffies;
         let first = j - 40_000;
         let last = j - 250;
-        let bytes = (1 << 48) - 3;
-        let v = value(bytes, 0x12, 0x05, u32::MAX, first, last);
+        let bytes = (1 << 40) - 3;
+        let packets = (1 << 24) - 1;
+        let v = value(bytes, 0x12, 0x8005, packets, first, last);
         let s = c.decode(&tail(0x0009), &v);
         assert_eq!(
             (s.packets, s.bytes, s.ifindex, s.tcp_flags),
-            (u64::from(u32::MAX), bytes, 0x05_0009, 0x12)
+            (packets, bytes, 0x8005_0009, 0x12)
         );
         assert_eq!(s.last_ns, c.at.mono_ns - 250_000_000);
         assert_eq!(s.first_ns, c.at.mono_ns - 40_000_000_000);

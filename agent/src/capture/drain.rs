@@ -292,8 +292,8 @@ pub fn lookup_then_delete<K: Pod + Default>(
 }
 
 /// Deletes one key; a key already gone is not an error.
-pub fn delete_one<K: Pod>(
-    map: &mut HashMap<MapData, K, FlowValue>,
+pub fn delete_one<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
     key: &K,
 ) -> Result<(), CaptureError> {
     match map.remove(key) {

@@ -56,7 +56,7 @@ use podflow_ebpf::{
     CLOCK, CONFIG, COUNTER_COUNT, COUNTERS, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES,
     FAMILY_IPV4, FAMILY_IPV6, FLOWS_V4, FLOWS_V6, FlowKey, FlowKeyV4, FlowKeyV6, FlowStats,
     FlowValue, KEY_F_EPOCH, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS,
-    PROG_VETH_INGRESS, VETHS, VETHS_MAX, VethSlot,
+    PROG_VETH_INGRESS, SPILL_V4, SPILL_V6, SpillValue, VETHS, VETHS_MAX, VethSlot,
 };
 
 use self::clock::JiffyClock;
@@ -264,6 +264,7 @@ struct Attachment {
 
 type FlowMapV4 = aya::maps::HashMap<MapData, FlowKeyV4, FlowValue>;
 type FlowMapV6 = aya::maps::HashMap<MapData, FlowKeyV6, FlowValue>;
+type SpillMap<K> = aya::maps::HashMap<MapData, K, SpillValue>;
 
 /// The loaded eBPF object, its maps and what is attached where.
 pub struct Capture {
@@ -272,6 +273,11 @@ pub struct Capture {
     ebpf: Ebpf,
     flows_v4: FlowMapV4,
     flows_v6: FlowMapV6,
+    spill_v4: SpillMap<FlowKeyV4>,
+    spill_v6: SpillMap<FlowKeyV6>,
+    /// The spill entries of the drain in progress, by kernel key.
+    spilled_v4: HashMap<FlowKeyV4, SpillValue>,
+    spilled_v6: HashMap<FlowKeyV6, SpillValue>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     clock_map: Array<MapData, ClockSample>,
@@ -350,6 +356,18 @@ impl Capture {
         let flows_v6 = FlowMapV6::try_from(take_map(&mut ebpf, FLOWS_V6)?).map_err(|source| {
             CaptureError::Map {
                 op: "open FLOWS_V6",
+                source,
+            }
+        })?;
+        let spill_v4 = SpillMap::try_from(take_map(&mut ebpf, SPILL_V4)?).map_err(|source| {
+            CaptureError::Map {
+                op: "open SPILL_V4",
+                source,
+            }
+        })?;
+        let spill_v6 = SpillMap::try_from(take_map(&mut ebpf, SPILL_V6)?).map_err(|source| {
+            CaptureError::Map {
+                op: "open SPILL_V6",
                 source,
             }
         })?;
@@ -446,6 +464,10 @@ impl Capture {
             ebpf,
             flows_v4,
             flows_v6,
+            spill_v4,
+            spill_v6,
+            spilled_v4: HashMap::new(),
+            spilled_v6: HashMap::new(),
             config,
             counters,
             clock_map,
@@ -828,6 +850,20 @@ impl Capture {
 
         let old_bit = if old & 1 != 0 { KEY_F_EPOCH } else { 0 };
         entries.clear();
+        take_spills(
+            &mut self.spill_v4,
+            old_bit,
+            |k| k.tail,
+            &mut self.spilled_v4,
+        )?;
+        take_spills(
+            &mut self.spill_v6,
+            old_bit,
+            |k| k.tail,
+            &mut self.spilled_v6,
+        )?;
+        let (spilled_v4, spilled_v6) = (&self.spilled_v4, &self.spilled_v6);
+        let merged = std::cell::Cell::new(0usize);
         let clock = self.clock;
         let batch = self.batch_ok;
         let v4 = drain_one(
@@ -838,11 +874,11 @@ impl Capture {
             |k: &FlowKeyV4| k.tail.epoch_bit() == old_bit,
             |k: &FlowKeyV4, v: &FlowValue| FlowEntry {
                 key: k.to_key(),
-                stats: clock.decode(&k.tail, v),
+                stats: with_spill(clock.decode(&k.tail, v), spilled_v4, k, &merged),
             },
             entries,
         );
-        let v4_batch = self.settle_batch(v4)?;
+        let v4_batch = settle_batch(&mut self.batch_ok, v4)?;
         let v6 = drain_one(
             &mut self.flows_v6,
             v4_batch,
@@ -851,12 +887,14 @@ impl Capture {
             |k: &FlowKeyV6| k.tail.epoch_bit() == old_bit,
             |k: &FlowKeyV6, v: &FlowValue| FlowEntry {
                 key: k.to_key(),
-                stats: clock.decode(&k.tail, v),
+                stats: with_spill(clock.decode(&k.tail, v), spilled_v6, k, &merged),
             },
             entries,
         );
-        self.settle_batch(v6)?;
-        self.widen_ifindexes(entries);
+        settle_batch(&mut self.batch_ok, v6)?;
+        if merged.get() != self.spilled_v4.len() + self.spilled_v6.len() {
+            self.orphan_spills(entries);
+        }
 
         let mut counters = [0u64; COUNTER_COUNT as usize];
         for (i, c) in counters.iter_mut().enumerate() {
@@ -878,43 +916,82 @@ impl Capture {
         Ok((counters, mono_ns))
     }
 
-    /// The maps keep the low 24 bits of an ifindex (16 in the key, 8 in the value). Once an
-    /// interface podflow attached to (or recently detached) has an ifindex of 2^24 or more, the
-    /// entries' ifindexes are matched back to those interfaces (attached ones first).
-    fn widen_ifindexes(&self, entries: &mut [FlowEntry]) {
-        const LOW24: u32 = (1 << 24) - 1;
-        let wide: Vec<u32> = self
-            .attached
-            .keys()
-            .copied()
-            .chain(self.removed.iter().rev().map(|(i, _, _)| *i))
-            .filter(|i| *i > LOW24)
+    /// Spill entries without a flow entry in the same drain: the programs never make one (a
+    /// spill entry is made by a packet counted in the flow entry of the same key and epoch), so
+    /// this only guards against losing counts if that ever changes. Each becomes an entry of its
+    /// own, stamped with the drain's time.
+    #[cold]
+    fn orphan_spills(&self, entries: &mut Vec<FlowEntry>) {
+        let seen: std::collections::HashSet<(FlowKey, u32)> = entries
+            .iter()
+            .map(|e| (e.key, e.stats.ifindex & 0xffff))
             .collect();
-        if wide.is_empty() {
-            return;
-        }
-        for e in entries.iter_mut() {
-            let low = e.stats.ifindex;
-            if self.attached.contains_key(&low) {
+        let now = self.clock.mono_ns(self.clock.unwrap_low16(0)).max(1);
+        let spills = (self.spilled_v4.iter())
+            .map(|(k, s)| (k.to_key(), k.tail, *s))
+            .chain(
+                self.spilled_v6
+                    .iter()
+                    .map(|(k, s)| (k.to_key(), k.tail, *s)),
+            );
+        for (key, tail, s) in spills {
+            let ifindex = u32::from(tail.ifindex_lo);
+            if seen.contains(&(key, ifindex)) {
                 continue;
             }
-            if let Some(full) = wide.iter().find(|i| *i & LOW24 == low) {
-                e.stats.ifindex = *full;
-            }
+            tracing::warn!(?key, ifindex, "spill entry without a flow entry");
+            entries.push(FlowEntry {
+                key,
+                stats: FlowStats {
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    first_ns: now,
+                    last_ns: now,
+                    ifindex,
+                    ..FlowStats::default()
+                },
+            });
         }
+    }
+
+    /// Runs the loaded tc program `name` on `data` (`ctx`: a `struct __sk_buff`, or empty)
+    /// `repeat` times with `BPF_PROG_TEST_RUN`, as if packets had crossed a hook — for tests of
+    /// the drain path with packets no real interface could deliver in a test's time.
+    #[doc(hidden)]
+    pub fn test_run_program(
+        &mut self,
+        name: &'static str,
+        data: &[u8],
+        ctx: &[u8],
+        repeat: u32,
+    ) -> Result<(), CaptureError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let load = |source: ProgramError| CaptureError::LoadProgram {
+            name,
+            source: Box::new(source),
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::MissingProgram { name })?
+            .try_into()
+            .map_err(load)?;
+        let mut out = vec![0u8; data.len() + 64];
+        prog.test_run(TestRunOptions {
+            data_in: Some(data),
+            data_out: Some(&mut out),
+            ctx_in: (!ctx.is_empty()).then_some(ctx),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(load)?;
+        Ok(())
     }
 
     /// The longest flush interval the flow maps' 16-bit time stamps allow at this kernel's tick
     /// rate (see [`clock::JiffyClock::max_flush_interval`]).
     pub fn max_flush_interval(&self) -> Duration {
         self.clock.max_flush_interval()
-    }
-
-    /// Remembers a refused batch command; returns whether batches may still be used.
-    fn settle_batch(&mut self, res: Result<bool, CaptureError>) -> Result<bool, CaptureError> {
-        let ok = res?;
-        self.batch_ok &= ok;
-        Ok(self.batch_ok)
     }
 
     /// Reads aya-log records the programs emitted (if the object logs) into the `log` crate.
@@ -1016,6 +1093,65 @@ impl<K: aya::Pod> MaxEntries for aya::maps::HashMap<MapData, K, FlowValue> {
 
 fn map_fd(map: &MapData) -> RawFd {
     map.fd().as_fd().as_raw_fd()
+}
+
+/// Remembers a refused batch command; returns whether batches may still be used.
+fn settle_batch(
+    batch_ok: &mut bool,
+    res: Result<bool, CaptureError>,
+) -> Result<bool, CaptureError> {
+    *batch_ok &= res?;
+    Ok(*batch_ok)
+}
+
+/// Reads and deletes the spill entries of the epoch `old_bit` into `out` (cleared first).
+fn take_spills<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut SpillMap<K>,
+    old_bit: u8,
+    tail: impl Fn(&K) -> podflow_ebpf::KeyTail,
+    out: &mut HashMap<K, SpillValue>,
+) -> Result<(), CaptureError> {
+    out.clear();
+    let keys: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| tail(k).epoch_bit() == old_bit)
+        .collect();
+    for k in keys {
+        match map.get(&k, 0) {
+            Ok(v) => {
+                let e = out.entry(k).or_default();
+                e.bytes += v.bytes;
+                e.packets += v.packets;
+            }
+            Err(aya::maps::MapError::KeyNotFound) => continue,
+            Err(source) => {
+                return Err(CaptureError::Map {
+                    op: "read a spill entry",
+                    source,
+                });
+            }
+        }
+        drain::delete_one(map, &k)?;
+    }
+    Ok(())
+}
+
+/// `stats` with the entry's spilled counts added (counting the spill entries used in `merged`).
+fn with_spill<K: Eq + std::hash::Hash>(
+    mut stats: FlowStats,
+    spilled: &HashMap<K, SpillValue>,
+    key: &K,
+    merged: &std::cell::Cell<usize>,
+) -> FlowStats {
+    if !spilled.is_empty()
+        && let Some(s) = spilled.get(key)
+    {
+        stats.bytes += s.bytes;
+        stats.packets += s.packets;
+        merged.set(merged.get() + 1);
+    }
+    stats
 }
 
 /// Reads and deletes one map's entries that `keep` accepts (the old epoch), appending them to
