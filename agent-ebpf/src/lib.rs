@@ -7,28 +7,33 @@
 //!
 //! Every tc hook counts each IP packet it sees into a hash map: IPv4 flows into [`FLOWS_V4`]
 //! (16-byte [`FlowKeyV4`]), IPv6 flows into [`FLOWS_V6`] (40-byte [`FlowKeyV6`]), both with the
-//! 16-byte [`FlowValue`] shared by all CPUs and updated with atomic adds. The key includes the
-//! *observation point* ([`ObsPoint`]): a packet between two pods on the same node crosses the
-//! source pod's veth (host-side ingress) and the destination pod's veth (host-side egress), so it
-//! lands in two entries. User space picks one authoritative observation point per flow and uses
-//! the others only to say which interfaces saw it, so each packet is counted once.
+//! 16-byte [`FlowValue`] shared by all CPUs and updated with one atomic fetch-add per update. In
+//! front of the maps, each CPU keeps the flows it counted last in a small per-CPU cache
+//! ([`CacheEntry`], [`CACHE_V4`]/[`CACHE_V6`]): a packet of a cached flow is counted with plain
+//! stores, and the map is only touched when a flow leaves the cache. The key includes the
+//! *observation point* ([`ObsPoint`]) and the interface. A packet between two pods of the node is
+//! counted once, at the source pod's veth (host-side ingress); the destination veth's egress
+//! program sees where it entered and skips it ([`VethSlot`]). User space picks one authoritative
+//! observation point per flow and uses the others only to say which interfaces saw it.
 //!
 //! # Exact drains: the epoch bit
 //!
 //! Every key carries the current *epoch* ([`Config::epoch`], bit [`KEY_F_EPOCH`] of
-//! [`KeyTail::meta`]).
-//! User space flips the epoch, waits for an RCU grace period (every program that could still
-//! write a key of the old epoch has then returned), reads the old epoch's entries (no writer
-//! races them any more) and deletes exactly those keys. No packet is lost or counted twice at a
-//! flush, and one map holds both epochs only for the few milliseconds of a drain, so a map of N
-//! entries tracks N flows: no second buffer.
+//! [`KeyTail::meta`]), and the caches have one half per epoch parity. User space flips the epoch,
+//! waits for an RCU grace period (every program that could still write a key or a cache slot of
+//! the old epoch has then returned), reads the old epoch's entries and cache slots (no writer
+//! races them any more), deletes exactly those keys and zeroes those slots. No packet is lost or
+//! counted twice at a flush, and one map holds both epochs only for the few milliseconds of a
+//! drain, so a map of N entries tracks N flows: no second buffer.
 //!
 //! # Memory per flow
 //!
 //! A preallocated kernel hash map costs, per entry, a 16-byte bucket, a 48-byte element header,
 //! the key rounded up to 8 bytes, and the value: 16 + 48 + 16 + 16 = 96 bytes for IPv4 and
 //! 16 + 48 + 40 + 16 = 120 bytes for IPv6, independent of the number of CPUs (a per-CPU value
-//! would cost its size once per possible CPU: kilobytes per flow on a 64-core node).
+//! would cost its size once per possible CPU: kilobytes per flow on a 64-core node). The spill
+//! maps (1024 entries each) and the caches (2 × 128 slots of 32 or 56 bytes per CPU) are fixed
+//! costs: about 1 B per flow for a map of 131 072 entries, plus 22 KiB per CPU.
 #![no_std]
 
 /// Name of the IPv4 flow map ([`FlowKeyV4`] → [`FlowValue`]).
@@ -39,6 +44,10 @@ pub const FLOWS_V6: &str = "FLOWS_V6";
 pub const SPILL_V4: &str = "SPILL_V4";
 /// Name of the IPv6 spill map ([`FlowKeyV6`] → [`SpillValue`]).
 pub const SPILL_V6: &str = "SPILL_V6";
+/// Name of the per-CPU IPv4 flow cache ([`CacheEntry`]`<`[`FlowKeyV4`]`>`).
+pub const CACHE_V4: &str = "CACHE_V4";
+/// Name of the per-CPU IPv6 flow cache ([`CacheEntry`]`<`[`FlowKeyV6`]`>`).
+pub const CACHE_V6: &str = "CACHE_V6";
 /// Name of the single-entry config array ([`Config`] at index 0).
 pub const CONFIG: &str = "CONFIG";
 /// Name of the per-CPU counters array, indexed by [`Counter`].
@@ -373,6 +382,33 @@ const _: () = assert!(core::mem::size_of::<SpillValue>() == 16);
 /// core; 1024 such flows in one interval is far beyond any node).
 pub const SPILL_MAP_ENTRIES: u32 = 1024;
 
+/// A slot of the per-CPU flow caches [`CACHE_V4`] and [`CACHE_V6`].
+///
+/// Each CPU keeps the flows it counted last in a small direct-mapped cache ([`CACHE_SLOTS`]
+/// slots per epoch parity and family, indexed by a hash of the key), counted with plain adds: a
+/// packet of a cached flow costs no hash-map lookup and no atomic. A flow leaves the cache for
+/// the shared flow map when another flow takes its slot, or once it holds
+/// [`CACHE_FLUSH_PACKETS`] packets or [`CACHE_FLUSH_BYTES`] bytes (so that what it adds to the
+/// map stays far below the spill thresholds). The programs touch only the slots of the current
+/// epoch's parity; after flipping the epoch and waiting for the grace period, user space reads
+/// the old parity's slots of every CPU, adds them to the drained entries of the same keys (or
+/// makes entries of them) and zeroes them. An empty slot has `value.counts == 0`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CacheEntry<K> {
+    pub key: K,
+    pub value: FlowValue,
+}
+const _: () = assert!(core::mem::size_of::<CacheEntry<FlowKeyV4>>() == 32);
+const _: () = assert!(core::mem::size_of::<CacheEntry<FlowKeyV6>>() == 56);
+
+/// Slots of each flow cache per epoch parity (a power of two); the arrays have twice as many.
+pub const CACHE_SLOTS: u32 = 128;
+/// A cached flow moves to the flow map once it holds this many packets ...
+pub const CACHE_FLUSH_PACKETS: u64 = 1 << 16;
+/// ... or this many bytes.
+pub const CACHE_FLUSH_BYTES: u64 = 1 << 32;
+
 /// What [`PROG_CLOCK`] writes into [`CLOCK`]: both clocks read in the same program run.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -531,6 +567,10 @@ mod user {
     unsafe impl aya::Pod for super::FlowValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SpillValue {}
+    // SAFETY: as above (a key and a value, no padding: sizes asserted).
+    unsafe impl aya::Pod for super::CacheEntry<super::FlowKeyV4> {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CacheEntry<super::FlowKeyV6> {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClockSample {}
     // SAFETY: as above.

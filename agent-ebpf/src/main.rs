@@ -2,8 +2,9 @@
 //! map (see `lib.rs` for the shared types and the epoch protocol).
 //!
 //! Per packet: one `CONFIG` load, the parse, `bpf_jiffies64()` (inlined by the verifier into a
-//! load of `jiffies`), one hash lookup, one atomic fetch-add and one 16-bit store, one per-CPU
-//! counter bump.
+//! load of `jiffies`), one per-CPU cache slot (a hash of the key; inlined lookup), and on a hit
+//! plain adds and stores into it, one per-CPU counter bump. On a miss, the flow that held the
+//! slot moves to the hash map (one lookup and one atomic fetch-add, or an insert).
 //!
 //! Every program returns `TC_ACT_UNSPEC` (-1) on every path: under tcx that is `TCX_NEXT` (run the
 //! next program, e.g. the CNI's) and in legacy cls_bpf direct-action mode it means "continue".
@@ -34,10 +35,11 @@ mod programs {
         programs::TcContext,
     };
     use podflow_ebpf::{
-        COUNTER_COUNT, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4,
-        FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, KEY_F_EPOCH, META_FLAGS_MASK, META_OBS_SHIFT,
-        ObsPoint, SPILL_BYTES, SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK,
-        VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
+        CACHE_FLUSH_BYTES, CACHE_FLUSH_PACKETS, CACHE_SLOTS, COUNTER_COUNT, CacheEntry,
+        ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4, FlowKey, FlowKeyV4,
+        FlowKeyV6, FlowValue, KEY_F_EPOCH, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint, SPILL_BYTES,
+        SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK, VALUE_PACKETS_SHIFT,
+        VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -69,6 +71,12 @@ mod programs {
     static SPILL_V6: HashMap<FlowKeyV6, SpillValue> =
         HashMap::with_max_entries(SPILL_MAP_ENTRIES, 0);
     #[map]
+    static CACHE_V4: PerCpuArray<CacheEntry<FlowKeyV4>> =
+        PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
+    #[map]
+    static CACHE_V6: PerCpuArray<CacheEntry<FlowKeyV6>> =
+        PerCpuArray::with_max_entries(2 * CACHE_SLOTS, 0);
+    #[map]
     static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
     #[map]
     static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
@@ -95,6 +103,8 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::FLOWS_V6, "FLOWS_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::CLOCK, "CLOCK"));
     const _: () = assert!(str_eq(podflow_ebpf::SPILL_V4, "SPILL_V4"));
+    const _: () = assert!(str_eq(podflow_ebpf::CACHE_V4, "CACHE_V4"));
+    const _: () = assert!(str_eq(podflow_ebpf::CACHE_V6, "CACHE_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::SPILL_V6, "SPILL_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::VETHS, "VETHS"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_CLOCK, "podflow_clock"));
@@ -265,9 +275,9 @@ mod programs {
         // SAFETY: helper without arguments (inlined by the verifier).
         let now = unsafe { bpf_jiffies64() } as u16;
         let u = Update {
-            segs,
-            bytes,
-            now,
+            inc: bytes | (u64::from(segs) << VALUE_PACKETS_SHIFT),
+            first: now,
+            last: now,
             ifindex_hi: (ifindex >> 16) as u16,
             tcp_flags: f.tcp_flags,
         };
@@ -283,39 +293,133 @@ mod programs {
         let tail = unsafe { *k.add(4) } & 0xff_ffff_ffff
             | (u64::from(meta) << 40)
             | (u64::from(ifindex & 0xffff) << 48);
+        let parity = epoch & 1;
         let res = if family == FAMILY_IPV4 {
             // SAFETY: as above; an IPv4 key holds its addresses in bytes 12..16 and 28..32
-            // (IPv4-mapped). Built from two words so no memset.
+            // (IPv4-mapped). FlowKeyV4 is these two words.
             let k4 = unsafe {
                 let src = (*k.add(1) >> 32) as u32;
                 let dst = (*k.add(3) >> 32) as u32;
-                let mut out = MaybeUninit::<FlowKeyV4>::uninit();
-                let w = out.as_mut_ptr().cast::<u64>();
-                w.write_unaligned(u64::from(src) | (u64::from(dst) << 32));
-                w.add(1).write_unaligned(tail);
-                out.assume_init()
+                [u64::from(src) | (u64::from(dst) << 32), tail]
             };
-            record(&FLOWS_V4, &SPILL_V4, &k4, &u)
+            count_cached(&CACHE_V4, &FLOWS_V4, &SPILL_V4, &k4, &u, parity)
         } else {
             // SAFETY: FlowKeyV6 is FlowKey with its last word replaced by the tail: turned into
             // one in place (the FlowKey is not used afterwards).
             let k6 = unsafe {
                 k.add(4).write(tail);
-                &*(k as *const FlowKeyV6)
+                &*(k as *const [u64; 5])
             };
-            record(&FLOWS_V6, &SPILL_V6, k6, &u)
+            count_cached(&CACHE_V6, &FLOWS_V6, &SPILL_V6, k6, &u, parity)
         };
         bump(res);
     }
 
+    /// What a packet (or a cached piece of a flow) adds to a flow.
     struct Update {
-        segs: u32,
-        bytes: u64,
-        /// Low 16 bits of jiffies.
-        now: u16,
+        /// Bytes and packets, packed like [`FlowValue::counts`].
+        inc: u64,
+        /// Low 16 bits of jiffies at the first and last packet.
+        first: u16,
+        last: u16,
         /// Bits 16..32 of the ifindex (bits 0..16 are in the key).
         ifindex_hi: u16,
         tcp_flags: u8,
+    }
+
+    /// Counts a packet of the flow `key` (the kernel key `K` as `N` words) through this CPU's
+    /// flow cache (see `CacheEntry`): a hit adds to the slot with plain stores; a miss moves the
+    /// slot's flow to the flow map and takes the slot.
+    #[inline(always)]
+    fn count_cached<K, const N: usize>(
+        cache: &PerCpuArray<CacheEntry<K>>,
+        map: &HashMap<K, FlowValue>,
+        spill: &HashMap<K, SpillValue>,
+        key: &[u64; N],
+        u: &Update,
+        parity: u32,
+    ) -> Counter {
+        const _: () = assert!(CACHE_SLOTS.is_power_of_two());
+        // SAFETY: K is N words (asserted by the callers' types: FlowKeyV4 16 B, FlowKeyV6 40 B).
+        let kref = unsafe { &*(key as *const [u64; N] as *const K) };
+        let mut h = 0u64;
+        let mut i = 0;
+        while i < N {
+            h = (h ^ key[i]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            i += 1;
+        }
+        let slot = (h >> (64 - CACHE_SLOTS.trailing_zeros())) as u32;
+        let Some(e) = cache.get_ptr_mut(parity * CACHE_SLOTS + slot) else {
+            return record(map, spill, kref, u);
+        };
+        let ew = e.cast::<u64>();
+        // SAFETY: this CPU's slot (per-CPU array value, 8-aligned, N + 2 words), valid for the
+        // program's run; only this CPU's programs touch it, and they do not nest.
+        unsafe {
+            let v = ew.add(N);
+            let counts = *v;
+            let mut same = counts != 0;
+            let mut i = 0;
+            while i < N {
+                same &= *ew.add(i) == key[i];
+                i += 1;
+            }
+            let value = v.cast::<FlowValue>();
+            if same {
+                let c = counts + u.inc;
+                if (c & VALUE_BYTES_MASK) < CACHE_FLUSH_BYTES
+                    && (c >> VALUE_PACKETS_SHIFT) < CACHE_FLUSH_PACKETS
+                {
+                    *v = c;
+                    (*value).last_jiffies = u.last;
+                    (*value).tcp_flags |= u.tcp_flags;
+                    return Counter::Recorded;
+                }
+                // Full: the flow, this packet included, moves to the map.
+                let piece = Update {
+                    inc: c,
+                    first: (*value).first_jiffies,
+                    last: u.last,
+                    ifindex_hi: (*value).ifindex_hi,
+                    tcp_flags: (*value).tcp_flags | u.tcp_flags,
+                };
+                return match record(map, spill, kref, &piece) {
+                    Counter::Recorded => {
+                        *v = 0;
+                        Counter::Recorded
+                    }
+                    // The slot keeps what it had; the packet alone is lost (map full).
+                    _ => record(map, spill, kref, u),
+                };
+            }
+            if counts != 0 {
+                // Another flow holds the slot: move it to the map first.
+                let piece = Update {
+                    inc: counts,
+                    first: (*value).first_jiffies,
+                    last: (*value).last_jiffies,
+                    ifindex_hi: (*value).ifindex_hi,
+                    tcp_flags: (*value).tcp_flags,
+                };
+                // SAFETY: the slot's key, N words like `key`.
+                let held = &*(e as *const K);
+                if record(map, spill, held, &piece) != Counter::Recorded {
+                    // The map is full: the held flow stays; this packet goes to the map alone.
+                    return record(map, spill, kref, u);
+                }
+            }
+            let mut i = 0;
+            while i < N {
+                *ew.add(i) = key[i];
+                i += 1;
+            }
+            *v = u.inc;
+            *v.add(1) = u64::from(u.first)
+                | (u64::from(u.last) << 16)
+                | (u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT)
+                | (u64::from(u.ifindex_hi) << 48);
+        }
+        Counter::Recorded
     }
 
     /// `*p += v`, atomically, returning the previous value (`BPF_ATOMIC | BPF_FETCH | BPF_ADD`,
@@ -339,18 +443,18 @@ mod programs {
     #[inline(always)]
     fn apply<K>(spill: &HashMap<K, SpillValue>, key: &K, v: *mut FlowValue, u: &Update) {
         let w = v.cast::<u64>();
-        let inc = u.bytes | (u64::from(u.segs) << VALUE_PACKETS_SHIFT);
+        let inc = u.inc;
         // SAFETY: a (non-per-CPU) hash map value, 16 bytes, 8-aligned, valid for the program's
         // run; several CPUs may update it at once, hence the atomics (see FlowValue for the
         // layout). `last_jiffies` is a plain store: any CPU's recent value is right.
         unsafe {
             let old = fetch_add(w, inc);
-            let bytes = (old & VALUE_BYTES_MASK) + u.bytes;
-            let packets = (old >> VALUE_PACKETS_SHIFT) + u64::from(u.segs);
+            let bytes = (old & VALUE_BYTES_MASK) + (inc & VALUE_BYTES_MASK);
+            let packets = (old >> VALUE_PACKETS_SHIFT) + (inc >> VALUE_PACKETS_SHIFT);
             if bytes >= SPILL_BYTES || packets >= SPILL_PACKETS {
                 spill_counts(spill, key, w, old, inc);
             }
-            (*v).last_jiffies = u.now;
+            (*v).last_jiffies = u.last;
             if u.tcp_flags != 0 && (*v).tcp_flags & u.tcp_flags != u.tcp_flags {
                 // Atomic only when a flag is new to the flow (rarely after the handshake).
                 let bits = u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT;
@@ -438,14 +542,15 @@ mod programs {
         // bpf-linker turns into a call to a byte loop.
         let mut fresh = MaybeUninit::<FlowValue>::uninit();
         let w = fresh.as_mut_ptr().cast::<u64>();
-        let now = u64::from(u.now);
         // SAFETY: FlowValue is 16 bytes, 8-aligned: counts; first, last, TCP flags, pad,
-        // ifindex bits 16..32 (little-endian words). One packet's counts are far below the
-        // spill thresholds (segs < 2^16, bytes < 2^32).
+        // ifindex bits 16..32 (little-endian words). What one update adds is far below the
+        // spill thresholds (a packet: < 2^16 segments, < 2^32 bytes; a cached piece: below
+        // CACHE_FLUSH_PACKETS/BYTES plus one packet).
         unsafe {
-            w.write(u.bytes | (u64::from(u.segs) << VALUE_PACKETS_SHIFT));
+            w.write(u.inc);
             w.add(1).write(
-                now | (now << 16)
+                u64::from(u.first)
+                    | (u64::from(u.last) << 16)
                     | (u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT)
                     | (u64::from(u.ifindex_hi) << 48),
             );

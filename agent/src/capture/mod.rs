@@ -49,14 +49,15 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray},
+    maps::{Array, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, SchedClassifier, TcAttachType, tc::SchedClassifierLink},
 };
 use podflow_ebpf::{
-    CLOCK, CONFIG, COUNTER_COUNT, COUNTERS, ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES,
-    FAMILY_IPV4, FAMILY_IPV6, FLOWS_V4, FLOWS_V6, FlowKey, FlowKeyV4, FlowKeyV6, FlowStats,
-    FlowValue, KEY_F_EPOCH, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS,
-    PROG_VETH_INGRESS, SPILL_V4, SPILL_V6, SpillValue, VETHS, VETHS_MAX, VethSlot,
+    CACHE_SLOTS, CACHE_V4, CACHE_V6, CLOCK, CONFIG, COUNTER_COUNT, COUNTERS, CacheEntry,
+    ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4, FAMILY_IPV6, FLOWS_V4,
+    FLOWS_V6, FlowKey, FlowKeyV4, FlowKeyV6, FlowStats, FlowValue, KEY_F_EPOCH, PROG_CLOCK,
+    PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS, SPILL_V4, SPILL_V6,
+    SpillValue, VETHS, VETHS_MAX, VethSlot,
 };
 
 use self::clock::JiffyClock;
@@ -217,6 +218,11 @@ pub enum CaptureError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("counting the possible cpus failed")]
+    Cpus {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("map operation failed: {op}")]
     Map {
         op: &'static str,
@@ -265,6 +271,7 @@ struct Attachment {
 type FlowMapV4 = aya::maps::HashMap<MapData, FlowKeyV4, FlowValue>;
 type FlowMapV6 = aya::maps::HashMap<MapData, FlowKeyV6, FlowValue>;
 type SpillMap<K> = aya::maps::HashMap<MapData, K, SpillValue>;
+type CacheMap<K> = PerCpuArray<MapData, CacheEntry<K>>;
 
 /// The loaded eBPF object, its maps and what is attached where.
 pub struct Capture {
@@ -278,6 +285,14 @@ pub struct Capture {
     /// The spill entries of the drain in progress, by kernel key.
     spilled_v4: HashMap<FlowKeyV4, SpillValue>,
     spilled_v6: HashMap<FlowKeyV6, SpillValue>,
+    cache_v4: CacheMap<FlowKeyV4>,
+    cache_v6: CacheMap<FlowKeyV6>,
+    /// The per-CPU cache entries of the drain in progress, decoded and merged by kernel key.
+    cached_v4: std::cell::RefCell<HashMap<FlowKeyV4, FlowStats>>,
+    cached_v6: std::cell::RefCell<HashMap<FlowKeyV6, FlowStats>>,
+    /// Zeroed cache slots for all possible CPUs, written over the slots a drain read.
+    zero_v4: Vec<CacheEntry<FlowKeyV4>>,
+    zero_v6: Vec<CacheEntry<FlowKeyV6>>,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     clock_map: Array<MapData, ClockSample>,
@@ -371,6 +386,19 @@ impl Capture {
                 source,
             }
         })?;
+        let cache_v4 = CacheMap::try_from(take_map(&mut ebpf, CACHE_V4)?).map_err(|source| {
+            CaptureError::Map {
+                op: "open CACHE_V4",
+                source,
+            }
+        })?;
+        let cache_v6 = CacheMap::try_from(take_map(&mut ebpf, CACHE_V6)?).map_err(|source| {
+            CaptureError::Map {
+                op: "open CACHE_V6",
+                source,
+            }
+        })?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Cpus { source: e })?;
         let clock_map = Array::<MapData, ClockSample>::try_from(take_map(&mut ebpf, CLOCK)?)
             .map_err(|source| CaptureError::Map {
                 op: "open CLOCK",
@@ -468,6 +496,12 @@ impl Capture {
             spill_v6,
             spilled_v4: HashMap::new(),
             spilled_v6: HashMap::new(),
+            cache_v4,
+            cache_v6,
+            cached_v4: std::cell::RefCell::new(HashMap::new()),
+            cached_v6: std::cell::RefCell::new(HashMap::new()),
+            zero_v4: vec![CacheEntry::default(); cpus],
+            zero_v6: vec![CacheEntry::default(); cpus],
             config,
             counters,
             clock_map,
@@ -862,9 +896,24 @@ impl Capture {
             |k| k.tail,
             &mut self.spilled_v6,
         )?;
-        let (spilled_v4, spilled_v6) = (&self.spilled_v4, &self.spilled_v6);
-        let merged = std::cell::Cell::new(0usize);
         let clock = self.clock;
+        take_cached(
+            &mut self.cache_v4,
+            old & 1,
+            &self.zero_v4,
+            |e| clock.decode(&e.key.tail, &e.value),
+            self.cached_v4.get_mut(),
+        )?;
+        take_cached(
+            &mut self.cache_v6,
+            old & 1,
+            &self.zero_v6,
+            |e| clock.decode(&e.key.tail, &e.value),
+            self.cached_v6.get_mut(),
+        )?;
+        let (spilled_v4, spilled_v6) = (&self.spilled_v4, &self.spilled_v6);
+        let (cached_v4, cached_v6) = (&self.cached_v4, &self.cached_v6);
+        let merged = std::cell::Cell::new(0usize);
         let batch = self.batch_ok;
         let v4 = drain_one(
             &mut self.flows_v4,
@@ -874,7 +923,11 @@ impl Capture {
             |k: &FlowKeyV4| k.tail.epoch_bit() == old_bit,
             |k: &FlowKeyV4, v: &FlowValue| FlowEntry {
                 key: k.to_key(),
-                stats: with_spill(clock.decode(&k.tail, v), spilled_v4, k, &merged),
+                stats: with_cached(
+                    with_spill(clock.decode(&k.tail, v), spilled_v4, k, &merged),
+                    cached_v4,
+                    k,
+                ),
             },
             entries,
         );
@@ -887,11 +940,34 @@ impl Capture {
             |k: &FlowKeyV6| k.tail.epoch_bit() == old_bit,
             |k: &FlowKeyV6, v: &FlowValue| FlowEntry {
                 key: k.to_key(),
-                stats: with_spill(clock.decode(&k.tail, v), spilled_v6, k, &merged),
+                stats: with_cached(
+                    with_spill(clock.decode(&k.tail, v), spilled_v6, k, &merged),
+                    cached_v6,
+                    k,
+                ),
             },
             entries,
         );
         settle_batch(&mut self.batch_ok, v6)?;
+        // Flows only this drain's caches held (never moved to the maps) are entries of their own.
+        entries.extend(
+            self.cached_v4
+                .get_mut()
+                .drain()
+                .map(|(k, stats)| FlowEntry {
+                    key: k.to_key(),
+                    stats,
+                }),
+        );
+        entries.extend(
+            self.cached_v6
+                .get_mut()
+                .drain()
+                .map(|(k, stats)| FlowEntry {
+                    key: k.to_key(),
+                    stats,
+                }),
+        );
         if merged.get() != self.spilled_v4.len() + self.spilled_v6.len() {
             self.orphan_spills(entries);
         }
@@ -1135,6 +1211,72 @@ fn take_spills<K: aya::Pod + Eq + std::hash::Hash>(
         drain::delete_one(map, &k)?;
     }
     Ok(())
+}
+
+/// Reads the cache slots of epoch parity `parity` of every CPU, merging the occupied ones into
+/// `out` (cleared first) by key, and zeroes the slots it found occupied.
+fn take_cached<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &mut CacheMap<K>,
+    parity: u32,
+    zero: &[CacheEntry<K>],
+    decode: impl Fn(&CacheEntry<K>) -> FlowStats,
+    out: &mut HashMap<K, FlowStats>,
+) -> Result<(), CaptureError>
+where
+    CacheEntry<K>: aya::Pod,
+{
+    out.clear();
+    for index in parity * CACHE_SLOTS..(parity + 1) * CACHE_SLOTS {
+        let values = map.get(&index, 0).map_err(|source| CaptureError::Map {
+            op: "read a flow cache slot",
+            source,
+        })?;
+        let mut occupied = false;
+        for e in values.iter().filter(|e| e.value.counts != 0) {
+            occupied = true;
+            let s = decode(e);
+            out.entry(e.key)
+                .and_modify(|m| merge_stats(m, &s))
+                .or_insert(s);
+        }
+        if occupied {
+            let zeros =
+                PerCpuValues::try_from(zero.to_vec()).map_err(|source| CaptureError::Map {
+                    op: "zero a flow cache slot",
+                    source: MapError::IoError(source),
+                })?;
+            map.set(index, zeros, 0)
+                .map_err(|source| CaptureError::Map {
+                    op: "zero a flow cache slot",
+                    source,
+                })?;
+        }
+    }
+    Ok(())
+}
+
+/// Adds `b` (another piece of the same flow at the same point and interface) to `a`.
+fn merge_stats(a: &mut FlowStats, b: &FlowStats) {
+    a.packets += b.packets;
+    a.bytes += b.bytes;
+    a.first_ns = a.first_ns.min(b.first_ns);
+    a.last_ns = a.last_ns.max(b.last_ns);
+    a.tcp_flags |= b.tcp_flags;
+}
+
+/// `stats` with the cached pieces of the same key (taken out of `cached`) added.
+fn with_cached<K: Eq + std::hash::Hash>(
+    mut stats: FlowStats,
+    cached: &std::cell::RefCell<HashMap<K, FlowStats>>,
+    key: &K,
+) -> FlowStats {
+    let mut c = cached.borrow_mut();
+    if !c.is_empty()
+        && let Some(s) = c.remove(key)
+    {
+        merge_stats(&mut stats, &s);
+    }
+    stats
 }
 
 /// `stats` with the entry's spilled counts added (counting the spill entries used in `merged`).
