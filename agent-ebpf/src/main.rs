@@ -152,14 +152,31 @@ mod programs {
         if oif < VETHS_MAX
             && let Some(out) = VETHS.get_ptr_mut(oif)
         {
-            note_peer(ctx, out);
+            // A pod keeps its addresses while its veth lives (user space clears the slot when it
+            // attaches): only the first destination of each family is noted, so the packet is
+            // read only then. skb->protocol is the ethertype (network byte order).
+            // SAFETY: a ctx field tc programs may read; the slot is valid for the program's run
+            // and 8-aligned (peer6 at offset 8, peer4 at 4).
+            let unset = unsafe {
+                let proto = (*ctx.skb.skb).protocol;
+                if proto == u32::from(0x0800u16.to_be()) {
+                    (*out).peer4 == [0; 4]
+                } else if proto == u32::from(0x86ddu16.to_be()) {
+                    let p6 = (*out).peer6.as_ptr().cast::<u64>();
+                    *p6 | *p6.add(1) == 0
+                } else {
+                    false
+                }
+            };
+            if unset {
+                note_peer(ctx, out);
+            }
         }
         bump(Counter::CountedUpstream);
         true
     }
 
-    /// Stores the packet's destination address in the veth's slot if it changed (a read, rarely
-    /// a write: the slot's cache line stays shared between CPUs).
+    /// Stores the packet's destination address in the veth's slot if it differs.
     #[inline(always)]
     fn note_peer(ctx: &TcContext, slot: *mut VethSlot) {
         let (data, end) = (ctx.data(), ctx.data_end());
@@ -527,7 +544,9 @@ mod programs {
         }
     }
 
-    #[inline(always)]
+    /// Adds an update to the flow map (lookup, else insert). Out of line: the cache makes it the
+    /// rare path, and the hot path stays compact (live runs pay for code that is not in cache).
+    #[inline(never)]
     fn record<K>(
         map: &HashMap<K, FlowValue>,
         spill: &HashMap<K, SpillValue>,

@@ -1148,6 +1148,10 @@ fn egress_skips_packets_counted_at_a_pod_veth_ingress() {
     // Entered through the marked veth: not counted again at the egress, destination noted.
     h.run_with(VETH_EG, &p, Some(&from(SRC_VETH)), 1);
     h.run_with(VETH_EG, &p6, Some(&from(SRC_VETH)), 1);
+    // Later destinations of the same family are not noted: a pod keeps its addresses while its
+    // veth lives (the slot is cleared when podflow attaches).
+    let to_c = eth(ETH_P_IP, &ipv4(A, [10, 244, 3, 3], UDP, &udp(1, 2, 0)));
+    h.run_with(VETH_EG, &to_c, Some(&from(SRC_VETH)), 1);
     // Entered elsewhere (another veth, the node's own stack): counted at the egress.
     h.run_with(VETH_EG, &p, Some(&from(SRC_VETH + 1)), 1);
     h.run_with(VETH_EG, &p, Some(&from(0)), 1);
@@ -1157,7 +1161,7 @@ fn egress_skips_packets_counted_at_a_pod_veth_ingress() {
         (flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 28, 0),
         (flow_key(VethEgress, A, B, UDP, 1, 2, 0), 2, 56, 0),
     ]);
-    h.assert_counters(&[(Packets, 5), (Recorded, 3), (CountedUpstream, 2)]);
+    h.assert_counters(&[(Packets, 6), (Recorded, 3), (CountedUpstream, 3)]);
     let veths: Array<_, podflow_ebpf::VethSlot> =
         Array::try_from(h.ebpf.map(podflow_ebpf::VETHS).expect("VETHS")).expect("array");
     // The destination is noted in the slot of the veth the packet left through (the test skb's

@@ -133,7 +133,7 @@ fn parse_opts() -> anyhow::Result<Opts> {
             // 5, as the method says (it used to follow --pairs, 7): the time goes to the
             // throughput pairs.
             churn_runs: 5,
-            iperf_secs: 3,
+            iperf_secs: 5,
             reps: 1,
             idle_secs: 10.0,
             hook_secs: 2.0,
