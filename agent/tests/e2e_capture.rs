@@ -257,12 +257,23 @@ fn pod_traffic_is_counted_exactly() {
             agent.flows(&["--src-ip", &c.0.to_string()])
         )
     });
-    // Each segment carries a 20-byte IP header and a 20–60-byte TCP header.
-    let payload = 4 * 1024 * 1024u64;
+    // The exact reference, retransmissions included: eth0 sent `frames` skbs of `tx_bytes`
+    // (one Ethernet, IP and TCP header each); podflow counts IP bytes as on the wire, so every
+    // segment after a super-packet's first repeats its IP + TCP headers (h bytes: 20 + 20–60).
+    let (frames, tx_bytes) = (after.1 - before.1, after.2 - before.2);
+    let ip_bytes = tx_bytes - 14 * frames;
+    let extra = gb.checked_sub(ip_bytes).unwrap_or_else(|| {
+        panic!("GSO bytes {gb} below eth0's {tx_bytes} bytes in {frames} frames")
+    });
+    let h = extra / (segs - frames);
     assert!(
-        gb >= payload + 40 * gp && gb <= payload + 80 * gp,
-        "GSO bytes {gb} for {gp} packets and {payload} payload bytes"
+        extra % (segs - frames) == 0 && (40..=80).contains(&h),
+        "GSO bytes {gb} for {gp} packets: eth0 sent {tx_bytes} bytes in {frames} frames, so \
+         the {} repeated headers would be {extra} bytes",
+        segs - frames
     );
+    let payload = 4 * 1024 * 1024u64;
+    assert!(gb >= payload + 40 * gp, "GSO bytes {gb} below the payload");
 
     // Traffic to the node itself: not same-node, seen on one veth only.
     ping(&node, "a", &node.ipv4.to_string(), 2, false);

@@ -218,6 +218,12 @@ pub enum CaptureError {
         #[source]
         source: Box<ProgramError>,
     },
+    #[error("opening map {name} failed")]
+    OpenMap {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
     #[error("counting the possible cpus failed")]
     Cpus {
         #[source]
@@ -327,8 +333,15 @@ impl std::fmt::Debug for Capture {
     }
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, CaptureError> {
-    ebpf.take_map(name).ok_or(CaptureError::MissingMap { name })
+/// Takes the map `name` out of the object as a `T` (a typed aya map).
+fn open_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(CaptureError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| CaptureError::OpenMap { name, source })
 }
 
 impl Capture {
@@ -362,66 +375,17 @@ impl Capture {
             None
         };
 
-        let flows_v4 = FlowMapV4::try_from(take_map(&mut ebpf, FLOWS_V4)?).map_err(|source| {
-            CaptureError::Map {
-                op: "open FLOWS_V4",
-                source,
-            }
-        })?;
-        let flows_v6 = FlowMapV6::try_from(take_map(&mut ebpf, FLOWS_V6)?).map_err(|source| {
-            CaptureError::Map {
-                op: "open FLOWS_V6",
-                source,
-            }
-        })?;
-        let spill_v4 = SpillMap::try_from(take_map(&mut ebpf, SPILL_V4)?).map_err(|source| {
-            CaptureError::Map {
-                op: "open SPILL_V4",
-                source,
-            }
-        })?;
-        let spill_v6 = SpillMap::try_from(take_map(&mut ebpf, SPILL_V6)?).map_err(|source| {
-            CaptureError::Map {
-                op: "open SPILL_V6",
-                source,
-            }
-        })?;
-        let cache_v4 = CacheMap::try_from(take_map(&mut ebpf, CACHE_V4)?).map_err(|source| {
-            CaptureError::Map {
-                op: "open CACHE_V4",
-                source,
-            }
-        })?;
-        let cache_v6 = CacheMap::try_from(take_map(&mut ebpf, CACHE_V6)?).map_err(|source| {
-            CaptureError::Map {
-                op: "open CACHE_V6",
-                source,
-            }
-        })?;
+        let flows_v4: FlowMapV4 = open_map(&mut ebpf, FLOWS_V4)?;
+        let flows_v6: FlowMapV6 = open_map(&mut ebpf, FLOWS_V6)?;
+        let spill_v4: SpillMap<_> = open_map(&mut ebpf, SPILL_V4)?;
+        let spill_v6: SpillMap<_> = open_map(&mut ebpf, SPILL_V6)?;
+        let cache_v4: CacheMap<_> = open_map(&mut ebpf, CACHE_V4)?;
+        let cache_v6: CacheMap<_> = open_map(&mut ebpf, CACHE_V6)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Cpus { source: e })?;
-        let clock_map = Array::<MapData, ClockSample>::try_from(take_map(&mut ebpf, CLOCK)?)
-            .map_err(|source| CaptureError::Map {
-                op: "open CLOCK",
-                source,
-            })?;
-        let veths = Array::<MapData, VethSlot>::try_from(take_map(&mut ebpf, VETHS)?).map_err(
-            |source| CaptureError::Map {
-                op: "open VETHS",
-                source,
-            },
-        )?;
-        let mut config =
-            Array::<MapData, Config>::try_from(take_map(&mut ebpf, CONFIG)?).map_err(|source| {
-                CaptureError::Map {
-                    op: "open CONFIG",
-                    source,
-                }
-            })?;
-        let counters = PerCpuArray::<MapData, u64>::try_from(take_map(&mut ebpf, COUNTERS)?)
-            .map_err(|source| CaptureError::Map {
-                op: "open COUNTERS",
-                source,
-            })?;
+        let clock_map: Array<MapData, ClockSample> = open_map(&mut ebpf, CLOCK)?;
+        let veths: Array<MapData, VethSlot> = open_map(&mut ebpf, VETHS)?;
+        let mut config: Array<MapData, Config> = open_map(&mut ebpf, CONFIG)?;
+        let counters: PerCpuArray<MapData, u64> = open_map(&mut ebpf, COUNTERS)?;
 
         config
             .set(
