@@ -176,7 +176,8 @@ mod programs {
         true
     }
 
-    /// Stores the packet's destination address in the veth's slot if it differs.
+    /// Stores the packet's destination address in the veth's slot (the caller found the slot's
+    /// address of that family unset).
     #[inline(always)]
     fn note_peer(ctx: &TcContext, slot: *mut VethSlot) {
         let (data, end) = (ctx.data(), ctx.data_end());
@@ -192,11 +193,7 @@ mod programs {
             // SAFETY: bounds checked above: the IPv4 destination is bytes 30..34.
             let dst = unsafe { *((data + 30) as *const [u8; 4]) };
             // SAFETY: the slot pointer is valid for the program's run.
-            unsafe {
-                if (*slot).peer4 != dst {
-                    (*slot).peer4 = dst;
-                }
-            }
+            unsafe { (*slot).peer4 = dst };
         } else if proto == 0x86DD {
             if data + 54 > end {
                 return;
@@ -204,11 +201,7 @@ mod programs {
             // SAFETY: bounds checked above: the IPv6 destination is bytes 38..54.
             let dst = unsafe { *((data + 38) as *const [u8; 16]) };
             // SAFETY: as above.
-            unsafe {
-                if (*slot).peer6 != dst {
-                    (*slot).peer6 = dst;
-                }
-            }
+            unsafe { (*slot).peer6 = dst };
         }
     }
 
@@ -344,6 +337,31 @@ mod programs {
         tcp_flags: u8,
     }
 
+    impl Update {
+        /// What a flow value (a cache slot's) holds, as an update to another value.
+        #[inline(always)]
+        fn of(v: &FlowValue) -> Update {
+            Update {
+                inc: v.counts,
+                first: v.first_jiffies,
+                last: v.last_jiffies,
+                ifindex_hi: v.ifindex_hi,
+                tcp_flags: v.tcp_flags,
+            }
+        }
+
+        /// [`FlowValue`]'s second word for a value that starts with this update: first and last
+        /// jiffies, TCP flags, ifindex bits 16..32 (little-endian; written as one word so no
+        /// memset).
+        #[inline(always)]
+        fn word1(&self) -> u64 {
+            u64::from(self.first)
+                | (u64::from(self.last) << 16)
+                | (u64::from(self.tcp_flags) << VALUE_TCP_FLAGS_SHIFT)
+                | (u64::from(self.ifindex_hi) << 48)
+        }
+    }
+
     /// Counts a packet of the flow `key` (the kernel key `K` as `N` words) through this CPU's
     /// flow cache (see `CacheEntry`): a hit adds to the slot with plain stores; a miss moves the
     /// slot's flow to the flow map and takes the slot.
@@ -393,13 +411,10 @@ mod programs {
                     return Counter::Recorded;
                 }
                 // Full: the flow, this packet included, moves to the map.
-                let piece = Update {
-                    inc: c,
-                    first: (*value).first_jiffies,
-                    last: u.last,
-                    ifindex_hi: (*value).ifindex_hi,
-                    tcp_flags: (*value).tcp_flags | u.tcp_flags,
-                };
+                let mut piece = Update::of(&*value);
+                piece.inc = c;
+                piece.last = u.last;
+                piece.tcp_flags |= u.tcp_flags;
                 return match record(map, spill, kref, &piece) {
                     Counter::Recorded => {
                         *v = 0;
@@ -411,13 +426,7 @@ mod programs {
             }
             if counts != 0 {
                 // Another flow holds the slot: move it to the map first.
-                let piece = Update {
-                    inc: counts,
-                    first: (*value).first_jiffies,
-                    last: (*value).last_jiffies,
-                    ifindex_hi: (*value).ifindex_hi,
-                    tcp_flags: (*value).tcp_flags,
-                };
+                let piece = Update::of(&*value);
                 // SAFETY: the slot's key, N words like `key`.
                 let held = &*(e as *const K);
                 if record(map, spill, held, &piece) != Counter::Recorded {
@@ -431,10 +440,7 @@ mod programs {
                 i += 1;
             }
             *v = u.inc;
-            *v.add(1) = u64::from(u.first)
-                | (u64::from(u.last) << 16)
-                | (u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT)
-                | (u64::from(u.ifindex_hi) << 48);
+            *v.add(1) = u.word1();
         }
         Counter::Recorded
     }
@@ -567,12 +573,7 @@ mod programs {
         // CACHE_FLUSH_PACKETS/BYTES plus one packet).
         unsafe {
             w.write(u.inc);
-            w.add(1).write(
-                u64::from(u.first)
-                    | (u64::from(u.last) << 16)
-                    | (u64::from(u.tcp_flags) << VALUE_TCP_FLAGS_SHIFT)
-                    | (u64::from(u.ifindex_hi) << 48),
-            );
+            w.add(1).write(u.word1());
         }
         // SAFETY: fully initialized above.
         let fresh = unsafe { fresh.assume_init_ref() };

@@ -288,17 +288,14 @@ pub struct Capture {
     flows_v6: FlowMapV6,
     spill_v4: SpillMap<FlowKeyV4>,
     spill_v6: SpillMap<FlowKeyV6>,
-    /// The spill entries of the drain in progress, by kernel key.
-    spilled_v4: HashMap<FlowKeyV4, SpillValue>,
-    spilled_v6: HashMap<FlowKeyV6, SpillValue>,
     cache_v4: CacheMap<FlowKeyV4>,
     cache_v6: CacheMap<FlowKeyV6>,
-    /// The per-CPU cache entries of the drain in progress, decoded and merged by kernel key.
-    cached_v4: std::cell::RefCell<HashMap<FlowKeyV4, FlowStats>>,
-    cached_v6: std::cell::RefCell<HashMap<FlowKeyV6, FlowStats>>,
-    /// Zeroed cache slots for all possible CPUs, written over the slots a drain read.
-    zero_v4: Vec<CacheEntry<FlowKeyV4>>,
-    zero_v6: Vec<CacheEntry<FlowKeyV6>>,
+    /// What the drain in progress found outside the flow maps, by kernel key: the per-CPU cache
+    /// slots and the spill entries, merged (see [`take_cached`], [`take_spills`]).
+    extras_v4: HashMap<FlowKeyV4, FlowStats>,
+    extras_v6: HashMap<FlowKeyV6, FlowStats>,
+    /// Possible CPUs: the values of a per-CPU cache slot.
+    cpus: usize,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     clock_map: Array<MapData, ClockSample>,
@@ -458,14 +455,11 @@ impl Capture {
             flows_v6,
             spill_v4,
             spill_v6,
-            spilled_v4: HashMap::new(),
-            spilled_v6: HashMap::new(),
             cache_v4,
             cache_v6,
-            cached_v4: std::cell::RefCell::new(HashMap::new()),
-            cached_v6: std::cell::RefCell::new(HashMap::new()),
-            zero_v4: vec![CacheEntry::default(); cpus],
-            zero_v6: vec![CacheEntry::default(); cpus],
+            extras_v4: HashMap::new(),
+            extras_v6: HashMap::new(),
+            cpus,
             config,
             counters,
             clock_map,
@@ -848,37 +842,26 @@ impl Capture {
 
         let old_bit = if old & 1 != 0 { KEY_F_EPOCH } else { 0 };
         entries.clear();
-        take_spills(
-            &mut self.spill_v4,
-            old_bit,
-            |k| k.tail,
-            &mut self.spilled_v4,
-        )?;
-        take_spills(
-            &mut self.spill_v6,
-            old_bit,
-            |k| k.tail,
-            &mut self.spilled_v6,
-        )?;
         let clock = self.clock;
+        let (cpus, parity) = (self.cpus, old & 1);
         take_cached(
             &mut self.cache_v4,
-            old & 1,
-            &self.zero_v4,
-            |e| clock.decode(&e.key.tail, &e.value),
-            self.cached_v4.get_mut(),
+            parity,
+            cpus,
+            |e: &CacheEntry<FlowKeyV4>| clock.decode(&e.key.tail, &e.value),
+            &mut self.extras_v4,
         )?;
         take_cached(
             &mut self.cache_v6,
-            old & 1,
-            &self.zero_v6,
-            |e| clock.decode(&e.key.tail, &e.value),
-            self.cached_v6.get_mut(),
+            parity,
+            cpus,
+            |e: &CacheEntry<FlowKeyV6>| clock.decode(&e.key.tail, &e.value),
+            &mut self.extras_v6,
         )?;
-        let (spilled_v4, spilled_v6) = (&self.spilled_v4, &self.spilled_v6);
-        let (cached_v4, cached_v6) = (&self.cached_v4, &self.cached_v6);
-        let merged = std::cell::Cell::new(0usize);
+        take_spills(&mut self.spill_v4, old_bit, |k| k.tail, &mut self.extras_v4)?;
+        take_spills(&mut self.spill_v6, old_bit, |k| k.tail, &mut self.extras_v6)?;
         let batch = self.batch_ok;
+        let extras_v4 = &mut self.extras_v4;
         let v4 = drain_one(
             &mut self.flows_v4,
             batch,
@@ -887,15 +870,12 @@ impl Capture {
             |k: &FlowKeyV4| k.tail.epoch_bit() == old_bit,
             |k: &FlowKeyV4, v: &FlowValue| FlowEntry {
                 key: k.to_key(),
-                stats: with_cached(
-                    with_spill(clock.decode(&k.tail, v), spilled_v4, k, &merged),
-                    cached_v4,
-                    k,
-                ),
+                stats: with_extras(clock.decode(&k.tail, v), extras_v4, k),
             },
             entries,
         );
         let v4_batch = settle_batch(&mut self.batch_ok, v4)?;
+        let extras_v6 = &mut self.extras_v6;
         let v6 = drain_one(
             &mut self.flows_v6,
             v4_batch,
@@ -904,37 +884,17 @@ impl Capture {
             |k: &FlowKeyV6| k.tail.epoch_bit() == old_bit,
             |k: &FlowKeyV6, v: &FlowValue| FlowEntry {
                 key: k.to_key(),
-                stats: with_cached(
-                    with_spill(clock.decode(&k.tail, v), spilled_v6, k, &merged),
-                    cached_v6,
-                    k,
-                ),
+                stats: with_extras(clock.decode(&k.tail, v), extras_v6, k),
             },
             entries,
         );
         settle_batch(&mut self.batch_ok, v6)?;
-        // Flows only this drain's caches held (never moved to the maps) are entries of their own.
-        entries.extend(
-            self.cached_v4
-                .get_mut()
-                .drain()
-                .map(|(k, stats)| FlowEntry {
-                    key: k.to_key(),
-                    stats,
-                }),
-        );
-        entries.extend(
-            self.cached_v6
-                .get_mut()
-                .drain()
-                .map(|(k, stats)| FlowEntry {
-                    key: k.to_key(),
-                    stats,
-                }),
-        );
-        if merged.get() != self.spilled_v4.len() + self.spilled_v6.len() {
-            self.orphan_spills(entries);
-        }
+        // Flows only the caches held this drain (never moved to the maps) are entries of their
+        // own.
+        let leftovers = (self.extras_v4.drain())
+            .map(|(k, s)| (k.to_key(), s))
+            .chain(self.extras_v6.drain().map(|(k, s)| (k.to_key(), s)));
+        entries.extend(leftovers.map(|(key, stats)| leftover_entry(key, stats, mono_ns)));
 
         let mut counters = [0u64; COUNTER_COUNT as usize];
         for (i, c) in counters.iter_mut().enumerate() {
@@ -954,44 +914,6 @@ impl Capture {
             .filter(|c| c.is_outcome())
             .fold(0u64, |a, c| a.wrapping_add(counters[*c as usize]));
         Ok((counters, mono_ns))
-    }
-
-    /// Spill entries without a flow entry in the same drain: the programs never make one (a
-    /// spill entry is made by a packet counted in the flow entry of the same key and epoch), so
-    /// this only guards against losing counts if that ever changes. Each becomes an entry of its
-    /// own, stamped with the drain's time.
-    #[cold]
-    fn orphan_spills(&self, entries: &mut Vec<FlowEntry>) {
-        let seen: std::collections::HashSet<(FlowKey, u32)> = entries
-            .iter()
-            .map(|e| (e.key, e.stats.ifindex & 0xffff))
-            .collect();
-        let now = self.clock.mono_ns(self.clock.unwrap_low16(0)).max(1);
-        let spills = (self.spilled_v4.iter())
-            .map(|(k, s)| (k.to_key(), k.tail, *s))
-            .chain(
-                self.spilled_v6
-                    .iter()
-                    .map(|(k, s)| (k.to_key(), k.tail, *s)),
-            );
-        for (key, tail, s) in spills {
-            let ifindex = u32::from(tail.ifindex_lo);
-            if seen.contains(&(key, ifindex)) {
-                continue;
-            }
-            tracing::warn!(?key, ifindex, "spill entry without a flow entry");
-            entries.push(FlowEntry {
-                key,
-                stats: FlowStats {
-                    packets: s.packets,
-                    bytes: s.bytes,
-                    first_ns: now,
-                    last_ns: now,
-                    ifindex,
-                    ..FlowStats::default()
-                },
-            });
-        }
     }
 
     /// Runs the loaded tc program `name` on `data` (`ctx`: a `struct __sk_buff`, or empty)
@@ -1144,14 +1066,15 @@ fn settle_batch(
     Ok(*batch_ok)
 }
 
-/// Reads and deletes the spill entries of the epoch `old_bit` into `out` (cleared first).
+/// Reads and deletes the spill entries of the epoch `old_bit`, merging them into `out` by key.
+/// Spilled counts have no times of their own (`first_ns` `u64::MAX`, `last_ns` 0): they always
+/// join the flow-map entry they were moved out of.
 fn take_spills<K: aya::Pod + Eq + std::hash::Hash>(
     map: &mut SpillMap<K>,
     old_bit: u8,
     tail: impl Fn(&K) -> podflow_ebpf::KeyTail,
-    out: &mut HashMap<K, SpillValue>,
+    out: &mut HashMap<K, FlowStats>,
 ) -> Result<(), CaptureError> {
-    out.clear();
     let keys: Vec<K> = map
         .keys()
         .filter_map(Result::ok)
@@ -1160,9 +1083,17 @@ fn take_spills<K: aya::Pod + Eq + std::hash::Hash>(
     for k in keys {
         match map.get(&k, 0) {
             Ok(v) => {
-                let e = out.entry(k).or_default();
-                e.bytes += v.bytes;
-                e.packets += v.packets;
+                let piece = FlowStats {
+                    packets: v.packets,
+                    bytes: v.bytes,
+                    first_ns: u64::MAX,
+                    last_ns: 0,
+                    ifindex: u32::from(tail(&k).ifindex_lo),
+                    ..FlowStats::default()
+                };
+                out.entry(k)
+                    .and_modify(|m| merge_stats(m, &piece))
+                    .or_insert(piece);
             }
             Err(aya::maps::MapError::KeyNotFound) => continue,
             Err(source) => {
@@ -1177,12 +1108,12 @@ fn take_spills<K: aya::Pod + Eq + std::hash::Hash>(
     Ok(())
 }
 
-/// Reads the cache slots of epoch parity `parity` of every CPU, merging the occupied ones into
-/// `out` (cleared first) by key, and zeroes the slots it found occupied.
-fn take_cached<K: aya::Pod + Eq + std::hash::Hash>(
+/// Reads the cache slots of epoch parity `parity` of every CPU (`cpus` possible ones), merging
+/// the occupied ones into `out` (cleared first) by key, and zeroes the slots it found occupied.
+fn take_cached<K: aya::Pod + Eq + std::hash::Hash + Default>(
     map: &mut CacheMap<K>,
     parity: u32,
-    zero: &[CacheEntry<K>],
+    cpus: usize,
     decode: impl Fn(&CacheEntry<K>) -> FlowStats,
     out: &mut HashMap<K, FlowStats>,
 ) -> Result<(), CaptureError>
@@ -1204,11 +1135,12 @@ where
                 .or_insert(s);
         }
         if occupied {
-            let zeros =
-                PerCpuValues::try_from(zero.to_vec()).map_err(|source| CaptureError::Map {
+            let zeros = PerCpuValues::try_from(vec![CacheEntry::<K>::default(); cpus]).map_err(
+                |source| CaptureError::Map {
                     op: "zero a flow cache slot",
                     source: MapError::IoError(source),
-                })?;
+                },
+            )?;
             map.set(index, zeros, 0)
                 .map_err(|source| CaptureError::Map {
                     op: "zero a flow cache slot",
@@ -1228,36 +1160,34 @@ fn merge_stats(a: &mut FlowStats, b: &FlowStats) {
     a.tcp_flags |= b.tcp_flags;
 }
 
-/// `stats` with the cached pieces of the same key (taken out of `cached`) added.
-fn with_cached<K: Eq + std::hash::Hash>(
+/// `stats` (a flow-map entry) with the drain's extras of the same key taken out and added.
+fn with_extras<K: Eq + std::hash::Hash>(
     mut stats: FlowStats,
-    cached: &std::cell::RefCell<HashMap<K, FlowStats>>,
+    extras: &mut HashMap<K, FlowStats>,
     key: &K,
 ) -> FlowStats {
-    let mut c = cached.borrow_mut();
-    if !c.is_empty()
-        && let Some(s) = c.remove(key)
+    if !extras.is_empty()
+        && let Some(s) = extras.remove(key)
     {
         merge_stats(&mut stats, &s);
     }
     stats
 }
 
-/// `stats` with the entry's spilled counts added (counting the spill entries used in `merged`).
-fn with_spill<K: Eq + std::hash::Hash>(
-    mut stats: FlowStats,
-    spilled: &HashMap<K, SpillValue>,
-    key: &K,
-    merged: &std::cell::Cell<usize>,
-) -> FlowStats {
-    if !spilled.is_empty()
-        && let Some(s) = spilled.get(key)
-    {
-        stats.bytes += s.bytes;
-        stats.packets += s.packets;
-        merged.set(merged.get() + 1);
+/// An entry of extras no flow-map entry took: a flow only a cache held. Spilled counts are
+/// always moved out of a flow-map entry, so extras without times (`first_ns` `u64::MAX`) should
+/// not happen; if they ever do, they are kept, stamped with the drain's time (`now_ns`).
+fn leftover_entry(key: FlowKey, mut stats: FlowStats, now_ns: u64) -> FlowEntry {
+    if stats.first_ns == u64::MAX {
+        tracing::warn!(
+            ?key,
+            ifindex = stats.ifindex,
+            "spill entry without a flow entry"
+        );
+        stats.first_ns = now_ns;
+        stats.last_ns = now_ns;
     }
-    stats
+    FlowEntry { key, stats }
 }
 
 /// Reads and deletes one map's entries that `keep` accepts (the old epoch), appending them to
@@ -1268,7 +1198,7 @@ fn drain_one<K: aya::Pod + Default>(
     bufs: &mut drain::BatchBufs<K>,
     keys: &mut Vec<K>,
     keep: impl Fn(&K) -> bool + Copy,
-    convert: impl Fn(&K, &FlowValue) -> FlowEntry,
+    mut convert: impl FnMut(&K, &FlowValue) -> FlowEntry,
     entries: &mut Vec<FlowEntry>,
 ) -> Result<bool, CaptureError> {
     let fd = map_fd(map.map());
@@ -1292,7 +1222,7 @@ fn drain_one<K: aya::Pod + Default>(
             Ok(drain::Batch::Unsupported(e)) => {
                 tracing::info!(error = %e,
                     "BPF_MAP_LOOKUP_BATCH unsupported; draining entry by entry");
-                per_entry(map, keep, &convert, entries)?;
+                per_entry(map, keep, &mut convert, entries)?;
                 return Ok(false);
             }
             // What was read so far was deleted too and is in `entries`; the rest is read entry
@@ -1303,14 +1233,14 @@ fn drain_one<K: aya::Pod + Default>(
             }
         }
     }
-    per_entry(map, keep, &convert, entries)?;
+    per_entry(map, keep, &mut convert, entries)?;
     Ok(batch)
 }
 
 fn per_entry<K: aya::Pod + Default>(
     map: &mut aya::maps::HashMap<MapData, K, FlowValue>,
     keep: impl Fn(&K) -> bool,
-    convert: &impl Fn(&K, &FlowValue) -> FlowEntry,
+    convert: &mut impl FnMut(&K, &FlowValue) -> FlowEntry,
     entries: &mut Vec<FlowEntry>,
 ) -> Result<(), CaptureError> {
     let mut read = Vec::new();
