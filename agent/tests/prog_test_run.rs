@@ -233,21 +233,8 @@ impl Harness {
     /// epoch bit cleared).
     fn flows(&self, epoch: u32) -> Vec<(FlowKey, Totals)> {
         let bit = if epoch & 1 != 0 { KEY_F_EPOCH } else { 0 };
-        let mut raw: Vec<(FlowKey, KeyTail, FlowValue)> = Vec::new();
-        let v4: HashMap<_, FlowKeyV4, FlowValue> =
-            HashMap::try_from(self.ebpf.map(podflow_ebpf::FLOWS_V4).expect("FLOWS_V4"))
-                .expect("hash");
-        for entry in v4.iter() {
-            let (k, v) = entry.expect("iterate FLOWS_V4");
-            raw.push((k.to_key(), k.tail, v));
-        }
-        let v6: HashMap<_, FlowKeyV6, FlowValue> =
-            HashMap::try_from(self.ebpf.map(podflow_ebpf::FLOWS_V6).expect("FLOWS_V6"))
-                .expect("hash");
-        for entry in v6.iter() {
-            let (k, v) = entry.expect("iterate FLOWS_V6");
-            raw.push((k.to_key(), k.tail, v));
-        }
+        let mut raw: Vec<(FlowKey, KeyTail, FlowValue)> =
+            self.hash_maps(podflow_ebpf::FLOWS_V4, podflow_ebpf::FLOWS_V6);
         // The flows this CPU (any CPU) still holds in its cache.
         let c4: PerCpuArray<_, CacheEntry<FlowKeyV4>> =
             PerCpuArray::try_from(self.ebpf.map(podflow_ebpf::CACHE_V4).expect("CACHE_V4"))
@@ -267,10 +254,10 @@ impl Harness {
                 }
             }
         }
-        for (_, _, s) in self.spills() {
+        let spilled = self.spills();
+        for (_, _, s) in &spilled {
             assert!(s.packets != 0 || s.bytes != 0, "an empty spill entry");
         }
-        let spilled = self.spills();
         let mut merged: Vec<(FlowKey, KeyTail, Totals)> = Vec::new();
         for (key, tail, v) in raw {
             assert_eq!(tail.meta & 0x4c, 0, "unused meta bits are clear: {tail:?}");
@@ -323,19 +310,23 @@ impl Harness {
 
     /// The entries of both spill maps (kernel keys as [`FlowKey`] and tail).
     fn spills(&self) -> Vec<(FlowKey, KeyTail, SpillValue)> {
+        self.hash_maps(podflow_ebpf::SPILL_V4, podflow_ebpf::SPILL_V6)
+    }
+
+    /// Every entry of an IPv4 and an IPv6 hash map keyed like the flow maps (kernel keys as
+    /// [`FlowKey`] and tail).
+    fn hash_maps<V: aya::Pod>(&self, v4: &str, v6: &str) -> Vec<(FlowKey, KeyTail, V)> {
         let mut out = Vec::new();
-        let v4: HashMap<_, FlowKeyV4, SpillValue> =
-            HashMap::try_from(self.ebpf.map(podflow_ebpf::SPILL_V4).expect("SPILL_V4"))
-                .expect("hash");
-        for entry in v4.iter() {
-            let (k, v) = entry.expect("iterate SPILL_V4");
+        let m4: HashMap<_, FlowKeyV4, V> =
+            HashMap::try_from(self.ebpf.map(v4).expect(v4)).expect("hash");
+        for entry in m4.iter() {
+            let (k, v) = entry.unwrap_or_else(|e| panic!("iterate {v4}: {e}"));
             out.push((k.to_key(), k.tail, v));
         }
-        let v6: HashMap<_, FlowKeyV6, SpillValue> =
-            HashMap::try_from(self.ebpf.map(podflow_ebpf::SPILL_V6).expect("SPILL_V6"))
-                .expect("hash");
-        for entry in v6.iter() {
-            let (k, v) = entry.expect("iterate SPILL_V6");
+        let m6: HashMap<_, FlowKeyV6, V> =
+            HashMap::try_from(self.ebpf.map(v6).expect(v6)).expect("hash");
+        for entry in m6.iter() {
+            let (k, v) = entry.unwrap_or_else(|e| panic!("iterate {v6}: {e}"));
             out.push((k.to_key(), k.tail, v));
         }
         out
