@@ -7,7 +7,6 @@ pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod collector;
-pub mod demo;
 pub mod export;
 pub mod filter;
 pub mod flows;
@@ -15,7 +14,6 @@ pub mod logging;
 pub mod metadata;
 pub mod metrics;
 pub mod privileges;
-pub mod testbed;
 
 pub use podflow_proto::v1 as proto;
 

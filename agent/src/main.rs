@@ -24,8 +24,6 @@ enum Command {
     Tail(podflow::cli::TailArgs),
     /// Show the agent's status: attached interfaces, active flows, every loss counter.
     Status(podflow::cli::StatusArgs),
-    /// Run a demo node (network namespaces with pods and traffic) with live flows. Needs root.
-    Demo(podflow::demo::DemoArgs),
     /// Receive flow records from agents, serve them to consumers, write them to files.
     Collector(podflow::collector::CollectorArgs),
 }
@@ -43,10 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Tail(args) => rt.block_on(podflow::cli::run_tail(args))?,
         Command::Status(args) => rt.block_on(podflow::cli::run_status(args))?,
         Command::Collector(args) => rt.block_on(podflow::collector::run(args))?,
-        Command::Demo(args) => {
-            drop(rt);
-            podflow::demo::run(args)?
-        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask bench [--smoke] [-- ARGS]`: podflow against the no-agent baseline.
 //!
-//! Builds the release binaries (`podflow` and `podflow-bench`) and runs `podflow-bench` as root.
+//! Builds the release binaries (`podflow`, and `podflow-bench` of the `bench/` crate) and runs `podflow-bench` as root.
 //! The benchmark builds its own network namespaces (a node with two pods on veths), interleaves
 //! runs with and without the agent, prints a table of every figure with its target and pass/miss,
 //! and (full run only) writes it into `docs/BENCHMARKS.md` with the machine and the command.
@@ -8,31 +8,23 @@
 //! measurement could not be taken, never on the (noisy) numbers.
 //!
 //! This module does not depend on the podflow crate (xtask must build before bpf-linker exists).
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
 use anyhow::{Context as _, bail};
-
-/// Where cargo puts the release binaries (honours `CARGO_TARGET_DIR`).
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) => {
-            let d = PathBuf::from(d);
-            if d.is_absolute() {
-                d
-            } else {
-                crate::workspace_root().join(d)
-            }
-        }
-        None => crate::workspace_root().join("target"),
-    }
-}
 
 /// Builds the binaries and runs the benchmark. `extra` goes to `podflow-bench` (e.g.
 /// `--pairs 9`, `--secs 5`).
 pub fn run(smoke: bool, extra: &[String]) -> anyhow::Result<()> {
     crate::setup::run_setup()?;
-    crate::run(crate::cargo().args(["build", "--release", "-p", "podflow", "--bins"]))?;
-    let release = target_dir().join("release");
+    crate::run(crate::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "podflow",
+        "-p",
+        "podflow-bench",
+    ]))?;
+    let release = crate::target_dir().join("release");
     let bench = release.join("podflow-bench");
     if !bench.exists() {
         bail!("{} was not built", bench.display());

@@ -37,9 +37,9 @@ enum Task {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
-    /// Setup, build, then run a demo node with pods and live flows (`podflow demo`).
+    /// Setup, build, then run a demo node with pods and live flows (`podflow-demo`).
     Demo {
-        /// Arguments passed to `podflow demo`.
+        /// Arguments passed to `podflow-demo`.
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -82,6 +82,21 @@ pub fn workspace_root() -> PathBuf {
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where cargo puts the release binaries (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => {
+            let d = PathBuf::from(d);
+            if d.is_absolute() {
+                d
+            } else {
+                workspace_root().join(d)
+            }
+        }
+        None => workspace_root().join("target"),
+    }
 }
 
 /// Runs a command in the workspace root, failing on a non-zero exit.
@@ -223,9 +238,19 @@ impl TestTotals {
 
 fn demo(args: &[String]) -> anyhow::Result<()> {
     setup::run_setup()?;
-    run(cargo().args(["build", "--release", "-p", "podflow"]))?;
-    let bin = workspace_root().join("target/release/podflow");
-    run(Command::new(bin).arg("demo").args(args))
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "podflow",
+        "-p",
+        "podflow-testbed",
+    ]))?;
+    let release = target_dir().join("release");
+    run(Command::new(release.join("podflow-demo"))
+        .arg("--podflow")
+        .arg(release.join("podflow"))
+        .args(args))
 }
 
 #[cfg(test)]

@@ -1,0 +1,34 @@
+//! podflow's integration tests, as one binary with a module per feature (one link instead of one
+//! per file; the helpers in one place, [`support`]). Privileged tests (network namespaces, BPF)
+//! run as root: `cargo xtask test`; with `PODFLOW_SKIP_PRIVILEGED=1` they are skipped when not
+//! root. Run one feature with `cargo test -p podflow --test it -- e2e_capture::`.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test fails by panicking, with a message"
+)]
+
+mod support;
+
+mod api_grpc;
+mod capture_attach;
+mod capture_drain;
+mod capture_l3;
+mod capture_netlink;
+mod collector_files;
+mod deploy_manifests;
+mod e2e_capture;
+mod e2e_collector;
+mod e2e_least_privilege;
+mod e2e_metadata;
+mod e2e_wireguard;
+mod export_collector;
+mod export_outage;
+mod export_tls;
+mod metadata_churn;
+mod metadata_file;
+mod metadata_kube;
+mod metadata_memory;
+mod metrics_prometheus;
+mod privileges_setpriv;
+mod prog_test_run;
