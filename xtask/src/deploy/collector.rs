@@ -1,0 +1,141 @@
+//! The collector Deployment and its Service: non-root, no host access, gRPC on [`COLLECTOR_PORT`].
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Service},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::{
+    COLLECTOR,
+    container::{args, flag_values, named_port},
+    hardening::check_container_hardening,
+    objects::{Object, named},
+    problems::Problems,
+    tls::check_tls,
+};
+
+/// The collector's gRPC port (`--listen`, probes, Service).
+pub const COLLECTOR_PORT: i64 = 4245;
+
+/// The collector: the Deployment [`COLLECTOR`], its pod and container, and its Service.
+pub fn check_collector(p: &mut Problems, objects: &[Object]) {
+    let Some(dep) = named::<Deployment>(objects, COLLECTOR) else {
+        p.push(format!("no Deployment {COLLECTOR}"));
+        return;
+    };
+    let template = dep.spec.as_ref().map(|s| &s.template);
+    let Some(pod) = template.and_then(|t| t.spec.as_ref()) else {
+        p.push("collector Deployment has no pod template".into());
+        return;
+    };
+    p.expect(
+        pod.service_account_name.as_deref() == Some(COLLECTOR),
+        || format!("collector: serviceAccountName must be {COLLECTOR}"),
+    );
+    p.expect(pod.automount_service_account_token == Some(false), || {
+        "collector: automountServiceAccountToken must be false (it calls no Kubernetes API)".into()
+    });
+    for (host, set) in [
+        ("hostNetwork", pod.host_network),
+        ("hostPID", pod.host_pid),
+        ("hostIPC", pod.host_ipc),
+    ] {
+        p.expect(set != Some(true), || {
+            format!("collector: {host} must not be set")
+        });
+    }
+    p.expect(
+        pod.volumes.iter().flatten().all(|v| v.host_path.is_none()),
+        || "collector: no hostPath volumes".into(),
+    );
+    let containers = &pod.containers;
+    p.expect(containers.len() == 1, || {
+        "collector: expected one container".into()
+    });
+    let Some(c) = containers.first() else { return };
+    check_container_hardening(p, "collector", pod, c, &[]);
+    // The container's setting, else the pod's.
+    let non_root = c
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root)
+        .or_else(|| pod.security_context.as_ref()?.run_as_non_root);
+    p.expect(non_root == Some(true), || {
+        "collector: runAsNonRoot must be true".into()
+    });
+    let flags = flag_values(c);
+    p.expect(
+        args(c).first().map(String::as_str) == Some("collector"),
+        || "collector: args must start with `collector`".into(),
+    );
+    p.expect(
+        flags
+            .get("listen")
+            .and_then(|v| v.first())
+            .map(String::as_str)
+            == Some(&format!("0.0.0.0:{COLLECTOR_PORT}")),
+        || format!("collector: --listen=0.0.0.0:{COLLECTOR_PORT} expected"),
+    );
+    for (probe, pr) in [
+        ("livenessProbe", &c.liveness_probe),
+        ("readinessProbe", &c.readiness_probe),
+    ] {
+        let grpc_port = pr.as_ref().and_then(|pr| pr.grpc.as_ref());
+        p.expect(
+            grpc_port.map(|g| i64::from(g.port)) == Some(COLLECTOR_PORT),
+            || format!("collector: {probe} must be a grpc probe on {COLLECTOR_PORT}"),
+        );
+    }
+    check_tls(p, "collector", "tls-client-ca", &flags, pod, c);
+
+    // The Service reaches the collector's gRPC port.
+    let Some(svc) = named::<Service>(objects, COLLECTOR) else {
+        p.push(format!("no Service {COLLECTOR}"));
+        return;
+    };
+    let pod_labels = template.and_then(|t| t.metadata.as_ref()?.labels.as_ref());
+    let svc_spec = svc.spec.as_ref();
+    let selector = svc_spec.and_then(|s| s.selector.as_ref());
+    p.expect(
+        selector.is_some_and(|s| {
+            !s.is_empty()
+                && s.iter()
+                    .all(|(k, v)| pod_labels.and_then(|l| l.get(k)) == Some(v))
+        }),
+        || "collector: the Service's selector does not select the collector pods".into(),
+    );
+    let grpc = svc_spec
+        .and_then(|s| s.ports.as_ref())
+        .into_iter()
+        .flatten()
+        .find(|pt| i64::from(pt.port) == COLLECTOR_PORT);
+    let target_port = match grpc.and_then(|pt| pt.target_port.as_ref()) {
+        Some(IntOrString::String(n)) => named_port(c, n),
+        Some(IntOrString::Int(port)) => Some(i64::from(*port)),
+        None => None,
+    };
+    p.expect(target_port == Some(COLLECTOR_PORT), || {
+        format!(
+            "collector: Service port {COLLECTOR_PORT} must target the container's {COLLECTOR_PORT}"
+        )
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::manifests::fixtures::{collector_pod, committed, problems};
+
+    #[test]
+    fn rejects_collector_mistakes() {
+        let mut d = committed();
+        collector_pod(&mut d).host_network = Some(true);
+        collector_pod(&mut d)
+            .security_context
+            .get_or_insert_default()
+            .run_as_non_root = Some(false);
+        let pr = problems(&d);
+        assert!(
+            pr.contains("collector: hostNetwork") && pr.contains("runAsNonRoot"),
+            "{pr}"
+        );
+    }
+}
