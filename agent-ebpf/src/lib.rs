@@ -50,7 +50,7 @@ pub const CACHE_V4: &str = "CACHE_V4";
 pub const CACHE_V6: &str = "CACHE_V6";
 /// Name of the single-entry config array ([`Config`] at index 0).
 pub const CONFIG: &str = "CONFIG";
-/// Name of the per-CPU counters array, indexed by [`Counter`].
+/// Name of the per-CPU counters array, indexed by [`KernelCounter`].
 pub const COUNTERS: &str = "COUNTERS";
 /// Name of the single-entry array [`PROG_CLOCK`] writes a [`ClockSample`] into.
 pub const CLOCK: &str = "CLOCK";
@@ -66,7 +66,7 @@ pub const VETHS_MAX: u32 = 65_536;
 /// veth, where the ingress program counts it, and leaves through the destination pod's veth. At
 /// that egress hook `skb->ingress_ifindex` names the veth it entered through: if podflow counts
 /// there (that veth's `attached` set), the egress program does not count it again
-/// ([`Counter::CountedUpstream`]) and only notes, in the slot of the veth it leaves through, the
+/// ([`KernelCounter::CountedUpstream`]) and only notes, in the slot of the veth it leaves through, the
 /// destination address it delivers to (`peer4`/`peer6`), from which user space learns which pod
 /// sits behind that veth. One map update per packet instead of two.
 #[repr(C)]
@@ -93,6 +93,9 @@ pub const PROG_L3_EGRESS: &str = "podflow_l3_eg";
 /// Never attached: run by user space with `BPF_PROG_TEST_RUN` to sample the kernel's clocks
 /// ([`ClockSample`]) so it can turn the programs' jiffies into `CLOCK_MONOTONIC` time.
 pub const PROG_CLOCK: &str = "podflow_clock";
+/// Never attached by the agent: the smallest tc program (`r0 = TC_ACT_UNSPEC; exit`), the
+/// reference the benchmark and the per-packet cost test measure the hook itself with.
+pub const PROG_EMPTY: &str = "podflow_empty";
 
 /// Where a packet was observed. Part of the flow key.
 #[repr(u8)]
@@ -456,10 +459,10 @@ const _: () = assert!(core::mem::size_of::<Config>() == 8);
 /// a flow but did not is a loss and has its own counter.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Counter {
+pub enum KernelCounter {
     /// Packets that ran through a podflow program. Not bumped by the programs (one counter
     /// update less per packet): user space derives it as the sum of the outcomes every packet
-    /// ends in exactly one of ([`Counter::is_outcome`]).
+    /// ends in exactly one of ([`KernelCounter::is_outcome`]).
     Packets = 0,
     /// Packets counted into a flow entry.
     Recorded = 1,
@@ -493,52 +496,52 @@ pub enum Counter {
 /// Number of entries of the [`COUNTERS`] array.
 pub const COUNTER_COUNT: u32 = 12;
 
-impl Counter {
-    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
-        Counter::Packets,
-        Counter::Recorded,
-        Counter::SampledOut,
-        Counter::NotIp,
-        Counter::LostMapFull,
-        Counter::LostMapError,
-        Counter::LostIpMalformed,
-        Counter::L4Truncated,
-        Counter::Fragments,
-        Counter::Ipv6ExtChainTooLong,
-        Counter::CountedUpstream,
-        Counter::CountsOverflow,
+impl KernelCounter {
+    pub const ALL: [KernelCounter; COUNTER_COUNT as usize] = [
+        KernelCounter::Packets,
+        KernelCounter::Recorded,
+        KernelCounter::SampledOut,
+        KernelCounter::NotIp,
+        KernelCounter::LostMapFull,
+        KernelCounter::LostMapError,
+        KernelCounter::LostIpMalformed,
+        KernelCounter::L4Truncated,
+        KernelCounter::Fragments,
+        KernelCounter::Ipv6ExtChainTooLong,
+        KernelCounter::CountedUpstream,
+        KernelCounter::CountsOverflow,
     ];
 
     /// Stable snake_case name, used in the API and metrics.
     pub const fn name(self) -> &'static str {
         match self {
-            Counter::Packets => "packets",
-            Counter::Recorded => "recorded",
-            Counter::SampledOut => "sampled_out",
-            Counter::NotIp => "not_ip",
-            Counter::LostMapFull => "lost_map_full",
-            Counter::LostMapError => "lost_map_error",
-            Counter::LostIpMalformed => "lost_ip_malformed",
-            Counter::L4Truncated => "l4_truncated",
-            Counter::Fragments => "fragments",
-            Counter::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",
-            Counter::CountedUpstream => "counted_upstream",
-            Counter::CountsOverflow => "counts_overflow",
+            KernelCounter::Packets => "packets",
+            KernelCounter::Recorded => "recorded",
+            KernelCounter::SampledOut => "sampled_out",
+            KernelCounter::NotIp => "not_ip",
+            KernelCounter::LostMapFull => "lost_map_full",
+            KernelCounter::LostMapError => "lost_map_error",
+            KernelCounter::LostIpMalformed => "lost_ip_malformed",
+            KernelCounter::L4Truncated => "l4_truncated",
+            KernelCounter::Fragments => "fragments",
+            KernelCounter::Ipv6ExtChainTooLong => "ipv6_ext_chain_too_long",
+            KernelCounter::CountedUpstream => "counted_upstream",
+            KernelCounter::CountsOverflow => "counts_overflow",
         }
     }
 
     /// Whether every packet ends in exactly one of these counters (the sum is
-    /// [`Counter::Packets`]).
+    /// [`KernelCounter::Packets`]).
     pub const fn is_outcome(self) -> bool {
         matches!(
             self,
-            Counter::Recorded
-                | Counter::SampledOut
-                | Counter::NotIp
-                | Counter::LostMapFull
-                | Counter::LostMapError
-                | Counter::LostIpMalformed
-                | Counter::CountedUpstream
+            KernelCounter::Recorded
+                | KernelCounter::SampledOut
+                | KernelCounter::NotIp
+                | KernelCounter::LostMapFull
+                | KernelCounter::LostMapError
+                | KernelCounter::LostIpMalformed
+                | KernelCounter::CountedUpstream
         )
     }
 
@@ -546,10 +549,10 @@ impl Counter {
     pub const fn is_loss(self) -> bool {
         matches!(
             self,
-            Counter::LostMapFull
-                | Counter::LostMapError
-                | Counter::LostIpMalformed
-                | Counter::CountsOverflow
+            KernelCounter::LostMapFull
+                | KernelCounter::LostMapError
+                | KernelCounter::LostIpMalformed
+                | KernelCounter::CountsOverflow
         )
     }
 }

@@ -36,10 +36,10 @@ mod programs {
     };
     use podflow_ebpf::{
         CACHE_FLUSH_BYTES, CACHE_FLUSH_PACKETS, CACHE_SLOTS, COUNTER_COUNT, CacheEntry,
-        ClockSample, Config, Counter, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4, FlowKey, FlowKeyV4,
-        FlowKeyV6, FlowValue, KEY_F_EPOCH, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint, SPILL_BYTES,
-        SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK, VALUE_PACKETS_SHIFT,
-        VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
+        ClockSample, Config, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4, FlowKey, FlowKeyV4, FlowKeyV6,
+        FlowValue, KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint,
+        SPILL_BYTES, SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK,
+        VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -172,7 +172,7 @@ mod programs {
                 note_peer(ctx, out);
             }
         }
-        bump(Counter::CountedUpstream);
+        bump(KernelCounter::CountedUpstream);
         true
     }
 
@@ -231,9 +231,15 @@ mod programs {
         TC_ACT_UNSPEC
     }
 
+    /// Does nothing (the reference of what the tc hook itself costs; never attached by the agent).
+    #[classifier]
+    pub fn podflow_empty(_ctx: TcContext) -> i32 {
+        TC_ACT_UNSPEC
+    }
+
     /// Adds 1 to a per-CPU counter. A constant index keeps the lookup inlinable by the verifier.
     #[inline(always)]
-    fn bump(c: Counter) {
+    fn bump(c: KernelCounter) {
         if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
             // SAFETY: per-CPU slot of this CPU; programs do not migrate while running.
             unsafe { *p += 1 };
@@ -252,7 +258,7 @@ mod programs {
             // SAFETY: helper without arguments.
             let r = u64::from(unsafe { bpf_get_prandom_u32() });
             if (r * u64::from(rate)) >> 32 != 0 {
-                bump(Counter::SampledOut);
+                bump(KernelCounter::SampledOut);
                 return;
             }
         }
@@ -270,9 +276,9 @@ mod programs {
             return;
         }
         match f.note {
-            parse::NOTE_L4_TRUNCATED => bump(Counter::L4Truncated),
-            parse::NOTE_FRAGMENT => bump(Counter::Fragments),
-            parse::NOTE_EXT_CHAIN_TOO_LONG => bump(Counter::Ipv6ExtChainTooLong),
+            parse::NOTE_L4_TRUNCATED => bump(KernelCounter::L4Truncated),
+            parse::NOTE_FRAGMENT => bump(KernelCounter::Fragments),
+            parse::NOTE_EXT_CHAIN_TOO_LONG => bump(KernelCounter::Ipv6ExtChainTooLong),
             _ => {}
         }
 
@@ -373,7 +379,7 @@ mod programs {
         key: &[u64; N],
         u: &Update,
         parity: u32,
-    ) -> Counter {
+    ) -> KernelCounter {
         const _: () = assert!(CACHE_SLOTS.is_power_of_two());
         // SAFETY: K is N words (asserted by the callers' types: FlowKeyV4 16 B, FlowKeyV6 40 B).
         let kref = unsafe { &*(key as *const [u64; N] as *const K) };
@@ -408,7 +414,7 @@ mod programs {
                     *v = c;
                     (*value).last_jiffies = u.last;
                     (*value).tcp_flags |= u.tcp_flags;
-                    return Counter::Recorded;
+                    return KernelCounter::Recorded;
                 }
                 // Full: the flow, this packet included, moves to the map.
                 let mut piece = Update::of(&*value);
@@ -416,9 +422,9 @@ mod programs {
                 piece.last = u.last;
                 piece.tcp_flags |= u.tcp_flags;
                 return match record(map, spill, kref, &piece) {
-                    Counter::Recorded => {
+                    KernelCounter::Recorded => {
                         *v = 0;
-                        Counter::Recorded
+                        KernelCounter::Recorded
                     }
                     // The slot keeps what it had; the packet alone is lost (map full).
                     _ => record(map, spill, kref, u),
@@ -429,7 +435,7 @@ mod programs {
                 let piece = Update::of(&*value);
                 // SAFETY: the slot's key, N words like `key`.
                 let held = &*(e as *const K);
-                if record(map, spill, held, &piece) != Counter::Recorded {
+                if record(map, spill, held, &piece) != KernelCounter::Recorded {
                     // The map is full: the held flow stays; this packet goes to the map alone.
                     return record(map, spill, kref, u);
                 }
@@ -442,7 +448,7 @@ mod programs {
             *v = u.inc;
             *v.add(1) = u.word1();
         }
-        Counter::Recorded
+        KernelCounter::Recorded
     }
 
     /// `*p += v`, atomically, returning the previous value (`BPF_ATOMIC | BPF_FETCH | BPF_ADD`,
@@ -518,7 +524,7 @@ mod programs {
             fetch_add(w, (bytes | (packets << VALUE_PACKETS_SHIFT)).wrapping_neg());
         }
         if !moved {
-            bump(Counter::CountsOverflow);
+            bump(KernelCounter::CountsOverflow);
         }
     }
 
@@ -558,10 +564,10 @@ mod programs {
         spill: &HashMap<K, SpillValue>,
         key: &K,
         u: &Update,
-    ) -> Counter {
+    ) -> KernelCounter {
         if let Some(v) = map.get_ptr_mut(key) {
             apply(spill, key, v, u);
-            return Counter::Recorded;
+            return KernelCounter::Recorded;
         }
         // Written as two u64 words: a struct literal could be left to a memset, which
         // bpf-linker turns into a call to a byte loop.
@@ -578,17 +584,17 @@ mod programs {
         // SAFETY: fully initialized above.
         let fresh = unsafe { fresh.assume_init_ref() };
         match map.insert(key, fresh, u64::from(BPF_NOEXIST)) {
-            Ok(()) => Counter::Recorded,
+            Ok(()) => KernelCounter::Recorded,
             // Another CPU inserted the key in between: add to its entry.
             Err(e) if e == -EEXIST => match map.get_ptr_mut(key) {
                 Some(v) => {
                     apply(spill, key, v, u);
-                    Counter::Recorded
+                    KernelCounter::Recorded
                 }
-                None => Counter::LostMapError,
+                None => KernelCounter::LostMapError,
             },
-            Err(e) if e == -E2BIG || e == -ENOMEM => Counter::LostMapFull,
-            Err(_) => Counter::LostMapError,
+            Err(e) if e == -E2BIG || e == -ENOMEM => KernelCounter::LostMapFull,
+            Err(_) => KernelCounter::LostMapError,
         }
     }
 

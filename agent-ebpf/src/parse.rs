@@ -8,8 +8,8 @@ use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
 use podflow_ebpf::{
-    Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
-    IPPROTO_TCP, IPPROTO_UDP, KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED,
+    FAMILY_IPV4, FAMILY_IPV6, FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
+    IPPROTO_UDP, KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED, KernelCounter,
 };
 
 /// Largest offset read with direct packet access; the bound lets the verifier check
@@ -189,22 +189,22 @@ fn be16(b: [u8; 2]) -> u16 {
 
 /// Ethernet, up to two VLAN tags, then IPv4/IPv6.
 #[inline(always)]
-pub fn parse_l2(p: &Pkt, f: &mut Flow) -> Result<(), Counter> {
+pub fn parse_l2(p: &Pkt, f: &mut Flow) -> Result<(), KernelCounter> {
     let mut b = MaybeUninit::<[u8; 2]>::uninit();
-    let mut proto = be16(*p.hdr(12, &mut b).ok_or(Counter::NotIp)?);
+    let mut proto = be16(*p.hdr(12, &mut b).ok_or(KernelCounter::NotIp)?);
     let mut off = ETH_HLEN;
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        proto = be16(*p.hdr(ETH_HLEN + 2, &mut b).ok_or(Counter::NotIp)?);
+        proto = be16(*p.hdr(ETH_HLEN + 2, &mut b).ok_or(KernelCounter::NotIp)?);
         off = ETH_HLEN + 4;
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            proto = be16(*p.hdr(ETH_HLEN + 6, &mut b).ok_or(Counter::NotIp)?);
+            proto = be16(*p.hdr(ETH_HLEN + 6, &mut b).ok_or(KernelCounter::NotIp)?);
             off = ETH_HLEN + 8;
         }
     }
     match proto {
         ETH_P_IP => parse_ipv4(p, off, f),
         ETH_P_IPV6 => parse_ipv6(p, off, f),
-        _ => Err(Counter::NotIp),
+        _ => Err(KernelCounter::NotIp),
     }
 }
 
@@ -212,35 +212,35 @@ pub fn parse_l2(p: &Pkt, f: &mut Flow) -> Result<(), Counter> {
 ///
 /// Every packet of an L3 tunnel device is IP, so a bad version nibble is a malformed IP packet.
 #[inline(always)]
-pub fn parse_l3(p: &Pkt, f: &mut Flow) -> Result<(), Counter> {
+pub fn parse_l3(p: &Pkt, f: &mut Flow) -> Result<(), KernelCounter> {
     // Two bytes, not one: LLVM turns a 1-byte check into `data < data_end`, which gives the
     // verifier no packet range. Nothing shorter than 2 bytes is an IP packet anyway.
     let mut b = MaybeUninit::<[u8; 2]>::uninit();
-    let v = p.hdr(0, &mut b).ok_or(Counter::LostIpMalformed)?[0] >> 4;
+    let v = p.hdr(0, &mut b).ok_or(KernelCounter::LostIpMalformed)?[0] >> 4;
     if v == 4 {
         parse_ipv4(p, 0, f)
     } else if v == 6 {
         parse_ipv6(p, 0, f)
     } else {
-        Err(Counter::LostIpMalformed)
+        Err(KernelCounter::LostIpMalformed)
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(p: &Pkt, l3: usize, f: &mut Flow) -> Result<(), Counter> {
+fn parse_ipv4(p: &Pkt, l3: usize, f: &mut Flow) -> Result<(), KernelCounter> {
     let mut b = MaybeUninit::<Ipv4Hdr>::uninit();
-    let ip = p.hdr(l3, &mut b).ok_or(Counter::LostIpMalformed)?;
+    let ip = p.hdr(l3, &mut b).ok_or(KernelCounter::LostIpMalformed)?;
     let ver_ihl = ip.ver_ihl;
     let ihl = usize::from(ver_ihl & 0x0f) * 4;
     if ver_ihl >> 4 != 4 || ihl < 20 || !p.has(l3, ihl) {
-        return Err(Counter::LostIpMalformed);
+        return Err(KernelCounter::LostIpMalformed);
     }
     let tot_len = u32::from(be16(ip.tot_len));
     f.ip_len = if tot_len == 0 {
         // BIG TCP: the length is not in the header.
         p.len - l3 as u32
     } else if (tot_len as usize) < ihl {
-        return Err(Counter::LostIpMalformed);
+        return Err(KernelCounter::LostIpMalformed);
     } else {
         tot_len
     };
@@ -271,11 +271,11 @@ fn is_ext(nh: u8) -> bool {
 }
 
 #[inline(always)]
-fn parse_ipv6(p: &Pkt, l3: usize, f: &mut Flow) -> Result<(), Counter> {
+fn parse_ipv6(p: &Pkt, l3: usize, f: &mut Flow) -> Result<(), KernelCounter> {
     let mut b = MaybeUninit::<Ipv6Hdr>::uninit();
-    let ip = p.hdr(l3, &mut b).ok_or(Counter::LostIpMalformed)?;
+    let ip = p.hdr(l3, &mut b).ok_or(KernelCounter::LostIpMalformed)?;
     if ip.ver_tc >> 4 != 6 {
-        return Err(Counter::LostIpMalformed);
+        return Err(KernelCounter::LostIpMalformed);
     }
     let plen = u32::from(be16(ip.payload_len));
     f.ip_len = if plen == 0 {

@@ -6,7 +6,7 @@
 //! nothing counted is dropped), then detach exactly what was attached.
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use podflow_ebpf::{COUNTER_COUNT, Counter};
+use podflow_ebpf::{COUNTER_COUNT, KernelCounter};
 use tokio::{signal::unix::SignalKind, sync::oneshot};
 use tracing::{info, warn};
 
@@ -16,8 +16,10 @@ use crate::{
         AttachModePref, Capture, CaptureConfig, CaptureError, FlowEntry, InterfaceChange,
         LinkWatcher,
     },
-    flows::{Clock, FlowTable, FlowTableConfig, timestamp_from_unix_ns},
+    flows::{FlowTable, FlowTableConfig},
     metadata, proto,
+    report::error_chain,
+    time::{Clock, timestamp_from_unix_ns},
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -355,7 +357,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     loop {
         tokio::select! {
             ev = links.next(), if links_open => match ev {
-                Some(ev) => match capture.handle_link_event_all(ev) {
+                Some(ev) => match capture.handle_link_event(ev) {
                     Ok(changes) => {
                         apply_changes(&changes, &mut table);
                         if !changes.is_empty() {
@@ -713,7 +715,7 @@ fn endpoint_names(e: &proto::Endpoint) -> (&str, &str, &str) {
 /// Loss records for every kernel loss counter that grew since the last report.
 fn loss_events(counters: &mut Counters, node: &str, clock: &Clock) -> Vec<proto::FlowEvent> {
     let mut out = Vec::new();
-    for c in Counter::ALL {
+    for c in KernelCounter::ALL {
         if !c.is_loss() {
             continue;
         }
@@ -736,7 +738,7 @@ fn loss_events(counters: &mut Counters, node: &str, clock: &Clock) -> Vec<proto:
 }
 
 fn status_counters(counters: &Counters, table: &FlowTable) -> Vec<proto::Counter> {
-    let mut out: Vec<proto::Counter> = Counter::ALL
+    let mut out: Vec<proto::Counter> = KernelCounter::ALL
         .iter()
         .map(|c| proto::Counter {
             name: c.name().to_string(),
@@ -812,18 +814,6 @@ fn log_change(change: &InterfaceChange) {
             info!(interface = %i.name, ifindex = i.ifindex, "interface gone, forgotten")
         }
     }
-}
-
-/// "outer: inner: innermost" for logs.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

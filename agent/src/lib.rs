@@ -10,10 +10,13 @@ pub mod collector;
 pub mod export;
 pub mod filter;
 pub mod flows;
+pub mod hash;
 pub mod logging;
 pub mod metadata;
 pub mod metrics;
 pub mod privileges;
+pub mod report;
+pub mod time;
 
 pub use podflow_proto::v1 as proto;
 

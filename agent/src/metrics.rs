@@ -9,8 +9,8 @@
 //! | `podflow_plaintext_inter_node_bytes_total` | counter | the four workload labels: inter-node bytes not seen encrypted |
 //! | `podflow_flow_label_sets` | gauge | distinct workload label sets in use (≤ the limit) |
 //! | `podflow_flow_label_overflow_total` | counter | flow observations folded into the `_other` set |
-//! | `podflow_kernel_packets_total` | counter | `counter`: every kernel counter ([`podflow_ebpf::Counter`]) |
-//! | `podflow_lost_packets_total` | counter | `reason`: the kernel's loss counters only ([`podflow_ebpf::Counter::is_loss`]) |
+//! | `podflow_kernel_packets_total` | counter | `counter`: every kernel counter ([`podflow_ebpf::KernelCounter`]) |
+//! | `podflow_lost_packets_total` | counter | `reason`: the kernel's loss counters only ([`podflow_ebpf::KernelCounter::is_loss`]) |
 //! | `podflow_user_lost_total` | counter | `reason`: user-space losses (e.g. `untracked_flows`) |
 //! | `podflow_interfaces_attached` | gauge | `kind` (`veth`, `l3`) |
 //! | `podflow_export_queue_depth` | gauge | records waiting to be exported |
@@ -38,7 +38,7 @@ use std::{
     sync::{Arc, Mutex, atomic::AtomicU64},
 };
 
-use podflow_ebpf::{COUNTER_COUNT, Counter as KernelCounter};
+use podflow_ebpf::{COUNTER_COUNT, KernelCounter};
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -82,7 +82,7 @@ impl Locality {
 /// owned strings, three hash lookups) are touched once per label set, not once per record.
 #[derive(Debug, Default)]
 pub struct FlowBatch<'a> {
-    index: std::collections::HashMap<BatchKey<'a>, usize, crate::flows::FlowHashState>,
+    index: std::collections::HashMap<BatchKey<'a>, usize, crate::hash::FlowHashState>,
     /// In the order each label set was first seen (label-set admission follows it).
     sets: Vec<(BatchKey<'a>, BatchSum)>,
 }
@@ -131,7 +131,7 @@ struct BatchSum {
 impl<'a> FlowBatch<'a> {
     pub fn new() -> FlowBatch<'a> {
         FlowBatch {
-            index: std::collections::HashMap::with_hasher(crate::flows::flow_hash_state()),
+            index: std::collections::HashMap::with_hasher(crate::hash::flow_hash_state()),
             sets: Vec::new(),
         }
     }
@@ -515,7 +515,7 @@ impl Metrics {
         [OVERFLOW_LABEL; 4].map(str::to_string)
     }
 
-    /// Takes the kernel's cumulative counter array (indexed by [`podflow_ebpf::Counter`]) and adds
+    /// Takes the kernel's cumulative counter array (indexed by [`podflow_ebpf::KernelCounter`]) and adds
     /// the growth since the previous call to `podflow_kernel_packets_total` and, for loss
     /// counters, `podflow_lost_packets_total`. A value below the previous one (new maps) counts as
     /// growth from 0. Extra entries are ignored, missing ones left unchanged.

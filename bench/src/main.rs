@@ -24,7 +24,7 @@
 use std::{
     fmt::Write as _,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -1044,78 +1044,35 @@ fn hook_ns(
 // ---------------------------------------------------------------------------------------------
 // The empty tc program (baseline of the kernel cost)
 
-/// A 2-instruction tc program (`r0 = -1 (TC_ACT_UNSPEC); exit`) loaded with raw bpf(2) and
-/// attached with tcx links to both directions of both pod veths; detached when dropped.
+/// The object's empty tc program (`podflow_empty`: `r0 = -1 (TC_ACT_UNSPEC); exit`), attached
+/// with tcx links to both directions of both pod veths; detached when dropped.
 struct EmptyProg {
-    _prog: OwnedFd,
-    _links: Vec<OwnedFd>,
-}
-
-fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> std::io::Result<OwnedFd> {
-    let size = std::mem::size_of_val(attr) as u32;
-    // SAFETY: bpf(2) with a zeroed, fully owned attr buffer of the given size.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), size) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a new fd the kernel just gave us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    _prog: podflow::capture::EmptyProgram,
 }
 
 impl EmptyProg {
     fn attach(bed: &Bed) -> anyhow::Result<EmptyProg> {
-        const BPF_LINK_CREATE: libc::c_long = 28;
-        const BPF_TCX_INGRESS: u32 = 46;
-        const BPF_TCX_EGRESS: u32 = 47;
-        let prog = podflow::capture::load_empty_tc_program("pfbench_empty")
-            .context("loading the empty tc program")?;
-        let prog_fd = prog.as_raw_fd() as u32;
-        let ifs = [
-            (bed.node.ns.ifindex(SRC_VETH)?, BPF_TCX_INGRESS),
-            (bed.node.ns.ifindex(SRC_VETH)?, BPF_TCX_EGRESS),
-            (bed.node.ns.ifindex(DST_VETH)?, BPF_TCX_INGRESS),
-            (bed.node.ns.ifindex(DST_VETH)?, BPF_TCX_EGRESS),
-        ];
-        // Links are created from a thread inside the node namespace (ifindexes are per
-        // namespace); the fds belong to the process and outlive the thread.
-        let raw: Vec<i32> = bed
+        use podflow::capture::{EmptyProgram, TcAttachType};
+        let prog = EmptyProgram::load().context("loading the empty tc program")?;
+        // Attached from a thread inside the node namespace (interface names are per
+        // namespace); the links belong to the program, which outlives the thread.
+        let prog = bed
             .node
             .ns
-            .run(move || -> std::io::Result<Vec<i32>> {
-                let mut fds = Vec::new();
-                for (ifindex, attach_type) in ifs {
-                    let mut a = [0u64; 8];
-                    let b = a.as_mut_ptr().cast::<u8>();
-                    // SAFETY: link_create fields at their UAPI offsets in a 64-byte buffer.
-                    unsafe {
-                        b.cast::<u32>().write(prog_fd);
-                        b.add(4).cast::<u32>().write(ifindex);
-                        b.add(8).cast::<u32>().write(attach_type);
-                    }
-                    match bpf(BPF_LINK_CREATE, &mut a) {
-                        Ok(fd) => fds.push(std::os::fd::IntoRawFd::into_raw_fd(fd)),
-                        Err(e) => {
-                            for fd in fds {
-                                // SAFETY: fds we own.
-                                unsafe { libc::close(fd) };
-                            }
-                            return Err(e);
+            .run(
+                move || -> Result<EmptyProgram, podflow::capture::CaptureError> {
+                    let mut prog = prog;
+                    for dev in [SRC_VETH, DST_VETH] {
+                        for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+                            prog.attach(dev, dir)?;
                         }
                     }
-                }
-                Ok(fds)
-            })
+                    Ok(prog)
+                },
+            )
             .map_err(|e| anyhow!("{e}"))?
             .context("attaching the empty tc program with tcx")?;
-        let links = raw
-            .into_iter()
-            // SAFETY: fds returned by bpf(BPF_LINK_CREATE) above, owned by nobody else.
-            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
-            .collect();
-        Ok(EmptyProg {
-            _prog: prog,
-            _links: links,
-        })
+        Ok(EmptyProg { _prog: prog })
     }
 }
 

@@ -12,7 +12,7 @@ use aya::{
 };
 use podflow_ebpf::{PROG_L3_EGRESS, PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS};
 
-use super::{AttachMode, IfaceKind};
+use super::{AttachMode, IfaceKind, dir_str};
 
 /// Programs (by name) that podflow attaches in a direction: a stale filter with any of these names
 /// on that direction is ours.
@@ -30,13 +30,6 @@ pub fn program_for(kind: IfaceKind, dir: TcAttachType) -> &'static str {
         (IfaceKind::Veth, _) => PROG_VETH_INGRESS,
         (IfaceKind::L3, TcAttachType::Egress) => PROG_L3_EGRESS,
         (IfaceKind::L3, _) => PROG_L3_INGRESS,
-    }
-}
-
-pub fn dir_str(dir: TcAttachType) -> &'static str {
-    match dir {
-        TcAttachType::Egress => "egress",
-        _ => "ingress",
     }
 }
 
@@ -123,19 +116,6 @@ pub fn detach_link(link: SchedClassifierLink, gone_ok: bool) -> Result<(), Progr
         Err(e) if gone_ok && is_gone(&e) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Reads the name of interface `ifindex` in the calling thread's network namespace.
-pub fn ifname_of(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: `buf` has IF_NAMESIZE bytes as if_indextoname requires.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let c = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    c.to_str().ok().map(str::to_owned)
 }
 
 #[cfg(test)]

@@ -16,7 +16,17 @@
 //! or before the drain's sample, exact while drains are less than [`TIME_WRAP_TICKS`] apart.
 use std::time::Duration;
 
-use podflow_ebpf::{ClockSample, FlowStats, FlowValue, KeyTail};
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{TestRun as _, TestRunOptions},
+};
+use podflow_ebpf::{CLOCK, ClockSample, FlowStats, FlowValue, KeyTail, PROG_CLOCK};
+
+use super::{
+    CaptureError,
+    load::{open_map, program},
+};
 
 /// The tick rates Linux is configured with (`CONFIG_HZ`) on the architectures podflow runs on.
 const HZ_CANDIDATES: [u32; 8] = [100, 200, 250, 300, 500, 1000, 1024, 1200];
@@ -28,6 +38,37 @@ pub const TIME_WRAP_TICKS: u64 = 1 << 16;
 /// Slack kept between the longest allowed flush interval and [`TIME_WRAP_TICKS`], in seconds: a
 /// drain may start late (a busy node) or take a while.
 const WRAP_SLACK_S: u64 = 2;
+
+/// Samples both clocks in the kernel: runs the never-attached `podflow_clock` program with
+/// `BPF_PROG_TEST_RUN` and reads what it wrote into `CLOCK`.
+pub(super) struct ClockSampler {
+    map: Array<MapData, ClockSample>,
+}
+
+impl ClockSampler {
+    pub(super) fn open(ebpf: &mut Ebpf) -> Result<ClockSampler, CaptureError> {
+        Ok(ClockSampler {
+            map: open_map(ebpf, CLOCK)?,
+        })
+    }
+
+    pub(super) fn sample(&self, ebpf: &Ebpf) -> Result<ClockSample, CaptureError> {
+        // A zeroed Ethernet-sized frame: the program only reads the clocks.
+        program(ebpf, PROG_CLOCK)?
+            .test_run(TestRunOptions {
+                data_in: Some(&[0u8; 64]),
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| CaptureError::LoadProgram {
+                name: PROG_CLOCK,
+                source: Box::new(e),
+            })?;
+        self.map.get(&0, 0).map_err(|source| CaptureError::Map {
+            op: "read CLOCK",
+            source,
+        })
+    }
+}
 
 /// Maps jiffies to `CLOCK_MONOTONIC` nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,6 +53,7 @@ pub use self::tls::TlsClientConfig;
 use crate::proto::{
     self, ExportBatch, collector_service_client::CollectorServiceClient, flow_event::Event,
 };
+use crate::report::error_chain;
 
 /// Reason of the records dropped because the buffer was full (collector slow or unreachable).
 pub const EXPORT_BUFFER_FULL: &str = "export_buffer_full";
@@ -770,21 +771,6 @@ fn jitter(base: Duration) -> Duration {
     let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 44; // 20 bits
     let factor = 0.5 + (mixed as f64) / f64::from(1u32 << 20);
     base.mul_f64(factor)
-}
-
-/// An error and its sources, `: `-separated (TLS verification errors are in the sources).
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        let next = err.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = err.source();
-    }
-    text
 }
 
 fn status_text(status: &tonic::Status) -> String {

@@ -194,7 +194,7 @@ pub async fn run_file_source_every(
         match result {
             Ok(()) => last_error = None,
             Err(e) => {
-                let msg = format!("{e}: {}", error_chain(&e));
+                let msg = crate::report::error_chain(&e);
                 if last_error.as_deref() != Some(msg.as_str()) {
                     tracing::warn!(error = %msg, "metadata file unusable, serving the last good content");
                     last_error = Some(msg);
@@ -203,17 +203,4 @@ pub async fn run_file_source_every(
         }
         write_index(&index).maintain(now);
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }

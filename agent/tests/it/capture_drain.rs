@@ -14,7 +14,7 @@ use crate::support::{
     privileged,
 };
 use podflow::capture::{AttachModePref, CaptureConfig, Drain, FlowEntry};
-use podflow_ebpf::{Counter, FAMILY_IPV4, FAMILY_IPV6, FlowKey, ObsPoint};
+use podflow_ebpf::{FAMILY_IPV4, FAMILY_IPV6, FlowKey, KernelCounter, ObsPoint};
 use podflow_testbed::Node;
 
 fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
@@ -117,15 +117,15 @@ fn ping_drain_exact(mode: AttachModePref) {
         );
         assert!(find(&d.entries, &k).is_none(), "counted twice: {k:?}");
     }
-    assert_eq!(d.counters[Counter::LostMapFull as usize], 0);
-    assert_eq!(d.counters[Counter::LostMapError as usize], 0);
+    assert_eq!(d.counters[KernelCounter::LostMapFull as usize], 0);
+    assert_eq!(d.counters[KernelCounter::LostMapError as usize], 0);
     assert!(
-        d.counters[Counter::Recorded as usize] >= 10,
+        d.counters[KernelCounter::Recorded as usize] >= 10,
         "{:?}",
         d.counters
     );
     assert!(
-        d.counters[Counter::CountedUpstream as usize] >= 10,
+        d.counters[KernelCounter::CountedUpstream as usize] >= 10,
         "{:?}",
         d.counters
     );
@@ -184,8 +184,8 @@ fn capture_drain_no_loss_across_flips() {
     const N: u64 = 20_000;
     const PAYLOAD: usize = 100;
     let (a4, b4, a6, b6) = (a.ipv4, b.ipv4, a.ipv6, b.ipv6);
-    let base =
-        t.with(|c| c.drain().expect("baseline drain")).counters[Counter::CountedUpstream as usize];
+    let base = t.with(|c| c.drain().expect("baseline drain")).counters
+        [KernelCounter::CountedUpstream as usize];
     // Sender: runs inside pod A's namespace; paced so no queue on the way drops a packet.
     let sender =
         a.ns.spawn(move || send_udp(a4, b4, a6, b6, N, PAYLOAD))
@@ -247,14 +247,14 @@ fn capture_drain_no_loss_across_flips() {
     // Every one of them was seen at B's veth egress too, and skipped there (plus the few ICMP
     // port-unreachable replies B's kernel sends back, rate-limited, and anything else forwarded
     // between the two pods).
-    let upstream = last.counters[Counter::CountedUpstream as usize] - base;
+    let upstream = last.counters[KernelCounter::CountedUpstream as usize] - base;
     assert!(
         (2 * N..2 * N + 200).contains(&upstream),
         "counted upstream {upstream}, sent {}",
         2 * N
     );
-    assert_eq!(last.counters[Counter::LostMapFull as usize], 0);
-    assert_eq!(last.counters[Counter::LostMapError as usize], 0);
+    assert_eq!(last.counters[KernelCounter::LostMapFull as usize], 0);
+    assert_eq!(last.counters[KernelCounter::LostMapError as usize], 0);
     drop(t);
     drop(node);
 }
@@ -330,7 +330,11 @@ fn capture_drain_large_map_timing() {
             if batch { "batch" } else { "per-entry" },
             d.entries.len()
         );
-        assert_eq!(d.counters[Counter::LostMapFull as usize], 0, "map full");
+        assert_eq!(
+            d.counters[KernelCounter::LostMapFull as usize],
+            0,
+            "map full"
+        );
         assert_eq!(ours.len(), FLOWS as usize, "entries");
         assert!(
             ours.iter()

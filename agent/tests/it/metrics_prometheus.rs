@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 
 use crate::support::prometheus::{Prometheus, Sample, prometheus_binary};
 use podflow::metrics::{Locality, Metrics, serve_metrics_on};
-use podflow_ebpf::{COUNTER_COUNT, Counter};
+use podflow_ebpf::{COUNTER_COUNT, KernelCounter};
 
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -77,7 +77,7 @@ fn prometheus_scrapes_the_metrics_and_the_alerts_fire() {
     m.set_interfaces("veth", 3);
     m.set_interfaces("l3", 1);
     let mut kernel = [0u64; COUNTER_COUNT as usize];
-    kernel[Counter::Packets as usize] = 100;
+    kernel[KernelCounter::Packets as usize] = 100;
     m.set_kernel_counters(&kernel);
 
     let listener = rt
@@ -135,14 +135,14 @@ fn prometheus_scrapes_the_metrics_and_the_alerts_fire() {
     .expect("kernel packets");
     let losses = prom
         .wait_for(r#"podflow_lost_packets_total"#, WAIT, |r| {
-            r.len() == Counter::ALL.iter().filter(|c| c.is_loss()).count()
+            r.len() == KernelCounter::ALL.iter().filter(|c| c.is_loss()).count()
         })
         .expect("one loss series per kernel loss counter");
     assert!(losses.iter().all(|(_, v)| *v == 0.0), "{losses:?}");
 
     // Growth after the first scrapes: a kernel loss and 2 GB from frontend to postgres.
-    kernel[Counter::Packets as usize] = 150;
-    kernel[Counter::LostMapFull as usize] = 9;
+    kernel[KernelCounter::Packets as usize] = 150;
+    kernel[KernelCounter::LostMapFull as usize] = 9;
     m.set_kernel_counters(&kernel);
     m.observe_flow(
         "shop",

@@ -4,7 +4,7 @@
 //! Privileged (loads eBPF programs): run as root, e.g. `cargo xtask test` or
 //! `sudo -E cargo test -p podflow --test prog_test_run`. With `PODFLOW_SKIP_PRIVILEGED=1` the tests
 //! return early when not root.
-use std::{net::Ipv6Addr, os::fd::AsRawFd as _};
+use std::net::Ipv6Addr;
 
 use crate::support::{
     packets::{flow_key, pkt::*},
@@ -17,9 +17,9 @@ use aya::{
 };
 use podflow::capture::object::EBPF_OBJECT;
 use podflow_ebpf::{
-    COUNTER_COUNT, CacheEntry, Config, Counter, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue,
-    KEY_F_EPOCH, KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED, KeyTail, ObsPoint, SPILL_BYTES, SPILL_PACKETS,
-    SpillValue,
+    COUNTER_COUNT, CacheEntry, Config, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, KEY_F_EPOCH,
+    KEY_F_FRAGMENT, KEY_F_L4_TRUNCATED, KernelCounter, KeyTail, ObsPoint, SPILL_BYTES,
+    SPILL_PACKETS, SpillValue,
 };
 
 // TCP flags.
@@ -200,12 +200,12 @@ impl Harness {
             *c = arr.get(&(i as u32), 0).expect("read counter").iter().sum();
         }
         assert_eq!(
-            out[Counter::Packets as usize],
+            out[KernelCounter::Packets as usize],
             0,
             "the programs do not count runs themselves"
         );
         // What user space derives (Capture::drain): every run ends in exactly one outcome.
-        out[Counter::Packets as usize] = Counter::ALL
+        out[KernelCounter::Packets as usize] = KernelCounter::ALL
             .iter()
             .filter(|c| c.is_outcome())
             .map(|c| out[*c as usize])
@@ -214,9 +214,9 @@ impl Harness {
     }
 
     /// Asserts the counters: the listed ones have exactly these values, all others are 0.
-    fn assert_counters(&self, expected: &[(Counter, u64)]) {
+    fn assert_counters(&self, expected: &[(KernelCounter, u64)]) {
         let got = self.counters();
-        for c in Counter::ALL {
+        for c in KernelCounter::ALL {
             let want = expected
                 .iter()
                 .find(|(e, _)| *e == c)
@@ -361,7 +361,7 @@ const B: [u8; 4] = [10, 244, 2, 9];
 const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 1, 0, 0, 0, 5);
 const B6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0x244, 2, 0, 0, 0, 9);
 
-use Counter::{
+use KernelCounter::{
     CountedUpstream, Fragments, Ipv6ExtChainTooLong, L4Truncated, LostIpMalformed, LostMapFull,
     NotIp, Packets, Recorded, SampledOut,
 };
@@ -1018,15 +1018,30 @@ fn full_flow_map_is_a_loss() {
     assert_eq!(t.map(|t| t.packets), Some(2));
 }
 
-/// A 2-instruction tc program (`r0 = -1; exit`) loaded with the raw bpf(2) syscall, to measure
+/// The object's empty tc program (`podflow_empty`: `r0 = -1; exit`), to measure
 /// BPF_PROG_TEST_RUN's own per-run overhead. Returns the average ns per run.
 fn empty_program_ns(data: &[u8], repeat: u32) -> u128 {
-    let prog = podflow::capture::load_empty_tc_program("pf_test_empty")
+    let prog = podflow::capture::EmptyProgram::load()
         .unwrap_or_else(|e| panic!("load the empty program: {e}"));
-    let r = podflow::capture::test_run(prog.as_raw_fd(), data, repeat)
+    let r = prog
+        .test_run(data, repeat)
         .unwrap_or_else(|e| panic!("test_run the empty program: {e}"));
-    assert_eq!(r.retval, VERDICT);
-    u128::from(r.duration_ns)
+    assert_eq!(r.return_value, VERDICT);
+    r.duration.as_nanos()
+}
+
+/// The reference program is the smallest tc program there is: `r0 = TC_ACT_UNSPEC; exit`, two
+/// instructions in three slots (rustc loads the 32-bit -1 with a 16-byte `ld_imm64`).
+#[test]
+fn empty_program_is_two_instructions() {
+    if !privileged() {
+        return;
+    }
+    let prog = podflow::capture::EmptyProgram::load().expect("load the empty program");
+    assert_eq!(prog.insn_slots().expect("program info"), 3);
+    let frame = eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 2, 0)));
+    let r = prog.test_run(&frame, 1).expect("test_run");
+    assert_eq!(r.return_value, VERDICT);
 }
 
 /// Informational: the kernel's average run time of one program invocation for an established

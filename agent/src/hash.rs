@@ -1,5 +1,6 @@
-//! The hasher of the flow table's maps. Their keys come from packets, so an attacker who can send
-//! packets chooses them: the hasher must stay keyed with a secret (HashDoS resistance). foldhash
+//! The hasher of maps keyed by what packets carry (the flow table's, the metrics' roll-up). An
+//! attacker who can send packets chooses those keys: the hasher must stay keyed with a secret
+//! (HashDoS resistance). foldhash
 //! with a seed from the OS's randomness keeps that and costs a fraction of std's SipHash-1-3 on the
 //! 39-byte flow id (SipHash was ~11 % of the agent's CPU at 100 000 new flows/s).
 use std::{

@@ -1,0 +1,366 @@
+//! Which links get which programs: classifying links by name and type, attaching both directions
+//! (or neither), detaching what vanished, and remembering the names of removed interfaces.
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, MapData},
+    programs::{TcAttachType, tc::SchedClassifierLink},
+};
+use podflow_ebpf::{FAMILY_IPV4, FAMILY_IPV6, VETHS_MAX, VethSlot};
+
+use super::{
+    ARPHRD_ETHER, ARPHRD_NONE, AttachMode, AttachModePref, AttachedInterface, CaptureConfig,
+    CaptureError, IfaceKind, InterfaceChange, LinkEvent, LinkInfo, attach, dir_str, dump_links,
+    pattern::any_match, sys,
+};
+use crate::report::error_chain;
+
+/// How many removed interfaces [`Interfaces::name`] still remembers, and for how long.
+const RECENT_REMOVED_MAX: usize = 1024;
+const RECENT_REMOVED_TTL: Duration = Duration::from_secs(600);
+
+/// One attachment: the interface and the two owned links (dropping a link detaches it).
+struct Attachment {
+    iface: AttachedInterface,
+    ingress: SchedClassifierLink,
+    egress: SchedClassifierLink,
+}
+
+/// The attached interfaces and what decides them.
+pub(super) struct Interfaces {
+    attached: BTreeMap<u32, Attachment>,
+    /// The `VETHS` map: which veths have podflow's ingress program (see `podflow_ebpf::VethSlot`).
+    veths: Array<MapData, VethSlot>,
+    veth_patterns: Vec<String>,
+    l3_patterns: Vec<String>,
+    exclude_patterns: Vec<String>,
+    mode: AttachModePref,
+    /// Recently removed interfaces: (ifindex, name, when), newest last.
+    removed: VecDeque<(u32, String, Instant)>,
+    /// Interfaces (by ifindex) whose stale filters from a previous instance were already removed.
+    cleaned: HashMap<u32, String>,
+}
+
+impl Interfaces {
+    pub(super) fn new(veths: Array<MapData, VethSlot>, cfg: CaptureConfig) -> Interfaces {
+        Interfaces {
+            attached: BTreeMap::new(),
+            veths,
+            veth_patterns: cfg.veth_patterns,
+            l3_patterns: cfg.l3_patterns,
+            exclude_patterns: cfg.exclude_patterns,
+            mode: cfg.attach_mode,
+            removed: VecDeque::new(),
+            cleaned: HashMap::new(),
+        }
+    }
+
+    pub(super) fn attached(&self) -> Vec<AttachedInterface> {
+        self.attached.values().map(|a| a.iface.clone()).collect()
+    }
+
+    pub(super) fn name(&self, ifindex: u32) -> Option<String> {
+        if let Some(a) = self.attached.get(&ifindex) {
+            return Some(a.iface.name.clone());
+        }
+        self.removed
+            .iter()
+            .rev()
+            .find(|(i, _, when)| *i == ifindex && when.elapsed() < RECENT_REMOVED_TTL)
+            .map(|(_, n, _)| n.clone())
+    }
+
+    pub(super) fn classify(&self, name: &str, link_type: u16) -> Option<IfaceKind> {
+        if any_match(&self.exclude_patterns, name) {
+            return None;
+        }
+        match link_type {
+            ARPHRD_ETHER if any_match(&self.veth_patterns, name) => Some(IfaceKind::Veth),
+            ARPHRD_NONE if any_match(&self.l3_patterns, name) => Some(IfaceKind::L3),
+            _ => None,
+        }
+    }
+
+    /// See [`super::Capture::sync_interfaces`].
+    pub(super) fn sync(&mut self, ebpf: &mut Ebpf) -> Result<Vec<InterfaceChange>, CaptureError> {
+        let links = dump_links()?;
+        let mut changes = Vec::new();
+        let present: HashMap<u32, &LinkInfo> = links.iter().map(|l| (l.ifindex, l)).collect();
+        // Vanished or renamed.
+        let stale: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(i, a)| present.get(i).is_none_or(|l| l.name != a.iface.name))
+            .map(|(i, _)| *i)
+            .collect();
+        for ifindex in stale {
+            let gone = !present.contains_key(&ifindex);
+            changes.extend(self.forget(ifindex, gone));
+        }
+        for l in &links {
+            match self.ensure_attached(ebpf, l) {
+                Ok(c) => changes.extend(c),
+                Err(e) => tracing::warn!(iface = %l.name, ifindex = l.ifindex,
+                    error = %error_chain(&e), "attaching failed; will retry at next sync"),
+            }
+        }
+        Ok(changes)
+    }
+
+    /// See [`super::Capture::handle_link_event`].
+    pub(super) fn handle_link_event(
+        &mut self,
+        ebpf: &mut Ebpf,
+        ev: LinkEvent,
+    ) -> Result<Vec<InterfaceChange>, CaptureError> {
+        let mut changes = Vec::new();
+        match ev {
+            LinkEvent::Added {
+                name,
+                ifindex,
+                link_type,
+            } => {
+                if let Some(a) = self.attached.get(&ifindex) {
+                    if a.iface.name == name {
+                        return Ok(changes);
+                    }
+                    // Renamed: remove + add.
+                    changes.extend(self.forget(ifindex, false));
+                }
+                let info = LinkInfo {
+                    name,
+                    ifindex,
+                    link_type,
+                };
+                changes.extend(self.ensure_attached(ebpf, &info)?);
+            }
+            LinkEvent::Removed { ifindex, .. } => changes.extend(self.forget(ifindex, true)),
+            LinkEvent::Resync => changes = self.sync(ebpf)?,
+        }
+        Ok(changes)
+    }
+
+    /// Attaches `l` if it matches and is not attached yet.
+    fn ensure_attached(
+        &mut self,
+        ebpf: &mut Ebpf,
+        l: &LinkInfo,
+    ) -> Result<Option<InterfaceChange>, CaptureError> {
+        if self.attached.contains_key(&l.ifindex) {
+            return Ok(None);
+        }
+        let Some(kind) = self.classify(&l.name, l.link_type) else {
+            return Ok(None);
+        };
+        // We attach by name (aya's API): make sure the name still designates this ifindex.
+        if sys::ifname_of(l.ifindex).as_deref() != Some(l.name.as_str()) {
+            tracing::debug!(iface = %l.name, ifindex = l.ifindex, "link vanished or renamed before attach");
+            return Ok(None);
+        }
+        match self.attach_iface(ebpf, &l.name, l.ifindex, kind) {
+            Ok(a) => {
+                let iface = a.iface.clone();
+                tracing::info!(iface = %iface.name, ifindex = iface.ifindex, kind = kind.as_str(),
+                    mode = iface.mode.as_str(), "attached");
+                self.attached.insert(l.ifindex, a);
+                // Both programs are attached: from now on the ingress one counts what enters
+                // here, so egress programs elsewhere may skip it.
+                if kind == IfaceKind::Veth {
+                    self.set_veth_slot(l.ifindex, true);
+                }
+                Ok(Some(InterfaceChange::Attached(iface)))
+            }
+            Err(e) if sys::ifname_of(l.ifindex).as_deref() != Some(l.name.as_str()) => {
+                tracing::debug!(iface = %l.name, ifindex = l.ifindex, error = %e,
+                    "link vanished while attaching");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn attach_iface(
+        &mut self,
+        ebpf: &mut Ebpf,
+        name: &str,
+        ifindex: u32,
+        kind: IfaceKind,
+    ) -> Result<Attachment, CaptureError> {
+        // Stale cls_bpf filters of a podflow that died (kill -9): remove them once per interface,
+        // in every mode, so a restart leaves exactly one podflow program per hook.
+        // A failure here is logged, not fatal: capturing matters more than a duplicate counter
+        // (it is retried at the interface's next attach).
+        if self.cleaned.get(&ifindex).map(String::as_str) != Some(name) {
+            let mut ok = true;
+            for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+                if let Err(e) = attach::remove_stale_filters(name, dir) {
+                    ok = false;
+                    tracing::warn!(iface = name, direction = dir_str(dir), error = %e,
+                        "could not check for stale podflow tc filters");
+                }
+            }
+            if ok {
+                self.cleaned.insert(ifindex, name.to_owned());
+            }
+        }
+        match self.mode {
+            AttachModePref::Tcx => attach_pair(ebpf, name, ifindex, kind, AttachMode::Tcx),
+            AttachModePref::Netlink => attach_pair(ebpf, name, ifindex, kind, AttachMode::Netlink),
+            AttachModePref::Auto => {
+                let tcx = aya::util::KernelVersion::current()
+                    .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+                if tcx {
+                    match attach_pair(ebpf, name, ifindex, kind, AttachMode::Tcx) {
+                        Ok(a) => return Ok(a),
+                        Err(e) => tracing::warn!(iface = name, error = %error_chain(&e),
+                            "tcx attach failed, falling back to clsact + cls_bpf"),
+                    }
+                }
+                attach_pair(ebpf, name, ifindex, kind, AttachMode::Netlink)
+            }
+        }
+    }
+
+    /// Drops an attachment (detaching; errors because the device is gone are expected) and
+    /// remembers its name.
+    fn forget(&mut self, ifindex: u32, gone: bool) -> Option<InterfaceChange> {
+        let a = self.attached.remove(&ifindex)?;
+        // Before the ingress program goes: egress programs must count what enters here again.
+        if a.iface.kind == IfaceKind::Veth {
+            self.set_veth_slot(ifindex, false);
+        }
+        self.cleaned.remove(&ifindex);
+        for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
+            // A device that is gone took its tcx links / cls_bpf filters with it.
+            if let Err(e) = attach::detach_link(link, true)
+                && !gone
+            {
+                tracing::warn!(iface = %a.iface.name, direction = dir, error = %e, "detach failed");
+            }
+        }
+        self.remember_removed(ifindex, a.iface.name.clone());
+        tracing::info!(iface = %a.iface.name, ifindex, "detached (interface gone or renamed)");
+        Some(InterfaceChange::Detached(a.iface))
+    }
+
+    fn remember_removed(&mut self, ifindex: u32, name: String) {
+        let now = Instant::now();
+        while self.removed.len() >= RECENT_REMOVED_MAX
+            || self
+                .removed
+                .front()
+                .is_some_and(|(_, _, t)| now.duration_since(*t) > RECENT_REMOVED_TTL)
+        {
+            self.removed.pop_front();
+        }
+        self.removed.push_back((ifindex, name, now));
+    }
+
+    /// See [`super::Capture::detach_all`].
+    pub(super) fn detach_all(&mut self) {
+        let all = std::mem::take(&mut self.attached);
+        for (ifindex, a) in &all {
+            if a.iface.kind == IfaceKind::Veth {
+                self.set_veth_slot(*ifindex, false);
+            }
+        }
+        for (ifindex, a) in all {
+            for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
+                if let Err(e) = attach::detach_link(link, true) {
+                    tracing::warn!(iface = %a.iface.name, direction = dir, error = %e,
+                        "detach failed");
+                }
+            }
+            tracing::info!(iface = %a.iface.name, ifindex, mode = a.iface.mode.as_str(), "detached");
+            self.remember_removed(ifindex, a.iface.name);
+        }
+        self.cleaned.clear();
+    }
+
+    /// Marks (`on`) or unmarks the veth `ifindex` in `VETHS` (see `podflow_ebpf::VethSlot`).
+    /// A failure only costs the optimisation: the packet is then counted at both veths and
+    /// deduplicated in user space.
+    fn set_veth_slot(&mut self, ifindex: u32, on: bool) {
+        if ifindex >= VETHS_MAX {
+            return;
+        }
+        let slot = VethSlot {
+            attached: u32::from(on),
+            ..VethSlot::default()
+        };
+        if let Err(e) = self.veths.set(ifindex, slot, 0) {
+            tracing::warn!(ifindex, error = %e, "could not update VETHS");
+        }
+    }
+
+    /// See [`super::Capture::veth_peers`].
+    pub(super) fn veth_peers(&self) -> Vec<(u32, u8, [u8; 16])> {
+        let mut out = Vec::new();
+        for (&ifindex, a) in &self.attached {
+            if a.iface.kind != IfaceKind::Veth || ifindex >= VETHS_MAX {
+                continue;
+            }
+            let Ok(slot) = self.veths.get(&ifindex, 0) else {
+                continue;
+            };
+            if slot.peer4 != [0; 4] {
+                out.push((ifindex, FAMILY_IPV4, podflow_ebpf::ipv4_mapped(slot.peer4)));
+            }
+            if slot.peer6 != [0; 16] {
+                out.push((ifindex, FAMILY_IPV6, slot.peer6));
+            }
+        }
+        out
+    }
+}
+
+/// Attaches both directions or neither.
+fn attach_pair(
+    ebpf: &mut Ebpf,
+    name: &str,
+    ifindex: u32,
+    kind: IfaceKind,
+    mode: AttachMode,
+) -> Result<Attachment, CaptureError> {
+    if mode == AttachMode::Netlink {
+        attach::ensure_clsact(name).map_err(|source| CaptureError::Tc {
+            iface: name.to_owned(),
+            op: "add clsact qdisc",
+            source,
+        })?;
+    }
+    let mut one = |dir: TcAttachType| {
+        let program = attach::program_for(kind, dir);
+        attach::attach_one(ebpf, program, name, dir, mode).map_err(|e| CaptureError::Attach {
+            program,
+            iface: name.to_owned(),
+            direction: dir_str(dir),
+            mode: mode.as_str(),
+            source: Box::new(e),
+        })
+    };
+    let ingress = one(TcAttachType::Ingress)?;
+    let egress = match one(TcAttachType::Egress) {
+        Ok(l) => l,
+        Err(e) => {
+            if let Err(de) = attach::detach_link(ingress, true) {
+                tracing::warn!(iface = name, error = %de, "rolling back ingress attach failed");
+            }
+            return Err(e);
+        }
+    };
+    Ok(Attachment {
+        iface: AttachedInterface {
+            name: name.to_owned(),
+            ifindex,
+            kind,
+            mode,
+        },
+        ingress,
+        egress,
+    })
+}

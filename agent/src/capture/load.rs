@@ -1,0 +1,117 @@
+//! Loading the object: maps sized and opened, `CONFIG` written, programs through the verifier.
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapError},
+    programs::SchedClassifier,
+};
+use podflow_ebpf::{
+    CONFIG, Config, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS,
+    PROG_VETH_EGRESS, PROG_VETH_INGRESS, VETHS,
+};
+
+use super::{Capture, CaptureConfig, CaptureError, drain::Drainer, interfaces::Interfaces};
+
+/// The programs the agent loads (attached ones and the clock sampler).
+const PROGRAMS: [&str; 5] = [
+    PROG_VETH_INGRESS,
+    PROG_VETH_EGRESS,
+    PROG_L3_INGRESS,
+    PROG_L3_EGRESS,
+    PROG_CLOCK,
+];
+
+/// See [`Capture::load_object`].
+pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureError> {
+    let entries = cfg.flow_map_entries.max(1);
+    let mut ebpf = EbpfLoader::new()
+        .map_max_entries(FLOWS_V4, entries)
+        .map_max_entries(FLOWS_V6, entries)
+        .load(obj)
+        .map_err(|e| CaptureError::Load {
+            source: Box::new(e),
+        })?;
+
+    // aya-log: only if the object logs at all.
+    let logger = if ebpf.map("AYA_LOGS").is_some() {
+        match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "ebpf logging unavailable");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    let mut config_map: Array<MapData, Config> = open_map(&mut ebpf, CONFIG)?;
+    config_map
+        .set(
+            0,
+            Config {
+                epoch: 0,
+                sample_rate: cfg.sample_rate,
+            },
+            0,
+        )
+        .map_err(|source| CaptureError::Map {
+            op: "write CONFIG",
+            source,
+        })?;
+    for name in PROGRAMS {
+        load_program(&mut ebpf, name)?;
+    }
+    let drainer = Drainer::new(&mut ebpf, config_map, cfg.sample_rate, entries)?;
+    let interfaces = Interfaces::new(open_map(&mut ebpf, VETHS)?, cfg);
+    tracing::info!(
+        flow_map_entries = drainer.capacity(),
+        sample_rate = drainer.sample_rate(),
+        hz = drainer.clock().hz(),
+        "ebpf programs loaded"
+    );
+    Ok(Capture {
+        interfaces,
+        drainer,
+        ebpf,
+        logger,
+    })
+}
+
+/// Takes the map `name` out of the object as a `T` (a typed aya map).
+pub(super) fn open_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(CaptureError::MissingMap { name })?;
+    T::try_from(map).map_err(|source| CaptureError::OpenMap { name, source })
+}
+
+/// The tc program `name` of the object.
+pub(super) fn program<'a>(
+    ebpf: &'a Ebpf,
+    name: &'static str,
+) -> Result<&'a SchedClassifier, CaptureError> {
+    ebpf.program(name)
+        .ok_or(CaptureError::MissingProgram { name })?
+        .try_into()
+        .map_err(|e| CaptureError::LoadProgram {
+            name,
+            source: Box::new(e),
+        })
+}
+
+/// Loads the tc program `name` of the object into the kernel.
+pub(super) fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), CaptureError> {
+    let err = |e| CaptureError::LoadProgram {
+        name,
+        source: Box::new(e),
+    };
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::MissingProgram { name })?
+        .try_into()
+        .map_err(err)?;
+    prog.load().map_err(err)
+}
