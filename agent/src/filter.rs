@@ -22,7 +22,7 @@ use std::net::IpAddr;
 use thiserror::Error;
 
 use crate::{
-    flows::ip_from_bytes,
+    net::{IpNet, ip_from_bytes},
     proto::{self, flow_event::Event},
 };
 
@@ -52,73 +52,51 @@ pub enum FilterError {
     InvalidMetadata { field: &'static str, value: String },
 }
 
-/// An IPv4 or IPv6 prefix; an address is a prefix of full length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Prefix {
-    V4 { addr: u32, mask: u32 },
-    V6 { addr: u128, mask: u128 },
+/// Parses an IP filter value: a prefix, or an address (a prefix of full length); host bits after
+/// the prefix length are cleared.
+fn parse_prefix(field: &'static str, value: &str) -> Result<IpNet, FilterError> {
+    let trimmed = value.trim();
+    let (addr_text, len_text) = match trimmed.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (trimmed, None),
+    };
+    let addr: IpAddr = addr_text.parse().map_err(|source| FilterError::InvalidIp {
+        field,
+        value: value.to_owned(),
+        source,
+    })?;
+    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let invalid_len = || FilterError::InvalidPrefixLen {
+        field,
+        value: value.to_owned(),
+        max,
+    };
+    let len = match len_text {
+        None => max,
+        Some(text) => text
+            .parse::<u8>()
+            .ok()
+            // Only plain decimal digits: `u8::from_str` would also take "+8".
+            .filter(|_| text.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(invalid_len)?,
+    };
+    IpNet::new(addr, len)
+        .map(|n| n.trunc())
+        .map_err(|_| invalid_len())
 }
 
-impl Prefix {
-    fn parse(field: &'static str, value: &str) -> Result<Self, FilterError> {
-        let trimmed = value.trim();
-        let (addr_text, len_text) = match trimmed.split_once('/') {
-            Some((addr, len)) => (addr, Some(len)),
-            None => (trimmed, None),
-        };
-        let addr: IpAddr = addr_text.parse().map_err(|source| FilterError::InvalidIp {
-            field,
-            value: value.to_owned(),
-            source,
-        })?;
-        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
-        let len = match len_text {
-            None => max,
-            Some(text) => text
-                .parse::<u8>()
-                .ok()
-                // Only plain decimal digits: `u8::from_str` would also take "+8".
-                .filter(|len| *len <= max && text.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| FilterError::InvalidPrefixLen {
-                    field,
-                    value: value.to_owned(),
-                    max,
-                })?,
-        };
-        Ok(match addr {
-            IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                Prefix::V4 {
-                    addr: u32::from(v4) & mask,
-                    mask,
-                }
-            }
-            IpAddr::V6(v6) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                Prefix::V6 {
-                    addr: u128::from(v6) & mask,
-                    mask,
-                }
-            }
-        })
-    }
-
-    /// Whether the flow address `ip` (4 or 16 bytes) is in this prefix. Other lengths never match.
-    fn contains(&self, ip: &[u8]) -> bool {
-        match (self, ip_from_bytes(ip)) {
-            (Prefix::V4 { addr, mask }, Some(IpAddr::V4(v4))) => u32::from(v4) & mask == *addr,
-            (Prefix::V6 { addr, mask }, Some(IpAddr::V6(v6))) => u128::from(v6) & mask == *addr,
-            _ => false,
-        }
-    }
+/// Whether the flow address `ip` (4 or 16 bytes) is in `net`; families match strictly, other
+/// lengths never match.
+fn net_contains(net: &IpNet, ip: &[u8]) -> bool {
+    ip_from_bytes(ip).is_some_and(|a| net.contains(&a))
 }
 
 /// A validated [`proto::FlowFilter`], ready to match events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompiledFilter {
-    ip: Vec<Prefix>,
-    src_ip: Vec<Prefix>,
-    dst_ip: Vec<Prefix>,
+    ip: Vec<IpNet>,
+    src_ip: Vec<IpNet>,
+    dst_ip: Vec<IpNet>,
     port: Vec<u16>,
     src_port: Vec<u16>,
     dst_port: Vec<u16>,
@@ -149,7 +127,7 @@ impl CompiledFilter {
         let prefixes = |field: &'static str, values: &[String]| {
             values
                 .iter()
-                .map(|value| Prefix::parse(field, value))
+                .map(|value| parse_prefix(field, value))
                 .collect::<Result<Vec<_>, _>>()
         };
         let ports = |field: &'static str, values: &[u32]| {
@@ -215,8 +193,11 @@ impl CompiledFilter {
 
     /// Whether `flow` matches: every non-empty field matches, a field when any value matches.
     pub fn matches_flow(&self, flow: &proto::Flow) -> bool {
-        let any_prefix = |prefixes: &[Prefix], ips: &[&[u8]]| {
-            prefixes.is_empty() || prefixes.iter().any(|p| ips.iter().any(|ip| p.contains(ip)))
+        let any_prefix = |prefixes: &[IpNet], ips: &[&[u8]]| {
+            prefixes.is_empty()
+                || prefixes
+                    .iter()
+                    .any(|p| ips.iter().any(|ip| net_contains(p, ip)))
         };
         let any_port = |ports: &[u16], values: &[u32]| {
             ports.is_empty() || ports.iter().any(|p| values.contains(&u32::from(*p)))

@@ -6,7 +6,6 @@
 //! podflow tail --last 20 --since 5m --ip 10.1.0.0/16 -o json
 //! podflow tail --server 127.0.0.1:4245 -f
 //! ```
-pub mod format;
 mod status;
 
 use std::{
@@ -23,6 +22,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 pub use self::status::{StatusArgs, run_status, status_json, status_text};
 use crate::{
     filter::{CompiledFilter, FilterError},
+    format,
     proto::{self, flow_service_client::FlowServiceClient},
 };
 

@@ -3,7 +3,8 @@ use std::io::{self, Write as _};
 
 use serde::Serialize;
 
-use super::{OutputFormat, Server, TailError, connect, format::rfc3339_nanos, parse_server};
+use super::{OutputFormat, Server, TailError, connect, parse_server};
+use crate::format::rfc3339_nanos;
 use crate::proto::{self, flow_service_client::FlowServiceClient};
 
 /// `podflow status`: show the agent's status.

@@ -9,7 +9,6 @@
 //! collector crash, exactly-once otherwise).
 //!
 //! A batch is written to the files, published to the window and only then acknowledged.
-pub mod gke;
 pub mod sink;
 
 use std::{
@@ -37,10 +36,10 @@ use tonic::{
 };
 use tracing::{info, warn};
 
-pub use self::gke::{ClusterInfo, gke_line};
 pub use self::sink::{RotatingWriter, Rotation};
 use crate::{
     api::{FlowApi, Hub, SocketFile, bind_unix, serve_until},
+    format::gke,
     proto::{
         self, ExportAck, ExportBatch,
         collector_service_server::{CollectorService, CollectorServiceServer},
@@ -304,7 +303,7 @@ impl Collector {
                     gke: matches!(args.format, FileFormat::Gke | FileFormat::Both)
                         .then(|| open("flows-gke"))
                         .transpose()?,
-                    cluster: args.cluster.clone().map(|name| ClusterInfo {
+                    cluster: args.cluster.clone().map(|name| gke::ClusterInfo {
                         name,
                         location: args.cluster_location.clone(),
                     }),
@@ -475,7 +474,7 @@ struct Inner {
 struct Sinks {
     native: Option<RotatingWriter>,
     gke: Option<RotatingWriter>,
-    cluster: Option<ClusterInfo>,
+    cluster: Option<gke::ClusterInfo>,
 }
 
 #[derive(Debug, Default)]
@@ -625,7 +624,7 @@ impl Sinks {
         if let Some(native) = &mut self.native {
             let lines = events
                 .iter()
-                .filter_map(|e| crate::cli::format::json_line(e).transpose())
+                .filter_map(|e| crate::format::json_line(e).transpose())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(to_io)?;
             native.write_lines(lines.iter().map(String::as_str))?;
@@ -633,7 +632,7 @@ impl Sinks {
         if let Some(gke) = &mut self.gke {
             let lines = events
                 .iter()
-                .filter_map(|e| gke_line(e, self.cluster.as_ref()).transpose())
+                .filter_map(|e| gke::gke_line(e, self.cluster.as_ref()).transpose())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(to_io)?;
             gke.write_lines(lines.iter().map(String::as_str))?;

@@ -6,8 +6,8 @@ use std::{
 };
 
 use crate::{
-    flows::ip_from_bytes,
     metadata::{Endpoint, EndpointKind, MetadataIndex},
+    net::ip_from_bytes,
     proto,
 };
 

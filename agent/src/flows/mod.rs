@@ -22,12 +22,13 @@
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{Ipv4Addr, Ipv6Addr},
     ops::Range,
     time::Duration,
 };
 
 pub mod enrich;
+pub mod rules;
 
 use podflow_ebpf::{FAMILY_IPV4, FlowKey, FlowStats, KEY_F_FRAGMENT, ObsPoint};
 
@@ -731,23 +732,13 @@ pub fn ip_bytes(family: u8, addr: &[u8; 16]) -> Vec<u8> {
     }
 }
 
-/// Parses the wire form of an address (a record's `src_ip`/`dst_ip`): 4 bytes IPv4, 16 bytes
-/// IPv6, else `None`.
-pub fn ip_from_bytes(b: &[u8]) -> Option<IpAddr> {
-    match b.len() {
-        4 => <[u8; 4]>::try_from(b)
-            .ok()
-            .map(|a| IpAddr::V4(Ipv4Addr::from(a))),
-        16 => <[u8; 16]>::try_from(b)
-            .ok()
-            .map(|a| IpAddr::V6(Ipv6Addr::from(a))),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use podflow_ebpf::{FAMILY_IPV6, IPPROTO_TCP, IPPROTO_UDP};
+
+    use crate::net::ip_from_bytes;
 
     use super::*;
 

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
-use super::index::{IpNet, NodeInfo, OwnerInfo, OwnerRef, PodInfo, PodPhase, ServiceInfo};
+use ipnet::IpNet;
+
+use super::index::{NodeInfo, OwnerInfo, OwnerRef, PodInfo, PodPhase, ServiceInfo};
 
 /// The pod's record; `None` without a UID.
 pub fn pod_info(pod: &Pod) -> Option<PodInfo> {

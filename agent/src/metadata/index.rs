@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+
+use crate::net::{IpNet, canonical};
 
 use super::{Endpoint, EndpointKind};
 
@@ -72,56 +73,6 @@ impl Default for IndexConfig {
             cluster_cidrs: Vec::new(),
             limits: IndexLimits::default(),
         }
-    }
-}
-
-/// An IP prefix (`10.244.0.0/16`, `fd00::/48`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    pub fn new(addr: IpAddr, prefix: u8) -> Option<Self> {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then_some(Self { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for IpNet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s}: not a CIDR"))?;
-        let addr: IpAddr = addr.parse().map_err(|e| format!("{s}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{s}: {e}"))?;
-        IpNet::new(addr, prefix).ok_or_else(|| format!("{s}: prefix too long"))
-    }
-}
-
-impl std::fmt::Display for IpNet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
     }
 }
 
@@ -421,12 +372,12 @@ impl MetadataIndex {
             .any(|c| c.uncertain.is_some_and(|(a, b)| a <= at && at < b));
         let mut ep = match candidates.as_slice() {
             [] => {
-                let kind = if self.confirmed.is_none() || self.ranges.iter().any(|r| r.contains(ip))
-                {
-                    EndpointKind::Unknown
-                } else {
-                    EndpointKind::External
-                };
+                let kind =
+                    if self.confirmed.is_none() || self.ranges.iter().any(|r| r.contains(&ip)) {
+                        EndpointKind::Unknown
+                    } else {
+                        EndpointKind::External
+                    };
                 Endpoint {
                     kind,
                     ..Endpoint::default()
@@ -1129,14 +1080,6 @@ fn close_claims(
     }
 }
 
-/// IPv4-mapped IPv6 addresses are looked up as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1441,20 +1384,5 @@ mod tests {
             "synced, no ranges known"
         );
         assert_eq!(idx.stats().pod_tombstones, 0);
-    }
-
-    #[test]
-    fn ipnet() {
-        let n: IpNet = "10.244.0.0/16".parse().unwrap();
-        assert!(
-            n.contains(ip("10.244.255.1"))
-                && !n.contains(ip("10.245.0.1"))
-                && !n.contains(ip("::1"))
-        );
-        let all: IpNet = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains(ip("1.2.3.4")));
-        let v6: IpNet = "fd00::/8".parse().unwrap();
-        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
-        assert!("10.0.0.0/33".parse::<IpNet>().is_err() && "10.0.0.0".parse::<IpNet>().is_err());
     }
 }

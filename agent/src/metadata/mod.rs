@@ -86,8 +86,8 @@ pub use file_source::{
     run_file_source_every,
 };
 pub use index::{
-    IndexConfig, IndexLimits, IndexStats, IpNet, MetadataIndex, NodeInfo, OwnerInfo, OwnerRef,
-    Partition, PodInfo, PodPhase, ServiceInfo,
+    IndexConfig, IndexLimits, IndexStats, MetadataIndex, NodeInfo, OwnerInfo, OwnerRef, Partition,
+    PodInfo, PodPhase, ServiceInfo,
 };
 pub use kube_source::{KubeSourceConfig, run_kube_source};
 

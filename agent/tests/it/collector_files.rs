@@ -5,8 +5,9 @@ use std::{path::Path, time::Duration};
 
 use crate::support::export::*;
 use podflow::{
-    collector::{ClusterInfo, FileFormat, gke_line},
+    collector::FileFormat,
     export,
+    format::gke::{ClusterInfo, gke_line},
     proto::{self, flow_event::Event},
 };
 use serde_json::{Value, json};
@@ -169,7 +170,7 @@ async fn collector_files_are_valid_and_rotation_is_bounded() {
     let last_line = text.lines().last().unwrap();
     assert_eq!(
         last_line,
-        podflow::cli::format::json_line(events.last().unwrap())
+        podflow::format::json_line(events.last().unwrap())
             .unwrap()
             .unwrap()
     );

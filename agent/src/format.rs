@@ -1,15 +1,18 @@
-//! Output formats of `podflow tail`: pure functions from an event to one line (no newline).
+//! Output formats of a record: pure functions from an event to one line (no newline), used by
+//! `podflow tail` and by the collector's files.
 //!
 //! - JSON: one flat object per flow; the keys are an interface, fixed from now on (new keys may
 //!   be added, none renamed). A loss record is `{"loss":{...}}`.
 //! - compact: one readable line per event.
+pub mod gke;
+
 use std::net::IpAddr;
 
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::{
-    flows::ip_from_bytes,
+    net::ip_from_bytes,
     proto::{self, flow_event::Event},
 };
 

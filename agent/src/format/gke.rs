@@ -17,7 +17,7 @@
 use serde::Serialize;
 
 use crate::{
-    cli::format::{ip_text, rfc3339_nanos},
+    format::{ip_text, rfc3339_nanos},
     proto,
 };
 

@@ -1,0 +1,174 @@
+//! What the agent counts beside the records (kernel counters, plaintext inter-node traffic, the
+//! exporter's view) and the status and loss records it serves from them.
+use podflow_ebpf::KernelCounter;
+
+use crate::{
+    capture::{Capture, KernelCounters},
+    export::{EXPORT_BUFFER_FULL, ExportStats},
+    flows::FlowTable,
+    metrics::Metrics,
+    proto,
+    time::Clock,
+};
+
+/// Loss and informational counters of user space and kernel, as reported in the status.
+#[derive(Debug, Default)]
+pub(super) struct Tallies {
+    pub(super) kernel: KernelCounters,
+    /// The kernel counters as of the last loss records.
+    kernel_reported: KernelCounters,
+    /// Records flagged plaintext inter-node, and their bytes (scaled by the sampling rate).
+    pub(super) plaintext_inter_node_flows: u64,
+    pub(super) plaintext_inter_node_bytes: u64,
+    /// The exporter's view, when exporting to a collector.
+    pub(super) export: Option<ExportStats>,
+}
+
+/// What the status of a running agent says that does not change while it runs.
+pub(super) struct StatusInfo {
+    pub(super) node: String,
+    pub(super) start_time: prost_types::Timestamp,
+    pub(super) flush_interval_ms: u32,
+    pub(super) sampling_rate: u32,
+}
+
+impl StatusInfo {
+    /// The status the API serves now.
+    pub(super) fn status(
+        &self,
+        capture: &Capture,
+        table: &FlowTable,
+        tallies: &Tallies,
+    ) -> proto::GetStatusResponse {
+        proto::GetStatusResponse {
+            node: self.node.clone(),
+            version: crate::VERSION.to_string(),
+            start_time: Some(self.start_time),
+            interfaces: capture
+                .interfaces()
+                .into_iter()
+                .map(|i| proto::Interface {
+                    name: i.name,
+                    ifindex: i.ifindex,
+                    kind: i.kind.as_str().to_string(),
+                    attach_mode: i.mode.as_str().to_string(),
+                })
+                .collect(),
+            flows_active: table.active_flows() as u64,
+            flush_interval_ms: self.flush_interval_ms,
+            sampling_rate: self.sampling_rate,
+            flow_map_capacity: capture.flow_map_capacity(),
+            counters: status_counters(tallies, table),
+            buffered_events: 0,
+            agents: Vec::new(),
+        }
+    }
+}
+
+/// Loss records for every kernel loss counter that grew since the last report.
+pub(super) fn loss_events(
+    counters: &mut Tallies,
+    node: &str,
+    clock: &Clock,
+) -> Vec<proto::FlowEvent> {
+    let mut out = Vec::new();
+    for c in KernelCounter::ALL {
+        if !c.is_loss() {
+            continue;
+        }
+        let i = c as usize;
+        let delta = counters.kernel[i].saturating_sub(counters.kernel_reported[i]);
+        counters.kernel_reported[i] = counters.kernel[i];
+        if delta > 0 {
+            out.push(proto::FlowEvent {
+                event: Some(proto::flow_event::Event::Loss(proto::LossRecord {
+                    time: Some(clock.to_timestamp(clock.mono_now_ns)),
+                    node: node.to_string(),
+                    reason: c.name().to_string(),
+                    count: delta,
+                    unit: "packets".into(),
+                })),
+            });
+        }
+    }
+    out
+}
+
+fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::Counter> {
+    let mut out: Vec<proto::Counter> = KernelCounter::ALL
+        .iter()
+        .map(|c| proto::Counter {
+            name: c.name().to_string(),
+            value: counters.kernel[*c as usize],
+            loss: c.is_loss(),
+            unit: "packets".into(),
+        })
+        .collect();
+    out.push(proto::Counter {
+        name: "plaintext_inter_node_flows".into(),
+        value: counters.plaintext_inter_node_flows,
+        loss: false,
+        unit: "records".into(),
+    });
+    out.push(proto::Counter {
+        name: "plaintext_inter_node_bytes".into(),
+        value: counters.plaintext_inter_node_bytes,
+        loss: false,
+        unit: "bytes".into(),
+    });
+    if let Some(export) = &counters.export {
+        // Always report the buffer-full reason, so its series exists before the first loss.
+        let mut dropped = export.dropped_records.clone();
+        dropped.entry(EXPORT_BUFFER_FULL.to_string()).or_insert(0);
+        for (reason, value) in dropped {
+            out.push(proto::Counter {
+                name: reason,
+                value,
+                loss: true,
+                unit: "records".into(),
+            });
+        }
+        for (name, value) in [
+            ("export_acked_records", export.acked_records),
+            ("export_queue_depth", export.queue_depth),
+            ("export_failures", export.failures),
+            ("export_connected", u64::from(export.connected)),
+        ] {
+            out.push(proto::Counter {
+                name: name.into(),
+                value,
+                loss: false,
+                unit: "records".into(),
+            });
+        }
+    }
+    out.push(proto::Counter {
+        name: "untracked_flows".into(),
+        value: table.untracked(),
+        loss: false,
+        unit: "records".into(),
+    });
+    out
+}
+
+/// Sets the agent's gauges and counters in the metrics.
+pub(super) fn update_metrics(
+    metrics: &Metrics,
+    capture: &Capture,
+    table: &FlowTable,
+    counters: &Tallies,
+) {
+    metrics.set_kernel_counters(&counters.kernel);
+    metrics.set_user_loss("untracked_flows", table.untracked());
+    if let Some(export) = &counters.export {
+        metrics.set_export_queue_depth(usize::try_from(export.queue_depth).unwrap_or(usize::MAX));
+        metrics.set_export_state(export.failures, export.dropped_total());
+    }
+    let ifaces = capture.interfaces();
+    for kind in ["veth", "l3"] {
+        metrics.set_interfaces(
+            kind,
+            ifaces.iter().filter(|i| i.kind.as_str() == kind).count(),
+        );
+    }
+}
