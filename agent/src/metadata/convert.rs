@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 
 use ipnet::IpNet;
 
-use super::index::{NodeInfo, OwnerInfo, OwnerRef, PodInfo, PodPhase, ServiceInfo};
+use super::records::{NodeInfo, OwnerInfo, OwnerRef, PodInfo, PodPhase, ServiceInfo};
 
 /// The pod's record; `None` without a UID.
 pub fn pod_info(pod: &Pod) -> Option<PodInfo> {

@@ -17,7 +17,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use super::convert::{node_info, owner_info, pod_info, service_info};
-use super::index::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
+use super::records::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
 use super::{MetadataError, SharedIndex, write_index};
 
 /// How often the file is checked for changes.

@@ -39,7 +39,7 @@ use kube::{Api, Client};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::convert::{node_info, owner_info, pod_info, service_info};
-use super::index::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
+use super::records::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
 use super::{MetadataError, SharedIndex, write_index};
 
 /// Configuration of [`run_kube_source`].

@@ -75,6 +75,7 @@ mod convert;
 mod file_source;
 mod index;
 mod kube_source;
+mod records;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -85,11 +86,9 @@ pub use file_source::{
     FILE_POLL_INTERVAL, FileSnapshot, apply_snapshot, parse_kubectl_list, run_file_source,
     run_file_source_every,
 };
-pub use index::{
-    IndexConfig, IndexLimits, IndexStats, MetadataIndex, NodeInfo, OwnerInfo, OwnerRef, Partition,
-    PodInfo, PodPhase, ServiceInfo,
-};
+pub use index::{IndexConfig, IndexLimits, IndexStats, MetadataIndex};
 pub use kube_source::{KubeSourceConfig, run_kube_source};
+pub use records::{NodeInfo, OwnerInfo, OwnerRef, Partition, PodInfo, PodPhase, ServiceInfo};
 
 /// What the index knows about one flow endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

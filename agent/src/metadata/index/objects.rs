@@ -1,0 +1,191 @@
+//! Applying Services, Nodes and owners (ReplicaSets, Jobs).
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{Holder, MetadataIndex, NodeRecord, ObjRecord, OwnerEntry, SvcMeta, close_claims};
+use crate::{
+    metadata::records::{NodeInfo, OwnerInfo, ServiceInfo},
+    net::canonical,
+};
+
+impl MetadataIndex {
+    // ---------------------------------------------------------------- services
+
+    pub fn apply_service(&mut self, info: ServiceInfo, now: SystemTime) {
+        let uid: Arc<str> = Arc::from(info.uid.as_str());
+        if !self.services.contains_key(&uid) && self.services.len() >= self.cfg.limits.max_services
+        {
+            self.stats.services_rejected += 1;
+            return;
+        }
+        let mut ips: Vec<IpAddr> = info.ips.iter().copied().map(canonical).collect();
+        ips.dedup();
+        ips.truncate(self.cfg.limits.max_ips_per_object);
+        let old = self
+            .services
+            .remove(&uid)
+            .map(|r| r.ips)
+            .unwrap_or_default();
+        for ip in old.iter().filter(|ip| !ips.contains(ip)) {
+            close_claims(&mut self.claims, *ip, &uid, now);
+        }
+        let holder = Holder::Service(Arc::new(SvcMeta {
+            namespace: info.namespace.clone(),
+            name: info.name.clone(),
+        }));
+        let from = info.created.unwrap_or(now).min(now);
+        for ip in &ips {
+            self.add_claim(*ip, &uid, from, info.created.is_some(), now, holder.clone());
+        }
+        let approx = 96 + info.namespace.len() + info.name.len() + uid.len();
+        self.services.insert(uid, ObjRecord { ips, approx });
+    }
+
+    pub fn delete_service(&mut self, uid: &str, now: SystemTime) {
+        if let Some((uid, rec)) = self.services.remove_entry(uid) {
+            for ip in &rec.ips {
+                close_claims(&mut self.claims, *ip, &uid, now);
+            }
+        }
+    }
+
+    pub fn relist_services(&mut self, infos: Vec<ServiceInfo>, now: SystemTime) {
+        let seen: HashSet<String> = infos.iter().map(|s| s.uid.clone()).collect();
+        let missing: Vec<Arc<str>> = self
+            .services
+            .keys()
+            .filter(|u| !seen.contains(&***u))
+            .cloned()
+            .collect();
+        for uid in missing {
+            self.delete_service(&uid, now);
+        }
+        for info in infos {
+            self.apply_service(info, now);
+        }
+    }
+
+    // ---------------------------------------------------------------- nodes
+
+    pub fn apply_node(&mut self, info: NodeInfo, now: SystemTime) {
+        self.apply_node_inner(info, now);
+        self.rebuild_ranges();
+    }
+
+    fn apply_node_inner(&mut self, info: NodeInfo, now: SystemTime) {
+        let uid: Arc<str> = Arc::from(info.uid.as_str());
+        if !self.nodes.contains_key(&uid) && self.nodes.len() >= self.cfg.limits.max_nodes {
+            self.stats.nodes_rejected += 1;
+            return;
+        }
+        let mut ips: Vec<IpAddr> = info.ips.iter().copied().map(canonical).collect();
+        ips.sort();
+        ips.dedup();
+        ips.truncate(self.cfg.limits.max_ips_per_object);
+        let old = self.nodes.remove(&uid).map(|r| r.ips).unwrap_or_default();
+        for ip in old.iter().filter(|ip| !ips.contains(ip)) {
+            close_claims(&mut self.claims, *ip, &uid, now);
+        }
+        let name: Arc<str> = Arc::from(info.name.as_str());
+        let from = info.created.unwrap_or(now).min(now);
+        for ip in &ips {
+            self.add_claim(*ip, &uid, from, false, now, Holder::Node(Arc::clone(&name)));
+        }
+        let mut pod_cidrs = info.pod_cidrs;
+        pod_cidrs.truncate(self.cfg.limits.max_ips_per_object);
+        self.nodes.insert(
+            uid,
+            NodeRecord {
+                ips,
+                name,
+                pod_cidrs,
+            },
+        );
+    }
+
+    pub fn delete_node(&mut self, uid: &str, now: SystemTime) {
+        if let Some((uid, rec)) = self.nodes.remove_entry(uid) {
+            for ip in &rec.ips {
+                close_claims(&mut self.claims, *ip, &uid, now);
+            }
+        }
+        self.rebuild_ranges();
+    }
+
+    pub fn relist_nodes(&mut self, infos: Vec<NodeInfo>, now: SystemTime) {
+        let seen: HashSet<String> = infos.iter().map(|n| n.uid.clone()).collect();
+        let missing: Vec<Arc<str>> = self
+            .nodes
+            .keys()
+            .filter(|u| !seen.contains(&***u))
+            .cloned()
+            .collect();
+        for uid in missing {
+            if let Some((uid, rec)) = self.nodes.remove_entry(&uid) {
+                for ip in &rec.ips {
+                    close_claims(&mut self.claims, *ip, &uid, now);
+                }
+            }
+        }
+        for info in infos {
+            self.apply_node_inner(info, now);
+        }
+        self.rebuild_ranges();
+    }
+
+    fn rebuild_ranges(&mut self) {
+        let mut ranges = self.cfg.cluster_cidrs.clone();
+        ranges.extend(
+            self.nodes
+                .values()
+                .flat_map(|n| n.pod_cidrs.iter().copied()),
+        );
+        ranges.sort();
+        ranges.dedup();
+        self.ranges = ranges;
+    }
+
+    // ---------------------------------------------------------------- owners
+
+    pub fn apply_owner(&mut self, info: OwnerInfo) {
+        let key = (info.kind, info.namespace, info.name);
+        if !self.owners.contains_key(&key) && self.owners.len() >= self.cfg.limits.max_owners {
+            self.stats.owners_rejected += 1;
+            return;
+        }
+        self.owners.insert(
+            key,
+            OwnerEntry {
+                owner: info.owner,
+                ended: None,
+            },
+        );
+    }
+
+    /// The owner object was deleted; it is kept for the tombstone window so tombstoned pods
+    /// still resolve their workload.
+    pub fn delete_owner(&mut self, kind: &str, namespace: &str, name: &str, now: SystemTime) {
+        let key = (kind.to_owned(), namespace.to_owned(), name.to_owned());
+        if let Some(entry) = self.owners.get_mut(&key) {
+            entry.ended.get_or_insert(now);
+        }
+    }
+
+    /// A complete list of the owners of `kind`.
+    pub fn relist_owners(&mut self, kind: &str, infos: Vec<OwnerInfo>, now: SystemTime) {
+        let seen: HashSet<(String, String)> = infos
+            .iter()
+            .map(|o| (o.namespace.clone(), o.name.clone()))
+            .collect();
+        for ((k, ns, name), entry) in &mut self.owners {
+            if k == kind && !seen.contains(&(ns.clone(), name.clone())) {
+                entry.ended.get_or_insert(now);
+            }
+        }
+        for info in infos {
+            self.apply_owner(info);
+        }
+    }
+}
