@@ -1,8 +1,8 @@
-//! `podflow agent`: the configuration is built from the flags first ([`config`]), then the agent
-//! runs ([`run`](self::run)): one task owns the capture (kernel maps, attached programs) and the
+//! `podflow agent`: the configuration is built from the flags first (`config`), then the agent
+//! runs (`run`): one task owns the capture (kernel maps, attached programs) and the
 //! flow table; it reacts to netlink link events, drains the kernel every flush interval and hands
-//! the records to the flush pipeline ([`flush`]: flow table → enrichment → metrics → API hub and
-//! exporter); [`status`] keeps the counters and the status the API serves. The gRPC server, the
+//! the records to the flush pipeline (`flush`: flow table → enrichment → metrics → API hub and
+//! exporter); `status` keeps the counters and the status the API serves. The gRPC server, the
 //! metadata source, the exporter and the metrics and health endpoints run beside it.
 //! SIGTERM/SIGINT: a last drain (so nothing counted is dropped), then detach exactly what was
 //! attached.

@@ -13,11 +13,11 @@
 //! cap.detach_all();                                          // on SIGTERM: only what we attached
 //! ```
 //!
-//! The rooms: [`load`](self::load) (object, maps, programs), [`interfaces`](self::interfaces)
-//! (which links get which programs, attach and detach, via [`attach`](self::attach) and
-//! [`netlink`]), [`drain`](self::drain) (the epoch flip and reading the maps), [`clock`] (kernel
-//! ticks to wall time), [`sys`](self::sys) (every raw `bpf(2)` and other syscall of the module),
-//! [`testing`](self::testing) (hooks for tests and the benchmark).
+//! The rooms: `load` (object, maps, programs), `interfaces`
+//! (which links get which programs, attach and detach, via `attach` and
+//! `netlink`), `drain` (the epoch flip and reading the maps), [`clock`] (kernel
+//! ticks to wall time), `sys` (every raw `bpf(2)` and other syscall of the module),
+//! `testing` (hooks for tests and the benchmark).
 //!
 //! # Network namespaces
 //!

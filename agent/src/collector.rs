@@ -577,7 +577,7 @@ impl State {
                 losses: agent
                     .losses
                     .iter()
-                    .map(|((reason, unit), count)| proto::Counter {
+                    .map(|((reason, unit), count)| proto::StatusCounter {
                         name: reason.clone(),
                         value: *count,
                         loss: true,
@@ -588,20 +588,20 @@ impl State {
             .collect();
         agents.sort_by(|a, b| (&a.node, &a.agent_id).cmp(&(&b.node, &b.agent_id)));
         let mut counters = vec![
-            proto::Counter {
+            proto::StatusCounter {
                 name: "records_received".into(),
                 value: agents.iter().map(|a| a.records_received).sum(),
                 loss: false,
                 unit: "records".into(),
             },
-            proto::Counter {
+            proto::StatusCounter {
                 name: "duplicate_batches".into(),
                 value: agents.iter().map(|a| a.duplicate_batches).sum(),
                 loss: false,
                 unit: "batches".into(),
             },
         ];
-        counters.push(proto::Counter {
+        counters.push(proto::StatusCounter {
             name: SINK_WRITE_FAILED.into(),
             value: inner.counters.get(SINK_WRITE_FAILED).copied().unwrap_or(0),
             loss: true,

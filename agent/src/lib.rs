@@ -1,7 +1,28 @@
 //! podflow: an eBPF node agent that makes pod traffic visible.
 //!
-//! Data flows one way: kernel maps ([`capture`]) → flow table ([`flows`]) → fan-out to API
-//! subscribers ([`api`]). [`cli`] holds the command-line front ends (`podflow tail`).
+//! Data flows one way, each stage in its own room, wired in one place ([`agent`]):
+//!
+//! ```text
+//! kernel maps ─ capture ─▶ flows ─▶ flows::enrich ◀─ metadata (Kubernetes API / file → index)
+//!  (drain, epoch flip)    (count once,      │
+//!                          records)         ▼
+//!                                 metrics (Prometheus) ──▶ api (gRPC: tail, status)
+//!                                           └────────────▶ export ──▶ collector (files, API)
+//! ```
+//!
+//! - [`capture`]: load the eBPF object, attach to pod veths and WireGuard devices, drain the
+//!   kernel's flow maps exactly once per packet.
+//! - [`flows`]: the flow table (one counting point per flow), records, enrichment with
+//!   [`metadata`], and the flow rules.
+//! - [`metadata`]: sources (Kubernetes API, a `kubectl get -o json` file) and the IP → owner
+//!   index over time.
+//! - [`api`]: the gRPC consumer API (a bounded ring and followers); [`export`]: the acknowledged
+//!   stream to a collector; [`collector`]: receives the streams, serves the same API, writes
+//!   files; [`metrics`]: Prometheus.
+//! - Front ends: [`cli`] (`podflow tail`, `podflow status`), [`format`](mod@format) (JSON, compact and GKE
+//!   lines), [`filter`] (the filters tail and the API share).
+//! - Shared pieces: [`net`] (addresses, CIDRs), [`time`] (kernel clock, timestamps), [`hash`]
+//!   (keyed hasher), [`report`] (error chains), [`logging`], [`privileges`] (the start-up check).
 pub mod agent;
 pub mod api;
 pub mod capture;

@@ -206,7 +206,7 @@ fn read(path: &str) -> Result<String, PrivilegeError> {
     })
 }
 
-/// The `CapEff:` mask of a /proc/<pid>/status text.
+/// The `CapEff:` mask of a `/proc/<pid>/status` text.
 pub fn parse_cap_eff(status: &str) -> Result<u64, PrivilegeError> {
     let value = status
         .lines()

@@ -141,7 +141,7 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
         node.pod("db")?.ipv4
     );
     eprintln!(
-        "podflow demo: node namespace {}, pods frontend/backend/db; agent socket {}\n\
+        "podflow-demo: node namespace {}, pods frontend/backend/db; agent socket {}\n\
          in another terminal: podflow tail -f --server {}\n",
         node.ns.name(),
         sock.display(),

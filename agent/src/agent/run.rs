@@ -222,7 +222,7 @@ fn start_metadata(
     index
 }
 
-/// Allocations from this size on are mapped and unmapped on their own (see [`tune_allocator`]).
+/// Allocations from this size on are mapped and unmapped on their own (see `tune_allocator`).
 pub const MMAP_THRESHOLD: usize = 8 << 20;
 
 /// glibc raises its mmap threshold to the size of every large block freed (up to 32 MiB), after

@@ -94,23 +94,23 @@ pub(super) fn loss_events(
     out
 }
 
-fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::Counter> {
-    let mut out: Vec<proto::Counter> = KernelCounter::ALL
+fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::StatusCounter> {
+    let mut out: Vec<proto::StatusCounter> = KernelCounter::ALL
         .iter()
-        .map(|c| proto::Counter {
+        .map(|c| proto::StatusCounter {
             name: c.name().to_string(),
             value: counters.kernel[*c as usize],
             loss: c.is_loss(),
             unit: "packets".into(),
         })
         .collect();
-    out.push(proto::Counter {
+    out.push(proto::StatusCounter {
         name: "plaintext_inter_node_flows".into(),
         value: counters.plaintext_inter_node_flows,
         loss: false,
         unit: "records".into(),
     });
-    out.push(proto::Counter {
+    out.push(proto::StatusCounter {
         name: "plaintext_inter_node_bytes".into(),
         value: counters.plaintext_inter_node_bytes,
         loss: false,
@@ -121,7 +121,7 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::Counter>
         let mut dropped = export.dropped_records.clone();
         dropped.entry(EXPORT_BUFFER_FULL.to_string()).or_insert(0);
         for (reason, value) in dropped {
-            out.push(proto::Counter {
+            out.push(proto::StatusCounter {
                 name: reason,
                 value,
                 loss: true,
@@ -134,7 +134,7 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::Counter>
             ("export_failures", export.failures),
             ("export_connected", u64::from(export.connected)),
         ] {
-            out.push(proto::Counter {
+            out.push(proto::StatusCounter {
                 name: name.into(),
                 value,
                 loss: false,
@@ -142,7 +142,7 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::Counter>
             });
         }
     }
-    out.push(proto::Counter {
+    out.push(proto::StatusCounter {
         name: "untracked_flows".into(),
         value: table.untracked(),
         loss: false,

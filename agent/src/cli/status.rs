@@ -123,7 +123,7 @@ struct JsonAgent<'a> {
     losses: Vec<JsonCounter<'a>>,
 }
 
-fn json_counters(counters: &[proto::Counter]) -> Vec<JsonCounter<'_>> {
+fn json_counters(counters: &[proto::StatusCounter]) -> Vec<JsonCounter<'_>> {
     counters
         .iter()
         .map(|c| JsonCounter {
@@ -213,7 +213,7 @@ mod tests {
             flush_interval_ms: 5000,
             sampling_rate: 1,
             flow_map_capacity: 65536,
-            counters: vec![proto::Counter {
+            counters: vec![proto::StatusCounter {
                 name: "lost_map_full".into(),
                 value: 3,
                 loss: true,

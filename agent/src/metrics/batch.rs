@@ -2,7 +2,7 @@
 use super::Locality;
 
 /// Flow records summed per label set, borrowing the names from the records: what a flush hands
-/// to [`Metrics::observe_flows`], so that the shared counter families (a lock, a label set of
+/// to [`super::Metrics::observe_flows`], so that the shared counter families (a lock, a label set of
 /// owned strings, three hash lookups) are touched once per label set, not once per record.
 #[derive(Debug, Default)]
 pub struct FlowBatch<'a> {
@@ -60,7 +60,7 @@ impl<'a> FlowBatch<'a> {
         }
     }
 
-    /// Adds one record, as [`Metrics::observe_flow`] takes it.
+    /// Adds one record, as [`super::Metrics::observe_flow`] takes it.
     #[expect(
         clippy::too_many_arguments,
         reason = "the same values as Metrics::observe_flow"

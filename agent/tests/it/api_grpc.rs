@@ -571,7 +571,7 @@ async fn status_round_trip_with_buffered_events() {
         flush_interval_ms: 5000,
         sampling_rate: 1,
         flow_map_capacity: 65536,
-        counters: vec![proto::Counter {
+        counters: vec![proto::StatusCounter {
             name: "lost_map_full".into(),
             value: 3,
             loss: true,

@@ -1,9 +1,12 @@
 //! The tc programs run with `BPF_PROG_TEST_RUN` on crafted packets: verdict, untouched packet data
 //! and the exact effect on the flow maps and counters.
 //!
+//! One concern over 800 lines on purpose: the corpus of crafted packets (malformed, truncated,
+//! IPv6 chains, fragments, VLAN, GSO, L3-only) and the map effects each must have, read as one.
+//!
 //! Privileged (loads eBPF programs): run as root, e.g. `cargo xtask test` or
-//! `sudo -E cargo test -p podflow --test prog_test_run`. With `PODFLOW_SKIP_PRIVILEGED=1` the tests
-//! return early when not root.
+//! `sudo -E cargo test -p podflow --test it -- prog_test_run::`. With `PODFLOW_SKIP_PRIVILEGED=1`
+//! the tests return early when not root.
 use std::net::Ipv6Addr;
 
 use crate::support::{

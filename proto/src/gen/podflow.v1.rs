@@ -205,8 +205,10 @@ pub struct Interface {
     #[prost(string, tag = "4")]
     pub attach_mode: ::prost::alloc::string::String,
 }
+/// One named counter of an agent's or a collector's status (kernel and user-space counters,
+/// losses, exporter state).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct Counter {
+pub struct StatusCounter {
     /// Stable snake_case name.
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
@@ -240,7 +242,7 @@ pub struct GetStatusResponse {
     pub flow_map_capacity: u32,
     /// Every counter, loss counters included.
     #[prost(message, repeated, tag = "9")]
-    pub counters: ::prost::alloc::vec::Vec<Counter>,
+    pub counters: ::prost::alloc::vec::Vec<StatusCounter>,
     /// Events held for GetFlows.
     #[prost(uint64, tag = "10")]
     pub buffered_events: u64,
@@ -273,7 +275,7 @@ pub struct AgentStatus {
     pub duplicate_batches: u64,
     /// Losses the agent declared in its loss records, summed by reason and unit (loss = true).
     #[prost(message, repeated, tag = "9")]
-    pub losses: ::prost::alloc::vec::Vec<Counter>,
+    pub losses: ::prost::alloc::vec::Vec<StatusCounter>,
 }
 /// Generated client implementations.
 pub mod flow_service_client {
