@@ -74,6 +74,12 @@ pub enum AgentError {
         .max.as_secs()
     )]
     FlushInterval { interval: Duration, max: Duration },
+    /// `--conntrack on` and ctnetlink cannot be used.
+    #[error("reading the node's conntrack failed")]
+    Conntrack {
+        #[source]
+        source: crate::conntrack::ConntrackError,
+    },
     /// SIGTERM/SIGINT handlers could not be installed.
     #[error("installing signal handlers failed")]
     Signal {

@@ -78,6 +78,17 @@ pub struct TailArgs {
     /// Workload of the source or destination, `name` or `Kind/name` (repeatable).
     #[arg(long)]
     pub workload: Vec<String>,
+    /// Service the source or the destination was reached through (or is), `name` or
+    /// `namespace/name` (repeatable).
+    #[arg(long)]
+    pub service: Vec<String>,
+    /// Service the destination was reached through, `name` or `namespace/name` (repeatable).
+    #[arg(long)]
+    pub to_service: Vec<String>,
+    /// Service the source was reached through (replies from a Service's backend), `name` or
+    /// `namespace/name` (repeatable).
+    #[arg(long)]
+    pub from_service: Vec<String>,
     /// Only flows that went through WireGuard.
     #[arg(long, conflicts_with = "plaintext")]
     pub encrypted: bool,
@@ -160,6 +171,9 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
         workload: args.workload,
         encrypted: args.encrypted,
         plaintext: args.plaintext,
+        service: args.service,
+        to_service: args.to_service,
+        from_service: args.from_service,
     };
     // The server validates too; checking here gives the error before connecting.
     CompiledFilter::new(&filter)?;

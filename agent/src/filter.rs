@@ -91,6 +91,24 @@ fn net_contains(net: &IpNet, ip: &[u8]) -> bool {
     ip_from_bytes(ip).is_some_and(|a| net.contains(&a))
 }
 
+/// Whether one of `ends` was reached through (or is) one of the Services `wanted` (none wanted:
+/// anything matches).
+fn matches_service(wanted: &[(Option<String>, String)], ends: &[Option<&proto::Endpoint>]) -> bool {
+    let is = |ns: &str, name: &str| {
+        wanted
+            .iter()
+            .any(|(w_ns, w_name)| w_name == name && w_ns.as_deref().is_none_or(|w| w == ns))
+    };
+    wanted.is_empty()
+        || ends.iter().flatten().any(|e| {
+            e.services.iter().any(|s| is(&s.namespace, &s.name))
+                || (e.kind == "service"
+                    && e.service
+                        .split_once('/')
+                        .is_some_and(|(ns, name)| is(ns, name)))
+        })
+}
+
 /// A validated [`proto::FlowFilter`], ready to match events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompiledFilter {
@@ -109,6 +127,10 @@ pub struct CompiledFilter {
     label: Vec<(String, Option<String>)>,
     /// (kind if given, workload name).
     workload: Vec<(Option<String>, String)>,
+    /// (namespace if given, Service name): either end, the destination, the source.
+    service: Vec<(Option<String>, String)>,
+    to_service: Vec<(Option<String>, String)>,
+    from_service: Vec<(Option<String>, String)>,
     encrypted: bool,
     plaintext: bool,
 }
@@ -146,14 +168,21 @@ impl CompiledFilter {
         if filter.interface.iter().any(|name| name.is_empty()) {
             return Err(FilterError::EmptyInterface);
         }
-        for (field, values) in [
-            ("namespace", &filter.namespace),
-            ("pod", &filter.pod),
-            ("label", &filter.label),
-            ("workload", &filter.workload),
+        for (field, values, slashes) in [
+            ("namespace", &filter.namespace, 0),
+            ("pod", &filter.pod, 1),
+            ("label", &filter.label, usize::MAX),
+            ("workload", &filter.workload, 1),
+            ("service", &filter.service, 1),
+            ("to_service", &filter.to_service, 1),
+            ("from_service", &filter.from_service, 1),
         ] {
             if let Some(value) = values.iter().find(|v| {
-                v.is_empty() || v.starts_with('/') || v.ends_with('/') || v.starts_with('=')
+                v.is_empty()
+                    || v.starts_with('/')
+                    || v.ends_with('/')
+                    || v.starts_with('=')
+                    || v.matches('/').count() > slashes
             }) {
                 return Err(FilterError::InvalidMetadata {
                     field,
@@ -181,6 +210,9 @@ impl CompiledFilter {
                 })
                 .collect(),
             workload: filter.workload.iter().map(|w| qualified(w)).collect(),
+            service: filter.service.iter().map(|w| qualified(w)).collect(),
+            to_service: filter.to_service.iter().map(|w| qualified(w)).collect(),
+            from_service: filter.from_service.iter().map(|w| qualified(w)).collect(),
             encrypted: filter.encrypted,
             plaintext: filter.plaintext,
         })
@@ -216,6 +248,9 @@ impl CompiledFilter {
                     .iter()
                     .any(|name| flow.interfaces.contains(name)))
             && self.matches_endpoints(flow)
+            && matches_service(&self.service, &[flow.src.as_ref(), flow.dst.as_ref()])
+            && matches_service(&self.to_service, &[flow.dst.as_ref()])
+            && matches_service(&self.from_service, &[flow.src.as_ref()])
             && (!self.encrypted || flow.encrypted)
             && (!self.plaintext || flow.plaintext_inter_node)
     }
@@ -662,6 +697,66 @@ mod tests {
     }
 
     #[test]
+    fn service_filters_match_the_end_reached_through_the_service() {
+        let svc = |ns: &str, name: &str| proto::ServiceRef {
+            namespace: ns.into(),
+            name: name.into(),
+            port_name: "http".into(),
+            port: 80,
+        };
+        let client = proto::Endpoint {
+            kind: "pod".into(),
+            namespace: "shop".into(),
+            pod: "client".into(),
+            ..Default::default()
+        };
+        let backend = proto::Endpoint {
+            services: vec![svc("shop", "web")],
+            ..client.clone()
+        };
+        let request = proto::Flow {
+            src: Some(client.clone()),
+            dst: Some(backend.clone()),
+            ..Default::default()
+        };
+        let reply = proto::Flow {
+            src: Some(backend),
+            dst: Some(client.clone()),
+            ..Default::default()
+        };
+        // An untranslated record to the ClusterIP itself.
+        let cluster_ip = proto::Flow {
+            src: Some(client),
+            dst: Some(proto::Endpoint {
+                kind: "service".into(),
+                namespace: "shop".into(),
+                service: "shop/web".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let f = |field: &str, v: &str| {
+            let mut filter = proto::FlowFilter::default();
+            match field {
+                "service" => filter.service = vec![v.into()],
+                "to" => filter.to_service = vec![v.into()],
+                _ => filter.from_service = vec![v.into()],
+            }
+            compiled(filter)
+        };
+        for flow in [&request, &reply, &cluster_ip] {
+            assert!(f("service", "web").matches_flow(flow));
+            assert!(f("service", "shop/web").matches_flow(flow));
+            assert!(!f("service", "other/web").matches_flow(flow));
+            assert!(!f("service", "db").matches_flow(flow));
+        }
+        assert!(f("to", "web").matches_flow(&request) && !f("from", "web").matches_flow(&request));
+        assert!(f("from", "shop/web").matches_flow(&reply) && !f("to", "web").matches_flow(&reply));
+        assert!(f("to", "web").matches_flow(&cluster_ip));
+        assert!(!f("service", "web").matches_flow(&proto::Flow::default()));
+    }
+
+    #[test]
     fn metadata_filters_never_match_unknown_endpoints() {
         let f = proto::Flow::default();
         let flt = proto::FlowFilter {
@@ -694,6 +789,18 @@ mod tests {
             },
             proto::FlowFilter {
                 workload: vec!["/x".into()],
+                ..Default::default()
+            },
+            proto::FlowFilter {
+                pod: vec!["a/b/c".into()],
+                ..Default::default()
+            },
+            proto::FlowFilter {
+                to_service: vec!["ns/svc/x".into()],
+                ..Default::default()
+            },
+            proto::FlowFilter {
+                service: vec![String::new()],
                 ..Default::default()
             },
         ] {

@@ -31,11 +31,13 @@ pub mod enrich;
 mod id;
 mod observation;
 pub mod rules;
+mod translate;
 
 use self::id::addr_key;
 pub use self::{
     id::FlowId,
     observation::{Observation, Observed},
+    translate::{NoTranslation, Translate, Translated},
 };
 
 use podflow_ebpf::{FAMILY_IPV4, FlowStats, KEY_F_FRAGMENT, ObsPoint};
@@ -240,9 +242,20 @@ impl FlowTable {
         clock: &Clock,
         ifname: &dyn Fn(u32) -> Option<String>,
     ) -> Vec<proto::Flow> {
+        self.ingest_translated(observations, clock, ifname, &NoTranslation)
+    }
+
+    /// [`FlowTable::ingest`] with the node's translations.
+    pub fn ingest_translated(
+        &mut self,
+        observations: &[Observation],
+        clock: &Clock,
+        ifname: &dyn Fn(u32) -> Option<String>,
+        nat: &dyn Translate,
+    ) -> Vec<proto::Flow> {
         let n = self.group(observations);
         let mut records = Vec::with_capacity(n);
-        self.records(observations, 0..n, clock, ifname, &mut records);
+        self.records(observations, 0..n, clock, ifname, nat, &mut records);
         self.evict(clock);
         records
     }
@@ -418,6 +431,7 @@ impl FlowTable {
         range: Range<usize>,
         clock: &Clock,
         ifname: &dyn Fn(u32) -> Option<String>,
+        nat: &dyn Translate,
         out: &mut Vec<proto::Flow>,
     ) {
         let Some(pending) = self.pending.get(range) else {
@@ -438,6 +452,7 @@ impl FlowTable {
                     &[],
                     clock,
                     ifname,
+                    nat,
                 ));
                 continue;
             }
@@ -486,6 +501,7 @@ impl FlowTable {
                 &extra,
                 clock,
                 ifname,
+                nat,
             ));
         }
     }
@@ -561,6 +577,7 @@ fn record<O: Observed>(
     extra: &[u32],
     clock: &Clock,
     ifname: &dyn Fn(u32) -> Option<String>,
+    nat: &dyn Translate,
 ) -> proto::Flow {
     // The counting point's interface first, then the others in path order, each name once.
     let mut interfaces = Vec::with_capacity(usize::from(p.seen) + extra.len());
@@ -578,7 +595,9 @@ fn record<O: Observed>(
             interfaces.push(n.name.clone());
         }
     }
-    let key = counted.key();
+    // The real ends of a flow the node translated (a Service's backend, a masqueraded client).
+    let translated = nat.translate(counted.key());
+    let key = translated.as_ref().map_or(counted.key(), |t| &t.key);
     // Counted where it entered from a pod: a packet to a pod of this node also left through that
     // pod's veth, whose egress program (seeing it counted upstream) did not count it again.
     if key.obs == ObsPoint::VethIngress as u8
@@ -621,6 +640,7 @@ fn record<O: Observed>(
         dst: None,
         metadata_age: None,
         plaintext_inter_node: false,
+        translation: translated.map(|t| t.to_proto()),
     }
 }
 

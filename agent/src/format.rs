@@ -135,6 +135,9 @@ struct JsonFlow<'a> {
     plaintext_inter_node: bool,
     src: JsonEndpoint<'a>,
     dst: JsonEndpoint<'a>,
+    /// What the node translated; absent when nothing was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    translation: Option<JsonTranslation>,
     /// Seconds; absent when the agent has no metadata source.
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata_age_seconds: Option<f64>,
@@ -155,6 +158,45 @@ struct JsonEndpoint<'a> {
     service: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     ambiguous: bool,
+    /// The Services the endpoint was reached through.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    services: Vec<JsonService<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonService<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    port_name: &'a str,
+    port: u32,
+}
+
+#[derive(Serialize)]
+struct JsonTranslation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_port: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snat_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    snat_port: Option<u32>,
+    reply: bool,
+}
+
+impl JsonTranslation {
+    fn of(t: &proto::Translation) -> Self {
+        let service_ip = ip_text(&t.service_ip);
+        let snat_ip = ip_text(&t.snat_ip);
+        JsonTranslation {
+            service_port: service_ip.as_ref().map(|_| t.service_port),
+            snat_port: snat_ip.as_ref().map(|_| t.snat_port),
+            service_ip,
+            snat_ip,
+            reply: t.reply,
+        }
+    }
 }
 
 impl<'a> JsonEndpoint<'a> {
@@ -179,6 +221,16 @@ impl<'a> JsonEndpoint<'a> {
                 node: &e.node,
                 service: &e.service,
                 ambiguous: e.ambiguous,
+                services: e
+                    .services
+                    .iter()
+                    .map(|s| JsonService {
+                        namespace: &s.namespace,
+                        name: &s.name,
+                        port_name: &s.port_name,
+                        port: s.port,
+                    })
+                    .collect(),
             },
             None => JsonEndpoint {
                 kind: "unknown",
@@ -191,6 +243,7 @@ impl<'a> JsonEndpoint<'a> {
                 node: "",
                 service: "",
                 ambiguous: false,
+                services: Vec::new(),
             },
         }
     }
@@ -237,6 +290,7 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
             plaintext_inter_node: flow.plaintext_inter_node,
             src: JsonEndpoint::of(flow.src.as_ref()),
             dst: JsonEndpoint::of(flow.dst.as_ref()),
+            translation: flow.translation.as_ref().map(JsonTranslation::of),
             metadata_age_seconds: flow.metadata_age.as_ref().map(|d| {
                 #[expect(clippy::cast_precision_loss, reason = "an age in seconds for people")]
                 let secs = d.seconds as f64 + f64::from(d.nanos) / 1e9;
@@ -321,13 +375,11 @@ fn compact_flow(flow: &proto::Flow) -> String {
         flow.packets,
         if flow.packets == 1 { "pkt" } else { "pkts" }
     );
-    let mut fields = vec![
-        time,
-        format!("{src} -> {dst}"),
-        protocol,
-        packets,
-        human_bytes(flow.bytes),
-    ];
+    let mut fields = vec![time, format!("{src} -> {dst}")];
+    if let Some(via) = via_service(flow) {
+        fields.push(via);
+    }
+    fields.extend([protocol, packets, human_bytes(flow.bytes)]);
     if !flow.interfaces.is_empty() {
         fields.push(flow.interfaces.join(","));
     }
@@ -349,7 +401,33 @@ fn compact_flow(flow: &proto::Flow) -> String {
     if flow.fragment {
         fields.push("fragment".to_owned());
     }
+    if let Some(snat) = flow.translation.as_ref().and_then(|t| {
+        let ip = ip_from_bytes(&t.snat_ip)?;
+        Some(endpoint(None, Some(ip), Some(t.snat_port)))
+    }) {
+        fields.push(format!("snat {snat}"));
+    }
     fields.join("  ")
+}
+
+/// `(svc ns/name)` for the Services the flow's ends were reached through (the backend's, for a
+/// translated flow), or `(via ADDR:PORT)` for a translated flow whose Service is not known.
+fn via_service(flow: &proto::Flow) -> Option<String> {
+    let names: Vec<String> = [flow.src.as_ref(), flow.dst.as_ref()]
+        .into_iter()
+        .flatten()
+        .flat_map(|e| &e.services)
+        .map(|s| format!("{}/{}", s.namespace, s.name))
+        .collect();
+    if !names.is_empty() {
+        return Some(format!("(svc {})", names.join(",")));
+    }
+    let t = flow.translation.as_ref()?;
+    let ip = ip_from_bytes(&t.service_ip)?;
+    Some(format!(
+        "(via {})",
+        endpoint(None, Some(ip), Some(t.service_port))
+    ))
 }
 
 /// `namespace/pod` (or `svc:namespace/name`, `node:name`) where the metadata names the endpoint,
@@ -669,5 +747,74 @@ mod tests {
             "2026-11-23T13:05:01.000Z  LOST 3 records (subscriber_lagged)"
         );
         assert_eq!(compact_line(&proto::FlowEvent::default()), None);
+    }
+
+    fn service_flow() -> proto::Flow {
+        let web = proto::ServiceRef {
+            namespace: "shop".into(),
+            name: "web".into(),
+            port_name: "http".into(),
+            port: 80,
+        };
+        proto::Flow {
+            protocol: UDP,
+            src_port: 40000,
+            dst_port: 8080,
+            src: Some(proto::Endpoint {
+                kind: "pod".into(),
+                namespace: "shop".into(),
+                pod: "client".into(),
+                ..Default::default()
+            }),
+            dst: Some(proto::Endpoint {
+                kind: "pod".into(),
+                namespace: "shop".into(),
+                pod: "web-1".into(),
+                services: vec![web],
+                ..Default::default()
+            }),
+            translation: Some(proto::Translation {
+                service_ip: vec![10, 96, 0, 10],
+                service_port: 80,
+                snat_ip: vec![192, 168, 9, 1],
+                snat_port: 61000,
+                reply: false,
+            }),
+            ..tcp_flow()
+        }
+    }
+
+    #[test]
+    fn service_flows_in_json_and_compact() {
+        let line = json_line(&ev(service_flow())).unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            v["dst"]["services"],
+            serde_json::json!([{"namespace": "shop", "name": "web", "port_name": "http", "port": 80}])
+        );
+        assert!(v["src"].get("services").is_none());
+        assert_eq!(
+            v["translation"],
+            serde_json::json!({"service_ip": "10.96.0.10", "service_port": 80,
+                "snat_ip": "192.168.9.1", "snat_port": 61000, "reply": false})
+        );
+        assert!(
+            json_line(&ev(tcp_flow()))
+                .unwrap()
+                .unwrap()
+                .find("translation")
+                .is_none()
+        );
+        let c = compact_line(&ev(service_flow())).unwrap();
+        assert!(
+            c.contains("shop/client:40000 -> shop/web-1:8080  (svc shop/web)  UDP"),
+            "{c}"
+        );
+        assert!(c.ends_with("snat 192.168.9.1:61000"), "{c}");
+        // A translated flow whose Service is not known: the address the client used.
+        let mut unknown = service_flow();
+        unknown.dst.as_mut().unwrap().services.clear();
+        let c = compact_line(&ev(unknown)).unwrap();
+        assert!(c.contains("(via 10.96.0.10:80)"), "{c}");
     }
 }

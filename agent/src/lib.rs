@@ -28,6 +28,7 @@ pub mod api;
 pub mod capture;
 pub mod cli;
 pub mod collector;
+pub mod conntrack;
 pub mod export;
 pub mod filter;
 pub mod flows;

@@ -88,7 +88,10 @@ pub use file_source::{
 };
 pub use index::{IndexConfig, IndexLimits, IndexStats, MetadataIndex};
 pub use kube_source::{KubeSourceConfig, run_kube_source};
-pub use records::{NodeInfo, OwnerInfo, OwnerRef, Partition, PodInfo, PodPhase, ServiceInfo};
+pub use records::{
+    ContainerPort, NodeInfo, OwnerInfo, OwnerRef, Partition, PodInfo, PodPhase, ServiceInfo,
+    ServicePort, TargetPort,
+};
 
 /// What the index knows about one flow endpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -109,6 +112,17 @@ pub struct Endpoint {
     /// More than one owner is possible at that time; the other fields hold only what all the
     /// candidates have in common.
     pub ambiguous: bool,
+}
+
+/// A Service a flow endpoint was reached through.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name; empty when unnamed.
+    pub port_name: String,
+    /// The port the client used: the Service port, or the node port.
+    pub port: u16,
 }
 
 /// What kind of thing an endpoint is.

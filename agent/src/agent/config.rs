@@ -7,6 +7,7 @@ use super::AgentError;
 use crate::{
     api::{self, ApiConfig},
     capture::{AttachModePref, CaptureConfig},
+    conntrack::{ConntrackConfig, ConntrackMode},
     export::{ExporterConfig, TlsClientConfig},
     flows::FlowTableConfig,
     metadata::IndexConfig,
@@ -110,6 +111,15 @@ pub struct AgentArgs {
     /// How to attach: tcx where the kernel has it (≥ 6.6) else clsact + cls_bpf (auto), or force one.
     #[arg(long, value_enum, default_value_t = AttachModePref::Auto)]
     pub attach_mode: AttachModePref,
+    /// Read the node's address translations (kube-proxy's Service DNAT, masquerade) from
+    /// conntrack, so records name the backend behind a Service: `auto` uses ctnetlink where it
+    /// works, `on` refuses to start without it.
+    #[arg(long, value_enum, default_value_t = ConntrackMode::Auto)]
+    pub conntrack: ConntrackMode,
+    /// Translated connections kept at most (~250 B each); beyond, new ones go untranslated and
+    /// are counted (conntrack_table_full).
+    #[arg(long, default_value_t = 131_072)]
+    pub nat_table_entries: usize,
     /// Re-list interfaces this often, in case a netlink event was missed.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
@@ -146,6 +156,7 @@ pub struct AgentConfig {
     /// The metadata source and the index it fills; `None`: records carry addresses only.
     pub metadata: Option<(MetadataSource, IndexConfig)>,
     pub exporter: Option<ExporterConfig>,
+    pub conntrack: ConntrackConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
 }
@@ -209,6 +220,15 @@ impl AgentConfig {
             buffer_bytes: args.buffer_bytes,
             metadata: metadata.transpose()?,
             exporter,
+            conntrack: ConntrackConfig {
+                mode: args.conntrack,
+                max_entries: args.nat_table_entries,
+                // A destroyed entry's last packets are in the next drain at the latest.
+                grace_ns: u64::try_from(
+                    (2 * args.flush_interval + Duration::from_secs(10)).as_nanos(),
+                )
+                .unwrap_or(u64::MAX),
+            },
             metrics_listen: args.metrics_listen,
             health_listen: args.health_listen,
         })

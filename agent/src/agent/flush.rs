@@ -7,6 +7,7 @@ use super::status::{Tallies, loss_events};
 use crate::{
     api::Hub,
     capture::{Capture, FlowEntry, IfaceKind},
+    conntrack::Conntrack,
     export::ExporterHandle,
     flows::{FlowTable, enrich, rules},
     metadata,
@@ -36,6 +37,7 @@ const FLUSH_CHUNK: usize = 256;
 pub(super) fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
+    conntrack: &mut Conntrack,
     counters: &mut Tallies,
     entries: &mut Vec<FlowEntry>,
     out: &Outputs<'_>,
@@ -54,6 +56,9 @@ pub(super) fn flush_once(
             return;
         }
     }
+    // The events of every connection the drain holds packets of are queued by now (see
+    // `conntrack`): apply them before the records are made.
+    conntrack.catch_up();
     let clock = Clock::now();
     let wireguard = capture
         .interfaces()
@@ -65,7 +70,14 @@ pub(super) fn flush_once(
     let mut from = 0;
     while from < n {
         let to = (from + FLUSH_CHUNK).min(n);
-        table.records(entries, from..to, &clock, &ifname, &mut records);
+        table.records(
+            entries,
+            from..to,
+            &clock,
+            &ifname,
+            conntrack.translations(),
+            &mut records,
+        );
         publish_records(&mut records, wireguard, counters, out);
         from = to;
     }
@@ -98,9 +110,11 @@ fn publish_records(
     }
     let node = out.node;
     if let Some(index) = out.index {
-        enrich::enrich(records, &metadata::read_index(index), node);
+        let stats = enrich::enrich(records, &metadata::read_index(index), node);
+        counters.service_unknown += stats.service_unknown;
     }
     for r in records.iter_mut() {
+        counters.translated_records += u64::from(r.translation.is_some());
         r.plaintext_inter_node = rules::plaintext_inter_node(r, wireguard);
         if r.plaintext_inter_node {
             counters.plaintext_inter_node_flows += 1;

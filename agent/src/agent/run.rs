@@ -13,6 +13,7 @@ use super::{
 use crate::{
     api::{self, Hub},
     capture::{Capture, InterfaceChange, LinkWatcher},
+    conntrack::Conntrack,
     flows::FlowTable,
     metadata,
     metrics::{self, Metrics},
@@ -36,6 +37,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut links = LinkWatcher::new()?;
     capture.sync_interfaces()?;
     let mut table = FlowTable::new(cfg.table.clone());
+    let mut conntrack = tokio::task::block_in_place(|| Conntrack::start(cfg.conntrack))
+        .map_err(|source| AgentError::Conntrack { source })?;
 
     let hub = Hub::with_limits(cfg.buffer, cfg.buffer_bytes, cfg.buffer);
     let info = StatusInfo {
@@ -123,6 +126,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     links_open = false;
                 }
             },
+            () = conntrack.readable(), if conntrack.active() => conntrack.catch_up(),
             _ = resync.tick() => match capture.sync_interfaces() {
                 Ok(changes) => {
                     if forget_detached(&changes, &mut table) {
@@ -132,8 +136,9 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &mut tallies, &mut entries, &outputs);
+                flush_once(&mut capture, &mut table, &mut conntrack, &mut tallies, &mut entries, &outputs);
                 tallies.export = exporter.as_ref().map(|e| e.stats());
+                tallies.conntrack = conntrack.stats();
                 update_metrics(&metrics, &capture, &table, &tallies);
                 if let Some(age) = index.as_ref().and_then(|i| metadata::read_index(i).age()) {
                     metrics.set_metadata_age(age.as_secs_f64());
@@ -149,6 +154,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     flush_once(
         &mut capture,
         &mut table,
+        &mut conntrack,
         &mut tallies,
         &mut entries,
         &outputs,

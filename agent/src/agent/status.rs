@@ -4,6 +4,7 @@ use podflow_ebpf::KernelCounter;
 
 use crate::{
     capture::{Capture, KernelCounters},
+    conntrack::ConntrackStats,
     export::{EXPORT_BUFFER_FULL, ExportStats},
     flows::FlowTable,
     metrics::Metrics,
@@ -22,7 +23,40 @@ pub(super) struct Tallies {
     pub(super) plaintext_inter_node_bytes: u64,
     /// The exporter's view, when exporting to a collector.
     pub(super) export: Option<ExportStats>,
+    /// Records the node's conntrack translated (Service backends named), and translated records
+    /// whose Service address names no known Service.
+    pub(super) translated_records: u64,
+    pub(super) service_unknown: u64,
+    /// The conntrack source's view.
+    pub(super) conntrack: ConntrackStats,
 }
+
+impl Tallies {
+    /// Counters of Service attribution, cumulative: (name, value, unit). Those that say where
+    /// a flow could not be attributed are the `attribution_gaps` of the metrics.
+    pub(super) fn attribution(&self) -> [(&'static str, u64, &'static str); 8] {
+        let c = &self.conntrack;
+        [
+            ("translated_records", self.translated_records, "records"),
+            ("conntrack_translations", c.table.added, "connections"),
+            ("conntrack_entries", c.table.entries, "connections"),
+            ("conntrack_table_full", c.table.table_full, "connections"),
+            ("conntrack_events_dropped", c.overflows, "times"),
+            ("conntrack_errors", c.errors, "times"),
+            ("conntrack_unavailable", u64::from(c.unavailable), "state"),
+            ("service_unknown", self.service_unknown, "records"),
+        ]
+    }
+}
+
+/// The attribution counters that say where records could not be attributed to a Service.
+pub(super) const ATTRIBUTION_GAPS: [&str; 5] = [
+    "conntrack_table_full",
+    "conntrack_events_dropped",
+    "conntrack_errors",
+    "conntrack_unavailable",
+    "service_unknown",
+];
 
 /// What the status of a running agent says that does not change while it runs.
 pub(super) struct StatusInfo {
@@ -148,6 +182,17 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::StatusCo
         loss: false,
         unit: "records".into(),
     });
+    out.extend(
+        counters
+            .attribution()
+            .into_iter()
+            .map(|(name, value, unit)| proto::StatusCounter {
+                name: name.into(),
+                value,
+                loss: false,
+                unit: unit.into(),
+            }),
+    );
     out
 }
 
@@ -160,6 +205,15 @@ pub(super) fn update_metrics(
 ) {
     metrics.set_kernel_counters(&counters.kernel);
     metrics.set_user_loss("untracked_flows", table.untracked());
+    for (name, value, _) in counters.attribution() {
+        if ATTRIBUTION_GAPS.contains(&name) {
+            metrics.set_attribution_gap(name, value);
+        }
+    }
+    metrics.set_translations(
+        counters.translated_records,
+        counters.conntrack.table.entries,
+    );
     if let Some(export) = &counters.export {
         metrics.set_export_queue_depth(usize::try_from(export.queue_depth).unwrap_or(usize::MAX));
         metrics.set_export_state(export.failures, export.dropped_total());

@@ -1,18 +1,29 @@
 //! Enrichment: name each record's endpoints with the metadata index, as it was when the packets
-//! were seen, and derive `inter_node` from where the endpoints live.
+//! were seen, name the Services they were reached through, and derive `inter_node` from where the
+//! endpoints live.
 use std::{
     net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
-    metadata::{Endpoint, EndpointKind, MetadataIndex},
+    metadata::{Endpoint, EndpointKind, MetadataIndex, ServiceRef},
     net::ip_from_bytes,
     proto,
 };
 
-/// Fills `src`, `dst`, `metadata_age` and `inter_node` of every record. `node` is this node.
-pub fn enrich(records: &mut [proto::Flow], index: &MetadataIndex, node: &str) {
+/// What enrichment could not do, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnrichStats {
+    /// Translated records whose Service address (the client's destination) names no Service the
+    /// metadata knows: the backend is named, the Service not.
+    pub service_unknown: u64,
+}
+
+/// Fills `src`, `dst` (with the Services they were reached through), `metadata_age` and
+/// `inter_node` of every record. `node` is this node.
+pub fn enrich(records: &mut [proto::Flow], index: &MetadataIndex, node: &str) -> EnrichStats {
+    let mut stats = EnrichStats::default();
     let age = index.age().map(|a| prost_types::Duration {
         seconds: i64::try_from(a.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(a.subsec_nanos()).unwrap_or(0),
@@ -41,6 +52,44 @@ pub fn enrich(records: &mut [proto::Flow], index: &MetadataIndex, node: &str) {
         r.src = src.as_ref().map(to_proto);
         r.dst = dst.as_ref().map(to_proto);
         r.metadata_age = age;
+        let protocol = u8::try_from(r.protocol).unwrap_or(0);
+        match &r.translation {
+            Some(t) if !t.service_ip.is_empty() => {
+                let service = ip_from_bytes(&t.service_ip).and_then(|ip| {
+                    index.service_at(ip, u16::try_from(t.service_port).ok()?, protocol, at)
+                });
+                let backend = if t.reply { &mut r.src } else { &mut r.dst };
+                match (service, backend) {
+                    (Some(s), Some(e)) => e.services.push(service_proto(&s)),
+                    // Before the first sync every name is unknown: not a disagreement.
+                    _ if index.age().is_some() => stats.service_unknown += 1,
+                    _ => {}
+                }
+            }
+            // Nothing translated: the Services that select each pod end on its port.
+            _ => {
+                for (end, port) in [(&mut r.src, r.src_port), (&mut r.dst, r.dst_port)] {
+                    let Some(e) = end else { continue };
+                    if matches!(e.kind.as_str(), "pod" | "host_network_pod")
+                        && !e.uid.is_empty()
+                        && let Ok(port) = u16::try_from(port)
+                    {
+                        let found = index.services_backed_by(&e.uid, port, protocol);
+                        e.services.extend(found.iter().map(service_proto));
+                    }
+                }
+            }
+        }
+    }
+    stats
+}
+
+fn service_proto(s: &ServiceRef) -> proto::ServiceRef {
+    proto::ServiceRef {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        port_name: s.port_name.clone(),
+        port: u32::from(s.port),
     }
 }
 
@@ -76,6 +125,7 @@ pub fn to_proto(e: &Endpoint) -> proto::Endpoint {
             .map(|(ns, name)| format!("{ns}/{name}"))
             .unwrap_or_default(),
         ambiguous: e.ambiguous,
+        services: Vec::new(),
     }
 }
 
@@ -114,5 +164,139 @@ mod tests {
             (p.kind.as_str(), p.service.as_str()),
             ("service", "shop/cart")
         );
+    }
+
+    mod services {
+        use std::{
+            collections::BTreeMap,
+            time::{Duration, Instant},
+        };
+
+        use super::*;
+        use crate::metadata::{
+            ContainerPort, IndexConfig, Partition, PodInfo, PodPhase, ServiceInfo, ServicePort,
+            TargetPort,
+        };
+
+        const BACKEND: [u8; 4] = [10, 44, 0, 3];
+        const CLIENT: [u8; 4] = [10, 44, 0, 2];
+        const VIP: [u8; 4] = [10, 96, 0, 10];
+
+        fn index() -> MetadataIndex {
+            let mut idx = MetadataIndex::new(IndexConfig::default());
+            idx.confirm(Instant::now());
+            let since = SystemTime::now() - Duration::from_secs(60);
+            for (uid, addr, app) in [("b", BACKEND, "web"), ("c", CLIENT, "client")] {
+                idx.apply_pod(
+                    Partition::Local,
+                    PodInfo {
+                        uid: uid.into(),
+                        namespace: "shop".into(),
+                        name: format!("pod-{uid}"),
+                        node: "n1".into(),
+                        ips: vec![IpAddr::from(addr)],
+                        labels: BTreeMap::from([("app".into(), app.into())]),
+                        phase: PodPhase::Running,
+                        ip_since: Some(since),
+                        ip_since_precise: true,
+                        ports: vec![ContainerPort {
+                            name: "http".into(),
+                            port: 8080,
+                            protocol: 6,
+                        }],
+                        ..PodInfo::default()
+                    },
+                    since,
+                );
+            }
+            idx.apply_service(
+                ServiceInfo {
+                    uid: "s".into(),
+                    namespace: "shop".into(),
+                    name: "web".into(),
+                    ips: vec![IpAddr::from(VIP)],
+                    created: Some(since),
+                    selector: BTreeMap::from([("app".into(), "web".into())]),
+                    ports: vec![ServicePort {
+                        name: "http".into(),
+                        protocol: 6,
+                        port: 80,
+                        target: TargetPort::Name("http".into()),
+                        node_port: None,
+                    }],
+                    external_ips: Vec::new(),
+                },
+                since,
+            );
+            idx
+        }
+
+        fn record(src: [u8; 4], sport: u32, dst: [u8; 4], dport: u32) -> proto::Flow {
+            proto::Flow {
+                src_ip: src.to_vec(),
+                dst_ip: dst.to_vec(),
+                src_port: sport,
+                dst_port: dport,
+                protocol: 6,
+                ..Default::default()
+            }
+        }
+
+        fn services(e: Option<&proto::Endpoint>) -> Vec<String> {
+            e.map(|e| {
+                e.services
+                    .iter()
+                    .map(|s| format!("{}/{}:{}:{}", s.namespace, s.name, s.port_name, s.port))
+                    .collect()
+            })
+            .unwrap_or_default()
+        }
+
+        #[test]
+        fn translated_flows_name_the_service_the_client_used() {
+            let idx = index();
+            let translation = |reply: bool, vip: [u8; 4]| proto::Translation {
+                service_ip: vip.to_vec(),
+                service_port: 80,
+                reply,
+                ..Default::default()
+            };
+            let mut request = record(CLIENT, 40000, BACKEND, 8080);
+            request.translation = Some(translation(false, VIP));
+            let mut reply = record(BACKEND, 8080, CLIENT, 40000);
+            reply.translation = Some(translation(true, VIP));
+            let mut unknown = record(CLIENT, 40001, BACKEND, 8080);
+            unknown.translation = Some(translation(false, [10, 96, 0, 99]));
+            let mut recs = [request, reply, unknown];
+            let stats = enrich(&mut recs, &idx, "n1");
+            assert_eq!(services(recs[0].dst.as_ref()), ["shop/web:http:80"]);
+            assert!(services(recs[0].src.as_ref()).is_empty());
+            assert_eq!(services(recs[1].src.as_ref()), ["shop/web:http:80"]);
+            assert!(services(recs[1].dst.as_ref()).is_empty());
+            assert_eq!(recs[1].src.as_ref().map(|e| e.pod.as_str()), Some("pod-b"));
+            // The backend is named, the unknown Service is counted, not guessed.
+            assert!(services(recs[2].dst.as_ref()).is_empty());
+            assert_eq!(recs[2].dst.as_ref().map(|e| e.pod.as_str()), Some("pod-b"));
+            assert_eq!(stats.service_unknown, 1);
+        }
+
+        #[test]
+        fn untranslated_flows_name_the_services_selecting_the_pod_on_its_port() {
+            let idx = index();
+            let mut recs = [
+                record(CLIENT, 40000, BACKEND, 8080),
+                record(BACKEND, 8080, CLIENT, 40000),
+                record(CLIENT, 40000, BACKEND, 9090),
+            ];
+            let stats = enrich(&mut recs, &idx, "n1");
+            assert_eq!(services(recs[0].dst.as_ref()), ["shop/web:http:80"]);
+            assert_eq!(services(recs[1].src.as_ref()), ["shop/web:http:80"]);
+            assert!(services(recs[2].dst.as_ref()).is_empty());
+            assert!(
+                services(recs[0].src.as_ref()).is_empty(),
+                "the client backs nothing"
+            );
+            assert_eq!(stats, EnrichStats::default());
+        }
     }
 }

@@ -525,6 +525,7 @@ fn chunked_ingest_makes_the_same_records_in_start_order() {
             from..(from + 64).min(n),
             &clock(5),
             &names,
+            &NoTranslation,
             &mut got,
         );
     }
@@ -543,7 +544,14 @@ fn chunked_ingest_makes_the_same_records_in_start_order() {
     );
     // Out of range: nothing, no panic.
     let mut none = Vec::new();
-    chunked.records(&drain, n..n + 5, &clock(5), &names, &mut none);
+    chunked.records(
+        &drain,
+        n..n + 5,
+        &clock(5),
+        &names,
+        &NoTranslation,
+        &mut none,
+    );
     assert!(none.is_empty());
 }
 
@@ -670,4 +678,85 @@ fn interface_named_twice_is_listed_once() {
         ifaces,
         [vec!["if99".to_string()], vec!["veth0".to_string()]]
     );
+}
+
+/// Translations of one Service connection: `POD_A:40000 → VIP:80`, DNATed to `POD_B:8080`.
+struct OneService;
+
+const VIP: [u8; 4] = [10, 96, 0, 10];
+
+impl Translate for OneService {
+    fn translate(&self, key: &FlowKey) -> Option<Translated> {
+        let request = (mapped(POD_A), 40000, mapped(VIP), 80);
+        let reply = (mapped(POD_B), 8080, mapped(POD_A), 40000);
+        let seen = (key.src_addr, key.src_port, key.dst_addr, key.dst_port);
+        let (real, is_reply) = if seen == request {
+            ((mapped(POD_A), 40000, mapped(POD_B), 8080), false)
+        } else if seen == reply {
+            (reply, true)
+        } else {
+            return None;
+        };
+        Some(Translated {
+            key: FlowKey {
+                src_addr: real.0,
+                src_port: real.1,
+                dst_addr: real.2,
+                dst_port: real.3,
+                ..*key
+            },
+            service: Some((mapped(VIP), 80)),
+            snat: None,
+            reply: is_reply,
+        })
+    }
+}
+
+#[test]
+fn a_service_flow_names_the_backend_and_stays_same_node() {
+    let mut t = table();
+    // B is known behind its veth (its veth's slot noted it as a destination).
+    t.learn_local(FAMILY_IPV4, &mapped(POD_B), VETH_B, S);
+    let mut request = obs(POD_A, VIP, ObsPoint::VethIngress, VETH_A, 3, 300, (S, S));
+    request.key.protocol = IPPROTO_UDP;
+    let recs = t.ingest_translated(&[request], &clock(2), &names, &OneService);
+    let [r] = recs.as_slice() else {
+        panic!("{recs:?}")
+    };
+    assert_eq!(ip_from_bytes(&r.dst_ip), Some(IpAddr::from(POD_B)));
+    assert_eq!((r.src_port, r.dst_port, r.packets), (40000, 8080, 3));
+    assert!(r.same_node);
+    assert_eq!(r.interfaces, ["vethA", "vethB"]);
+    let x = r
+        .translation
+        .as_ref()
+        .unwrap_or_else(|| panic!("no translation"));
+    assert_eq!(
+        (x.service_ip.as_slice(), x.service_port, x.reply),
+        (&VIP[..], 80, false)
+    );
+    assert!(x.snat_ip.is_empty());
+
+    // The reply, counted where it left the backend.
+    let mut reply = obs(
+        POD_B,
+        POD_A,
+        ObsPoint::VethIngress,
+        VETH_B,
+        3,
+        300,
+        (2 * S, 2 * S),
+    );
+    (reply.key.src_port, reply.key.dst_port, reply.key.protocol) = (8080, 40000, IPPROTO_UDP);
+    let recs = t.ingest_translated(&[reply], &clock(3), &names, &OneService);
+    let [r] = recs.as_slice() else {
+        panic!("{recs:?}")
+    };
+    assert_eq!(ip_from_bytes(&r.src_ip), Some(IpAddr::from(POD_B)));
+    assert!(r.same_node && r.translation.as_ref().is_some_and(|x| x.reply));
+    assert_eq!(r.interfaces, ["vethB", "vethA"]);
+    // Without translations the same observation names the ClusterIP, not same-node.
+    let recs = t.ingest(&[request], &clock(4), &names);
+    assert!(!recs[0].same_node && recs[0].translation.is_none());
+    assert_eq!(ip_from_bytes(&recs[0].dst_ip), Some(IpAddr::from(VIP)));
 }

@@ -57,6 +57,15 @@ struct GkeDetails<'a> {
     cluster: Option<Cluster<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pod: Option<Pod<'a>>,
+    /// The Services the end was reached through, as VPC flow logs list them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    service: Vec<Service<'a>>,
+}
+
+#[derive(Serialize)]
+struct Service<'a> {
+    service_name: &'a str,
+    service_namespace: &'a str,
 }
 
 #[derive(Serialize)]
@@ -122,5 +131,20 @@ fn details<'a>(
         cluster_name: &c.name,
         cluster_location: c.location.as_deref(),
     });
-    (pod.is_some() || cluster.is_some()).then_some(GkeDetails { cluster, pod })
+    let service: Vec<Service<'a>> = endpoint
+        .map(|e| {
+            e.services
+                .iter()
+                .map(|s| Service {
+                    service_name: &s.name,
+                    service_namespace: &s.namespace,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (pod.is_some() || cluster.is_some() || !service.is_empty()).then_some(GkeDetails {
+        cluster,
+        pod,
+        service,
+    })
 }

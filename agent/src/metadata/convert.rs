@@ -9,7 +9,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 
 use ipnet::IpNet;
 
-use super::records::{NodeInfo, OwnerInfo, OwnerRef, PodInfo, PodPhase, ServiceInfo};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::records::{
+    ContainerPort, NodeInfo, OwnerInfo, OwnerRef, PodInfo, PodPhase, ServiceInfo, ServicePort,
+    TargetPort,
+};
 
 /// The pod's record; `None` without a UID.
 pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
@@ -53,7 +58,31 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
             .map_or(PodPhase::Unknown, PodPhase::parse),
         ip_since: sandbox_ready.or(start_time),
         ip_since_precise: sandbox_ready.is_some(),
+        ports: spec
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .filter_map(|p| {
+                        Some(ContainerPort {
+                            name: p.name.clone().filter(|n| !n.is_empty())?,
+                            port: u16::try_from(p.container_port).ok()?,
+                            protocol: protocol_number(p.protocol.as_deref()),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
+}
+
+/// A Kubernetes protocol name as an IP protocol number (TCP when unset).
+pub fn protocol_number(name: Option<&str>) -> u8 {
+    match name {
+        Some("UDP") => 17,
+        Some("SCTP") => 132,
+        _ => 6,
+    }
 }
 
 /// The Service's ClusterIPs (headless `None` skipped); `None` without a UID.
@@ -72,12 +101,59 @@ pub fn service_info(svc: &Service) -> Option<ServiceInfo> {
     {
         ips.push(ip);
     }
+    let ports = spec
+        .and_then(|s| s.ports.as_ref())
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|p| {
+                    let port = u16::try_from(p.port).ok()?;
+                    Some(ServicePort {
+                        name: p.name.clone().unwrap_or_default(),
+                        protocol: protocol_number(p.protocol.as_deref()),
+                        port,
+                        target: match &p.target_port {
+                            Some(IntOrString::Int(n)) => {
+                                TargetPort::Number(u16::try_from(*n).ok()?)
+                            }
+                            Some(IntOrString::String(n)) => match n.parse::<u16>() {
+                                Ok(n) => TargetPort::Number(n),
+                                Err(_) => TargetPort::Name(n.clone()),
+                            },
+                            // Unset: the same as the port.
+                            None => TargetPort::Number(port),
+                        },
+                        node_port: p
+                            .node_port
+                            .and_then(|n| u16::try_from(n).ok())
+                            .filter(|n| *n != 0),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut external_ips: Vec<IpAddr> = spec
+        .and_then(|s| s.external_ips.as_ref())
+        .map(|ips| ips.iter().filter_map(|ip| ip.parse().ok()).collect())
+        .unwrap_or_default();
+    external_ips.extend(
+        svc.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_ref()?.parse::<IpAddr>().ok()),
+    );
     Some(ServiceInfo {
         uid,
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
         ips,
         created: meta.creation_timestamp.as_ref().map(to_system_time),
+        selector: spec.and_then(|s| s.selector.clone()).unwrap_or_default(),
+        ports,
+        external_ips,
     })
 }
 

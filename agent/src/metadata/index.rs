@@ -6,6 +6,7 @@
 mod claims;
 mod objects;
 mod pods;
+mod services;
 #[cfg(test)]
 mod tests;
 
@@ -18,7 +19,7 @@ use crate::net::{IpNet, canonical};
 
 use super::{
     Endpoint, EndpointKind,
-    records::{OwnerRef, Partition},
+    records::{ContainerPort, OwnerRef, Partition, ServicePort},
 };
 
 /// Kubernetes timestamps have one-second granularity: a precise `from` may be up to this much
@@ -120,19 +121,27 @@ struct PodMeta {
     owner: Option<OwnerRef>,
     /// Deployment name from the `pod-template-hash` convention, if it applies.
     deployment_by_hash: Option<String>,
+    /// Named container ports (for Services' named target ports).
+    ports: Vec<ContainerPort>,
 }
 
 #[derive(Debug)]
 struct SvcMeta {
     namespace: String,
     name: String,
+    selector: BTreeMap<String, String>,
+    ports: Vec<ServicePort>,
 }
 
 #[derive(Clone, Debug)]
 enum Holder {
     Pod(Arc<PodMeta>),
     HostNetPod(Arc<PodMeta>),
+    /// A ClusterIP.
     Service(Arc<SvcMeta>),
+    /// An external or LoadBalancer IP of a Service (several Services may share one, on
+    /// different ports).
+    ServiceExternal(Arc<SvcMeta>),
     Node(Arc<str>),
 }
 
@@ -142,7 +151,7 @@ impl Holder {
         match self {
             Holder::Pod(_) => Some(0),
             Holder::Service(_) => Some(1),
-            Holder::HostNetPod(_) | Holder::Node(_) => None,
+            Holder::HostNetPod(_) | Holder::ServiceExternal(_) | Holder::Node(_) => None,
         }
     }
 }
@@ -183,9 +192,12 @@ struct PodRecord {
     final_end: bool,
 }
 
+/// A Service and what it claims beyond its ClusterIPs.
 #[derive(Debug)]
-struct ObjRecord {
+struct SvcRecord {
     ips: Vec<IpAddr>,
+    external_ips: Vec<IpAddr>,
+    meta: Arc<SvcMeta>,
     approx: usize,
 }
 
@@ -211,7 +223,11 @@ pub struct MetadataIndex {
     pods: HashMap<Arc<str>, PodRecord>,
     /// Ended pods, oldest first.
     tombstones: BTreeSet<(SystemTime, Arc<str>)>,
-    services: HashMap<Arc<str>, ObjRecord>,
+    services: HashMap<Arc<str>, SvcRecord>,
+    /// Services by namespace and UID: the ones a pod may back.
+    services_by_ns: HashMap<String, HashMap<Arc<str>, Arc<SvcMeta>>>,
+    /// Node ports (port, protocol) → their Service.
+    node_ports: HashMap<(u16, u8), Arc<SvcMeta>>,
     nodes: HashMap<Arc<str>, NodeRecord>,
     owners: HashMap<OwnerKey, OwnerEntry>,
     claims: HashMap<IpAddr, Vec<Claim>>,
@@ -229,6 +245,8 @@ impl MetadataIndex {
             pods: HashMap::new(),
             tombstones: BTreeSet::new(),
             services: HashMap::new(),
+            services_by_ns: HashMap::new(),
+            node_ports: HashMap::new(),
             nodes: HashMap::new(),
             owners: HashMap::new(),
             claims: HashMap::new(),
@@ -361,7 +379,7 @@ impl MetadataIndex {
                     ambiguous: false,
                 }
             }
-            Holder::Service(svc) => Endpoint {
+            Holder::Service(svc) | Holder::ServiceExternal(svc) => Endpoint {
                 kind: EndpointKind::Service,
                 namespace: svc.namespace.clone(),
                 service: Some((svc.namespace.clone(), svc.name.clone())),

@@ -64,6 +64,17 @@ pub struct PodInfo {
     pub ip_since: Option<SystemTime>,
     /// `ip_since` is the sandbox-ready time (not earlier than the IP assignment minus 1 s).
     pub ip_since_precise: bool,
+    /// The containers' named ports (what a Service's named `targetPort` refers to).
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A named port of a pod's container.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ContainerPort {
+    pub name: String,
+    pub port: u16,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub protocol: u8,
 }
 
 /// A Service with its ClusterIPs.
@@ -72,8 +83,37 @@ pub struct ServiceInfo {
     pub uid: String,
     pub namespace: String,
     pub name: String,
+    /// ClusterIPs.
     pub ips: Vec<IpAddr>,
     pub created: Option<SystemTime>,
+    /// `spec.selector`; empty: the Service selects no pods itself (its EndpointSlices are
+    /// managed by someone else).
+    pub selector: BTreeMap<String, String>,
+    pub ports: Vec<ServicePort>,
+    /// `spec.externalIPs` and the LoadBalancer's ingress IPs: other addresses clients reach the
+    /// Service at.
+    pub external_ips: Vec<IpAddr>,
+}
+
+/// A port of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServicePort {
+    /// Empty when the Service does not name it.
+    pub name: String,
+    /// IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub protocol: u8,
+    pub port: u16,
+    /// Where the Service sends it on the selected pods.
+    pub target: TargetPort,
+    /// The port on every node's addresses (NodePort and LoadBalancer Services).
+    pub node_port: Option<u16>,
+}
+
+/// A Service port's `targetPort`: a number, or the name of a container port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
 }
 
 /// A Node with its addresses and pod CIDRs.

@@ -72,7 +72,12 @@ pub struct Metrics {
     kernel_lost: Family<ReasonLabels, Counter>,
     kernel_last: Mutex<[u64; COUNTER_COUNT as usize]>,
     user_lost: Family<ReasonLabels, Counter>,
-    user_last: Mutex<std::collections::HashMap<String, u64>>,
+    /// The cumulative values last set, by series (`user_lost` and `attribution_gaps` reasons, the
+    /// translated records), to add their growth.
+    last: Mutex<std::collections::HashMap<String, u64>>,
+    attribution_gaps: Family<ReasonLabels, Counter>,
+    translated_records: Counter,
+    conntrack_entries: Gauge,
     interfaces: Family<KindLabels, Gauge>,
     export_queue_depth: Gauge,
     export_failures: Counter,
@@ -100,6 +105,9 @@ impl Metrics {
         let kernel = Family::<CounterLabels, Counter>::default();
         let kernel_lost = Family::<ReasonLabels, Counter>::default();
         let user_lost = Family::<ReasonLabels, Counter>::default();
+        let attribution_gaps = Family::<ReasonLabels, Counter>::default();
+        let translated_records = Counter::default();
+        let conntrack_entries = Gauge::default();
         let interfaces = Family::<KindLabels, Gauge>::default();
         let export_queue_depth = Gauge::default();
         let export_failures = Counter::default();
@@ -146,6 +154,21 @@ impl Metrics {
             "podflow_lost_packets",
             "Packets the kernel could not record into flows, by reason",
             kernel_lost.clone(),
+        );
+        registry.register(
+            "podflow_attribution_gaps",
+            "Times or records a flow could not be attributed to its Service backend, by reason",
+            attribution_gaps.clone(),
+        );
+        registry.register(
+            "podflow_translated_records",
+            "Records of flows the node translated (Service DNAT, masquerade), named by their real ends",
+            translated_records.clone(),
+        );
+        registry.register(
+            "podflow_conntrack_entries",
+            "Translated connections of the node's conntrack that the agent follows",
+            conntrack_entries.clone(),
         );
         registry.register(
             "podflow_user_lost",
@@ -217,7 +240,10 @@ impl Metrics {
             kernel_lost,
             kernel_last: Mutex::new([0; COUNTER_COUNT as usize]),
             user_lost,
-            user_last: Mutex::new(std::collections::HashMap::new()),
+            last: Mutex::new(std::collections::HashMap::new()),
+            attribution_gaps,
+            translated_records,
+            conntrack_entries,
             interfaces,
             export_queue_depth,
             export_failures,
@@ -376,22 +402,42 @@ impl Metrics {
 
     /// Takes a cumulative user-space loss counter (e.g. `untracked_flows`) and adds its growth.
     pub fn set_user_loss(&self, reason: &str, cumulative: u64) {
-        let mut last = self
-            .user_last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let prev = last.insert(reason.to_string(), cumulative).unwrap_or(0);
-        let delta = if cumulative >= prev {
-            cumulative - prev
-        } else {
-            cumulative
-        };
         // Create the series even at 0, so `increase()` sees the first loss.
         let c = self.user_lost.get_or_create(&ReasonLabels {
             reason: reason.to_string(),
         });
-        if delta > 0 {
-            c.inc_by(delta);
+        c.inc_by(self.growth(&format!("user_lost/{reason}"), cumulative));
+    }
+
+    /// Takes a cumulative count of one reason why flows could not be attributed to their
+    /// Service backend (e.g. `conntrack_events_dropped`) and adds its growth.
+    pub fn set_attribution_gap(&self, reason: &str, cumulative: u64) {
+        let c = self.attribution_gaps.get_or_create(&ReasonLabels {
+            reason: reason.to_string(),
+        });
+        c.inc_by(self.growth(&format!("attribution_gaps/{reason}"), cumulative));
+    }
+
+    /// The cumulative count of translated records, and the translated connections followed now.
+    pub fn set_translations(&self, records: u64, entries: u64) {
+        self.translated_records
+            .inc_by(self.growth("translated_records", records));
+        self.conntrack_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// The growth of the cumulative `series` since its previous value (a value below it counts
+    /// as growth from 0: a restarted source).
+    fn growth(&self, series: &str, cumulative: u64) -> u64 {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let prev = last.insert(series.to_string(), cumulative).unwrap_or(0);
+        if cumulative >= prev {
+            cumulative - prev
+        } else {
+            cumulative
         }
     }
 

@@ -86,6 +86,25 @@ fn gke_lines_follow_the_schema_and_vpc_flow_log_types() {
             .map(|e| e.to_string())
             .collect::<Vec<_>>()
     );
+    // A flow to a Service's backend names the Service, as VPC flow logs do.
+    let mut through = with_pods(flow(4, "node-a"), 4);
+    if let Some(Event::Flow(f)) = &mut through.event
+        && let Some(dst) = f.dst.as_mut()
+    {
+        dst.services.push(proto::ServiceRef {
+            namespace: "shop".into(),
+            name: "cart".into(),
+            port_name: "http".into(),
+            port: 80,
+        });
+    }
+    let value: Value = serde_json::from_str(&gke_line(&through, None).unwrap().unwrap()).unwrap();
+    assert_eq!(
+        value["dest_gke_details"],
+        json!({"pod": {"pod_name": "cart-0", "pod_namespace": "shop"},
+               "service": [{"service_name": "cart", "service_namespace": "shop"}]})
+    );
+    assert!(validator.is_valid(&value));
     // Without metadata or cluster: no details at all, still valid.
     let bare: Value =
         serde_json::from_str(&gke_line(&flow(1, "n"), None).unwrap().unwrap()).unwrap();

@@ -132,6 +132,7 @@ fn info(p: &TruthPod, change: Change) -> PodInfo {
         },
         ip_since: with_ip.then(|| at(p.reported_from_ms)),
         ip_since_precise: with_ip && p.precise,
+        ports: Vec::new(),
     }
 }
 

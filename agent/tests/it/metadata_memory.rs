@@ -226,6 +226,7 @@ fn claims_per_ip_labels_and_other_kinds_are_bounded() {
                 name: format!("s{n}"),
                 ips: vec![ip(9_000 + n)],
                 created: Some(t(1)),
+                ..ServiceInfo::default()
             },
             t(2),
         );

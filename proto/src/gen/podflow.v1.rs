@@ -67,6 +67,48 @@ pub struct Flow {
     /// the plaintext traffic an auditor asks about first.
     #[prost(bool, tag = "21")]
     pub plaintext_inter_node: bool,
+    /// What this node's NAT (kube-proxy's Service DNAT, masquerade) changed on the packets, from
+    /// their conntrack entry; absent when nothing was translated. src_ip/dst_ip and the ports are
+    /// then the real ends (the client and the Service backend), whatever the packets carried where
+    /// they were counted.
+    #[prost(message, optional, tag = "22")]
+    pub translation: ::core::option::Option<Translation>,
+}
+/// A flow's address translation by the node (netfilter NAT as done by kube-proxy in iptables,
+/// nftables or IPVS mode, or MASQUERADE), read from its conntrack entry.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Translation {
+    /// The destination the client addressed: a Service's ClusterIP, a node address for a NodePort,
+    /// a LoadBalancer or external IP. For a reply, the address the reply reached the client from.
+    /// Empty when only the source was translated.
+    #[prost(bytes = "vec", tag = "1")]
+    pub service_ip: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint32, tag = "2")]
+    pub service_port: u32,
+    /// The source the node rewrote the client's address and port to (masquerade: a NodePort with
+    /// externalTrafficPolicy Cluster, a pod reaching itself through its Service, a pod reaching an
+    /// external address). Empty when the source was kept.
+    #[prost(bytes = "vec", tag = "3")]
+    pub snat_ip: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub snat_port: u32,
+    /// The record is of the reply direction (backend -> client).
+    #[prost(bool, tag = "5")]
+    pub reply: bool,
+}
+/// A Service a flow endpoint was reached through.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ServiceRef {
+    #[prost(string, tag = "1")]
+    pub namespace: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// The Service port's name, when the Service names it.
+    #[prost(string, tag = "3")]
+    pub port_name: ::prost::alloc::string::String,
+    /// The Service port (for a NodePort: the node port the client used).
+    #[prost(uint32, tag = "4")]
+    pub port: u32,
 }
 /// A flow endpoint, as the agent's metadata (Kubernetes API or a static file) knew it at the time
 /// of the packets.
@@ -99,6 +141,12 @@ pub struct Endpoint {
     /// Several owners were possible at that time: only what they have in common is filled in.
     #[prost(bool, tag = "10")]
     pub ambiguous: bool,
+    /// The Services this endpoint was reached through. A translated flow (see Flow.translation)
+    /// names the one whose address the client used, on its backend end. Without translation on the
+    /// wire (socket load balancing, as Cilium does it, or a client using the pod address), every
+    /// Service that selects this pod and whose target port is the flow's port on this end.
+    #[prost(message, repeated, tag = "11")]
+    pub services: ::prost::alloc::vec::Vec<ServiceRef>,
 }
 /// Packets or records that could not be recorded, by reason, since the previous loss record of the
 /// same reason on the same node.
@@ -174,6 +222,16 @@ pub struct FlowFilter {
     /// Only inter-node flows that did not (see Flow.plaintext_inter_node).
     #[prost(bool, tag = "14")]
     pub plaintext: bool,
+    /// Services as "name" or "namespace/name": match when the source or the destination endpoint
+    /// was reached through one (Endpoint.services) or is one (an untranslated ClusterIP).
+    #[prost(string, repeated, tag = "15")]
+    pub service: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The same, the destination only.
+    #[prost(string, repeated, tag = "16")]
+    pub to_service: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The same, the source only.
+    #[prost(string, repeated, tag = "17")]
+    pub from_service: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetFlowsRequest {

@@ -4,7 +4,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{Holder, MetadataIndex, NodeRecord, ObjRecord, OwnerEntry, SvcMeta, close_claims};
+use super::{Holder, MetadataIndex, NodeRecord, OwnerEntry, SvcMeta, SvcRecord, close_claims};
+
+/// Ports kept per Service (a Service has a handful; the API allows many).
+const MAX_PORTS_PER_SERVICE: usize = 32;
 use crate::{
     metadata::records::{NodeInfo, OwnerInfo, ServiceInfo},
     net::canonical,
@@ -20,32 +23,109 @@ impl MetadataIndex {
             self.stats.services_rejected += 1;
             return;
         }
-        let mut ips: Vec<IpAddr> = info.ips.iter().copied().map(canonical).collect();
-        ips.dedup();
-        ips.truncate(self.cfg.limits.max_ips_per_object);
-        let old = self
-            .services
-            .remove(&uid)
-            .map(|r| r.ips)
-            .unwrap_or_default();
-        for ip in old.iter().filter(|ip| !ips.contains(ip)) {
-            close_claims(&mut self.claims, *ip, &uid, now);
+        let limit = self.cfg.limits.max_ips_per_object;
+        let canonical_ips = |ips: &[IpAddr]| {
+            let mut v: Vec<IpAddr> = ips.iter().copied().map(canonical).collect();
+            v.sort();
+            v.dedup();
+            v.truncate(limit);
+            v
+        };
+        let (ips, external_ips) = (canonical_ips(&info.ips), canonical_ips(&info.external_ips));
+        if let Some(old) = self.forget_service(&uid) {
+            for ip in old.ips.iter().filter(|ip| !ips.contains(ip)) {
+                close_claims(&mut self.claims, *ip, &uid, now);
+            }
+            for ip in old
+                .external_ips
+                .iter()
+                .filter(|ip| !external_ips.contains(ip))
+            {
+                close_claims(&mut self.claims, *ip, &uid, now);
+            }
         }
-        let holder = Holder::Service(Arc::new(SvcMeta {
-            namespace: info.namespace.clone(),
-            name: info.name.clone(),
-        }));
+        let mut ports = info.ports;
+        ports.truncate(MAX_PORTS_PER_SERVICE);
+        let meta = Arc::new(SvcMeta {
+            namespace: info.namespace,
+            name: info.name,
+            selector: info.selector,
+            ports,
+        });
         let from = info.created.unwrap_or(now).min(now);
+        let precise = info.created.is_some();
         for ip in &ips {
-            self.add_claim(*ip, &uid, from, info.created.is_some(), now, holder.clone());
+            self.add_claim(
+                *ip,
+                &uid,
+                from,
+                precise,
+                now,
+                Holder::Service(Arc::clone(&meta)),
+            );
         }
-        let approx = 96 + info.namespace.len() + info.name.len() + uid.len();
-        self.services.insert(uid, ObjRecord { ips, approx });
+        for ip in &external_ips {
+            let holder = Holder::ServiceExternal(Arc::clone(&meta));
+            self.add_claim(*ip, &uid, from, precise, now, holder);
+        }
+        for p in &meta.ports {
+            if let Some(n) = p.node_port {
+                self.node_ports.insert((n, p.protocol), Arc::clone(&meta));
+            }
+        }
+        self.services_by_ns
+            .entry(meta.namespace.clone())
+            .or_default()
+            .insert(Arc::clone(&uid), Arc::clone(&meta));
+        let approx = 160
+            + meta.namespace.len()
+            + meta.name.len()
+            + uid.len()
+            + (meta.selector.iter())
+                .map(|(k, v)| k.len() + v.len() + 64)
+                .sum::<usize>()
+            + (meta.ports.iter())
+                .map(|p| p.name.len() + 48)
+                .sum::<usize>()
+            + 17 * (ips.len() + external_ips.len());
+        self.services.insert(
+            uid,
+            SvcRecord {
+                ips,
+                external_ips,
+                meta,
+                approx,
+            },
+        );
+    }
+
+    /// Removes a Service's record and what is derived from it (claims stay, to be closed by the
+    /// caller); returns the record.
+    fn forget_service(&mut self, uid: &Arc<str>) -> Option<SvcRecord> {
+        let old = self.services.remove(uid)?;
+        if let Some(by_uid) = self.services_by_ns.get_mut(&old.meta.namespace) {
+            by_uid.remove(uid);
+            if by_uid.is_empty() {
+                self.services_by_ns.remove(&old.meta.namespace);
+            }
+        }
+        for p in &old.meta.ports {
+            if let Some(n) = p.node_port
+                && self
+                    .node_ports
+                    .get(&(n, p.protocol))
+                    .is_some_and(|m| Arc::ptr_eq(m, &old.meta))
+            {
+                self.node_ports.remove(&(n, p.protocol));
+            }
+        }
+        Some(old)
     }
 
     pub fn delete_service(&mut self, uid: &str, now: SystemTime) {
-        if let Some((uid, rec)) = self.services.remove_entry(uid) {
-            for ip in &rec.ips {
+        let uid: Arc<str> = Arc::from(uid);
+        if let Some(rec) = self.forget_service(&uid) {
+            for ip in rec.ips.iter().chain(&rec.external_ips) {
                 close_claims(&mut self.claims, *ip, &uid, now);
             }
         }

@@ -266,6 +266,7 @@ impl MetadataIndex {
             labels,
             owner: info.owner.clone(),
             deployment_by_hash,
+            ports: info.ports.clone(),
         }
     }
 }

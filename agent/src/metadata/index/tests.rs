@@ -1,6 +1,8 @@
 //! Tests of the index: ownership over time, IP reuse, gaps, tombstones, ranges, owner chains.
 use super::*;
-use crate::metadata::records::{NodeInfo, OwnerInfo, PodInfo, PodPhase};
+use crate::metadata::records::{
+    NodeInfo, OwnerInfo, PodInfo, PodPhase, ServiceInfo, ServicePort, TargetPort,
+};
 use std::time::UNIX_EPOCH;
 
 fn t(s: u64) -> SystemTime {
@@ -302,4 +304,157 @@ fn age_and_tombstone_expiry() {
         "synced, no ranges known"
     );
     assert_eq!(idx.stats().pod_tombstones, 0);
+}
+
+fn service(uid: &str, name: &str, cluster_ip: &str, ports: Vec<ServicePort>) -> ServiceInfo {
+    ServiceInfo {
+        uid: uid.into(),
+        namespace: "ns".into(),
+        name: name.into(),
+        ips: vec![ip(cluster_ip)],
+        created: Some(t(1)),
+        selector: BTreeMap::from([("app".into(), "web".into())]),
+        ports,
+        external_ips: Vec::new(),
+    }
+}
+
+fn port(name: &str, port: u16, target: TargetPort, node_port: Option<u16>) -> ServicePort {
+    ServicePort {
+        name: name.into(),
+        protocol: 6,
+        port,
+        target,
+        node_port,
+    }
+}
+
+fn svc_names(refs: &[crate::metadata::ServiceRef]) -> Vec<(String, String, u16)> {
+    refs.iter()
+        .map(|r| (r.name.clone(), r.port_name.clone(), r.port))
+        .collect()
+}
+
+#[test]
+fn services_by_address_port_and_node_port() {
+    let mut idx = index();
+    let mut web = service(
+        "s1",
+        "web",
+        "10.96.0.10",
+        vec![
+            port("http", 80, TargetPort::Name("http".into()), Some(30080)),
+            port("", 443, TargetPort::Number(8443), None),
+        ],
+    );
+    web.external_ips = vec![ip("203.0.113.5")];
+    idx.apply_service(web, t(2));
+    // A second Service on the same external IP, another port.
+    let mut admin = service(
+        "s2",
+        "admin",
+        "10.96.0.11",
+        vec![port("a", 9000, TargetPort::Number(9000), None)],
+    );
+    admin.external_ips = vec![ip("203.0.113.5")];
+    idx.apply_service(admin, t(2));
+    let at = |a: &str, p: u16| idx.service_at(ip(a), p, 6, t(3));
+    assert_eq!(
+        at("10.96.0.10", 80).map(|s| (s.name, s.port_name, s.port)),
+        Some(("web".into(), "http".into(), 80))
+    );
+    assert_eq!(
+        at("10.96.0.10", 443).map(|s| s.port_name),
+        Some(String::new())
+    );
+    assert_eq!(
+        at("203.0.113.5", 9000).map(|s| s.name),
+        Some("admin".into())
+    );
+    assert_eq!(at("203.0.113.5", 443).map(|s| s.name), Some("web".into()));
+    // A node port, on any node address.
+    assert_eq!(
+        at("192.168.9.1", 30080).map(|s| (s.name, s.port)),
+        Some(("web".into(), 30080))
+    );
+    assert!(
+        idx.service_at(ip("10.96.0.10"), 80, 17, t(3)).is_none(),
+        "UDP is another port"
+    );
+    assert!(at("10.96.0.10", 81).is_none());
+    // Before the Service existed, and after it was deleted (its tombstone still answers).
+    assert!(at("10.96.0.99", 80).is_none());
+    idx.delete_service("s1", t(10));
+    assert!(idx.service_at(ip("10.96.0.10"), 80, 6, t(9)).is_some());
+    assert!(idx.service_at(ip("10.96.0.10"), 80, 6, t(11)).is_none());
+    assert!(idx.service_at(ip("192.168.9.1"), 30080, 6, t(11)).is_none());
+}
+
+#[test]
+fn services_a_pod_backs_by_selector_and_target_port() {
+    let mut idx = index();
+    let mut p = pod("a", "10.0.0.5", 1, true);
+    p.labels.insert("app".into(), "web".into());
+    p.ports = vec![crate::metadata::ContainerPort {
+        name: "http".into(),
+        port: 8080,
+        protocol: 6,
+    }];
+    idx.apply_pod(Partition::Local, p.clone(), t(2));
+    idx.apply_service(
+        service(
+            "s1",
+            "web",
+            "10.96.0.10",
+            vec![port("http", 80, TargetPort::Name("http".into()), None)],
+        ),
+        t(2),
+    );
+    idx.apply_service(
+        service(
+            "s2",
+            "web-direct",
+            "10.96.0.11",
+            vec![port("p", 8080, TargetPort::Number(8080), None)],
+        ),
+        t(2),
+    );
+    // Selects other pods only.
+    let mut other = service(
+        "s3",
+        "db",
+        "10.96.0.12",
+        vec![port("", 8080, TargetPort::Number(8080), None)],
+    );
+    other.selector = BTreeMap::from([("app".into(), "db".into())]);
+    idx.apply_service(other, t(2));
+    // No selector: selects nothing by itself.
+    let mut manual = service(
+        "s4",
+        "manual",
+        "10.96.0.13",
+        vec![port("", 8080, TargetPort::Number(8080), None)],
+    );
+    manual.selector.clear();
+    idx.apply_service(manual, t(2));
+    assert_eq!(
+        svc_names(&idx.services_backed_by("a", 8080, 6)),
+        [
+            ("web".to_owned(), "http".to_owned(), 80),
+            ("web-direct".to_owned(), "p".to_owned(), 8080)
+        ]
+    );
+    assert!(idx.services_backed_by("a", 8080, 17).is_empty());
+    assert!(idx.services_backed_by("a", 9999, 6).is_empty());
+    assert!(idx.services_backed_by("nobody", 8080, 6).is_empty());
+    // Another namespace's Service with the same selector does not count.
+    let mut elsewhere = service(
+        "s5",
+        "web",
+        "10.96.0.14",
+        vec![port("", 8080, TargetPort::Number(8080), None)],
+    );
+    elsewhere.namespace = "other".into();
+    idx.apply_service(elsewhere, t(2));
+    assert_eq!(idx.services_backed_by("a", 8080, 6).len(), 2);
 }

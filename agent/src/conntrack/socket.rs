@@ -1,0 +1,184 @@
+//! The ctnetlink sockets: one subscribed to translated entries' `NEW` and `DESTROY` events, read
+//! without blocking; one for dumps, opened when a dump is needed.
+use std::{
+    io,
+    os::fd::AsRawFd as _,
+    time::{Duration, Instant},
+};
+
+use netlink_sys::Socket;
+use tokio::io::{Interest, unix::AsyncFd};
+
+use super::{
+    ConntrackError, NatTable,
+    message::{
+        Message, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, dump_request,
+        messages,
+    },
+    sys,
+};
+
+/// The events socket's receive buffer: ~50 000 events of ~300 bytes, what a 10 000-connection/s
+/// node announces while a large flush keeps the loop busy.
+const EVENT_BUFFER_BYTES: usize = 16 << 20;
+/// One datagram: an event is one message; a dump sends up to ~32 KiB per datagram.
+const RECV_BUF: usize = 64 << 10;
+/// A dump that takes longer than this is abandoned (counted as a failed resync).
+const DUMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What reading the events socket found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Messages applied to the table.
+    pub applied: u64,
+    /// Messages that could not be read (malformed, unexpected).
+    pub skipped: u64,
+    /// The kernel dropped events (`ENOBUFS`): the table needs a resync.
+    pub overflowed: bool,
+}
+
+/// The subscription to the node's translated conntrack entries.
+#[derive(Debug)]
+pub struct ConntrackWatcher {
+    events: AsyncFd<Socket>,
+    buf: Vec<u8>,
+    seq: u32,
+}
+
+impl ConntrackWatcher {
+    /// Opens and subscribes the events socket in the calling thread's network namespace. Call
+    /// [`ConntrackWatcher::resync`] next, for the entries that exist already.
+    pub fn open() -> Result<ConntrackWatcher, ConntrackError> {
+        let unavailable = |op| move |source| ConntrackError::Unavailable { op, source };
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(unavailable("socket"))?;
+        sock.bind_auto().map_err(unavailable("bind"))?;
+        // The filter first, so that no untranslated event is ever queued.
+        sys::attach_filter(sock.as_raw_fd(), &sys::nat_filter())
+            .map_err(unavailable("attach the socket filter"))?;
+        for group in [NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY] {
+            sock.add_membership(group)
+                .map_err(unavailable("subscribe to conntrack events"))?;
+        }
+        if let Err(e) = sys::force_rcvbuf(sock.as_raw_fd(), EVENT_BUFFER_BYTES) {
+            tracing::warn!(error = %e, "conntrack: keeping the default socket buffer; bursts of new connections may overflow it (counted)");
+        }
+        sock.set_non_blocking(true)
+            .map_err(unavailable("set non-blocking"))?;
+        // SAFETY: the `Socket` owns its descriptor, keeps it open until dropped and always
+        // returns the same one from `as_raw_fd`; the `AsyncFd` owns the `Socket`.
+        let events =
+            unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| {
+                ConntrackError::Unavailable {
+                    op: "register with the runtime",
+                    source: e.into_parts().1,
+                }
+            })?;
+        Ok(ConntrackWatcher {
+            events,
+            buf: Vec::with_capacity(RECV_BUF),
+            seq: 0,
+        })
+    }
+
+    /// Waits until events are ready to be read.
+    pub async fn readable(&self) -> Result<(), ConntrackError> {
+        let mut guard = self
+            .events
+            .readable()
+            .await
+            .map_err(|source| ConntrackError::Read {
+                op: "poll the events socket",
+                source,
+            })?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Applies every event queued now to `table` (at `now_ns`), without blocking.
+    pub fn read_events(
+        &mut self,
+        table: &mut NatTable,
+        now_ns: u64,
+    ) -> Result<ReadOutcome, ConntrackError> {
+        let mut out = ReadOutcome::default();
+        loop {
+            self.buf.clear();
+            match self
+                .events
+                .get_ref()
+                .recv(&mut self.buf, libc::MSG_DONTWAIT)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The kernel dropped events for us; the socket stays usable.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    out.overflowed = true;
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ConntrackError::Read {
+                        op: "receive events",
+                        source,
+                    });
+                }
+            }
+            for m in messages(&self.buf) {
+                match m {
+                    Message::Conn(c) => {
+                        table.apply(&c, now_ns);
+                        out.applied += 1;
+                    }
+                    Message::Skipped(_) | Message::Error(_) | Message::Done => out.skipped += 1,
+                }
+            }
+        }
+    }
+
+    /// Rebuilds `table` from a dump of the kernel's entries (at start, and after events were
+    /// dropped): entries the dump lacks were destroyed meanwhile. Returns the entries listed.
+    pub fn resync(&mut self, table: &mut NatTable, now_ns: u64) -> Result<u64, ConntrackError> {
+        let unavailable = |op| move |source| ConntrackError::Unavailable { op, source };
+        let read = |op| move |source| ConntrackError::Read { op, source };
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(unavailable("socket"))?;
+        sock.bind_auto().map_err(unavailable("bind"))?;
+        sys::recv_timeout(sock.as_raw_fd(), Duration::from_secs(5))
+            .map_err(unavailable("set a receive timeout"))?;
+        self.seq = self.seq.wrapping_add(1);
+        sock.send(&dump_request(self.seq), 0)
+            .map_err(read("request a dump"))?;
+        table.begin_resync();
+        let deadline = Instant::now() + DUMP_TIMEOUT;
+        let mut listed = 0;
+        let mut buf = Vec::with_capacity(RECV_BUF);
+        loop {
+            if Instant::now() > deadline {
+                return Err(ConntrackError::Read {
+                    op: "dump",
+                    source: io::Error::new(io::ErrorKind::TimedOut, "the dump took over 30 s"),
+                });
+            }
+            buf.clear();
+            sock.recv(&mut buf, 0).map_err(read("receive the dump"))?;
+            for m in messages(&buf) {
+                match m {
+                    Message::Conn(c) => {
+                        table.apply_listed(&c);
+                        listed += 1;
+                    }
+                    Message::Done => {
+                        table.end_resync(now_ns);
+                        return Ok(listed);
+                    }
+                    Message::Error(errno) if errno != 0 => {
+                        return Err(ConntrackError::Read {
+                            op: "dump",
+                            source: io::Error::from_raw_os_error(-errno),
+                        });
+                    }
+                    Message::Error(_) | Message::Skipped(_) => {}
+                }
+            }
+        }
+    }
+}

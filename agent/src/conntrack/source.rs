@@ -1,0 +1,152 @@
+//! The conntrack source as the agent runs it: the watcher (when ctnetlink can be used), the
+//! table, and what went wrong, counted.
+use super::{ConntrackError, ConntrackWatcher, NatStats, NatTable};
+use crate::{flows::Translate, report::error_chain, time::monotonic_ns};
+
+/// Whether to read the node's translations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ConntrackMode {
+    /// Use ctnetlink where it works; without it, say so and go on with what the wire carries.
+    #[default]
+    Auto,
+    /// Refuse to start without ctnetlink.
+    On,
+    /// Never read conntrack.
+    Off,
+}
+
+/// How the source is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    pub mode: ConntrackMode,
+    /// Translated connections kept at most.
+    pub max_entries: usize,
+    /// How long a destroyed entry still translates records (its last packets may be in the
+    /// next drain).
+    pub grace_ns: u64,
+}
+
+/// Counters of the source, cumulative (the table's and the watcher's).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConntrackStats {
+    pub table: NatStats,
+    /// Times the kernel dropped events for us (`ENOBUFS`; it does not say how many).
+    pub overflows: u64,
+    /// Dumps that rebuilt the table (the first one included).
+    pub resyncs: u64,
+    /// Failed reads or dumps.
+    pub errors: u64,
+    /// Messages that could not be read.
+    pub skipped: u64,
+    /// ctnetlink could not be used (mode `auto`); nothing is translated.
+    pub unavailable: bool,
+}
+
+/// The node's translations, kept current.
+#[derive(Debug)]
+pub struct Conntrack {
+    watcher: Option<ConntrackWatcher>,
+    table: NatTable,
+    stats: ConntrackStats,
+}
+
+impl Conntrack {
+    /// Opens the watcher (in the calling thread's network namespace) and loads the entries that
+    /// exist already. `Off`, or `Auto` without ctnetlink: a source that translates nothing.
+    pub fn start(cfg: ConntrackConfig) -> Result<Conntrack, ConntrackError> {
+        let mut ct = Conntrack {
+            watcher: None,
+            table: NatTable::new(cfg.max_entries, cfg.grace_ns),
+            stats: ConntrackStats::default(),
+        };
+        if cfg.mode == ConntrackMode::Off {
+            return Ok(ct);
+        }
+        match ConntrackWatcher::open() {
+            Ok(w) => ct.watcher = Some(w),
+            Err(e) if cfg.mode == ConntrackMode::Auto => {
+                tracing::warn!(error = %error_chain(&e),
+                    "conntrack: cannot read the node's address translations; records through Services name the ClusterIP, not the backend");
+                ct.stats.unavailable = true;
+                return Ok(ct);
+            }
+            Err(e) => return Err(e),
+        }
+        ct.resync();
+        tracing::info!(
+            translated = ct.table.stats().entries,
+            "conntrack: following the node's address translations"
+        );
+        Ok(ct)
+    }
+
+    /// Whether events are being followed.
+    pub fn active(&self) -> bool {
+        self.watcher.is_some()
+    }
+
+    /// Waits until events are ready (forever when not active).
+    pub async fn readable(&self) {
+        match &self.watcher {
+            Some(w) => {
+                if let Err(e) = w.readable().await {
+                    tracing::warn!(error = %error_chain(&e), "conntrack: polling failed");
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Applies every queued event (and resyncs if some were dropped), then forgets entries
+    /// destroyed longer ago than the grace period. Before a drain is turned into records, this
+    /// makes the table hold every connection whose packets the drain counted.
+    pub fn catch_up(&mut self) {
+        let now = monotonic_ns();
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        match w.read_events(&mut self.table, now) {
+            Ok(out) => {
+                self.stats.skipped += out.skipped;
+                if out.overflowed {
+                    self.stats.overflows += 1;
+                    tracing::warn!(
+                        "conntrack: the kernel dropped events (socket buffer full); rebuilding from a dump"
+                    );
+                    self.resync();
+                }
+            }
+            Err(e) => {
+                self.stats.errors += 1;
+                tracing::warn!(error = %error_chain(&e), "conntrack: reading events failed");
+            }
+        }
+        self.table.expire(now);
+    }
+
+    fn resync(&mut self) {
+        let Some(w) = self.watcher.as_mut() else {
+            return;
+        };
+        match w.resync(&mut self.table, monotonic_ns()) {
+            Ok(_) => self.stats.resyncs += 1,
+            Err(e) => {
+                self.stats.errors += 1;
+                tracing::warn!(error = %error_chain(&e), "conntrack: dump failed; connections older than the events are not translated");
+            }
+        }
+    }
+
+    pub fn stats(&self) -> ConntrackStats {
+        ConntrackStats {
+            table: self.table.stats(),
+            ..self.stats
+        }
+    }
+
+    /// The translations, for the flow table.
+    pub fn translations(&self) -> &dyn Translate {
+        &self.table
+    }
+}

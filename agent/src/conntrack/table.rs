@@ -1,0 +1,429 @@
+//! The translations the node's conntrack holds, by the tuples a record can carry, kept as the
+//! kernel announces entries and a little while after it destroys them.
+use std::collections::{HashMap, VecDeque};
+
+use podflow_ebpf::{FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6};
+
+use super::message::{Conn, IPS_DST_NAT, IPS_SRC_NAT, Kind, reversed};
+use crate::{
+    flows::{FlowId, Translate, Translated},
+    hash::{FlowHashState, flow_hash_state},
+};
+
+/// Counters of the table, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatStats {
+    /// Translated entries announced (events and dumps).
+    pub added: u64,
+    /// Destroy events of known entries.
+    pub destroyed: u64,
+    /// Entries not kept because the table was full of live entries (their flows go
+    /// untranslated).
+    pub table_full: u64,
+    /// Live entries now.
+    pub entries: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    orig: FlowKey,
+    reply: FlowKey,
+    status: u32,
+    id: u32,
+    /// `CLOCK_MONOTONIC` ns of the destroy event: kept for the grace period after it.
+    ended_ns: Option<u64>,
+    /// The resync generation that last saw the entry.
+    generation: u32,
+}
+
+/// The node's translated conntrack entries, indexed by both directions' tuples.
+#[derive(Debug)]
+pub struct NatTable {
+    by_orig: HashMap<FlowId, Entry, FlowHashState>,
+    /// The reply tuple's id → the original tuple's id.
+    by_reply: HashMap<FlowId, FlowId, FlowHashState>,
+    /// Destroyed entries in destroy order: (when, original tuple, entry id).
+    ended: VecDeque<(u64, FlowId, u32)>,
+    max_entries: usize,
+    grace_ns: u64,
+    generation: u32,
+    stats: NatStats,
+}
+
+impl NatTable {
+    /// A table of at most `max_entries` translated connections, keeping destroyed ones for
+    /// `grace_ns` (their last packets may still be in a drain that has not run yet).
+    pub fn new(max_entries: usize, grace_ns: u64) -> NatTable {
+        NatTable {
+            by_orig: HashMap::with_hasher(flow_hash_state()),
+            by_reply: HashMap::with_hasher(flow_hash_state()),
+            ended: VecDeque::new(),
+            max_entries: max_entries.max(1),
+            grace_ns,
+            generation: 0,
+            stats: NatStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> NatStats {
+        NatStats {
+            entries: self.by_orig.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// Applies what the kernel said about an entry at `now_ns`. Entries without translation are
+    /// ignored.
+    pub fn apply(&mut self, conn: &Conn, now_ns: u64) {
+        if !conn.is_nat() {
+            return;
+        }
+        let id = FlowId::of(&normal(&conn.orig));
+        match conn.kind {
+            Kind::Present => self.insert(id, conn),
+            Kind::Destroyed => {
+                if let Some(e) = self.by_orig.get_mut(&id)
+                    && e.ended_ns.is_none()
+                    && (conn.id == 0 || e.id == conn.id)
+                {
+                    e.ended_ns = Some(now_ns);
+                    self.ended.push_back((now_ns, id, e.id));
+                    self.stats.destroyed += 1;
+                }
+            }
+        }
+    }
+
+    fn insert(&mut self, id: FlowId, conn: &Conn) {
+        let reply_id = FlowId::of(&normal(&conn.reply));
+        if let Some(old) = self.by_orig.get(&id) {
+            // The same tuple again: the same entry (a dump after the event), or a new connection
+            // reusing it after the old one ended.
+            let old_reply = FlowId::of(&normal(&old.reply));
+            if old_reply != reply_id {
+                self.by_reply.remove(&old_reply);
+            }
+        } else if self.by_orig.len() >= self.max_entries && !self.evict_oldest_ended() {
+            self.stats.table_full += 1;
+            return;
+        }
+        self.by_orig.insert(
+            id,
+            Entry {
+                orig: normal(&conn.orig),
+                reply: normal(&conn.reply),
+                status: conn.status,
+                id: conn.id,
+                ended_ns: None,
+                generation: self.generation,
+            },
+        );
+        self.by_reply.insert(reply_id, id);
+        self.stats.added += 1;
+    }
+
+    /// Makes room by dropping the entry destroyed first; false when every entry is live.
+    fn evict_oldest_ended(&mut self) -> bool {
+        while let Some((_, id, entry_id)) = self.ended.pop_front() {
+            if self.remove_if_ended(id, entry_id) {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn remove_if_ended(&mut self, id: FlowId, entry_id: u32) -> bool {
+        match self.by_orig.get(&id) {
+            Some(e) if e.ended_ns.is_some() && e.id == entry_id => {
+                let reply_id = FlowId::of(&e.reply);
+                if self.by_reply.get(&reply_id) == Some(&id) {
+                    self.by_reply.remove(&reply_id);
+                }
+                self.by_orig.remove(&id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets the entries destroyed more than the grace period before `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        while let Some(&(at, id, entry_id)) = self.ended.front() {
+            if now_ns.saturating_sub(at) < self.grace_ns {
+                break;
+            }
+            self.ended.pop_front();
+            self.remove_if_ended(id, entry_id);
+        }
+        if self.by_orig.capacity() > 4 * self.by_orig.len().max(1024) {
+            self.by_orig.shrink_to(2 * self.by_orig.len());
+            self.by_reply.shrink_to(2 * self.by_reply.len());
+        }
+    }
+
+    /// Starts a resync: the entries a complete list (a dump) then applies are marked seen.
+    pub fn begin_resync(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// Ends a resync at `now_ns`: live entries the list did not hold were destroyed while the
+    /// events were lost.
+    pub fn end_resync(&mut self, now_ns: u64) {
+        let generation = self.generation;
+        for (id, e) in &mut self.by_orig {
+            if e.ended_ns.is_none() && e.generation != generation {
+                e.ended_ns = Some(now_ns);
+                self.ended.push_back((now_ns, *id, e.id));
+            }
+        }
+    }
+
+    /// Marks a listed entry as seen by the resync in progress (and adds it if new).
+    pub fn apply_listed(&mut self, conn: &Conn) {
+        if !conn.is_nat() {
+            return;
+        }
+        let id = FlowId::of(&normal(&conn.orig));
+        match self.by_orig.get_mut(&id) {
+            Some(e) if e.ended_ns.is_none() && (e.id == conn.id || conn.id == 0) => {
+                e.generation = self.generation;
+            }
+            _ => self.insert(id, conn),
+        }
+    }
+
+    fn translated(e: &Entry, observed: &FlowKey, reply: bool) -> Translated {
+        // The real ends: the client (the original source) and the backend (the reply's source).
+        let (client, backend) = (
+            (e.orig.src_addr, e.orig.src_port),
+            (e.reply.src_addr, e.reply.src_port),
+        );
+        let ((src, sport), (dst, dport)) = if reply {
+            (backend, client)
+        } else {
+            (client, backend)
+        };
+        let mut key = *observed;
+        key.src_addr = src;
+        key.dst_addr = dst;
+        if !matches!(observed.protocol, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+            key.src_port = sport;
+            key.dst_port = dport;
+        }
+        Translated {
+            key,
+            service: (e.status & IPS_DST_NAT != 0).then_some((e.orig.dst_addr, e.orig.dst_port)),
+            snat: (e.status & IPS_SRC_NAT != 0).then_some((e.reply.dst_addr, e.reply.dst_port)),
+            reply,
+        }
+    }
+}
+
+impl Translate for NatTable {
+    fn translate(&self, key: &FlowKey) -> Option<Translated> {
+        if self.by_orig.is_empty() {
+            return None;
+        }
+        let k = normal(key);
+        let id = FlowId::of(&k);
+        // The request before the node translated it (at the client's veth), the reply before
+        // the reverse translation (at the backend's veth).
+        if let Some(e) = self.by_orig.get(&id) {
+            return Some(Self::translated(e, key, false));
+        }
+        if let Some(e) = self.by_reply.get(&id).and_then(|o| self.by_orig.get(o)) {
+            return Some(Self::translated(e, key, true));
+        }
+        // The reply after the reverse translation (at the client's veth), the request after the
+        // translation (at the backend's veth: a client from outside the node).
+        let rid = FlowId::of(&reversed(&k));
+        if let Some(e) = self.by_orig.get(&rid) {
+            return Some(Self::translated(e, key, true));
+        }
+        let e = self.by_reply.get(&rid).and_then(|o| self.by_orig.get(o))?;
+        Some(Self::translated(e, key, false))
+    }
+}
+
+/// A key as the table stores and looks it up: no observation point, no flags.
+fn normal(k: &FlowKey) -> FlowKey {
+    FlowKey {
+        obs: 0,
+        key_flags: 0,
+        ..*k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use podflow_ebpf::{FAMILY_IPV4, IPPROTO_UDP, ipv4_mapped};
+
+    use super::*;
+
+    const C: [u8; 4] = [10, 44, 0, 2];
+    const VIP: [u8; 4] = [10, 96, 0, 10];
+    const B: [u8; 4] = [10, 44, 0, 3];
+    const NODE: [u8; 4] = [192, 168, 9, 1];
+    const EXT: [u8; 4] = [203, 0, 113, 7];
+
+    fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
+        FlowKey {
+            src_addr: ipv4_mapped(src),
+            dst_addr: ipv4_mapped(dst),
+            src_port: sport,
+            dst_port: dport,
+            protocol: IPPROTO_UDP,
+            family: FAMILY_IPV4,
+            ..FlowKey::default()
+        }
+    }
+
+    fn conn(kind: Kind, orig: FlowKey, reply: FlowKey, status: u32, id: u32) -> Conn {
+        Conn {
+            kind,
+            id,
+            status,
+            orig,
+            reply,
+        }
+    }
+
+    fn ends(t: &Translated) -> ([u8; 16], u16, [u8; 16], u16) {
+        (
+            t.key.src_addr,
+            t.key.src_port,
+            t.key.dst_addr,
+            t.key.dst_port,
+        )
+    }
+
+    #[test]
+    fn every_view_of_a_dnat_entry_names_the_real_ends() {
+        let mut t = NatTable::new(16, 1_000);
+        let orig = key(C, 40000, VIP, 80);
+        let reply = key(B, 8080, C, 40000);
+        t.apply(&conn(Kind::Present, orig, reply, IPS_DST_NAT, 1), 0);
+        let request = (ipv4_mapped(C), 40000, ipv4_mapped(B), 8080);
+        let response = (ipv4_mapped(B), 8080, ipv4_mapped(C), 40000);
+        let mut at_egress = orig;
+        at_egress.obs = 2; // the observation point is not part of the lookup
+        for (seen, want, is_reply) in [
+            (at_egress, request, false),
+            (reply, response, true),
+            (reversed(&orig), response, true),
+            (reversed(&reply), request, false),
+        ] {
+            let x = t.translate(&seen).unwrap_or_else(|| panic!("{seen:?}"));
+            assert_eq!((ends(&x), x.reply), (want, is_reply));
+            assert_eq!(x.service, Some((ipv4_mapped(VIP), 80)));
+            assert_eq!(x.snat, None);
+        }
+        assert!(t.translate(&key(C, 40001, VIP, 80)).is_none());
+    }
+
+    #[test]
+    fn masquerade_and_nodeport() {
+        let mut t = NatTable::new(16, 1_000);
+        // An outside client to a NodePort, DNATed to a pod and masqueraded to the node.
+        let orig = key(EXT, 5000, NODE, 30080);
+        let reply = key(B, 8080, NODE, 61000);
+        t.apply(
+            &conn(Kind::Present, orig, reply, IPS_DST_NAT | IPS_SRC_NAT, 2),
+            0,
+        );
+        // Counted at the backend's veth egress: after both translations.
+        let x = t
+            .translate(&reversed(&reply))
+            .unwrap_or_else(|| panic!("no translation"));
+        assert_eq!(ends(&x), (ipv4_mapped(EXT), 5000, ipv4_mapped(B), 8080));
+        assert_eq!(x.service, Some((ipv4_mapped(NODE), 30080)));
+        assert_eq!(x.snat, Some((ipv4_mapped(NODE), 61000)));
+        // A pod to the outside, masqueraded only.
+        let o = key(C, 41000, EXT, 443);
+        let r = key(EXT, 443, NODE, 41000);
+        t.apply(&conn(Kind::Present, o, r, IPS_SRC_NAT, 3), 0);
+        let x = t.translate(&o).unwrap_or_else(|| panic!("no translation"));
+        assert_eq!(x.service, None);
+        assert_eq!(x.snat, Some((ipv4_mapped(NODE), 41000)));
+        assert_eq!(ends(&x), (ipv4_mapped(C), 41000, ipv4_mapped(EXT), 443));
+    }
+
+    #[test]
+    fn untranslated_entries_are_ignored_and_an_empty_table_costs_nothing() {
+        let mut t = NatTable::new(16, 1_000);
+        let k = key(C, 1, B, 2);
+        t.apply(&conn(Kind::Present, k, reversed(&k), 0x188, 1), 0);
+        assert_eq!(t.stats().entries, 0);
+        assert!(t.translate(&k).is_none());
+    }
+
+    #[test]
+    fn destroyed_entries_stay_for_the_grace_period_then_go() {
+        let mut t = NatTable::new(16, 1_000);
+        let orig = key(C, 40000, VIP, 80);
+        let reply = key(B, 8080, C, 40000);
+        t.apply(&conn(Kind::Present, orig, reply, IPS_DST_NAT, 5), 0);
+        // A destroy of another entry with the same tuple (an older id) changes nothing.
+        t.apply(&conn(Kind::Destroyed, orig, reply, IPS_DST_NAT, 4), 10);
+        t.expire(5_000);
+        assert!(t.translate(&orig).is_some());
+        t.apply(&conn(Kind::Destroyed, orig, reply, IPS_DST_NAT, 5), 100);
+        t.expire(1_099);
+        assert!(t.translate(&orig).is_some(), "within the grace period");
+        t.expire(1_100);
+        assert!(t.translate(&orig).is_none() && t.translate(&reply).is_none());
+        assert_eq!(t.stats().destroyed, 1);
+        // The tuple reused by a new connection to another backend after the old one ended.
+        let b2 = [10, 44, 0, 9];
+        t.apply(&conn(Kind::Present, orig, reply, IPS_DST_NAT, 6), 2_000);
+        t.apply(&conn(Kind::Destroyed, orig, reply, IPS_DST_NAT, 6), 2_001);
+        let reply2 = key(b2, 8080, C, 40000);
+        t.apply(&conn(Kind::Present, orig, reply2, IPS_DST_NAT, 7), 2_002);
+        t.expire(10_000);
+        let x = t
+            .translate(&orig)
+            .unwrap_or_else(|| panic!("the new entry"));
+        assert_eq!(x.key.dst_addr, ipv4_mapped(b2));
+        assert!(t.translate(&reply).is_none(), "the old reply tuple is gone");
+    }
+
+    #[test]
+    fn a_full_table_evicts_ended_entries_first_and_counts_what_it_cannot_keep() {
+        let mut t = NatTable::new(2, 1_000_000);
+        let entry = |p: u16| {
+            let o = key(C, p, VIP, 80);
+            (o, key(B, 8080, C, p))
+        };
+        for (p, id) in [(1, 1), (2, 2)] {
+            let (o, r) = entry(p);
+            t.apply(&conn(Kind::Present, o, r, IPS_DST_NAT, id), 0);
+        }
+        let (o3, r3) = entry(3);
+        t.apply(&conn(Kind::Present, o3, r3, IPS_DST_NAT, 3), 0);
+        assert_eq!((t.stats().table_full, t.stats().entries), (1, 2));
+        assert!(t.translate(&o3).is_none());
+        let (o1, r1) = entry(1);
+        t.apply(&conn(Kind::Destroyed, o1, r1, IPS_DST_NAT, 1), 5);
+        t.apply(&conn(Kind::Present, o3, r3, IPS_DST_NAT, 3), 6);
+        assert!(t.translate(&o3).is_some() && t.translate(&o1).is_none());
+        assert_eq!(t.stats().entries, 2);
+    }
+
+    #[test]
+    fn a_resync_ends_what_the_list_no_longer_holds() {
+        let mut t = NatTable::new(16, 1_000);
+        let (o1, r1) = (key(C, 1, VIP, 80), key(B, 8080, C, 1));
+        let (o2, r2) = (key(C, 2, VIP, 80), key(B, 8080, C, 2));
+        t.apply(&conn(Kind::Present, o1, r1, IPS_DST_NAT, 1), 0);
+        t.apply(&conn(Kind::Present, o2, r2, IPS_DST_NAT, 2), 0);
+        // Events were lost; the dump holds only the second entry, and a third one.
+        let (o3, r3) = (key(C, 3, VIP, 80), key(B, 8080, C, 3));
+        t.begin_resync();
+        t.apply_listed(&conn(Kind::Present, o2, r2, IPS_DST_NAT, 2));
+        t.apply_listed(&conn(Kind::Present, o3, r3, IPS_DST_NAT, 3));
+        t.end_resync(50);
+        t.expire(1_050);
+        assert!(t.translate(&o1).is_none());
+        assert!(t.translate(&o2).is_some() && t.translate(&o3).is_some());
+    }
+}
