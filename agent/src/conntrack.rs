@@ -19,7 +19,9 @@
 //! Destroyed entries are kept for a grace period (their last packets may be in the next drain).
 //! At start (the connections that existed before the agent) and whenever the kernel reports that
 //! events were dropped (`ENOBUFS`: the socket's buffer overflowed), a dump rebuilds the table
-//! ([`NatTable::begin_resync`]); the drops are counted.
+//! ([`NatTable::begin_resync`]); the drops are counted. The kernel gives event state only to
+//! entries created while someone listens, so a connection older than the agent never announces
+//! its end: while the table holds such dump-only entries, it is rebuilt from a dump every minute.
 //!
 //! Where the node has no conntrack (no NAT rules in its namespace) nothing is announced and the
 //! table stays empty: lookups return at once. Where ctnetlink cannot be used (no permission, no

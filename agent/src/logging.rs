@@ -12,10 +12,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// Libraries whose warnings are not about podflow: `netlink_packet_route` warns, per link and per
+/// re-sync, that a newer kernel's `IFLA_INET6_CONF` holds more than it decodes (podflow reads
+/// only names, indexes and types). Their errors still show; `RUST_LOG` naming them overrides this.
+const QUIET: &[&str] = &["netlink_packet_route=error"];
+
 /// Installs the global subscriber. `RUST_LOG` overrides the default level (`info`). Logs go to
 /// stderr so `podflow tail` output on stdout stays clean.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = std::env::var(EnvFilter::DEFAULT_ENV).unwrap_or_default();
+    let mut filter = EnvFilter::try_new(if env.trim().is_empty() { "info" } else { &env })
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    for quiet in QUIET {
+        let target = quiet.split('=').next().unwrap_or(quiet);
+        if !env.contains(target)
+            && let Ok(d) = quiet.parse()
+        {
+            filter = filter.add_directive(d);
+        }
+    }
     let json = match format {
         LogFormat::Auto => !std::io::stderr().is_terminal(),
         LogFormat::Text => false,

@@ -24,6 +24,7 @@
 //!
 //! Nothing here panics: every failure is a [`TestbedError`] (the demo runs this code too).
 pub mod demo;
+pub mod kube_proxy;
 
 use std::{
     fs::File,
@@ -681,6 +682,51 @@ impl Drop for Node {
         // but be explicit: a pod's veth must not outlive a half-deleted node).
         self.pods.clear();
     }
+}
+
+impl Node {
+    /// The pods' IPv4 range, `10.<subnet>.0.0/24`.
+    pub fn pod_cidr_v4(&self) -> String {
+        format!("10.{}.0.0/24", self.subnet)
+    }
+}
+
+/// A point-to-point link between two namespaces of the test (an underlay between two nodes, or a
+/// node and a host outside the cluster), with names that match no pod pattern: `dev_a` in `a`
+/// with `10.250.<net>.1/24`, `dev_b` in `b` with `10.250.<net>.2/24`, both up, reverse-path
+/// filtering off in both (routes are asymmetric in tests). Returns the two addresses.
+pub fn link(
+    a: &Netns,
+    dev_a: &str,
+    b: &Netns,
+    dev_b: &str,
+    net: u8,
+) -> Result<(Ipv4Addr, Ipv4Addr), TestbedError> {
+    a.ip(&[
+        "link",
+        "add",
+        dev_a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        dev_b,
+        "netns",
+        b.name(),
+    ])?;
+    let addr_a = Ipv4Addr::new(10, 250, net, 1);
+    let addr_b = Ipv4Addr::new(10, 250, net, 2);
+    for (ns, dev, addr) in [(a, dev_a, addr_a), (b, dev_b, addr_b)] {
+        ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+        for k in [
+            "net.ipv4.conf.all.rp_filter",
+            "net.ipv4.conf.default.rp_filter",
+        ] {
+            ns.sysctl(k, "0")?;
+        }
+    }
+    Ok((addr_a, addr_b))
 }
 
 /// Polls `f` every `every` until it returns `Some`, or gives up after `timeout`.

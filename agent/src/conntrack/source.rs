@@ -1,6 +1,12 @@
 //! The conntrack source as the agent runs it: the watcher (when ctnetlink can be used), the
 //! table, and what went wrong, counted.
+use std::time::{Duration, Instant};
+
 use super::{ConntrackError, ConntrackWatcher, NatStats, NatTable};
+
+/// How often the table is rebuilt from a dump while it holds entries known only from a dump
+/// (connections older than the agent, whose end the kernel never announces).
+const DUMP_ONLY_RESYNC: Duration = Duration::from_secs(60);
 use crate::{flows::Translate, report::error_chain, time::monotonic_ns};
 
 /// Whether to read the node's translations.
@@ -48,21 +54,31 @@ pub struct Conntrack {
     watcher: Option<ConntrackWatcher>,
     table: NatTable,
     stats: ConntrackStats,
+    last_resync: Instant,
 }
 
 impl Conntrack {
     /// Opens the watcher (in the calling thread's network namespace) and loads the entries that
     /// exist already. `Off`, or `Auto` without ctnetlink: a source that translates nothing.
     pub fn start(cfg: ConntrackConfig) -> Result<Conntrack, ConntrackError> {
+        Self::start_with(cfg, ConntrackWatcher::open)
+    }
+
+    /// [`Conntrack::start`] with the watcher from `open`.
+    fn start_with(
+        cfg: ConntrackConfig,
+        open: impl FnOnce() -> Result<ConntrackWatcher, ConntrackError>,
+    ) -> Result<Conntrack, ConntrackError> {
         let mut ct = Conntrack {
             watcher: None,
             table: NatTable::new(cfg.max_entries, cfg.grace_ns),
             stats: ConntrackStats::default(),
+            last_resync: Instant::now(),
         };
         if cfg.mode == ConntrackMode::Off {
             return Ok(ct);
         }
-        match ConntrackWatcher::open() {
+        match open() {
             Ok(w) => ct.watcher = Some(w),
             Err(e) if cfg.mode == ConntrackMode::Auto => {
                 tracing::warn!(error = %error_chain(&e),
@@ -98,9 +114,10 @@ impl Conntrack {
         }
     }
 
-    /// Applies every queued event (and resyncs if some were dropped), then forgets entries
-    /// destroyed longer ago than the grace period. Before a drain is turned into records, this
-    /// makes the table hold every connection whose packets the drain counted.
+    /// Applies every queued event (and resyncs if some were dropped, or if entries known only
+    /// from a dump may have ended), then forgets entries destroyed longer ago than the grace
+    /// period. Before a drain is turned into records, this makes the table hold every connection
+    /// whose packets the drain counted.
     pub fn catch_up(&mut self) {
         let now = monotonic_ns();
         let Some(w) = self.watcher.as_mut() else {
@@ -114,6 +131,10 @@ impl Conntrack {
                     tracing::warn!(
                         "conntrack: the kernel dropped events (socket buffer full); rebuilding from a dump"
                     );
+                    self.resync();
+                } else if self.last_resync.elapsed() >= DUMP_ONLY_RESYNC
+                    && self.table.stats().dump_only > 0
+                {
                     self.resync();
                 }
             }
@@ -129,6 +150,7 @@ impl Conntrack {
         let Some(w) = self.watcher.as_mut() else {
             return;
         };
+        self.last_resync = Instant::now();
         match w.resync(&mut self.table, monotonic_ns()) {
             Ok(_) => self.stats.resyncs += 1,
             Err(e) => {
@@ -148,5 +170,47 @@ impl Conntrack {
     /// The translations, for the flow table.
     pub fn translations(&self) -> &dyn Translate {
         &self.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use podflow_ebpf::FlowKey;
+
+    use super::*;
+
+    fn cfg(mode: ConntrackMode) -> ConntrackConfig {
+        ConntrackConfig {
+            mode,
+            max_entries: 16,
+            grace_ns: 1,
+        }
+    }
+
+    fn denied() -> Result<ConntrackWatcher, ConntrackError> {
+        Err(ConntrackError::Unavailable {
+            op: "subscribe to conntrack events",
+            source: std::io::Error::from_raw_os_error(libc::EPERM),
+        })
+    }
+
+    #[test]
+    fn without_ctnetlink_auto_goes_on_and_says_so_and_on_refuses() {
+        let ct = Conntrack::start_with(cfg(ConntrackMode::Auto), denied)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!ct.active());
+        assert!(ct.stats().unavailable);
+        assert!(ct.translations().translate(&FlowKey::default()).is_none());
+        let err = Conntrack::start_with(cfg(ConntrackMode::On), denied).err();
+        assert_eq!(
+            err.map(|e| error_chain(&e)),
+            Some(
+                "ctnetlink unavailable: subscribe to conntrack events: Operation not permitted (os error 1)"
+                    .to_owned()
+            )
+        );
+        let off = Conntrack::start_with(cfg(ConntrackMode::Off), || panic!("not opened"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!off.active() && !off.stats().unavailable);
     }
 }

@@ -22,6 +22,8 @@ pub struct NatStats {
     pub table_full: u64,
     /// Live entries now.
     pub entries: u64,
+    /// Live entries known only from a dump (their end is seen only by a later dump).
+    pub dump_only: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +36,10 @@ struct Entry {
     ended_ns: Option<u64>,
     /// The resync generation that last saw the entry.
     generation: u32,
+    /// Known from a dump only. The kernel sends events only for entries created while someone
+    /// listened: one that existed before the agent subscribed will never announce its end, so
+    /// only a later dump can tell it is gone.
+    dump_only: bool,
 }
 
 /// The node's translated conntrack entries, indexed by both directions' tuples.
@@ -47,6 +53,8 @@ pub struct NatTable {
     max_entries: usize,
     grace_ns: u64,
     generation: u32,
+    /// Live entries known only from a dump.
+    dump_only_live: u64,
     stats: NatStats,
 }
 
@@ -61,6 +69,7 @@ impl NatTable {
             max_entries: max_entries.max(1),
             grace_ns,
             generation: 0,
+            dump_only_live: 0,
             stats: NatStats::default(),
         }
     }
@@ -68,6 +77,7 @@ impl NatTable {
     pub fn stats(&self) -> NatStats {
         NatStats {
             entries: self.by_orig.len() as u64,
+            dump_only: self.dump_only_live,
             ..self.stats
         }
     }
@@ -80,13 +90,14 @@ impl NatTable {
         }
         let id = FlowId::of(&normal(&conn.orig));
         match conn.kind {
-            Kind::Present => self.insert(id, conn),
+            Kind::Present => self.insert(id, conn, false),
             Kind::Destroyed => {
                 if let Some(e) = self.by_orig.get_mut(&id)
                     && e.ended_ns.is_none()
                     && (conn.id == 0 || e.id == conn.id)
                 {
                     e.ended_ns = Some(now_ns);
+                    self.dump_only_live -= u64::from(e.dump_only);
                     self.ended.push_back((now_ns, id, e.id));
                     self.stats.destroyed += 1;
                 }
@@ -94,7 +105,7 @@ impl NatTable {
         }
     }
 
-    fn insert(&mut self, id: FlowId, conn: &Conn) {
+    fn insert(&mut self, id: FlowId, conn: &Conn, dump_only: bool) {
         let reply_id = FlowId::of(&normal(&conn.reply));
         if let Some(old) = self.by_orig.get(&id) {
             // The same tuple again: the same entry (a dump after the event), or a new connection
@@ -103,6 +114,7 @@ impl NatTable {
             if old_reply != reply_id {
                 self.by_reply.remove(&old_reply);
             }
+            self.dump_only_live -= u64::from(old.dump_only && old.ended_ns.is_none());
         } else if self.by_orig.len() >= self.max_entries && !self.evict_oldest_ended() {
             self.stats.table_full += 1;
             return;
@@ -116,9 +128,11 @@ impl NatTable {
                 id: conn.id,
                 ended_ns: None,
                 generation: self.generation,
+                dump_only,
             },
         );
         self.by_reply.insert(reply_id, id);
+        self.dump_only_live += u64::from(dump_only);
         self.stats.added += 1;
     }
 
@@ -173,6 +187,7 @@ impl NatTable {
         for (id, e) in &mut self.by_orig {
             if e.ended_ns.is_none() && e.generation != generation {
                 e.ended_ns = Some(now_ns);
+                self.dump_only_live -= u64::from(e.dump_only);
                 self.ended.push_back((now_ns, *id, e.id));
             }
         }
@@ -188,7 +203,7 @@ impl NatTable {
             Some(e) if e.ended_ns.is_none() && (e.id == conn.id || conn.id == 0) => {
                 e.generation = self.generation;
             }
-            _ => self.insert(id, conn),
+            _ => self.insert(id, conn, true),
         }
     }
 
