@@ -1,0 +1,276 @@
+//! The rows of the table: each figure's value, target and details, from what was measured.
+use std::collections::BTreeMap;
+
+use super::{
+    Row,
+    stats::{fmt_range, kilo, summarize, summary},
+};
+use crate::{
+    measure::{
+        Results,
+        churn::Churn,
+        hook::Hooks,
+        map::{MapFigures, MapMemory},
+        rss::Rss,
+        throughput::Throughput,
+    },
+    opts::Opts,
+};
+
+/// The rows of every figure measured, in the order of the table.
+pub fn rows(o: &Opts, r: &Results) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    if let Some(t) = &r.throughput {
+        throughput_rows(o, t, &mut rows)?;
+    }
+    if let Some(h) = &r.hooks {
+        hook_rows(o, h, &mut rows)?;
+    }
+    churn_rows(o, &r.churn, &mut rows)?;
+    if let Some(m) = &r.rss {
+        rows.push(rss_row(o, m));
+    }
+    if let Some(m) = &r.map {
+        map_rows(o, m, &mut rows);
+    }
+    Ok(rows)
+}
+
+/// "name 95.1 ns × 200000 runs, ..." (medians over the pairs) for each program.
+fn per_prog_detail(m: &BTreeMap<String, Vec<(f64, u64)>>) -> String {
+    m.iter()
+        .filter_map(|(name, v)| {
+            let ns: Vec<f64> = v.iter().map(|p| p.0).collect();
+            let runs: Vec<f64> = v.iter().map(|p| p.1 as f64).collect();
+            Some(format!(
+                "{name} {} ns per run × {:.0} runs",
+                fmt_range(&summary(&ns)?, 1),
+                summary(&runs)?.median
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The throughput rows: TCP and UDP ratios, with the A/A ratio and the empty program.
+fn throughput_rows(o: &Opts, t: &Throughput, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let s = summarize;
+    let block = if o.reps > 1 {
+        format!("mean of {} runs of {} s per block", o.reps, o.iperf_secs)
+    } else {
+        format!("one run of {} s per block", o.iperf_secs)
+    };
+    let settle = summary(&t.settle_secs).map_or_else(
+        || "agent never quiet within 10 s of attaching".to_string(),
+        |v| format!("agent quiet {} s after attaching", fmt_range(&v, 1)),
+    );
+    let idle = &t.idle;
+    let (tb, ta, tr) = (s(&t.tcp_base)?, s(&t.tcp_agent)?, s(&t.tcp_ratio)?);
+    rows.push(Row {
+        key: "tcp_throughput_ratio",
+        figure: format!(
+            "single-stream TCP pod→pod, agent / no agent (iperf3 -J, {block})"
+        ),
+        value: Some(tr.median),
+        unit: "",
+        target: "≥ 0.98".into(),
+        at_least: true,
+        limit: 0.98,
+        digits: 3,
+        detail: format!(
+            "ratio {}; A/A (no agent / no agent, same structure) {}; no agent {} Gbit/s; agent {} Gbit/s; empty tc program on the same hooks instead of the agent: {} Gbit/s, {} of the adjacent no-agent block; {}{}; agent idle (no traffic, 5 s flush): {:.1} ms CPU and {:.1} wake-ups/s over {:.0} s; CPU pressure (PSI some, the highest block of each pair) {} %",
+            fmt_range(&tr, 3),
+            fmt_range(&s(&t.tcp_aa)?, 3),
+            fmt_range(&tb, 2),
+            fmt_range(&ta, 2),
+            fmt_range(&s(&t.tcp_empty)?, 2),
+            fmt_range(&s(&t.tcp_empty_ratio)?, 3),
+            settle,
+            if t.unsettled > 0 {
+                format!(" ({} times not within 10 s)", t.unsettled)
+            } else {
+                String::new()
+            },
+            idle.cpu_ns as f64 / 1e6,
+            idle.wakeups as f64 / idle.secs.max(1e-9),
+            idle.secs,
+            summary(&t.pressure).map_or_else(|| "not available".to_string(), |v| fmt_range(&v, 0))
+        ),
+    });
+    let (ub, ua, ur) = (s(&t.udp_base)?, s(&t.udp_agent)?, s(&t.udp_ratio)?);
+    rows.push(Row {
+        key: "udp64_pps_ratio",
+        figure: format!(
+            "UDP 64-byte packet rate, receiver side, agent / no agent (iperf3 -u -l 64 -b 0, {block})"
+        ),
+        value: Some(ur.median),
+        unit: "",
+        target: "≥ 0.92".into(),
+        at_least: true,
+        limit: 0.92,
+        digits: 3,
+        detail: format!(
+            "ratio {}; A/A (no agent / no agent, same structure) {}; no agent {} kpps; agent {} kpps; empty tc program on the same hooks instead of the agent: {} kpps, {} of the adjacent no-agent block",
+            fmt_range(&ur, 3),
+            fmt_range(&s(&t.udp_aa)?, 3),
+            fmt_range(&kilo(&ub), 0),
+            fmt_range(&kilo(&ua), 0),
+            fmt_range(&kilo(&s(&t.udp_empty)?), 0),
+            fmt_range(&s(&t.udp_empty_ratio)?, 3),
+        ),
+    });
+    Ok(())
+}
+
+/// The kernel-cost rows: ns per hook with established flows and with many flows.
+fn hook_rows(o: &Opts, h: &Hooks, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let s = summarize;
+    let (de, ae, ee) = (s(&h.diff_est)?, s(&h.agent_est)?, s(&h.empty_est)?);
+    rows.push(Row {
+        key: "hook_ns_established",
+        figure: format!(
+            "kernel ns per packet per hook minus empty tc program, 16 established flows ({} kpps)",
+            o.hook_rate / 1000
+        ),
+        value: Some(de.median),
+        unit: "ns",
+        target: "≤ 40 ns".into(),
+        at_least: false,
+        limit: 40.0,
+        digits: 1,
+        detail: format!(
+            "difference {}; podflow {} ns; empty {} ns (bpf stats run_time_ns/run_cnt); per podflow program: {}",
+            fmt_range(&de, 1),
+            fmt_range(&ae, 1),
+            fmt_range(&ee, 1),
+            per_prog_detail(&h.prog_est)
+        ),
+    });
+    let (dm, am, em) = (s(&h.diff_many)?, s(&h.agent_many)?, s(&h.empty_many)?);
+    rows.push(Row {
+        key: "hook_ns_many_flows",
+        figure: format!(
+            "kernel ns per packet per hook minus empty tc program, {} distinct flows ({} kpps, 5 s flush)",
+            o.many_flows,
+            o.hook_rate / 1000
+        ),
+        value: Some(dm.median),
+        unit: "ns",
+        target: "≤ 200 ns".into(),
+        at_least: false,
+        limit: 200.0,
+        digits: 1,
+        detail: format!(
+            "difference {}; podflow {} ns; empty {} ns; per podflow program: {}; flow maps of {} entries, lost_map_full {}; memory floor: one dependent random access into {} MiB with 4 KiB pages takes {:.0} ns here, a lookup makes two (bucket, element)",
+            fmt_range(&dm, 1),
+            fmt_range(&am, 1),
+            fmt_range(&em, 1),
+            per_prog_detail(&h.prog_many),
+            h.entries,
+            h.lost,
+            h.mem_latency_bytes >> 20,
+            h.mem_latency_ns
+        ),
+    });
+    Ok(())
+}
+
+/// The CPU-per-flow rows: the first churn rate is the low churn, the next the high churn.
+fn churn_rows(o: &Opts, churn: &[Churn], rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    for (k, c) in churn.iter().enumerate() {
+        let p = summarize(&c.us_per_flow)?;
+        let r = summarize(&c.records)?;
+        let a = summarize(&c.achieved)?;
+        rows.push(Row {
+            key: if k == 0 {
+                "cpu_per_flow_low_churn"
+            } else {
+                "cpu_per_flow_high_churn"
+            },
+            figure: format!(
+                "agent CPU (utime+stime) per exported flow, churn {} new flows/s, {} s window",
+                c.rate, o.churn_secs
+            ),
+            value: Some(p.median),
+            unit: "µs",
+            target: "≤ 2 µs".into(),
+            at_least: false,
+            limit: 2.0,
+            digits: 2,
+            detail: format!(
+                "{} µs; records per window {}; achieved {} flows/s",
+                fmt_range(&p, 2),
+                fmt_range(&r, 0),
+                fmt_range(&a, 0)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The resident memory row.
+fn rss_row(o: &Opts, m: &Rss) -> Row {
+    let full = &m.full;
+    Row {
+        key: "agent_rss",
+        figure: format!("agent VmRSS with {} active flows", o.rss_flows),
+        value: Some(full.rss_kib as f64 / 1024.0),
+        unit: "MiB",
+        target: "≤ 64 MiB".into(),
+        at_least: false,
+        limit: 64.0,
+        digits: 1,
+        detail: format!(
+            "flows_active {}; VmHWM {:.1} MiB; VmRSS right after attaching (no flows) {:.1} MiB; same run with --buffer 1024 (the replay buffer for tail --last, default 65536 events and at most 32 MiB encoded): {:.1} MiB; lost_map_full {}",
+            full.flows_active,
+            full.hwm_kib as f64 / 1024.0,
+            full.idle_kib as f64 / 1024.0,
+            m.small.rss_kib as f64 / 1024.0,
+            full.lost_map_full
+        ),
+    }
+}
+
+/// The map rows: memory per flow, and loss at 50 % occupancy.
+fn map_rows(o: &Opts, m: &MapFigures, rows: &mut Vec<Row>) {
+    let mem = &m.memory;
+    let (v4, v6) = (
+        MapMemory::per_flow(mem.v4, mem.spill_v4),
+        MapMemory::per_flow(mem.v6, mem.spill_v6),
+    );
+    rows.push(Row {
+        key: "map_bytes_per_flow",
+        figure: "kernel flow-map memory per flow ((bytes_memlock of FLOWS_Vn + SPILL_Vn) ÷ max_entries of FLOWS_Vn, n = 4 and 6; the larger)".into(),
+        value: Some(v4.max(v6)),
+        unit: "B",
+        target: "≤ 128 B".into(),
+        at_least: false,
+        limit: 128.0,
+        digits: 2,
+        detail: format!(
+            "IPv4 {v4:.2} B ({} B for {} entries + {} B spill map), IPv6 {v6:.2} B ({} B for {} entries + {} B spill map); one entry per flow and observation point, independent of the number of CPUs ({} here)",
+            mem.v4.0,
+            mem.v4.1,
+            mem.spill_v4,
+            mem.v6.0,
+            mem.v6.1,
+            mem.spill_v6,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        ),
+    });
+    rows.push(Row {
+        key: "lost_at_half_occupancy",
+        figure: format!(
+            "lost_map_full with the flow map at 50 % occupancy ({} flows, one entry each, in {} entries)",
+            o.loss_map_entries / 2,
+            o.loss_map_entries
+        ),
+        value: Some(m.lost as f64),
+        unit: "",
+        target: "0".into(),
+        at_least: false,
+        limit: 0.0,
+        digits: 0,
+        detail: format!("records exported in the window: {}", m.records),
+    });
+}
