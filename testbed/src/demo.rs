@@ -1,5 +1,7 @@
 //! `podflow-demo` (run by `cargo xtask demo`): a demo node on this machine, built from network
-//! namespaces (see [`crate`]): three "pods" behind veths, the agent attached to them inside the node
+//! namespaces (see [`crate`]), with pod metadata (a `kubectl get -o json` file: namespace `shop`,
+//! Deployments `frontend` and `backend`, StatefulSet `db`, labels) and a Service `shop/backend`
+//! whose ClusterIP the node translates as kube-proxy would (iptables mode): three "pods" behind veths, the agent attached to them inside the node
 //! namespace, steady traffic between the pods (TCP requests, UDP queries, pings over IPv4 and
 //! IPv6), and `podflow tail -f` printing the flows live. Nothing outside the namespaces it creates
 //! is touched; everything is removed on exit (Ctrl-C, SIGTERM, or the end of `--duration`).
@@ -17,7 +19,10 @@ use std::{
 
 use tracing::{info, warn};
 
-use crate::{Node, TestbedError, unique_prefix, wait_for};
+use crate::{Node, TestbedError, kube_proxy, unique_prefix, wait_for};
+
+/// The ClusterIP of the Service `shop/backend`.
+const BACKEND_VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -102,6 +107,21 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     })?;
     let sock = dir.join("podflow.sock");
     let log = dir.join("agent.log");
+    let metadata = dir.join("cluster.json");
+    write_metadata(&node, &metadata)?;
+    kube_proxy::install(
+        &node.ns,
+        kube_proxy::Mode::Iptables,
+        &[kube_proxy::ServiceRule {
+            name: "backend".into(),
+            cluster_ip: BACKEND_VIP,
+            protocol: "tcp",
+            port: 80,
+            node_port: None,
+            endpoints: vec![(node.pod("backend")?.ipv4, 8080)],
+        }],
+        None,
+    )?;
     let logf = std::fs::File::create(&log).map_err(|source| DemoError::Spawn {
         what: "the agent log",
         source,
@@ -114,6 +134,8 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
         .arg(humantime::format_duration(args.flush_interval).to_string())
         .arg("--socket")
         .arg(&sock)
+        .arg("--metadata-file")
+        .arg(&metadata)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf)
@@ -135,13 +157,14 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
         node = node.ns.name(),
         socket = %sock.display(),
         log = %log.display(),
-        "demo node up: pods frontend {}, backend {}, db {}",
+        "demo node up: pods frontend {}, backend {} (Service shop/backend {BACKEND_VIP}:80), db {}",
         node.pod("frontend")?.ipv4,
         node.pod("backend")?.ipv4,
         node.pod("db")?.ipv4
     );
     eprintln!(
-        "podflow-demo: node namespace {}, pods frontend/backend/db; agent socket {}\n\
+        "podflow-demo: node namespace {}, pods shop/frontend, shop/backend (behind the Service \
+         shop/backend), shop/db-0; agent socket {}\n\
          in another terminal: podflow tail -f --server {}\n",
         node.ns.name(),
         sock.display(),
@@ -172,6 +195,74 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
         warn!(error = %e, "removing the demo directory");
     }
     Ok(())
+}
+
+/// Writes the metadata of the demo's pods, Services and node, as `kubectl get
+/// pods,services,nodes -A -o json` would print it.
+fn write_metadata(node: &Node, path: &std::path::Path) -> Result<(), DemoError> {
+    let pod = |name: &str,
+               app: &str,
+               owner: (&str, &str),
+               hash: Option<&str>|
+     -> Result<String, DemoError> {
+        let p = node.pod(app)?;
+        let labels = match hash {
+            Some(h) => format!(r#"{{"app": "{app}", "pod-template-hash": "{h}"}}"#),
+            None => format!(r#"{{"app": "{app}"}}"#),
+        };
+        Ok(format!(
+            r#"{{"apiVersion": "v1", "kind": "Pod",
+  "metadata": {{"name": "{name}", "namespace": "shop", "uid": "demo-{name}", "labels": {labels},
+    "creationTimestamp": "2026-01-01T00:00:00Z",
+    "ownerReferences": [{{"apiVersion": "apps/v1", "kind": "{}", "name": "{}", "uid": "demo-{}", "controller": true}}]}},
+  "spec": {{"nodeName": "demo-node", "containers": [{{"name": "{app}", "image": "demo",
+    "ports": [{{"name": "http", "containerPort": 8080}}]}}]}},
+  "status": {{"phase": "Running", "podIP": "{ip4}", "podIPs": [{{"ip": "{ip4}"}}, {{"ip": "{ip6}"}}],
+    "startTime": "2026-01-01T00:00:00Z"}}}}"#,
+            owner.0,
+            owner.1,
+            owner.1,
+            ip4 = p.ipv4,
+            ip6 = p.ipv6,
+        ))
+    };
+    let items = [
+        pod(
+            "frontend-7d9f8c-x2x7q",
+            "frontend",
+            ("ReplicaSet", "frontend-7d9f8c"),
+            Some("7d9f8c"),
+        )?,
+        pod(
+            "backend-5c4b6d-k8s9z",
+            "backend",
+            ("ReplicaSet", "backend-5c4b6d"),
+            Some("5c4b6d"),
+        )?,
+        pod("db-0", "db", ("StatefulSet", "db"), None)?,
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Service",
+  "metadata": {{"name": "backend", "namespace": "shop", "uid": "demo-svc-backend", "creationTimestamp": "2026-01-01T00:00:00Z"}},
+  "spec": {{"type": "ClusterIP", "clusterIP": "{BACKEND_VIP}", "clusterIPs": ["{BACKEND_VIP}"], "selector": {{"app": "backend"}},
+    "ports": [{{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}}]}}}}"#
+        ),
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Node",
+  "metadata": {{"name": "demo-node", "uid": "demo-node"}},
+  "spec": {{"podCIDR": "{cidr}", "podCIDRs": ["{cidr}"]}},
+  "status": {{"addresses": [{{"type": "InternalIP", "address": "{ip}"}}]}}}}"#,
+            cidr = node.pod_cidr_v4(),
+            ip = node.ipv4,
+        ),
+    ];
+    let text = format!(
+        "{{\"apiVersion\": \"v1\", \"kind\": \"List\", \"items\": [\n{}\n]}}\n",
+        items.join(",\n")
+    );
+    std::fs::write(path, text).map_err(|source| DemoError::Spawn {
+        what: "the demo metadata file",
+        source,
+    })
 }
 
 /// Sleeps until `duration` passed (0: forever) or SIGINT/SIGTERM arrived.
@@ -238,8 +329,9 @@ fn start_traffic(
             }
         }
     })?);
-    // frontend → backend: a request every 500 ms.
+    // frontend → backend through its Service: a request every 500 ms.
     let s = stop.clone();
+    let be_addr = SocketAddr::new(IpAddr::V4(BACKEND_VIP), 80);
     threads.push(fe.ns.spawn(move || {
         while !s.load(Ordering::Relaxed) {
             if let Ok(mut c) = TcpStream::connect_timeout(&be_addr, Duration::from_secs(1)) {

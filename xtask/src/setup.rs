@@ -29,6 +29,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "procps",
     "iputils-ping",
     "prometheus",
+    // Service NAT shaped like kube-proxy's (iptables and nftables modes) in the tests and the
+    // demo; `conntrack` to inspect and flush the tables in tests.
+    "iptables",
+    "nftables",
+    "conntrack",
 ];
 
 pub const NIGHTLY: &str = "nightly";
