@@ -7,7 +7,7 @@
 //! | what | why |
 //! |---|---|
 //! | `CAP_BPF` (39) | create maps, load the programs (`bpf(2)`) |
-//! | `CAP_NET_ADMIN` (12) | tc programs are "net admin" program types; attaching them (tcx or clsact + cls_bpf) to interfaces |
+//! | `CAP_NET_ADMIN` (12) | tc programs are "net admin" program types; attaching them (tcx or clsact + cls_bpf) to interfaces; reading the node's conntrack (ctnetlink events and dumps, every nfnetlink message needs it) and forcing that socket's buffer size |
 //! | `CAP_PERFMON` (38) | the verifier's pointer-arithmetic and Spectre-mitigation relaxations that the programs rely on |
 //!
 //! `CAP_SYS_ADMIN` (21) stands in for `CAP_BPF` and `CAP_PERFMON`, as the kernel's
@@ -57,7 +57,7 @@ pub fn required_capabilities() -> &'static [(&'static str, u32)] {
 pub fn capability_purpose(cap: u32) -> &'static str {
     match cap {
         CAP_BPF => "needed to load eBPF programs and create their maps",
-        CAP_NET_ADMIN => "needed to attach tc programs to network interfaces",
+        CAP_NET_ADMIN => "needed to attach tc programs to network interfaces and to read conntrack",
         CAP_PERFMON => "needed by the eBPF verifier to accept the programs' pointer arithmetic",
         _ => "needed by the agent",
     }

@@ -16,6 +16,12 @@ pub use generator::Flows;
 
 use crate::harness::ChildGuard;
 
+/// The ClusterIP of the Service in front of `dst` ([`Bed::serve_dst`]).
+pub const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// The Service's port, and the port it sends to on `dst`.
+pub const SERVICE_PORT: u16 = 80;
+pub const SERVICE_TARGET: u16 = 8080;
+
 /// The host-side veths of the two pods (the agent's `--veth-pattern` is `vethpfb*`).
 pub const SRC_VETH: &str = "vethpfbsrc";
 pub const DST_VETH: &str = "vethpfbdst";
@@ -72,6 +78,63 @@ impl Bed {
             dst_ip,
             _iperf_server: server,
         })
+    }
+
+    /// Puts a Service in front of `dst`: its ClusterIP translated by the node as kube-proxy's
+    /// iptables mode does, and a metadata file (`kubectl get -o json` form) naming the pods, the
+    /// Service and the node, written into `dir`. Translation turns on conntrack in the node
+    /// namespace: give it a bed of its own, not one other figures use.
+    pub fn serve_dst(&self, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+        use podflow_testbed::kube_proxy::{self, Mode, ServiceRule};
+        kube_proxy::install(
+            &self.node.ns,
+            Mode::Iptables,
+            &[ServiceRule {
+                name: "dst".into(),
+                cluster_ip: SERVICE_VIP,
+                protocol: "udp",
+                port: SERVICE_PORT,
+                node_port: None,
+                endpoints: vec![(self.dst_ip, SERVICE_TARGET)],
+            }],
+            None,
+        )
+        .context("installing the Service's NAT rules")?;
+        let pod = |name: &str, ip: Ipv4Addr| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "bench", "uid": format!("bench-{name}"),
+                             "labels": {"app": name}, "creationTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"nodeName": "bench", "containers": [{"name": name, "image": "bench",
+                         "ports": [{"name": "echo", "containerPort": SERVICE_TARGET, "protocol": "UDP"}]}]},
+                "status": {"phase": "Running", "podIP": ip.to_string(), "podIPs": [{"ip": ip.to_string()}],
+                           "startTime": "2026-01-01T00:00:00Z"}
+            })
+        };
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            pod("src", self.src_ip),
+            pod("dst", self.dst_ip),
+            {"apiVersion": "v1", "kind": "Service",
+             "metadata": {"name": "dst", "namespace": "bench", "uid": "bench-svc",
+                          "creationTimestamp": "2026-01-01T00:00:00Z"},
+             "spec": {"clusterIP": SERVICE_VIP.to_string(), "clusterIPs": [SERVICE_VIP.to_string()],
+                      "selector": {"app": "dst"},
+                      "ports": [{"name": "echo", "port": SERVICE_PORT, "targetPort": "echo", "protocol": "UDP"}]}},
+            {"apiVersion": "v1", "kind": "Node",
+             "metadata": {"name": "bench", "uid": "bench-node"},
+             "spec": {"podCIDR": self.node.pod_cidr_v4(), "podCIDRs": [self.node.pod_cidr_v4()]},
+             "status": {"addresses": [{"type": "InternalIP", "address": self.node.ipv4.to_string()}]}}
+        ]});
+        let path = dir.join("cluster.json");
+        std::fs::write(&path, list.to_string()).context("writing the metadata file")?;
+        Ok(path)
+    }
+
+    /// Forgets the node's connections (`conntrack -F`), so that the next run's flows are new.
+    pub fn flush_conntrack(&self) -> anyhow::Result<()> {
+        podflow_testbed::run_checked(self.node.ns.command("conntrack").arg("-F"))
+            .context("conntrack -F")?;
+        Ok(())
     }
 
     /// The node namespace: the agent runs and the programs attach there.

@@ -108,6 +108,14 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
     } else {
         Vec::new()
     };
+    // At the low churn rate (10 000 new flows/s; the smoke run's first rate).
+    let service_churn = match o.churn_rates.first() {
+        Some(&rate) if o.wants(Group::Churn) => Some((
+            measure::churn::run_service(o, rate, false)?,
+            measure::churn::run_service(o, rate, true)?,
+        )),
+        _ => None,
+    };
     let rss = o
         .wants(Group::Rss)
         .then(|| measure::rss::run(o, &bed))
@@ -120,6 +128,7 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         throughput,
         hooks,
         churn,
+        service_churn,
         rss,
         map,
     };

@@ -13,6 +13,9 @@ pub struct Results {
     pub throughput: Option<throughput::Throughput>,
     pub hooks: Option<hook::Hooks>,
     pub churn: Vec<churn::Churn>,
+    /// The churn with every other flow through a translated Service, without and with the
+    /// metadata that names the pods and the Service.
+    pub service_churn: Option<(churn::Churn, churn::Churn)>,
     pub rss: Option<rss::Rss>,
     pub map: Option<map::MapFigures>,
 }

@@ -22,13 +22,15 @@ fn podflow() -> std::path::PathBuf {
 }
 
 /// Every row the table must have (the figure keys podflow-bench prints in backquotes).
-const ROWS: [&str; 9] = [
+const ROWS: [&str; 11] = [
     "tcp_throughput_ratio",
     "udp64_pps_ratio",
     "hook_ns_established",
     "hook_ns_many_flows",
     "cpu_per_flow_low_churn",
     "cpu_per_flow_high_churn",
+    "cpu_per_flow_service_churn",
+    "cpu_per_flow_service_churn_named",
     "agent_rss",
     "map_bytes_per_flow",
     "lost_at_half_occupancy",

@@ -38,6 +38,10 @@ pub fn generate(proto_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
         .build_server(true)
         .build_transport(true)
         .emit_rerun_if_changed(false)
+        // Map fields (an endpoint's labels) as BTreeMap: the metadata index keeps labels that
+        // way, so enrichment moves them into a record instead of rebuilding a HashMap each time,
+        // and they come out sorted.
+        .btree_map(".")
         .out_dir(out_dir)
         .compile_fds(fds)
         .with_context(|| format!("generating Rust code into {}", out_dir.display()))?;

@@ -21,6 +21,11 @@ use crate::{
     time::Clock,
 };
 
+/// How often queued conntrack events are applied between flushes (a flush applies them too). At
+/// 100 000 new translated connections per second, 100 ms of events is ~3 MB: well within the
+/// socket's 16 MiB buffer.
+const CONNTRACK_READ_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Runs the agent with a built configuration until SIGTERM or SIGINT.
 pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tune_allocator();
@@ -92,6 +97,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut flush = tokio::time::interval(cfg.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.tick().await;
+    let mut conntrack_tick = tokio::time::interval(CONNTRACK_READ_INTERVAL);
+    conntrack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -126,7 +133,9 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                     links_open = false;
                 }
             },
-            () = conntrack.readable(), if conntrack.active() => conntrack.catch_up(),
+            // Events are read in batches: often enough that the socket's buffer never fills,
+            // seldom enough that a burst of connections costs a few wake-ups, not one each.
+            _ = conntrack_tick.tick(), if conntrack.active() => conntrack.catch_up(),
             _ = resync.tick() => match capture.sync_interfaces() {
                 Ok(changes) => {
                     if forget_detached(&changes, &mut table) {

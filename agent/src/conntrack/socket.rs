@@ -7,7 +7,6 @@ use std::{
 };
 
 use netlink_sys::Socket;
-use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     ConntrackError, NatTable,
@@ -21,7 +20,7 @@ use super::{
 /// The events socket's receive buffer: ~50 000 events of ~300 bytes, what a 10 000-connection/s
 /// node announces while a large flush keeps the loop busy.
 const EVENT_BUFFER_BYTES: usize = 16 << 20;
-/// One datagram: an event is one message; a dump sends up to ~32 KiB per datagram.
+/// One dump datagram: a dump sends up to ~32 KiB per datagram.
 const RECV_BUF: usize = 64 << 10;
 /// A dump that takes longer than this is abandoned (counted as a failed resync).
 const DUMP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,7 +39,9 @@ pub struct ReadOutcome {
 /// The subscription to the node's translated conntrack entries.
 #[derive(Debug)]
 pub struct ConntrackWatcher {
-    events: AsyncFd<Socket>,
+    /// Non-blocking: read when the agent catches up (every 100 ms and before each flush).
+    events: Socket,
+    /// Room for one batch of event datagrams.
     buf: Vec<u8>,
     seq: u32,
 }
@@ -64,34 +65,11 @@ impl ConntrackWatcher {
         }
         sock.set_non_blocking(true)
             .map_err(unavailable("set non-blocking"))?;
-        // SAFETY: the `Socket` owns its descriptor, keeps it open until dropped and always
-        // returns the same one from `as_raw_fd`; the `AsyncFd` owns the `Socket`.
-        let events =
-            unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }.map_err(|e| {
-                ConntrackError::Unavailable {
-                    op: "register with the runtime",
-                    source: e.into_parts().1,
-                }
-            })?;
         Ok(ConntrackWatcher {
-            events,
-            buf: Vec::with_capacity(RECV_BUF),
+            events: sock,
+            buf: vec![0; sys::BATCH * sys::DATAGRAM],
             seq: 0,
         })
-    }
-
-    /// Waits until events are ready to be read.
-    pub async fn readable(&self) -> Result<(), ConntrackError> {
-        let mut guard = self
-            .events
-            .readable()
-            .await
-            .map_err(|source| ConntrackError::Read {
-                op: "poll the events socket",
-                source,
-            })?;
-        guard.clear_ready();
-        Ok(())
     }
 
     /// Applies every event queued now to `table` (at `now_ns`), without blocking.
@@ -101,14 +79,10 @@ impl ConntrackWatcher {
         now_ns: u64,
     ) -> Result<ReadOutcome, ConntrackError> {
         let mut out = ReadOutcome::default();
+        let mut lens = [0usize; sys::BATCH];
         loop {
-            self.buf.clear();
-            match self
-                .events
-                .get_ref()
-                .recv(&mut self.buf, libc::MSG_DONTWAIT)
-            {
-                Ok(_) => {}
+            let n = match sys::recv_batch(self.events.as_raw_fd(), &mut self.buf, &mut lens) {
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The kernel dropped events for us; the socket stays usable.
@@ -122,15 +96,22 @@ impl ConntrackWatcher {
                         source,
                     });
                 }
-            }
-            for m in messages(&self.buf) {
-                match m {
-                    Message::Conn(c) => {
-                        table.apply(&c, now_ns);
-                        out.applied += 1;
+            };
+            for (datagram, &len) in self.buf.chunks_exact(sys::DATAGRAM).zip(&lens).take(n) {
+                for m in messages(&datagram[..len.min(sys::DATAGRAM)]) {
+                    match m {
+                        Message::Conn(c) => {
+                            table.apply(&c, now_ns);
+                            out.applied += 1;
+                        }
+                        Message::Skipped(_) | Message::Error(_) | Message::Done => {
+                            out.skipped += 1;
+                        }
                     }
-                    Message::Skipped(_) | Message::Error(_) | Message::Done => out.skipped += 1,
                 }
+            }
+            if n < sys::BATCH {
+                return Ok(out);
             }
         }
     }

@@ -101,19 +101,6 @@ impl Conntrack {
         self.watcher.is_some()
     }
 
-    /// Waits until events are ready (forever when not active).
-    pub async fn readable(&self) {
-        match &self.watcher {
-            Some(w) => {
-                if let Err(e) = w.readable().await {
-                    tracing::warn!(error = %error_chain(&e), "conntrack: polling failed");
-                    std::future::pending::<()>().await;
-                }
-            }
-            None => std::future::pending().await,
-        }
-    }
-
     /// Applies every queued event (and resyncs if some were dropped, or if entries known only
     /// from a dump may have ended), then forgets entries destroyed longer ago than the grace
     /// period. Before a drain is turned into records, this makes the table hold every connection

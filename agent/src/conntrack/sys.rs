@@ -71,6 +71,55 @@ pub(super) fn attach_filter(fd: RawFd, prog: &[libc::sock_filter]) -> io::Result
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &fprog)
 }
 
+/// Datagrams one [`recv_batch`] call reads at most, and the room for each (an event is one
+/// message of a few hundred bytes).
+pub(super) const BATCH: usize = 64;
+pub(super) const DATAGRAM: usize = 2048;
+
+/// Reads up to [`BATCH`] queued datagrams with one `recvmmsg(2)` (non-blocking) into `bufs`,
+/// one per [`DATAGRAM`] bytes; their lengths go to `lens`. Returns how many were read (an
+/// error pending on the socket, such as `ENOBUFS`, comes as the error of a call that read none).
+pub(super) fn recv_batch(
+    fd: RawFd,
+    bufs: &mut [u8],
+    lens: &mut [usize; BATCH],
+) -> io::Result<usize> {
+    let n = (bufs.len() / DATAGRAM).min(BATCH);
+    let mut iovs: [libc::iovec; BATCH] = [libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    }; BATCH];
+    // SAFETY: an all-zero mmsghdr is valid (null name, no control data); fields set below.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    for (i, chunk) in bufs.chunks_exact_mut(DATAGRAM).take(n).enumerate() {
+        iovs[i] = libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast(),
+            iov_len: DATAGRAM,
+        };
+        msgs[i].msg_hdr.msg_iov = std::ptr::from_mut(&mut iovs[i]);
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: `n` message headers, each pointing at its own iovec and buffer of DATAGRAM bytes,
+    // all alive for the call.
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            u32::try_from(n).unwrap_or(0),
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let got = usize::try_from(rc).unwrap_or(0).min(n);
+    for (len, m) in lens.iter_mut().zip(&msgs).take(got) {
+        *len = m.msg_len as usize;
+    }
+    Ok(got)
+}
+
 fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
     // SAFETY: `value` points to a live `T` of the size passed; the kernel copies it.
     let rc = unsafe {

@@ -42,14 +42,39 @@ struct Entry {
     dump_only: bool,
 }
 
-/// The node's translated conntrack entries, indexed by both directions' tuples.
+impl Entry {
+    /// The four tuples a record of the connection can be counted under, and whether each is of
+    /// the reply direction: the request before the node translated it (at the client's veth),
+    /// the reply before the reverse translation (at the backend's veth), the reply after it (at
+    /// the client's veth), the request after the translation (at the backend's veth: a client
+    /// from outside the node).
+    fn views(&self) -> [(FlowId, bool); 4] {
+        [
+            (FlowId::of(&self.orig), false),
+            (FlowId::of(&self.reply), true),
+            (FlowId::of(&reversed(&self.orig)), true),
+            (FlowId::of(&reversed(&self.reply)), false),
+        ]
+    }
+}
+
+/// Where a tuple leads: an entry's slot and whether the tuple is of the reply direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct View {
+    slot: u32,
+    reply: bool,
+}
+
+/// The node's translated conntrack entries, found by any of the four tuples a record can carry
+/// with one hash probe (most records of a node are not translated: one probe, a miss).
 #[derive(Debug)]
 pub struct NatTable {
-    by_orig: HashMap<FlowId, Entry, FlowHashState>,
-    /// The reply tuple's id → the original tuple's id.
-    by_reply: HashMap<FlowId, FlowId, FlowHashState>,
-    /// Destroyed entries in destroy order: (when, original tuple, entry id).
-    ended: VecDeque<(u64, FlowId, u32)>,
+    /// The entries; `None` in free slots.
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    views: HashMap<FlowId, View, FlowHashState>,
+    /// Destroyed entries in destroy order: (when, slot, entry id).
+    ended: VecDeque<(u64, u32, u32)>,
     max_entries: usize,
     grace_ns: u64,
     generation: u32,
@@ -63,8 +88,9 @@ impl NatTable {
     /// `grace_ns` (their last packets may still be in a drain that has not run yet).
     pub fn new(max_entries: usize, grace_ns: u64) -> NatTable {
         NatTable {
-            by_orig: HashMap::with_hasher(flow_hash_state()),
-            by_reply: HashMap::with_hasher(flow_hash_state()),
+            slots: Vec::new(),
+            free: Vec::new(),
+            views: HashMap::with_hasher(flow_hash_state()),
             ended: VecDeque::new(),
             max_entries: max_entries.max(1),
             grace_ns,
@@ -74,12 +100,36 @@ impl NatTable {
         }
     }
 
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     pub fn stats(&self) -> NatStats {
         NatStats {
-            entries: self.by_orig.len() as u64,
+            entries: self.len() as u64,
             dump_only: self.dump_only_live,
             ..self.stats
         }
+    }
+
+    /// The slot of the entry whose original tuple is `orig`.
+    fn slot_of(&self, orig: &FlowKey) -> Option<u32> {
+        self.views
+            .get(&FlowId::of(&normal(orig)))
+            .filter(|v| !v.reply)
+            .map(|v| v.slot)
+            .filter(|&slot| {
+                self.entry(slot)
+                    .is_some_and(|e| FlowId::of(&e.orig) == FlowId::of(&normal(orig)))
+            })
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn entry_mut(&mut self, slot: u32) -> Option<&mut Entry> {
+        self.slots.get_mut(slot as usize).and_then(Option::as_mut)
     }
 
     /// Applies what the kernel said about an entry at `now_ns`. Entries without translation are
@@ -88,72 +138,102 @@ impl NatTable {
         if !conn.is_nat() {
             return;
         }
-        let id = FlowId::of(&normal(&conn.orig));
         match conn.kind {
-            Kind::Present => self.insert(id, conn, false),
+            Kind::Present => self.insert(conn, false),
             Kind::Destroyed => {
-                if let Some(e) = self.by_orig.get_mut(&id)
+                let Some(slot) = self.slot_of(&conn.orig) else {
+                    return;
+                };
+                let mut ended = None;
+                if let Some(e) = self.entry_mut(slot)
                     && e.ended_ns.is_none()
                     && (conn.id == 0 || e.id == conn.id)
                 {
                     e.ended_ns = Some(now_ns);
-                    self.dump_only_live -= u64::from(e.dump_only);
-                    self.ended.push_back((now_ns, id, e.id));
+                    ended = Some((e.id, e.dump_only));
+                }
+                if let Some((id, dump_only)) = ended {
+                    self.dump_only_live -= u64::from(dump_only);
+                    self.ended.push_back((now_ns, slot, id));
                     self.stats.destroyed += 1;
                 }
             }
         }
     }
 
-    fn insert(&mut self, id: FlowId, conn: &Conn, dump_only: bool) {
-        let reply_id = FlowId::of(&normal(&conn.reply));
-        if let Some(old) = self.by_orig.get(&id) {
-            // The same tuple again: the same entry (a dump after the event), or a new connection
-            // reusing it after the old one ended.
-            let old_reply = FlowId::of(&normal(&old.reply));
-            if old_reply != reply_id {
-                self.by_reply.remove(&old_reply);
+    fn insert(&mut self, conn: &Conn, dump_only: bool) {
+        let entry = Entry {
+            orig: normal(&conn.orig),
+            reply: normal(&conn.reply),
+            status: conn.status,
+            id: conn.id,
+            ended_ns: None,
+            generation: self.generation,
+            dump_only,
+        };
+        // The same tuple again: the same entry (a dump after the event), or a new connection
+        // reusing it after the old one ended. Its slot is reused.
+        let slot = match self.slot_of(&conn.orig) {
+            Some(slot) => {
+                self.unlink(slot);
+                slot
             }
-            self.dump_only_live -= u64::from(old.dump_only && old.ended_ns.is_none());
-        } else if self.by_orig.len() >= self.max_entries && !self.evict_oldest_ended() {
-            self.stats.table_full += 1;
-            return;
+            None => {
+                if self.len() >= self.max_entries && !self.evict_oldest_ended() {
+                    self.stats.table_full += 1;
+                    return;
+                }
+                match self.free.pop() {
+                    Some(slot) => slot,
+                    None => {
+                        self.slots.push(None);
+                        u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+                    }
+                }
+            }
+        };
+        for (id, reply) in entry.views() {
+            self.views.insert(id, View { slot, reply });
         }
-        self.by_orig.insert(
-            id,
-            Entry {
-                orig: normal(&conn.orig),
-                reply: normal(&conn.reply),
-                status: conn.status,
-                id: conn.id,
-                ended_ns: None,
-                generation: self.generation,
-                dump_only,
-            },
-        );
-        self.by_reply.insert(reply_id, id);
+        if let Some(s) = self.slots.get_mut(slot as usize) {
+            *s = Some(entry);
+        }
         self.dump_only_live += u64::from(dump_only);
         self.stats.added += 1;
     }
 
+    /// Removes an entry's tuples (those still leading to it) and its dump-only count; the slot
+    /// keeps the entry until it is overwritten or freed.
+    fn unlink(&mut self, slot: u32) {
+        let Some(e) = self.entry(slot).copied() else {
+            return;
+        };
+        for (id, _) in e.views() {
+            if self.views.get(&id).is_some_and(|v| v.slot == slot) {
+                self.views.remove(&id);
+            }
+        }
+        self.dump_only_live -= u64::from(e.dump_only && e.ended_ns.is_none());
+    }
+
     /// Makes room by dropping the entry destroyed first; false when every entry is live.
     fn evict_oldest_ended(&mut self) -> bool {
-        while let Some((_, id, entry_id)) = self.ended.pop_front() {
-            if self.remove_if_ended(id, entry_id) {
+        while let Some((_, slot, entry_id)) = self.ended.pop_front() {
+            if self.remove_if_ended(slot, entry_id) {
                 return true;
             }
         }
         false
     }
 
-    fn remove_if_ended(&mut self, id: FlowId, entry_id: u32) -> bool {
-        match self.by_orig.get(&id) {
+    fn remove_if_ended(&mut self, slot: u32, entry_id: u32) -> bool {
+        match self.entry(slot) {
             Some(e) if e.ended_ns.is_some() && e.id == entry_id => {
-                let reply_id = FlowId::of(&e.reply);
-                if self.by_reply.get(&reply_id) == Some(&id) {
-                    self.by_reply.remove(&reply_id);
+                self.unlink(slot);
+                if let Some(s) = self.slots.get_mut(slot as usize) {
+                    *s = None;
                 }
-                self.by_orig.remove(&id);
+                self.free.push(slot);
                 true
             }
             _ => false,
@@ -162,16 +242,21 @@ impl NatTable {
 
     /// Forgets the entries destroyed more than the grace period before `now_ns`.
     pub fn expire(&mut self, now_ns: u64) {
-        while let Some(&(at, id, entry_id)) = self.ended.front() {
+        while let Some(&(at, slot, entry_id)) = self.ended.front() {
             if now_ns.saturating_sub(at) < self.grace_ns {
                 break;
             }
             self.ended.pop_front();
-            self.remove_if_ended(id, entry_id);
+            self.remove_if_ended(slot, entry_id);
         }
-        if self.by_orig.capacity() > 4 * self.by_orig.len().max(1024) {
-            self.by_orig.shrink_to(2 * self.by_orig.len());
-            self.by_reply.shrink_to(2 * self.by_reply.len());
+        if self.views.capacity() > 4 * self.views.len().max(4096) {
+            self.views.shrink_to(2 * self.views.len());
+        }
+        // Free slots at the end of the slab give their memory back.
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+            let last = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+            self.free.retain(|&s| s != last);
         }
     }
 
@@ -184,11 +269,15 @@ impl NatTable {
     /// events were lost.
     pub fn end_resync(&mut self, now_ns: u64) {
         let generation = self.generation;
-        for (id, e) in &mut self.by_orig {
-            if e.ended_ns.is_none() && e.generation != generation {
+        for (slot, e) in self.slots.iter_mut().enumerate() {
+            if let Some(e) = e
+                && e.ended_ns.is_none()
+                && e.generation != generation
+            {
                 e.ended_ns = Some(now_ns);
                 self.dump_only_live -= u64::from(e.dump_only);
-                self.ended.push_back((now_ns, *id, e.id));
+                let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+                self.ended.push_back((now_ns, slot, e.id));
             }
         }
     }
@@ -198,12 +287,19 @@ impl NatTable {
         if !conn.is_nat() {
             return;
         }
-        let id = FlowId::of(&normal(&conn.orig));
-        match self.by_orig.get_mut(&id) {
-            Some(e) if e.ended_ns.is_none() && (e.id == conn.id || conn.id == 0) => {
-                e.generation = self.generation;
-            }
-            _ => self.insert(id, conn, true),
+        let generation = self.generation;
+        let seen = self
+            .slot_of(&conn.orig)
+            .and_then(|slot| self.entry_mut(slot))
+            .is_some_and(|e| {
+                let same = e.ended_ns.is_none() && (e.id == conn.id || conn.id == 0);
+                if same {
+                    e.generation = generation;
+                }
+                same
+            });
+        if !seen {
+            self.insert(conn, true);
         }
     }
 
@@ -236,27 +332,12 @@ impl NatTable {
 
 impl Translate for NatTable {
     fn translate(&self, key: &FlowKey) -> Option<Translated> {
-        if self.by_orig.is_empty() {
+        if self.views.is_empty() {
             return None;
         }
-        let k = normal(key);
-        let id = FlowId::of(&k);
-        // The request before the node translated it (at the client's veth), the reply before
-        // the reverse translation (at the backend's veth).
-        if let Some(e) = self.by_orig.get(&id) {
-            return Some(Self::translated(e, key, false));
-        }
-        if let Some(e) = self.by_reply.get(&id).and_then(|o| self.by_orig.get(o)) {
-            return Some(Self::translated(e, key, true));
-        }
-        // The reply after the reverse translation (at the client's veth), the request after the
-        // translation (at the backend's veth: a client from outside the node).
-        let rid = FlowId::of(&reversed(&k));
-        if let Some(e) = self.by_orig.get(&rid) {
-            return Some(Self::translated(e, key, true));
-        }
-        let e = self.by_reply.get(&rid).and_then(|o| self.by_orig.get(o))?;
-        Some(Self::translated(e, key, false))
+        let v = self.views.get(&FlowId::of(&normal(key)))?;
+        let e = self.entry(v.slot)?;
+        Some(Self::translated(e, key, v.reply))
     }
 }
 

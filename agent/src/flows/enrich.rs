@@ -49,8 +49,8 @@ pub fn enrich(records: &mut [proto::Flow], index: &MetadataIndex, node: &str) ->
             (Some(a), Some(b)) => a != b && (a == node || b == node),
             _ => false,
         };
-        r.src = src.as_ref().map(to_proto);
-        r.dst = dst.as_ref().map(to_proto);
+        r.src = src.map(into_proto);
+        r.dst = dst.map(into_proto);
         r.metadata_age = age;
         let protocol = u8::try_from(r.protocol).unwrap_or(0);
         match &r.translation {
@@ -105,23 +105,19 @@ fn home(e: &Endpoint) -> Option<&str> {
     }
 }
 
-pub fn to_proto(e: &Endpoint) -> proto::Endpoint {
+/// The record's form of an endpoint (its strings and labels moved, not copied).
+pub fn into_proto(e: Endpoint) -> proto::Endpoint {
     proto::Endpoint {
         kind: e.kind.as_str().to_string(),
-        namespace: e.namespace.clone(),
-        pod: e.pod.clone(),
-        uid: e.uid.clone(),
-        workload_kind: e.workload_kind.clone(),
-        workload: e.workload.clone(),
-        labels: e
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        node: e.node.clone(),
+        namespace: e.namespace,
+        pod: e.pod,
+        uid: e.uid,
+        workload_kind: e.workload_kind,
+        workload: e.workload,
+        labels: e.labels,
+        node: e.node,
         service: e
             .service
-            .as_ref()
             .map(|(ns, name)| format!("{ns}/{name}"))
             .unwrap_or_default(),
         ambiguous: e.ambiguous,
@@ -159,7 +155,7 @@ mod tests {
             service: Some(("shop".into(), "cart".into())),
             ..Default::default()
         };
-        let p = to_proto(&e);
+        let p = into_proto(e);
         assert_eq!(
             (p.kind.as_str(), p.service.as_str()),
             ("service", "shop/cart")

@@ -377,15 +377,6 @@ fn packets_by(recs: &[Value], key: impl Fn(&Value) -> String) -> HashMap<String,
     m
 }
 
-fn counter(agent: &Agent, name: &str) -> u64 {
-    let st = agent.status().expect("status");
-    st["counters"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["value"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {name} in {st}"))
-}
-
 /// Requests and replies through the ClusterIP: the backend and the Service are named, local
 /// backends stay same-node with both veths listed, every packet is counted once.
 fn service_requests_and_replies(c: &Cluster, flows: usize) {
@@ -574,7 +565,7 @@ fn iptables_mode_names_backends_services_and_a_burst_of_short_flows() {
         "conntrack_unavailable",
         "service_unknown",
     ] {
-        assert_eq!(counter(&c.agent, name), 0, "{name}");
+        assert_eq!(c.agent.counter(name), 0, "{name}");
     }
     // Every translated record made is in the buffer (nothing is dropped at this size).
     let translated = c
@@ -584,7 +575,7 @@ fn iptables_mode_names_backends_services_and_a_burst_of_short_flows() {
         .filter(|r| r.get("translation").is_some())
         .count() as u64;
     assert!(translated >= 1300, "{translated}");
-    assert_eq!(counter(&c.agent, "translated_records"), translated);
+    assert_eq!(c.agent.counter("translated_records"), translated);
 }
 
 #[test]

@@ -102,15 +102,6 @@ fn start_agent(node: &Node, name: &str, metadata: &Path) -> Agent {
     )
 }
 
-fn counter(agent: &Agent, name: &str) -> u64 {
-    let st = agent.status().expect("status");
-    st["counters"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["value"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {name} in {st}"))
-}
-
 #[test]
 fn wireguard_flows_are_exact_encrypted_and_plaintext_bypass_is_flagged() {
     if !privileged() {
@@ -309,7 +300,7 @@ fn wireguard_flows_are_exact_encrypted_and_plaintext_bypass_is_flagged() {
     }
     expect_totals(&agent_a, &Tuple::new(b1, a1, "ICMP", 0, 0), (4, 4 * PING));
     expect_totals(&agent_b, &Tuple::new(b1, a1, "ICMP", 0, 0), (4, 4 * PING));
-    assert_eq!(counter(&agent_a, "plaintext_inter_node_flows"), 0);
+    assert_eq!(agent_a.counter("plaintext_inter_node_flows"), 0);
 
     // Bypassing the tunnel: flagged plaintext, with counters, and found by --plaintext.
     ping(&na, "a1", b2, 3);
@@ -326,10 +317,10 @@ fn wireguard_flows_are_exact_encrypted_and_plaintext_bypass_is_flagged() {
         "{recs_b:#?}"
     );
     let flagged = wait_for(Duration::from_secs(5), Duration::from_millis(200), || {
-        (counter(&agent_a, "plaintext_inter_node_flows") >= 2).then_some(())
+        (agent_a.counter("plaintext_inter_node_flows") >= 2).then_some(())
     });
     assert!(flagged.is_some(), "plaintext counter did not grow");
-    assert!(counter(&agent_a, "plaintext_inter_node_bytes") >= 6 * PING);
+    assert!(agent_a.counter("plaintext_inter_node_bytes") >= 6 * PING);
     let plain = agent_a.flows(&["--plaintext"]);
     assert!(!plain.is_empty() && plain.iter().all(|r| r["plaintext_inter_node"] == true));
     let enc = agent_a.flows(&["--encrypted"]);

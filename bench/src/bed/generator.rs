@@ -26,6 +26,57 @@ pub enum Flows {
     Rotate(u64),
     /// Every packet is a new flow, numbered from `start`.
     Unique { start: u64 },
+    /// Every packet is a new flow, numbered from `start`; every other one goes to the Service
+    /// in front of `dst` ([`super::SERVICE_VIP`] port 80, a new source port each, from a raw
+    /// socket), the others to `dst` as in `Unique`.
+    HalfService { start: u64 },
+}
+
+/// A raw UDP socket (the kernel adds the IP header): any source port, without a socket each.
+struct RawUdp(std::os::fd::OwnedFd);
+
+impl RawUdp {
+    fn open() -> anyhow::Result<RawUdp> {
+        use std::os::fd::FromRawFd as _;
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("raw UDP socket");
+        }
+        // SAFETY: a new fd the kernel just gave us.
+        Ok(RawUdp(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// One datagram from `src_port` to `to` (UDP checksum 0: none, as IPv4 allows).
+    fn send(&self, src_port: u16, to: SocketAddrV4, payload: &[u8]) {
+        use std::os::fd::AsRawFd as _;
+        let mut pkt = [0u8; 64];
+        let len = 8 + payload.len().min(56);
+        pkt[0..2].copy_from_slice(&src_port.to_be_bytes());
+        pkt[2..4].copy_from_slice(&to.port().to_be_bytes());
+        pkt[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        pkt[8..len].copy_from_slice(&payload[..len - 8]);
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*to.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        // SAFETY: sendto with a buffer of `len` bytes and a sockaddr_in of its size. A failure
+        // (ENOBUFS) is a datagram not sent, like the generator's other sends.
+        unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                pkt.as_ptr().cast(),
+                len,
+                0,
+                std::ptr::from_ref(&addr).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+        }
+    }
 }
 
 impl Bed {
@@ -38,7 +89,9 @@ impl Bed {
         let dst = self.dst_ip;
         let max_index = match flows {
             Flows::Rotate(n) => n.max(1),
-            Flows::Unique { start } => start + (rate as f64 * secs) as u64 + 1,
+            Flows::Unique { start } | Flows::HalfService { start } => {
+                start + (rate as f64 * secs) as u64 + 1
+            }
         };
         let nsock = max_index.div_ceil(PORTS_PER_SOCKET) as usize;
         let res = self.src()?.run(move || -> anyhow::Result<GenResult> {
@@ -47,6 +100,11 @@ impl Bed {
                 .collect::<Result<_, _>>()
                 .context("binding generator sockets")?;
             let payload = [0x5au8; 22];
+            let raw = match flows {
+                Flows::HalfService { .. } => Some(RawUdp::open()?),
+                _ => None,
+            };
+            let vip = SocketAddrV4::new(super::SERVICE_VIP, super::SERVICE_PORT);
             let start = Instant::now();
             let total = (rate as f64 * secs) as u64;
             let mut sent = 0u64;
@@ -62,8 +120,14 @@ impl Bed {
                 while sent < due {
                     let i = match flows {
                         Flows::Rotate(n) => sent % n.max(1),
-                        Flows::Unique { start } => start + sent,
+                        Flows::Unique { start } | Flows::HalfService { start } => start + sent,
                     };
+                    if let Some(raw) = raw.as_ref().filter(|_| i % 2 == 1) {
+                        // Source ports 1024..65023, distinct within a window of ≤ 64 000 flows.
+                        raw.send(1024 + ((i / 2) % 64_000) as u16, vip, &payload);
+                        sent += 1;
+                        continue;
+                    }
                     let sock = &socks[(i / PORTS_PER_SOCKET) as usize % nsock];
                     let port = 10_000 + (i % PORTS_PER_SOCKET) as u16;
                     // An error (e.g. ENOBUFS) just means the packet was not sent; it is counted

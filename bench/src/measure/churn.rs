@@ -25,42 +25,109 @@ pub struct Churn {
     pub us_per_flow: Vec<f64>,
     pub records: Vec<f64>,
     pub achieved: Vec<f64>,
+    /// Records of flows the node translated (the Service churn), of each run.
+    pub translated: Vec<f64>,
 }
 
 /// `o.churn_runs` runs of each churn rate, a fresh agent each.
 pub fn run(o: &Opts, bed: &Bed) -> anyhow::Result<Vec<Churn>> {
     let mut out = Vec::new();
     for &rate in &o.churn_rates {
-        let mut c = Churn {
-            rate,
-            us_per_flow: Vec::new(),
-            records: Vec::new(),
-            achieved: Vec::new(),
-        };
+        let mut c = Churn::new(rate);
         for i in 0..o.churn_runs {
             log(format!("churn {rate}/s, run {}/{}", i + 1, o.churn_runs));
-            let (ns, r, a) = once(o, bed, rate)?;
-            c.us_per_flow.push(ns / 1000.0);
-            c.records.push(r);
-            c.achieved.push(a);
+            c.push(once(o, bed, rate, |start| Flows::Unique { start }, &[])?);
         }
         out.push(c);
     }
     Ok(out)
 }
 
-/// CPU per exported flow at a churn of `rate` new flows per second (fresh agent). Returns
-/// (ns per flow, records, achieved new flows/s).
-fn once(o: &Opts, bed: &Bed, rate: u64) -> anyhow::Result<(f64, f64, f64)> {
+/// `o.churn_runs` runs at `rate` new flows per second, every other one through a Service that
+/// the node translates (conntrack); with `named`, the agent also names the pods and the Service
+/// (a metadata file). On a bed of its own, whose namespace has conntrack on.
+pub fn run_service(o: &Opts, rate: u64, named: bool) -> anyhow::Result<Churn> {
+    let bed = Bed::build()?;
+    let dir = tempfile::Builder::new()
+        .prefix("podflow-bench-svc-")
+        .tempdir()
+        .context("creating the metadata directory")?;
+    let metadata = bed.serve_dst(dir.path())?;
+    let metadata = metadata.to_string_lossy();
+    let extra: &[&str] = if named {
+        &["--metadata-file", &metadata]
+    } else {
+        &[]
+    };
+    let mut c = Churn::new(rate);
+    for i in 0..o.churn_runs {
+        log(format!(
+            "churn {rate}/s, half through a Service{}, run {}/{}",
+            if named { ", named" } else { "" },
+            i + 1,
+            o.churn_runs
+        ));
+        bed.flush_conntrack()?;
+        c.push(once(
+            o,
+            &bed,
+            rate,
+            |start| Flows::HalfService { start },
+            extra,
+        )?);
+    }
+    Ok(c)
+}
+
+impl Churn {
+    fn new(rate: u64) -> Churn {
+        Churn {
+            rate,
+            us_per_flow: Vec::new(),
+            records: Vec::new(),
+            achieved: Vec::new(),
+            translated: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, run: Run) {
+        self.us_per_flow.push(run.ns_per_flow / 1000.0);
+        self.records.push(run.records);
+        self.achieved.push(run.achieved);
+        self.translated.push(run.translated);
+    }
+}
+
+/// One run's figures.
+struct Run {
+    ns_per_flow: f64,
+    records: f64,
+    achieved: f64,
+    translated: f64,
+}
+
+/// CPU per exported flow at a churn of `rate` new flows per second (fresh agent started with
+/// `extra` arguments), with the flows `flows` makes from a start index.
+fn once(
+    o: &Opts,
+    bed: &Bed,
+    rate: u64,
+    flows: impl Fn(u64) -> Flows,
+    extra: &[&str],
+) -> anyhow::Result<Run> {
     let entries = ((rate as f64 * 2.0 * 1.5) as u64)
         .next_power_of_two()
         .max(65_536) as u32;
-    let agent = Agent::start(bed, &o.podflow, entries, "1s", &[])?;
+    let agent = Agent::start(bed, &o.podflow, entries, "1s", extra)?;
     // Warm up (first flush, lazy allocations) outside the window.
-    bed.generate(Flows::Unique { start: 0 }, rate, 1.0)?;
+    bed.generate(flows(0), rate, 1.0)?;
     sleep(Duration::from_millis(2_500))?;
     let (cpu0, rec0) = (agent.cpu_ns()?, agent.records_exported()?);
-    // PODFLOW_BENCH_PERF=DIR: profile the agent during each churn window (perf record -g).
+    // Agents older than Service attribution have no such counter: 0.
+    let translated0 = agent.counter("translated_records").unwrap_or(0);
+    // PODFLOW_BENCH_PERF=DIR: profile the agent during each churn window (perf record -g), at
+    // PODFLOW_BENCH_PERF_FREQ samples per second (499).
+    let perf_freq = std::env::var("PODFLOW_BENCH_PERF_FREQ").unwrap_or_else(|_| "499".into());
     let mut perf = match std::env::var_os("PODFLOW_BENCH_PERF") {
         Some(dir) => Some(ChildGuard::new(
             Command::new("perf")
@@ -68,13 +135,23 @@ fn once(o: &Opts, bed: &Bed, rate: u64) -> anyhow::Result<(f64, f64, f64)> {
                     "record",
                     "-q",
                     "-F",
-                    "499",
+                    &perf_freq,
                     "-g",
                     "-p",
                     &agent.pid().to_string(),
                     "-o",
                 ])
-                .arg(PathBuf::from(dir).join(format!("churn-{rate}.data")))
+                .arg(PathBuf::from(dir).join(format!(
+                    "churn-{rate}{}.data",
+                    match (
+                        matches!(flows(0), Flows::HalfService { .. }),
+                        extra.is_empty()
+                    ) {
+                        (false, _) => "",
+                        (true, true) => "-service",
+                        (true, false) => "-service-named",
+                    }
+                )))
                 .args(["--", "sleep", &format!("{}", o.churn_secs + 2.5)])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -84,10 +161,11 @@ fn once(o: &Opts, bed: &Bed, rate: u64) -> anyhow::Result<(f64, f64, f64)> {
         )),
         None => None,
     };
-    let g = bed.generate(Flows::Unique { start: 1_000_000 }, rate, o.churn_secs)?;
+    let g = bed.generate(flows(1_000_000), rate, o.churn_secs)?;
     // Two flushes after the last packet: every flow of the window has become a record.
     sleep(Duration::from_millis(2_500))?;
     let (cpu1, rec1) = (agent.cpu_ns()?, agent.records_exported()?);
+    let translated = agent.counter("translated_records").unwrap_or(0) - translated0;
     if let Some(c) = perf.as_mut().and_then(ChildGuard::get_mut) {
         // perf stops by itself (sleep); bounded wait, then the guard kills it.
         let _ = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
@@ -103,9 +181,10 @@ fn once(o: &Opts, bed: &Bed, rate: u64) -> anyhow::Result<(f64, f64, f64)> {
         "no flow records exported in the churn window"
     );
     ensure!(lost == 0, "lost_map_full = {lost} during churn at {rate}/s");
-    Ok((
-        (cpu1 - cpu0) as f64 / records,
+    Ok(Run {
+        ns_per_flow: (cpu1 - cpu0) as f64 / records,
         records,
-        g.sent as f64 / g.secs,
-    ))
+        achieved: g.sent as f64 / g.secs,
+        translated: translated as f64,
+    })
 }

@@ -27,6 +27,10 @@ pub fn rows(o: &Opts, r: &Results) -> anyhow::Result<Vec<Row>> {
         hook_rows(o, h, &mut rows)?;
     }
     churn_rows(o, &r.churn, &mut rows)?;
+    if let Some((plain, named)) = &r.service_churn {
+        rows.push(service_churn_row(o, plain, false)?);
+        rows.push(service_churn_row(o, named, true)?);
+    }
     if let Some(m) = &r.rss {
         rows.push(rss_row(o, m));
     }
@@ -178,34 +182,64 @@ fn hook_rows(o: &Opts, h: &Hooks, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 /// The CPU-per-flow rows: the first churn rate is the low churn, the next the high churn.
 fn churn_rows(o: &Opts, churn: &[Churn], rows: &mut Vec<Row>) -> anyhow::Result<()> {
     for (k, c) in churn.iter().enumerate() {
-        let p = summarize(&c.us_per_flow)?;
-        let r = summarize(&c.records)?;
-        let a = summarize(&c.achieved)?;
-        rows.push(Row {
-            key: if k == 0 {
-                "cpu_per_flow_low_churn"
-            } else {
-                "cpu_per_flow_high_churn"
-            },
-            figure: format!(
-                "agent CPU (utime+stime) per exported flow, churn {} new flows/s, {} s window",
-                c.rate, o.churn_secs
-            ),
-            value: Some(p.median),
-            unit: "µs",
-            target: "≤ 2 µs".into(),
-            at_least: false,
-            limit: 2.0,
-            digits: 2,
-            detail: format!(
-                "{} µs; records per window {}; achieved {} flows/s",
-                fmt_range(&p, 2),
-                fmt_range(&r, 0),
-                fmt_range(&a, 0)
-            ),
-        });
+        let key = if k == 0 {
+            "cpu_per_flow_low_churn"
+        } else {
+            "cpu_per_flow_high_churn"
+        };
+        rows.push(churn_row(o, c, key, "")?);
     }
     Ok(())
+}
+
+/// The CPU-per-flow row of the churn with every other flow through a translated Service.
+fn service_churn_row(o: &Opts, c: &Churn, named: bool) -> anyhow::Result<Row> {
+    let (key, what) = if named {
+        (
+            "cpu_per_flow_service_churn_named",
+            " with every other one through a Service the node translates (conntrack events), and metadata naming the pods and the Service (the other rows run without metadata)",
+        )
+    } else {
+        (
+            "cpu_per_flow_service_churn",
+            " with every other one through a Service the node translates (conntrack events)",
+        )
+    };
+    churn_row(o, c, key, what)
+}
+
+/// A CPU-per-flow row: `what` says what the churn's flows are beyond new. The share of
+/// translated records is given where there are any.
+fn churn_row(o: &Opts, c: &Churn, key: &'static str, what: &str) -> anyhow::Result<Row> {
+    let p = summarize(&c.us_per_flow)?;
+    let r = summarize(&c.records)?;
+    let a = summarize(&c.achieved)?;
+    let share: Vec<f64> = (c.translated.iter().zip(&c.records))
+        .map(|(t, r)| if *r > 0.0 { 100.0 * t / r } else { 0.0 })
+        .collect();
+    let translated = match summarize(&share) {
+        Ok(s) if s.median > 0.0 => format!("; translated {} %", fmt_range(&s, 1)),
+        _ => String::new(),
+    };
+    Ok(Row {
+        key,
+        figure: format!(
+            "agent CPU (utime+stime) per exported flow, churn {} new flows/s{what}, {} s window",
+            c.rate, o.churn_secs
+        ),
+        value: Some(p.median),
+        unit: "µs",
+        target: "≤ 2 µs".into(),
+        at_least: false,
+        limit: 2.0,
+        digits: 2,
+        detail: format!(
+            "{} µs; records per window {}{translated}; achieved {} flows/s",
+            fmt_range(&p, 2),
+            fmt_range(&r, 0),
+            fmt_range(&a, 0)
+        ),
+    })
 }
 
 /// The resident memory row.

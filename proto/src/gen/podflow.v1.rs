@@ -129,9 +129,11 @@ pub struct Endpoint {
     pub workload_kind: ::prost::alloc::string::String,
     #[prost(string, tag = "6")]
     pub workload: ::prost::alloc::string::String,
-    #[prost(map = "string, string", tag = "7")]
-    pub labels:
-        ::std::collections::HashMap<::prost::alloc::string::String, ::prost::alloc::string::String>,
+    #[prost(btree_map = "string, string", tag = "7")]
+    pub labels: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
     /// The pod's node, or the node itself for kind "node".
     #[prost(string, tag = "8")]
     pub node: ::prost::alloc::string::String,

@@ -95,6 +95,16 @@ impl Agent {
         serde_json::from_slice(&out.stdout).ok()
     }
 
+    /// The status counter `name`; panics when the status lacks it.
+    pub fn counter(&self, name: &str) -> u64 {
+        let st = self.status().expect("status");
+        st["counters"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["value"].as_u64())
+            .unwrap_or_else(|| panic!("no counter {name} in {st}"))
+    }
+
     /// Names of the attached interfaces (sorted), from the status.
     pub fn attached(&self) -> Option<Vec<String>> {
         let st = self.status()?;
