@@ -310,13 +310,7 @@ fn with_endpoints(src: proto::Endpoint, dst: proto::Endpoint) -> proto::Flow {
     }
 }
 
-fn ep(
-    ns: &str,
-    pod: &str,
-    kind: &str,
-    workload: &str,
-    labels: &[(&str, &str)],
-) -> proto::Endpoint {
+fn ep(ns: &str, pod: &str, kind: &str, workload: &str, labels: &[(&str, &str)]) -> proto::Endpoint {
     proto::Endpoint {
         kind: "pod".into(),
         namespace: ns.into(),
