@@ -2,11 +2,12 @@
 //! without blocking; one for dumps, opened when a dump is needed.
 use std::{
     io,
-    os::fd::AsRawFd as _,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use netlink_sys::Socket;
+use tokio::io::{Interest, unix::AsyncFd};
 
 use super::{
     ConntrackError, NatTable,
@@ -39,7 +40,8 @@ pub struct ReadOutcome {
 /// The subscription to the node's translated conntrack entries.
 #[derive(Debug)]
 pub struct ConntrackWatcher {
-    /// Non-blocking: read when the agent catches up (every 100 ms and before each flush).
+    /// Non-blocking: read when the agent catches up (when events are queued, at most every
+    /// 100 ms, and before each flush).
     events: Socket,
     /// Room for one batch of event datagrams.
     buf: Vec<u8>,
@@ -70,6 +72,15 @@ impl ConntrackWatcher {
             buf: vec![0; sys::BATCH * sys::DATAGRAM],
             seq: 0,
         })
+    }
+
+    /// A duplicate of the events socket registered with the tokio runtime of the calling
+    /// thread, to wait on for queued events (it becomes readable when the kernel queues one)
+    /// without borrowing the watcher.
+    pub fn events_ready(&self) -> io::Result<AsyncFd<OwnedFd>> {
+        let fd = self.events.as_fd().try_clone_to_owned()?;
+        // SAFETY: an `OwnedFd` is open and refers to the same file description until dropped.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)
     }
 
     /// Applies every event queued now to `table` (at `now_ns`), without blocking.

@@ -3,11 +3,11 @@
 use std::time::{Duration, Instant};
 
 use super::{ConntrackError, ConntrackWatcher, NatStats, NatTable};
+use crate::{flows::Translate, report::error_chain, time::monotonic_ns};
 
 /// How often the table is rebuilt from a dump while it holds entries known only from a dump
 /// (connections older than the agent, whose end the kernel never announces).
 const DUMP_ONLY_RESYNC: Duration = Duration::from_secs(60);
-use crate::{flows::Translate, report::error_chain, time::monotonic_ns};
 
 /// Whether to read the node's translations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -99,6 +99,15 @@ impl Conntrack {
     /// Whether events are being followed.
     pub fn active(&self) -> bool {
         self.watcher.is_some()
+    }
+
+    /// When events are followed, a descriptor registered with the calling thread's tokio runtime
+    /// that becomes readable when events are queued ([`ConntrackWatcher::events_ready`]): waiting
+    /// on it, an agent on a node without translations never wakes up for conntrack.
+    pub fn events_ready(
+        &self,
+    ) -> Option<std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>> {
+        self.watcher.as_ref().map(ConntrackWatcher::events_ready)
     }
 
     /// Applies every queued event (and resyncs if some were dropped, or if entries known only

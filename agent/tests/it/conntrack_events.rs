@@ -1,6 +1,7 @@
 //! The conntrack source against a real kernel, in a namespace of its own: the socket filter lets
 //! only translated entries through, a dump finds the translations that existed before the
-//! watcher, destroy events end them. Privileged (root).
+//! watcher, destroy events end them, and the socket becomes readable for translations only.
+//! Privileged (root).
 use std::{net::UdpSocket, time::Duration};
 
 use podflow::{
@@ -82,11 +83,25 @@ fn the_filter_passes_translations_only_and_a_dump_finds_older_ones() {
             (ipv4_mapped([127, 0, 0, 1]), 8080)
         );
 
-        // After: one translated and one untranslated connection. The kernel drops the second's
-        // event before it is queued.
-        let nat = send("10.96.0.10:80");
+        // After: one untranslated and one translated connection. The kernel drops the first's
+        // event before it is queued, so the socket (what the agent's loop waits on) stays quiet
+        // until the second.
+        let ready = w.events_ready().expect("registered");
+        let readable = |wait_ms| {
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(wait_ms), ready.readable())
+                    .await
+                    .map(|guard| guard.expect("readiness").clear_ready())
+                    .is_ok()
+            })
+        };
         let plain = send("127.0.0.1:9999");
-        std::thread::sleep(Duration::from_millis(50));
+        assert!(!readable(200), "an untranslated connection wakes nobody");
+        let nat = send("10.96.0.10:80");
+        assert!(
+            readable(2000),
+            "a translated connection makes the socket readable"
+        );
         let out = w.read_events(&mut table, 1).expect("events");
         assert_eq!(
             (out.applied, out.skipped, out.overflowed),

@@ -584,6 +584,15 @@ fn nftables_mode_names_backends_and_services() {
         return;
     }
     let c = cluster("sn", Mode::Nftables);
+    // Before any traffic: following conntrack costs a quiet node no wake-ups (the loop waits on
+    // the events socket, which the kernel's filter keeps silent); a 100 ms timer alone would wake
+    // the agent 30 times in these 3 s. What remains: the 1 s flushes.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = c.agent.wakeups();
+    std::thread::sleep(Duration::from_secs(3));
+    let woke = c.agent.wakeups() - before;
+    eprintln!("idle agent, conntrack on: {woke} wake-ups in 3 s");
+    assert!(woke < 30, "{woke} wake-ups in 3 s of no traffic");
     service_requests_and_replies(&c, 100);
 }
 

@@ -77,6 +77,16 @@ impl Agent {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
+    /// How many times the agent's threads have been scheduled in, summed (the second field of
+    /// `/proc/<pid>/task/<tid>/schedstat`, exact): the wake-ups a sleeping agent costs the node.
+    pub fn wakeups(&self) -> u64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).expect("tasks");
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().nth(2)?.parse::<u64>().ok())
+            .sum()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
