@@ -24,9 +24,11 @@
 //! its end: while the table holds such dump-only entries, it is rebuilt from a dump every minute.
 //!
 //! Where the node has no conntrack (no NAT rules in its namespace) nothing is announced and the
-//! table stays empty: lookups return at once. Where ctnetlink cannot be used (no permission, no
+//! table stays empty: lookups return at once, and the agent never wakes up for conntrack
+//! ([`pace`]: on the socket while quiet, on a 100 ms timer while events come). Where ctnetlink cannot be used (no permission, no
 //! support), the agent says so once, counts it, and records carry what the wire carried.
 mod message;
+pub mod pace;
 mod socket;
 mod source;
 mod sys;

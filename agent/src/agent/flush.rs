@@ -58,7 +58,7 @@ pub(super) fn flush_once(
     }
     // The events of every connection the drain holds packets of are queued by now (see
     // `conntrack`): apply them before the records are made.
-    conntrack.catch_up();
+    let _ = conntrack.catch_up();
     let clock = Clock::now();
     let wireguard = capture
         .interfaces()

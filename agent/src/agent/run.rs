@@ -1,13 +1,8 @@
 //! The agent's run loop: start every part in order, react to link events, resync and flush on
 //! their timers, and shut down (last flush, detach, stop the exporter and the servers).
-use std::{io, os::fd::OwnedFd, time::Duration};
+use std::time::Duration;
 
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::SignalKind,
-    sync::oneshot,
-    time::{Instant, sleep_until},
-};
+use tokio::{signal::unix::SignalKind, sync::oneshot};
 use tracing::{info, warn};
 
 use super::{
@@ -18,18 +13,13 @@ use super::{
 use crate::{
     api::{self, Hub},
     capture::{Capture, InterfaceChange, LinkWatcher},
-    conntrack::Conntrack,
+    conntrack::{Conntrack, pace::EventPacer},
     flows::FlowTable,
     metadata,
     metrics::{self, Metrics},
     report::error_chain,
     time::Clock,
 };
-
-/// Queued conntrack events are applied when there are some, at most this often between flushes
-/// (a flush applies them too). At 100 000 new translated connections per second, 100 ms of events
-/// is ~3 MB: well within the socket's 16 MiB buffer.
-const CONNTRACK_READ_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Runs the agent with a built configuration until SIGTERM or SIGINT.
 pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
@@ -102,16 +92,9 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut flush = tokio::time::interval(cfg.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush.tick().await;
-    // The events socket wakes the loop only when the node translated a connection; if it cannot
-    // be waited on, the events are read on a timer instead.
-    let mut conntrack_ready = conntrack.events_ready().and_then(|ready| {
-        ready
-            .inspect_err(|e| warn!(error = %e, "conntrack: cannot wait for events; reading them every 100 ms"))
-            .ok()
-    });
-    let mut conntrack_read = Instant::now();
-    let mut conntrack_tick = tokio::time::interval(CONNTRACK_READ_INTERVAL);
-    conntrack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Queued conntrack events are applied when there are some, at most every 100 ms (a flush
+    // applies them too).
+    let mut conntrack_pace = EventPacer::new(&conntrack);
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -148,15 +131,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             },
             // Events are read in batches: often enough that the socket's buffer never fills,
             // seldom enough that a burst of connections costs a few wake-ups, not one each.
-            ready = conntrack_events(conntrack_ready.as_ref(), conntrack_read) => {
-                if let Err(e) = ready {
-                    warn!(error = %e, "conntrack: waiting for events failed; reading them every 100 ms");
-                    conntrack_ready = None;
-                }
-                conntrack.catch_up();
-                conntrack_read = Instant::now();
-            }
-            _ = conntrack_tick.tick(), if conntrack.active() && conntrack_ready.is_none() => conntrack.catch_up(),
+            woke = conntrack_pace.wait() => conntrack_pace.read(&mut conntrack, woke),
             _ = resync.tick() => match capture.sync_interfaces() {
                 Ok(changes) => {
                     if forget_detached(&changes, &mut table) {
@@ -214,21 +189,6 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         Err(e) => warn!(error = %e, "api task panicked"),
     }
     info!("podflow agent stopped");
-    Ok(())
-}
-
-/// Waits until conntrack events are queued on `fd` and [`CONNTRACK_READ_INTERVAL`] has passed
-/// since the `last` read; never, without `fd`. The readiness is cleared here, and the caller
-/// reads the socket empty at once: an event queued after that makes it ready again.
-async fn conntrack_events(fd: Option<&AsyncFd<OwnedFd>>, last: Instant) -> io::Result<()> {
-    let Some(fd) = fd else {
-        return std::future::pending().await;
-    };
-    let next = last + CONNTRACK_READ_INTERVAL;
-    if Instant::now() < next {
-        sleep_until(next).await;
-    }
-    fd.readable().await?.clear_ready();
     Ok(())
 }
 

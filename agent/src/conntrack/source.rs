@@ -113,14 +113,16 @@ impl Conntrack {
     /// Applies every queued event (and resyncs if some were dropped, or if entries known only
     /// from a dump may have ended), then forgets entries destroyed longer ago than the grace
     /// period. Before a drain is turned into records, this makes the table hold every connection
-    /// whose packets the drain counted.
-    pub fn catch_up(&mut self) {
+    /// whose packets the drain counted. Returns how many messages were read.
+    pub fn catch_up(&mut self) -> u64 {
         let now = monotonic_ns();
         let Some(w) = self.watcher.as_mut() else {
-            return;
+            return 0;
         };
+        let mut received = 0;
         match w.read_events(&mut self.table, now) {
             Ok(out) => {
+                received = out.applied + out.skipped;
                 self.stats.skipped += out.skipped;
                 if out.overflowed {
                     self.stats.overflows += 1;
@@ -140,6 +142,7 @@ impl Conntrack {
             }
         }
         self.table.expire(now);
+        received
     }
 
     fn resync(&mut self) {

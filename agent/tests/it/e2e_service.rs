@@ -594,6 +594,45 @@ fn nftables_mode_names_backends_and_services() {
     eprintln!("idle agent, conntrack on: {woke} wake-ups in 3 s");
     assert!(woke < 30, "{woke} wake-ups in 3 s of no traffic");
     service_requests_and_replies(&c, 100);
+
+    // A steady stream of new translated connections, one per ms for 2 s: events are read in
+    // batches at most every 100 ms, so the agent wakes up tens of times, not once per event.
+    let sinks = [
+        Servers::start(&c.node.pod("web").expect("web").ns, &[(SINK, false)]),
+        Servers::start(&c.remote.pod("web").expect("web").ns, &[(SINK, false)]),
+    ];
+    let before = c.agent.wakeups();
+    let client_ns = &c.node.pod("client").expect("client").ns;
+    let sent = client_ns
+        .run(|| {
+            let to = SocketAddr::from((VIP, 81));
+            let start = std::time::Instant::now();
+            for i in 0..2000u32 {
+                let sock = UdpSocket::bind("0.0.0.0:0").expect("bind client");
+                sock.send_to(&PAYLOAD, to).expect("send");
+                std::thread::sleep(
+                    (start + Duration::from_millis(u64::from(i) + 1))
+                        .saturating_duration_since(std::time::Instant::now()),
+                );
+            }
+            start.elapsed()
+        })
+        .expect("client thread");
+    let woke = c.agent.wakeups() - before;
+    eprintln!("2000 translated connections in {sent:?}: {woke} agent wake-ups");
+    assert!(woke < 400, "{woke} wake-ups for 2000 events in {sent:?}");
+    let client = c.ip("client");
+    let stream = records(&c.agent, "stream", 2000, |r| {
+        ip_of(r, "src_ip") == Some(client) && r["dst_port"] == SINK
+    });
+    assert!(
+        stream
+            .iter()
+            .all(|r| services(r, "dst") == ["default/web:sink:81"])
+    );
+    let from_client = Some(IpAddr::V4(client));
+    let received: u64 = sinks.iter().map(|s| s.count(SINK, from_client)).sum();
+    assert_eq!(received, 2000);
 }
 
 #[test]
