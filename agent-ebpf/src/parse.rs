@@ -81,6 +81,20 @@ impl<'a> Pkt<'a> {
     fn has(&self, off: usize, n: usize) -> bool {
         off + n <= self.len as usize
     }
+
+    /// The bytes the packet holds from `off` on (`off` within it).
+    #[inline(always)]
+    fn from(&self, off: usize) -> u32 {
+        self.len - off as u32
+    }
+
+    /// Whether the packet is a GSO/GRO super-packet (`skb->gso_size` set): only those may leave
+    /// an IP length field 0 (BIG TCP). Read only on that rare path.
+    #[inline(always)]
+    fn is_gso(&self) -> bool {
+        // SAFETY: a ctx field tc programs may read.
+        unsafe { (*self.ctx.skb.skb).gso_size != 0 }
+    }
 }
 
 /// Secondary counters a packet also contributes to ([`Flow::note`]).
@@ -235,11 +249,14 @@ fn parse_ipv4(p: &Pkt, l3: usize, f: &mut Flow) -> Result<(), KernelCounter> {
     if ver_ihl >> 4 != 4 || ihl < 20 || !p.has(l3, ihl) {
         return Err(KernelCounter::LostIpMalformed);
     }
+    // Bytes are what the frame carries: a length field may claim less (Ethernet padding
+    // follows) but never more. A header claiming more is forged or cut: the kernel drops the
+    // packet as truncated, and it is malformed IP here, not bytes.
     let tot_len = u32::from(be16(ip.tot_len));
-    f.ip_len = if tot_len == 0 {
+    f.ip_len = if tot_len == 0 && p.is_gso() {
         // BIG TCP: the length is not in the header.
-        p.len - l3 as u32
-    } else if (tot_len as usize) < ihl {
+        p.from(l3)
+    } else if (tot_len as usize) < ihl || tot_len > p.from(l3) {
         return Err(KernelCounter::LostIpMalformed);
     } else {
         tot_len
@@ -277,17 +294,25 @@ fn parse_ipv6(p: &Pkt, l3: usize, f: &mut Flow) -> Result<(), KernelCounter> {
     if ip.ver_tc >> 4 != 6 {
         return Err(KernelCounter::LostIpMalformed);
     }
+    // As for IPv4: never more bytes than the frame carries.
     let plen = u32::from(be16(ip.payload_len));
+    let mut nh = ip.nexthdr;
     f.ip_len = if plen == 0 {
-        // Jumbogram / BIG TCP.
-        p.len - l3 as u32
+        if nh == NEXTHDR_HOP || p.is_gso() {
+            // Jumbogram (the length is in a Hop-by-Hop option) / BIG TCP.
+            p.from(l3)
+        } else {
+            // No payload: the kernel trims what follows the header.
+            40
+        }
+    } else if 40 + plen > p.from(l3) {
+        return Err(KernelCounter::LostIpMalformed);
     } else {
         40 + plen
     };
     f.key.family = FAMILY_IPV6;
     copy(&mut f.key.src_addr, &ip.saddr);
     copy(&mut f.key.dst_addr, &ip.daddr);
-    let mut nh = ip.nexthdr;
 
     let mut off = l3 + 40;
     let mut eb = MaybeUninit::<ExtHdr>::uninit();

@@ -20,6 +20,7 @@ mod conntrack_events;
 mod deploy_manifests;
 mod e2e_capture;
 mod e2e_collector;
+mod e2e_forged;
 mod e2e_least_privilege;
 mod e2e_metadata;
 mod e2e_service;

@@ -645,6 +645,13 @@ fn malformed_ip_header_is_a_loss() {
     six_ver4[0] = 0x40;
     let mut bad_nibble = good.clone();
     bad_nibble[0] = 0x55;
+    // Lengths that claim more than the frame carries (forged byte counts), and 0 outside GSO.
+    let mut v4_long = V4::new(A, B, UDP);
+    v4_long.tot_len = Some(65_535);
+    let mut v4_longer_by_one = V4::new(A, B, UDP);
+    v4_longer_by_one.tot_len = Some(20 + 8 + 4 + 1);
+    let mut v4_zero = V4::new(A, B, TCP);
+    v4_zero.tot_len = Some(0);
 
     let cases: Vec<(&str, &str, Vec<u8>)> = vec![
         (
@@ -690,6 +697,34 @@ fn malformed_ip_header_is_a_loss() {
             eth(ETH_P_IPV6, &six_ver4),
         ),
         ("L3: version nibble 5", L3_IN, bad_nibble),
+        (
+            "total length 65535 in a 32-byte packet",
+            VETH_IN,
+            eth(ETH_P_IP, &v4_long.build(&udp(1, 2, 4))),
+        ),
+        (
+            "total length one past the packet, L3",
+            L3_EG,
+            v4_longer_by_one.build(&udp(1, 2, 4)),
+        ),
+        (
+            "total length 0 outside GSO",
+            VETH_IN,
+            eth(ETH_P_IP, &v4_zero.build(&tcp(1, 2, ACK, 10))),
+        ),
+        (
+            "IPv6 payload length past the packet",
+            VETH_EG,
+            eth(
+                ETH_P_IPV6,
+                &ipv6_plen(A6, B6, UDP, &udp(1, 2, 4), Some(1000)),
+            ),
+        ),
+        (
+            "IPv6 payload length one past the packet, L3",
+            L3_IN,
+            ipv6_plen(A6, B6, UDP, &udp(1, 2, 4), Some(13)),
+        ),
     ];
     for (i, (what, prog, p)) in cases.iter().enumerate() {
         h.run(prog, p);
@@ -703,6 +738,56 @@ fn malformed_ip_header_is_a_loss() {
     h.assert_flows(&[]);
     let n = cases.len() as u64;
     h.assert_counters(&[(Packets, n), (LostIpMalformed, n)]);
+}
+
+#[test]
+fn bytes_are_the_ip_length_never_more_than_the_frame() {
+    let Some(h) = Harness::new() else { return };
+    let ctx = |segs: u32, size: u32| SkBuffCtx {
+        gso_segs: segs,
+        gso_size: size,
+        ifindex: LO_IFINDEX,
+        ..Default::default()
+    };
+    // A 32-byte packet padded to the 60-byte Ethernet minimum counts 32 bytes.
+    let mut padded = eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(1, 2, 4)));
+    padded.resize(60, 0);
+    h.run(VETH_IN, &padded);
+    // A length exactly the frame's is honest.
+    h.run(L3_IN, &ipv4(A, B, UDP, &udp(3, 4, 100)));
+    // IPv6 without payload (No Next Header), padded: 40 bytes; payload length 0 with a
+    // Hop-by-Hop header (a jumbogram's form) and BIG TCP (0 in a GSO packet): the frame's length.
+    let mut empty6 = eth(ETH_P_IPV6, &ipv6(A6, B6, 59, &[]));
+    empty6.resize(60, 0);
+    h.run(VETH_IN, &empty6);
+    let mut jumbo = ext(UDP, 0);
+    jumbo.extend(udp(5, 6, 100));
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IPV6, &ipv6_plen(A6, B6, HOP, &jumbo, Some(0))),
+    );
+    let big6 = eth(
+        ETH_P_IPV6,
+        &ipv6_plen(A6, B6, TCP, &tcp(7, 8, ACK, 500), Some(0)),
+    );
+    h.run_with(VETH_IN, &big6, Some(&ctx(1, 500)), 1);
+    let mut big4 = V4::new(B, A, TCP);
+    big4.tot_len = Some(0);
+    h.run_with(
+        VETH_IN,
+        &eth(ETH_P_IP, &big4.build(&tcp(9, 10, ACK, 300))),
+        Some(&ctx(1, 300)),
+        1,
+    );
+    h.assert_flows(&[
+        (flow_key(VethIngress, A, B, UDP, 1, 2, 0), 1, 32, 0),
+        (flow_key(VethIngress, B, A, TCP, 9, 10, 0), 1, 340, ACK),
+        (flow_key(VethIngress, A6, B6, 59, 0, 0, 0), 1, 40, 0),
+        (flow_key(VethIngress, A6, B6, TCP, 7, 8, 0), 1, 560, ACK),
+        (flow_key(VethIngress, A6, B6, UDP, 5, 6, 0), 1, 156, 0),
+        (flow_key(L3Ingress, A, B, UDP, 3, 4, 0), 1, 128, 0),
+    ]);
+    h.assert_counters(&[(Packets, 6), (Recorded, 6)]);
 }
 
 #[test]
@@ -868,15 +953,20 @@ fn counts_move_to_the_spill_map_before_their_fields_overflow() {
         ACK,
     )]);
 
-    // IPv6 and bytes too: the header claims 65 535 bytes and the TCP header is 60, so a run
-    // counts 65 575 + 65 534 × 100 bytes; 84 000 runs pass 2^39 bytes (and 2^23 packets 656
-    // times).
-    let runs = 84_000u64;
+    // IPv6 and bytes too: every segment repeats 3 356 bytes of headers (IPv6, a 2 048-byte
+    // Hop-by-Hop and a 1 208-byte Destination Options header, TCP with 40 bytes of options), the
+    // most a test run's frame holds; a run counts 65 535 × 3 356 bytes, so 3 000 runs pass 2^39
+    // bytes once (and 2^23 packets 23 times).
+    let runs = 3_000u64;
+    let mut headers = ext(DSTOPTS, 255);
+    headers.extend(ext(TCP, 150));
     let mut tcp60 = tcp_doff(3, 4, ACK, 15, 0);
     tcp60.resize(60, 1);
-    let big = eth(ETH_P_IPV6, &ipv6_plen(A6, B6, TCP, &tcp60, Some(65_535)));
+    headers.extend(tcp60);
+    let big = eth(ETH_P_IPV6, &ipv6(A6, B6, HOP, &headers));
+    assert_eq!(big.len(), 14 + 3_356);
     h.run_with(VETH_IN, &big, Some(&ctx), runs as u32);
-    let per_run = 65_575 + 65_534 * 100;
+    let per_run = 65_535 * 3_356;
     assert!(runs * per_run > SPILL_BYTES && runs * per_run < 2 * SPILL_BYTES);
     let spill6: Vec<SpillValue> = h
         .spills()
@@ -916,10 +1006,16 @@ fn l3_programs_on_raw_ip() {
     let mut payload = ext(TCP, 0);
     payload.extend(tcp(22, 60000, ACK, 0));
     h.run(L3_EG, &ipv6(A6, B6, HOP, &payload));
-    // BIG TCP: total length 0, the length is the packet's.
+    // BIG TCP: total length 0 in a GSO packet, the length is the packet's.
     let mut big = V4::new(B, A, TCP);
     big.tot_len = Some(0);
-    h.run(L3_IN, &big.build(&tcp(80, 40000, ACK, 300)));
+    let gso = SkBuffCtx {
+        gso_segs: 1,
+        gso_size: 300,
+        ifindex: LO_IFINDEX,
+        ..Default::default()
+    };
+    h.run_with(L3_IN, &big.build(&tcp(80, 40000, ACK, 300)), Some(&gso), 1);
     h.assert_flows(&[
         (flow_key(L3Ingress, A, B, TCP, 40000, 80, 0), 1, 40, SYN),
         (flow_key(L3Ingress, B, A, TCP, 80, 40000, 0), 1, 340, ACK),
