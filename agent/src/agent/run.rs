@@ -214,11 +214,7 @@ fn start_metadata(
     match source {
         MetadataSource::File(path) => {
             info!(file = %path.display(), "metadata from a static file");
-            tokio::spawn(async move {
-                if let Err(e) = metadata::run_file_source(path, idx, shutdown).await {
-                    warn!(error = %error_chain(&e), "metadata file source stopped; flows keep their last known names");
-                }
-            });
+            tokio::spawn(metadata::run_file_source(path, idx, shutdown));
         }
         MetadataSource::Kube => {
             let cfg = metadata::KubeSourceConfig::new(node);

@@ -22,6 +22,7 @@
 //! [`KubeSourceConfig::quiet_after_error`] ago without a new error and a `GET /version` probe
 //! succeeds.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -413,7 +414,7 @@ fn relist(
                 .into_iter()
                 .filter_map(|i| if let Item::Pod(p) = i { Some(p) } else { None })
                 .collect();
-            idx.relist_pods(partition(src), pods, now, gap_since);
+            idx.relist_pods(partition(src), pods, &HashSet::new(), now, gap_since);
         }
         Src::Services => {
             let s = items
@@ -426,14 +427,14 @@ fn relist(
                     }
                 })
                 .collect();
-            idx.relist_services(s, now);
+            idx.relist_services(s, &HashSet::new(), now);
         }
         Src::Nodes => {
             let n = items
                 .into_iter()
                 .filter_map(|i| if let Item::Node(n) = i { Some(n) } else { None })
                 .collect();
-            idx.relist_nodes(n, now);
+            idx.relist_nodes(n, &HashSet::new(), now);
         }
         Src::ReplicaSets | Src::Jobs => {
             let kind = if src == Src::Jobs {
@@ -451,7 +452,7 @@ fn relist(
                     }
                 })
                 .collect();
-            idx.relist_owners(kind, o, now);
+            idx.relist_owners(kind, o, &HashSet::new(), now);
         }
     }
 }

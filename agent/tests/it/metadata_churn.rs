@@ -4,7 +4,7 @@
 //! truth: zero misattributions; ambiguous/unknown answers only where the script says the
 //! available information cannot decide.
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -363,7 +363,7 @@ fn churn_zero_misattributions() {
                         }
                     }
                 }
-                index.relist_pods(part, listed, now, Some(at(out.start)));
+                index.relist_pods(part, listed, &HashSet::new(), now, Some(at(out.start)));
             }
             Action::Lookup { flow, second } => {
                 let f = &flows[flow];

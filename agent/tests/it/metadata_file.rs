@@ -58,7 +58,7 @@ fn parses_kubectl_list() {
 struct Running {
     index: SharedIndex,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), MetadataError>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 async fn start(path: PathBuf) -> Running {
@@ -273,19 +273,96 @@ async fn file_source_enriches_and_follows_changes() {
     if let Some(stop) = src.stop.take() {
         let _ = stop.send(());
     }
-    src.task.await.unwrap().unwrap();
+    src.task.await.unwrap();
 }
 
 #[tokio::test]
-async fn missing_file_is_a_startup_error() {
+async fn a_file_missing_or_invalid_at_start_is_loaded_once_it_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.json");
     let index = shared_index(IndexConfig::default());
-    let err = run_file_source_every(
-        PathBuf::from("/nonexistent/podflow.json"),
-        index,
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_file_source_every(
+        path.clone(),
+        index.clone(),
         Duration::from_millis(50),
-        async {},
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, MetadataError::ReadFile { .. }), "{err}");
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    // Missing, then not JSON, then not a List: the source keeps polling, nothing is known.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&path, b"not json").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::write(&path, b"{\"items\": 3}").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "the source gave up");
+    assert_eq!(read_index(&index).age(), None, "nothing was loaded");
+    // A valid file appears: loaded on the next poll.
+    let doc: Value = serde_json::from_slice(&std::fs::read(FIXTURE).unwrap()).unwrap();
+    write_atomically(&path, &doc);
+    let idx = index.clone();
+    wait_until("loaded", Duration::from_secs(5), || {
+        read_index(&idx).age().is_some()
+    })
+    .await;
+    assert_eq!(
+        read_index(&index)
+            .lookup(ip("10.244.1.12"), SystemTime::now())
+            .pod,
+        "web-7d4b9c6f5d-x2x7q"
+    );
+    let _ = tx.send(());
+    task.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_entry_that_does_not_decode_keeps_its_objects_last_good_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(FIXTURE).unwrap()).unwrap();
+    write_atomically(&path, &doc);
+    let src = start(path.clone()).await;
+    let at = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|i| i["kind"] == "Pod" && i["status"]["podIP"] == "10.244.1.12")
+        .unwrap();
+    let web = &mut doc["items"][at];
+    let (namespace, name) = (
+        web["metadata"]["namespace"].as_str().unwrap().to_owned(),
+        web["metadata"]["name"].as_str().unwrap().to_owned(),
+    );
+    web["status"]["podIP"] = json!(42);
+    // The parse names the entry ...
+    let snap = parse_kubectl_list(&path, &serde_json::to_vec(&doc).unwrap()).unwrap();
+    assert_eq!(snap.unreadable.len(), 1, "{:?}", snap.unreadable);
+    let u = &snap.unreadable[0];
+    assert_eq!(
+        (u.kind.as_str(), u.namespace.as_str(), u.name.as_str()),
+        ("Pod", namespace.as_str(), name.as_str())
+    );
+    assert!(u.uid.is_some() && u.error.contains("invalid type"), "{u:?}");
+    // ... and once the file says it, the pod keeps its name (its last good state), while the
+    // rest of the file applies (a pod removed from it ends).
+    let before = read_index(&src.index).stats().pods_live;
+    let items = doc["items"].as_array_mut().unwrap();
+    let gone = items
+        .iter()
+        .position(|i| i["kind"] == "Pod" && i["status"]["podIP"] != json!(42))
+        .unwrap();
+    items.remove(gone);
+    write_atomically(&path, &doc);
+    let idx = src.index.clone();
+    wait_until("reloaded", Duration::from_secs(5), || {
+        read_index(&idx).stats().pods_live == before - 1
+    })
+    .await;
+    assert_eq!(
+        read_index(&src.index)
+            .lookup(ip("10.244.1.12"), SystemTime::now())
+            .pod,
+        name
+    );
 }

@@ -131,12 +131,18 @@ impl MetadataIndex {
         }
     }
 
-    pub fn relist_services(&mut self, infos: Vec<ServiceInfo>, now: SystemTime) {
+    /// A complete list of the Services; those of `keep` (UIDs) are left as they are.
+    pub fn relist_services(
+        &mut self,
+        infos: Vec<ServiceInfo>,
+        keep: &HashSet<String>,
+        now: SystemTime,
+    ) {
         let seen: HashSet<String> = infos.iter().map(|s| s.uid.clone()).collect();
         let missing: Vec<Arc<str>> = self
             .services
             .keys()
-            .filter(|u| !seen.contains(&***u))
+            .filter(|u| !seen.contains(&***u) && !keep.contains(&***u))
             .cloned()
             .collect();
         for uid in missing {
@@ -194,12 +200,13 @@ impl MetadataIndex {
         self.rebuild_ranges();
     }
 
-    pub fn relist_nodes(&mut self, infos: Vec<NodeInfo>, now: SystemTime) {
+    /// A complete list of the nodes; those of `keep` (UIDs) are left as they are.
+    pub fn relist_nodes(&mut self, infos: Vec<NodeInfo>, keep: &HashSet<String>, now: SystemTime) {
         let seen: HashSet<String> = infos.iter().map(|n| n.uid.clone()).collect();
         let missing: Vec<Arc<str>> = self
             .nodes
             .keys()
-            .filter(|u| !seen.contains(&***u))
+            .filter(|u| !seen.contains(&***u) && !keep.contains(&***u))
             .cloned()
             .collect();
         for uid in missing {
@@ -253,12 +260,20 @@ impl MetadataIndex {
         }
     }
 
-    /// A complete list of the owners of `kind`.
-    pub fn relist_owners(&mut self, kind: &str, infos: Vec<OwnerInfo>, now: SystemTime) {
-        let seen: HashSet<(String, String)> = infos
+    /// A complete list of the owners of `kind`; those of `keep` (namespace, name) are left as
+    /// they are.
+    pub fn relist_owners(
+        &mut self,
+        kind: &str,
+        infos: Vec<OwnerInfo>,
+        keep: &HashSet<(String, String)>,
+        now: SystemTime,
+    ) {
+        let mut seen: HashSet<(String, String)> = infos
             .iter()
             .map(|o| (o.namespace.clone(), o.name.clone()))
             .collect();
+        seen.extend(keep.iter().cloned());
         for ((k, ns, name), entry) in &mut self.owners {
             if k == kind && !seen.contains(&(ns.clone(), name.clone())) {
                 entry.ended.get_or_insert(now);

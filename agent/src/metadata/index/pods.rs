@@ -119,11 +119,13 @@ impl MetadataIndex {
     /// pod and ends the ones that are missing. `gap_since`: the previous state was last known
     /// complete at that time (the watch failed then / the previous file was read then); a
     /// missing pod ended somewhere in between, and another pod may have held its IP meanwhile,
-    /// so its claim answers `ambiguous` from `gap_since` on. `None`: no gap (first list).
+    /// so its claim answers `ambiguous` from `gap_since` on. `None`: no gap (first list). The
+    /// pods of `keep` (UIDs) are left as they are: the list had them but could not read them.
     pub fn relist_pods(
         &mut self,
         partition: Partition,
         infos: Vec<PodInfo>,
+        keep: &HashSet<String>,
         now: SystemTime,
         gap_since: Option<SystemTime>,
     ) {
@@ -144,7 +146,7 @@ impl MetadataIndex {
         }
         let missing: Vec<Arc<str>> = before
             .iter()
-            .filter(|(uid, live)| **live && !seen.contains(&***uid))
+            .filter(|(uid, live)| **live && !seen.contains(&***uid) && !keep.contains(&***uid))
             .map(|(uid, _)| Arc::clone(uid))
             .collect();
         for uid in &missing {

@@ -3,6 +3,7 @@ use super::*;
 use crate::metadata::records::{
     NodeInfo, OwnerInfo, PodInfo, PodPhase, ServiceInfo, ServicePort, TargetPort,
 };
+use std::collections::HashSet;
 use std::time::UNIX_EPOCH;
 
 fn t(s: u64) -> SystemTime {
@@ -113,7 +114,7 @@ fn completed_pods_release_their_ip_for_good() {
     // A stale Running event or list entry does not bring it back.
     p.phase = PodPhase::Running;
     idx.apply_pod(Partition::Local, p.clone(), t(15));
-    idx.relist_pods(Partition::Local, vec![p], t(16), None);
+    idx.relist_pods(Partition::Local, vec![p], &HashSet::new(), t(16), None);
     assert_eq!(
         idx.lookup(ip("10.0.0.9"), t(17)).kind,
         EndpointKind::Unknown
@@ -126,7 +127,13 @@ fn pod_missing_from_a_stale_list_is_revived_by_the_watch() {
     let mut idx = index();
     let p = pod("a", "10.0.0.5", 10, true);
     idx.apply_pod(Partition::Remote, p.clone(), t(11));
-    idx.relist_pods(Partition::Remote, vec![], t(20), Some(t(18)));
+    idx.relist_pods(
+        Partition::Remote,
+        vec![],
+        &HashSet::new(),
+        t(20),
+        Some(t(18)),
+    );
     assert_eq!(
         idx.lookup(ip("10.0.0.5"), t(21)).kind,
         EndpointKind::Unknown
@@ -152,7 +159,7 @@ fn deletes_only_affect_their_partition() {
     let p = pod("a", "10.0.0.5", 10, true);
     idx.apply_pod(Partition::Local, p, t(11)); // scheduled here: local watch
     idx.delete_pod(Partition::Remote, "a", t(12)); // left the remote selector
-    idx.relist_pods(Partition::Remote, vec![], t(13), None);
+    idx.relist_pods(Partition::Remote, vec![], &HashSet::new(), t(13), None);
     assert_eq!(idx.lookup(ip("10.0.0.5"), t(14)).uid, "a");
 }
 
