@@ -17,7 +17,8 @@
 //! Failure handling: connect timeout, HTTP/2 keepalive (a dead or frozen peer is noticed within
 //! `keepalive_interval + keepalive_timeout`), and an ack deadline (no ack for `ack_timeout` while
 //! batches are outstanding tears the stream down), then reconnects with jittered exponential
-//! backoff. Each attempt reuses nothing from the previous one (channel, connection, TLS
+//! backoff, capped at 4 s so that a collector that is back is used within seconds (and the loss
+//! records of the outage reach it with the first batches). Each attempt reuses nothing from the previous one (channel, connection, TLS
 //! configuration), so memory, threads and fds stay flat through an outage.
 //!
 //! Security: TLS with server verification (`tls.ca`), mutual TLS with `tls.cert` + `tls.key`.
@@ -111,7 +112,8 @@ pub struct ExporterConfig {
 
 impl ExporterConfig {
     /// The defaults: batches of 1000 events or 1 s, a 100 000-event buffer, zstd, 5 s connect
-    /// timeout, 30 s ack deadline, 20 s/10 s keepalive, 0.5–30 s backoff.
+    /// timeout, 30 s ack deadline, 20 s/10 s keepalive, 0.5–4 s backoff (±50 %: a collector
+    /// that is back is used within 6 s; a connection refused costs a node next to nothing).
     pub fn new(collector: impl Into<String>, node: impl Into<String>) -> Self {
         Self {
             collector: collector.into(),
@@ -128,7 +130,7 @@ impl ExporterConfig {
             keepalive_interval: Duration::from_secs(20),
             keepalive_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(4),
             cert_check_interval: Duration::from_secs(10),
             agent_id: None,
         }

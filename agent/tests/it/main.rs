@@ -27,6 +27,7 @@ mod e2e_service;
 mod e2e_wireguard;
 mod export_collector;
 mod export_outage;
+mod export_recovery;
 mod export_tls;
 mod metadata_churn;
 mod metadata_file;
