@@ -24,7 +24,11 @@ async fn a_recovered_collector_is_used_within_seconds_and_gets_the_loss_record()
     let exporter = export::spawn(cfg).unwrap();
     let mut produced = 0u64;
     let mut send = |n: u64| {
-        exporter.send((produced..produced + n).map(|i| flow(i, "node-a")).collect());
+        exporter.send(
+            (produced..produced + n)
+                .map(|i| flow(i, "node-a"))
+                .collect(),
+        );
         produced += n;
     };
     send(100);
@@ -40,10 +44,17 @@ async fn a_recovered_collector_is_used_within_seconds_and_gets_the_loss_record()
         send(100);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(exporter.stats().dropped_total() > 0, "{:#?}", exporter.stats());
+    assert!(
+        exporter.stats().dropped_total() > 0,
+        "{:#?}",
+        exporter.stats()
+    );
     let _collector = ChildCollector::start(port, &collector_args);
     let back = Instant::now();
-    wait_stats(&exporter, Duration::from_secs(60), "reconnected", |s| s.connected).await;
+    wait_stats(&exporter, Duration::from_secs(60), "reconnected", |s| {
+        s.connected
+    })
+    .await;
     let reconnect = back.elapsed();
     // Backoff doubles from 0.5 s up to its cap of 4 s, ±50 %: at most 6 s after the collector is
     // back (plus the connect itself).
@@ -72,6 +83,9 @@ async fn a_recovered_collector_is_used_within_seconds_and_gets_the_loss_record()
         waited.elapsed(),
         exporter.stats()
     );
-    println!("reconnected {reconnect:?} after the collector came back; loss record in its files {:?} later", waited.elapsed());
+    println!(
+        "reconnected {reconnect:?} after the collector came back; loss record in its files {:?} later",
+        waited.elapsed()
+    );
     exporter.shutdown(Duration::from_secs(5)).await;
 }
