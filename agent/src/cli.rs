@@ -5,6 +5,7 @@
 //! podflow tail -f --protocol tcp        # new TCP flows as they come
 //! podflow tail --last 20 --since 5m --ip 10.1.0.0/16 -o json
 //! podflow tail --server 127.0.0.1:4245 -f
+//! podflow tail --server https://collector:4246 --tls-ca ca.pem --tls-cert me.pem --tls-key me.key
 //! ```
 mod status;
 
@@ -24,14 +25,18 @@ use crate::{
     filter::{CompiledFilter, FilterError},
     format,
     proto::{self, flow_service_client::FlowServiceClient},
+    tls::TlsClientConfig,
 };
 
 /// `podflow tail`: show flows from an agent (or a collector), live with `-f`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
-    /// Server: a unix socket path, unix:///path, or host:port / http://host:port for TCP.
+    /// Server: a unix socket path, unix:///path, or host:port / http://host:port /
+    /// https://host:port for TCP (https, or host:port with --tls-ca: TLS).
     #[arg(long, default_value = crate::DEFAULT_SOCKET, value_parser = parse_server)]
     pub server: Server,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Keep printing new flows as they come (Ctrl-C to stop).
     #[arg(short = 'f', long)]
     pub follow: bool,
@@ -109,12 +114,50 @@ pub enum OutputFormat {
     Json,
 }
 
+/// TLS towards a TCP server (a collector is mTLS-only when deployed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ClientTlsArgs {
+    /// CA certificate (PEM) that signed the server's certificate: speak TLS to --server.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS (with --tls-key).
+    #[arg(long, value_name = "PEM", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS (with --tls-cert).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of --server).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    fn config(&self) -> Option<TlsClientConfig> {
+        self.tls_ca.as_ref().map(|ca| TlsClientConfig {
+            ca: ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            domain: self.tls_server_name.clone(),
+        })
+    }
+}
+
 /// Where `tail` connects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Server {
     Unix(PathBuf),
-    /// An `http://host:port` URI.
-    Tcp(String),
+    /// `host:port` (an IPv6 host in brackets) and the scheme the address named, if any.
+    Tcp {
+        host_port: String,
+        scheme: Option<Scheme>,
+    },
+}
+
+/// The scheme of a TCP `--server`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
 }
 
 #[derive(Debug, Error)]
@@ -130,16 +173,26 @@ pub enum TailError {
     InvalidProtocol { value: String },
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error("{server} asks for TLS: give the CA that signed its certificate (--tls-ca)")]
+    HttpsWithoutCa { server: String },
+    #[error("{server} asks for plaintext but TLS options are given: use https:// or host:port")]
+    TlsOnHttp { server: String },
+    #[error("TLS options apply to a TCP server, not to the unix socket {server}")]
+    TlsOnUnix { server: String },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("failed to connect to {server}")]
     Connect {
         server: String,
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("the server refused the request: {}", .status.message())]
-    Rpc {
-        #[source]
+    #[error("the request to the server failed: {}", crate::report::status_text(.status))]
+    Rpc { status: tonic::Status },
+    #[error("the request to the server failed ({hint}): {}", crate::report::status_text(.status))]
+    RefusedAfterTls {
         status: tonic::Status,
+        hint: &'static str,
     },
     #[error("failed to encode an event as json")]
     Json {
@@ -185,11 +238,11 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
     };
     let output = args.output;
     let work = async move {
-        let mut client = FlowServiceClient::new(connect(&args.server).await?);
+        let mut client = FlowServiceClient::new(connect(&args.server, &args.tls).await?);
         let mut events = client
             .get_flows(request)
             .await
-            .map_err(|status| TailError::Rpc { status })?
+            .map_err(|status| rpc_error(status, &args.tls))?
             .into_inner();
         let mut stdout = io::stdout().lock();
         while let Some(event) = events.next().await {
@@ -216,31 +269,63 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
     }
 }
 
-/// Opens a channel to `server`.
-pub async fn connect(server: &Server) -> Result<Channel, TailError> {
-    let connect_error = |source| TailError::Connect {
-        server: match server {
-            Server::Unix(path) => path.display().to_string(),
-            Server::Tcp(uri) => uri.clone(),
-        },
-        source,
-    };
+/// A failed request; over TLS, a connection closed right after the handshake is explained.
+fn rpc_error(status: tonic::Status, tls: &ClientTlsArgs) -> TailError {
+    match crate::report::refused_after_tls_handshake(&status) {
+        Some(hint) if tls.tls_ca.is_some() => TailError::RefusedAfterTls { status, hint },
+        _ => TailError::Rpc { status },
+    }
+}
+
+/// Opens a channel to `server`: plaintext, or TLS when `tls` names a CA (https:// needs one).
+pub async fn connect(server: &Server, tls: &ClientTlsArgs) -> Result<Channel, TailError> {
+    let tls = tls.config();
     match server {
-        Server::Tcp(uri) => Endpoint::from_shared(uri.clone())
-            .map_err(connect_error)?
-            .connect()
-            .await
-            .map_err(connect_error),
+        Server::Tcp { host_port, scheme } => {
+            let use_tls = match (scheme, &tls) {
+                (Some(Scheme::Https), None) => {
+                    return Err(TailError::HttpsWithoutCa {
+                        server: format!("https://{host_port}"),
+                    });
+                }
+                (Some(Scheme::Http), Some(_)) => {
+                    return Err(TailError::TlsOnHttp {
+                        server: format!("http://{host_port}"),
+                    });
+                }
+                (_, tls) => tls.is_some(),
+            };
+            let uri = format!("{}://{host_port}", if use_tls { "https" } else { "http" });
+            let connect_error = |source| TailError::Connect {
+                server: uri.clone(),
+                source,
+            };
+            let mut endpoint = Endpoint::from_shared(uri.clone()).map_err(connect_error)?;
+            if let Some(tls) = tls {
+                endpoint = endpoint
+                    .tls_config(tls.load()?.client_config())
+                    .map_err(connect_error)?;
+            }
+            endpoint.connect().await.map_err(connect_error)
+        }
         Server::Unix(path) => {
+            if tls.is_some() {
+                return Err(TailError::TlsOnUnix {
+                    server: path.display().to_string(),
+                });
+            }
             crate::api::connect_unix(Endpoint::from_static("http://localhost"), path.clone())
                 .await
-                .map_err(connect_error)
+                .map_err(|source| TailError::Connect {
+                    server: path.display().to_string(),
+                    source,
+                })
         }
     }
 }
 
 /// Parses `--server`: a unix socket path (absolute, `./`/`../`-relative, or ending in `.sock`),
-/// `unix:///path` (or `unix:path`), `http://host:port`, or `host:port`.
+/// `unix:///path` (or `unix:path`), `http://host:port`, `https://host:port`, or `host:port`.
 pub fn parse_server(value: &str) -> Result<Server, TailError> {
     let invalid = |reason| TailError::InvalidServer {
         value: value.to_owned(),
@@ -266,16 +351,17 @@ pub fn parse_server(value: &str) -> Result<Server, TailError> {
     {
         return Ok(Server::Unix(PathBuf::from(value)));
     }
-    if value.starts_with("https://") {
-        return Err(invalid(
-            "https is not supported (use a unix socket or http://)",
-        ));
-    }
-    let host_port = value.strip_prefix("http://").unwrap_or(value);
+    let (scheme, host_port) = if let Some(rest) = value.strip_prefix("https://") {
+        (Some(Scheme::Https), rest)
+    } else if let Some(rest) = value.strip_prefix("http://") {
+        (Some(Scheme::Http), rest)
+    } else {
+        (None, value)
+    };
     let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
     if host_port.contains("://") {
         return Err(invalid(
-            "unsupported scheme: use unix://, http:// or a socket path",
+            "unsupported scheme: use unix://, http://, https:// or a socket path",
         ));
     }
     let (host, port) = host_port
@@ -291,10 +377,13 @@ pub fn parse_server(value: &str) -> Result<Server, TailError> {
         .ok()
         .filter(|port| *port != 0)
         .ok_or_else(|| invalid("the port must be a number from 1 to 65535"))?;
-    let uri = format!("http://{host_port}");
-    uri.parse::<Uri>()
+    format!("http://{host_port}")
+        .parse::<Uri>()
         .map_err(|_| invalid("not a valid host:port"))?;
-    Ok(Server::Tcp(uri))
+    Ok(Server::Tcp {
+        host_port: host_port.to_owned(),
+        scheme,
+    })
 }
 
 /// Parses `--since` relative to `now`: a duration ago (`30s`, `5m`, `2h`, `1h30m`) or an RFC
@@ -352,7 +441,10 @@ mod tests {
     #[test]
     fn server_forms() {
         let unix = |p: &str| Server::Unix(PathBuf::from(p));
-        let tcp = |u: &str| Server::Tcp(u.to_owned());
+        let tcp = |h: &str, scheme| Server::Tcp {
+            host_port: h.to_owned(),
+            scheme,
+        };
         assert_eq!(
             parse_server("/run/podflow/podflow.sock").unwrap(),
             unix("/run/podflow/podflow.sock")
@@ -370,31 +462,32 @@ mod tests {
         assert_eq!(parse_server("p.sock").unwrap(), unix("p.sock"));
         assert_eq!(
             parse_server("127.0.0.1:4245").unwrap(),
-            tcp("http://127.0.0.1:4245")
+            tcp("127.0.0.1:4245", None)
         );
         assert_eq!(
             parse_server("http://127.0.0.1:4245").unwrap(),
-            tcp("http://127.0.0.1:4245")
+            tcp("127.0.0.1:4245", Some(Scheme::Http))
         );
         assert_eq!(
             parse_server("http://agent.local:4245/").unwrap(),
-            tcp("http://agent.local:4245")
+            tcp("agent.local:4245", Some(Scheme::Http))
+        );
+        assert_eq!(
+            parse_server("https://collector.podflow:4246").unwrap(),
+            tcp("collector.podflow:4246", Some(Scheme::Https))
         );
         assert_eq!(
             parse_server("localhost:4245").unwrap(),
-            tcp("http://localhost:4245")
+            tcp("localhost:4245", None)
         );
-        assert_eq!(
-            parse_server("[::1]:4245").unwrap(),
-            tcp("http://[::1]:4245")
-        );
+        assert_eq!(parse_server("[::1]:4245").unwrap(), tcp("[::1]:4245", None));
         for bad in [
             "",
             "localhost",
             "localhost:0",
             "localhost:99999",
             "::1:4245",
-            "https://a:1",
+            "https://a",
             "grpc://a:1",
             "unix://",
             "unix://relative.sock",

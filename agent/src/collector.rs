@@ -9,6 +9,7 @@
 //! collector crash, exactly-once otherwise).
 //!
 //! A batch is written to the files, published to the window and only then acknowledged.
+pub mod admit;
 pub mod sink;
 
 use std::{
@@ -28,15 +29,15 @@ use tokio::{
     net::{TcpListener, UnixListener},
     sync::{mpsc, watch},
 };
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
-use tonic::{
-    Request, Response, Status, Streaming,
-    codec::CompressionEncoding,
-    transport::{Certificate, Identity, Server, ServerTlsConfig},
-};
+use tokio_rustls::rustls;
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tonic::{Request, Response, Status, Streaming, codec::CompressionEncoding, transport::Server};
 use tracing::{info, warn};
 
-pub use self::sink::{RotatingWriter, Rotation};
+pub use self::{
+    admit::{Refusal, RefusalReason, Refusals},
+    sink::{RotatingWriter, Rotation},
+};
 use crate::{
     api::{FlowApi, Hub, SocketFile, bind_unix, serve_until},
     format::gke,
@@ -148,18 +149,8 @@ pub enum CollectorError {
          (--tls-cert/--tls-key) or allow plaintext explicitly (--insecure)"
     )]
     PlaintextRefused { addr: SocketAddr },
-    #[error("failed to read {what} {}", path.display())]
-    ReadTlsFile {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("invalid TLS configuration")]
-    Tls {
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("failed to listen on tcp {addr}")]
     BindTcp {
         addr: SocketAddr,
@@ -236,9 +227,10 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
                     source: crate::metrics::MetricsError::Bind { addr, source },
                 })?;
             let hub = collector.hub();
+            let refusals = collector.refusals();
             Some(tokio::spawn(crate::metrics::serve_exposition_on(
                 listener,
-                move || crate::metrics::collector_exposition(&hub.status()),
+                move || crate::metrics::collector_exposition(&hub.status(), &refusals.counts()),
                 async move {
                     let _ = metrics_stopped.await;
                 },
@@ -270,7 +262,8 @@ pub struct Collector {
     tcp: TcpListener,
     addr: SocketAddr,
     unix: Option<(UnixListener, SocketFile)>,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    refusals: Arc<Refusals>,
 }
 
 impl Collector {
@@ -347,12 +340,18 @@ impl Collector {
             addr,
             unix,
             tls,
+            refusals: Arc::default(),
         })
     }
 
     /// The bound TCP address (the actual port when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The connections refused so far (see [`admit`]).
+    pub fn refusals(&self) -> Arc<Refusals> {
+        Arc::clone(&self.refusals)
     }
 
     /// The window of recent events (also served by GetFlows).
@@ -371,6 +370,7 @@ impl Collector {
             addr: _,
             unix,
             tls,
+            refusals,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -388,21 +388,35 @@ impl Collector {
                 .max_decoding_message_size(256 << 20);
             (export, FlowServiceServer::new(consumer))
         };
-        let mut builder = Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(20)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_keepalive(Some(Duration::from_secs(20)));
-        if let Some(tls) = tls {
-            builder = builder
-                .tls_config(tls)
-                .map_err(|source| CollectorError::Tls { source })?;
-        }
+        // TLS and the HTTP/2 preface are checked by `admit`, which says every refusal.
         let tcp_server = {
             let (export, consumer) = services(export.clone(), consumer.clone());
-            builder
+            let router = Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(20)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(export)
-                .add_service(consumer)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stopped(stop_rx.clone()))
+                .add_service(consumer);
+            let stop = stopped(stop_rx.clone());
+            async move {
+                match tls {
+                    Some(config) => {
+                        router
+                            .serve_with_incoming_shutdown(
+                                admit::tls_incoming(tcp, config, refusals),
+                                stop,
+                            )
+                            .await
+                    }
+                    None => {
+                        router
+                            .serve_with_incoming_shutdown(
+                                admit::plain_incoming(tcp, refusals),
+                                stop,
+                            )
+                            .await
+                    }
+                }
+            }
         };
         let (unix_listener, socket_file) = match unix {
             Some((listener, file)) => (Some(listener), Some(file)),
@@ -431,27 +445,15 @@ impl Collector {
     }
 }
 
-fn server_tls(args: &CollectorArgs) -> Result<Option<ServerTlsConfig>, CollectorError> {
-    let read = |what, path: &PathBuf| {
-        std::fs::read(path).map_err(|source| CollectorError::ReadTlsFile {
-            what,
-            path: path.clone(),
-            source,
-        })
-    };
+fn server_tls(args: &CollectorArgs) -> Result<Option<Arc<rustls::ServerConfig>>, CollectorError> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
         return Ok(None);
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
-        read("the server certificate", cert)?,
-        read("the server key", key)?,
-    ));
-    if let Some(ca) = &args.tls_client_ca {
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read("the client CA", ca)?))
-            .client_auth_optional(false);
-    }
-    Ok(Some(tls))
+    Ok(Some(crate::tls::server_config(
+        cert,
+        key,
+        args.tls_client_ca.as_ref(),
+    )?))
 }
 
 #[derive(Debug)]

@@ -27,13 +27,10 @@
 //! Plaintext TCP is refused unless the collector is a loopback address or `insecure` is set; a
 //! unix socket needs neither.
 mod target;
-mod tls;
 mod worker;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    io,
-    path::PathBuf,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, SystemTime},
 };
@@ -46,9 +43,9 @@ use tokio::{
 };
 use tonic::codec::CompressionEncoding;
 
-pub use self::tls::TlsClientConfig;
 use self::{target::Target, worker::Worker};
 use crate::proto::{self, ExportBatch};
+pub use crate::tls::TlsClientConfig;
 
 /// Reason of the records dropped because the buffer was full (collector slow or unreachable).
 pub const EXPORT_BUFFER_FULL: &str = "export_buffer_full";
@@ -150,15 +147,8 @@ pub enum ExportError {
     TlsWithoutCa { collector: String },
     #[error("invalid exporter configuration: {reason}")]
     InvalidConfig { reason: &'static str },
-    #[error("failed to read {what} {}", path.display())]
-    ReadTlsFile {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("a client certificate needs its key and a key its certificate")]
-    TlsIncompleteIdentity,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("failed to connect to the collector {collector}: {reason}")]
     Connect { collector: String, reason: String },
     #[error("the collector refused the export stream: {reason}")]

@@ -22,7 +22,8 @@
 //! - Front ends: [`cli`] (`podflow tail`, `podflow status`), [`format`](mod@format) (JSON, compact and GKE
 //!   lines), [`filter`] (the filters tail and the API share).
 //! - Shared pieces: [`net`] (addresses, CIDRs), [`time`] (kernel clock, timestamps), [`hash`]
-//!   (keyed hasher), [`report`] (error chains), [`logging`], [`privileges`] (the start-up check).
+//!   (keyed hasher), [`tls`] (certificate files, client and server side), [`report`] (error
+//!   chains), [`logging`], [`privileges`] (the start-up check).
 pub mod agent;
 pub mod api;
 pub mod capture;
@@ -41,6 +42,7 @@ pub mod net;
 pub mod privileges;
 pub mod report;
 pub mod time;
+pub mod tls;
 
 pub use podflow_proto::v1 as proto;
 

@@ -45,7 +45,12 @@ pub fn init(format: LogFormat) {
             .try_init()
     } else {
         registry
-            .with(fmt::layer().with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    // Colours only on a terminal: not as escape codes in a file or `kubectl logs`.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init()
     };
 }

@@ -28,9 +28,21 @@ enum Command {
     Collector(podflow::collector::CollectorArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Errors end the process with status 1 and one line on stderr: the error and its causes
+/// ("failed to connect to …: transport error: … received fatal alert: CertificateRequired").
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("Error: {}", podflow::report::error_chain(err.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)

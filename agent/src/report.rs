@@ -17,6 +17,38 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// A gRPC status in one line: "Code: message: its sources" (a transport failure's cause, such
+/// as a TLS alert, is in the sources, not in the message).
+pub fn status_text(status: &tonic::Status) -> String {
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = error_chain(source);
+        if !text.contains(&chain) {
+            text.push_str(": ");
+            text.push_str(&chain);
+        }
+    }
+    text
+}
+
+/// With mutual TLS 1.3, a server refuses a client's certificate after the client's side of the
+/// handshake is done: the client sees its first request fail with the connection closed, often
+/// without the server's alert. Says what that means, for errors of a TLS client.
+pub fn refused_after_tls_handshake(status: &tonic::Status) -> Option<&'static str> {
+    let text = status_text(status);
+    let closed = text.contains("connection closed") || text.contains("fatal alert");
+    (closed
+        && matches!(
+            status.code(),
+            tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Unknown
+        ))
+    .then_some(
+        "the server closed the connection after the TLS handshake: with mutual TLS, that is how \
+         it refuses a client certificate (none, or one its client CA did not sign); its log \
+         names the reason",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,16 +3,19 @@ use std::io::{self, Write as _};
 
 use serde::Serialize;
 
-use super::{OutputFormat, Server, TailError, connect, parse_server};
+use super::{ClientTlsArgs, OutputFormat, Server, TailError, connect, parse_server};
 use crate::format::rfc3339_nanos;
 use crate::proto::{self, flow_service_client::FlowServiceClient};
 
 /// `podflow status`: show the agent's status.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
-    /// Server: a unix socket path, unix:///path, or host:port / http://host:port for TCP.
+    /// Server: a unix socket path, unix:///path, or host:port / http://host:port /
+    /// https://host:port for TCP (https, or host:port with --tls-ca: TLS).
     #[arg(long, default_value = crate::DEFAULT_SOCKET, value_parser = parse_server)]
     pub server: Server,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     /// Output format (compact: readable text).
     #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Compact)]
     pub output: OutputFormat,
@@ -21,11 +24,11 @@ pub struct StatusArgs {
 /// Runs `podflow status`: one GetStatus call, printed to stdout. Errors are `tail`'s (connect,
 /// rpc, output).
 pub async fn run_status(args: StatusArgs) -> Result<(), TailError> {
-    let mut client = FlowServiceClient::new(connect(&args.server).await?);
+    let mut client = FlowServiceClient::new(connect(&args.server, &args.tls).await?);
     let status = client
         .get_status(proto::GetStatusRequest {})
         .await
-        .map_err(|status| TailError::Rpc { status })?
+        .map_err(|status| super::rpc_error(status, &args.tls))?
         .into_inner();
     let text = match args.output {
         OutputFormat::Compact => status_text(&status),

@@ -18,7 +18,7 @@ use super::*;
 use crate::proto::{
     self, ExportBatch, collector_service_client::CollectorServiceClient, flow_event::Event,
 };
-use crate::report::error_chain;
+use crate::report::{error_chain, refused_after_tls_handshake, status_text};
 
 pub(super) struct Worker {
     pub(super) shared: Arc<Shared>,
@@ -162,8 +162,14 @@ impl Worker {
             tokio::time::timeout(self.cfg.ack_timeout, client.export(ReceiverStream::new(rx)))
                 .await
                 .map_err(|_| ExportError::AckTimeout(self.cfg.ack_timeout))?
-                .map_err(|status| ExportError::Rpc {
-                    reason: status_text(&status),
+                .map_err(|status| {
+                    let mut reason = status_text(&status);
+                    if self.cfg.tls.is_some()
+                        && let Some(hint) = refused_after_tls_handshake(&status)
+                    {
+                        reason = format!("{hint}: {reason}");
+                    }
+                    ExportError::Rpc { reason }
                 })?;
         let mut acks = response.into_inner();
         *established = true;
@@ -327,15 +333,6 @@ fn jitter(base: Duration) -> Duration {
     let mixed = u64::from(nanos).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 44; // 20 bits
     let factor = 0.5 + (mixed as f64) / f64::from(1u32 << 20);
     base.mul_f64(factor)
-}
-
-fn status_text(status: &tonic::Status) -> String {
-    let mut text = format!("{:?}: {}", status.code(), status.message());
-    if let Some(source) = std::error::Error::source(status) {
-        text.push_str(": ");
-        text.push_str(&error_chain(source));
-    }
-    text
 }
 
 #[cfg(test)]

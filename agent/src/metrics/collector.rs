@@ -13,6 +13,11 @@ struct AgentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentLossLabels {
     node: String,
     reason: String,
@@ -20,9 +25,11 @@ struct AgentLossLabels {
 }
 
 /// The collector's metrics, rendered from its status: per agent (by node) records received,
-/// duplicate batches dropped, connection state, and every loss the agent declared.
+/// duplicate batches dropped, connection state, and every loss the agent declared; and the
+/// connections the collector refused, by reason (`refused`, every reason listed).
 pub fn collector_exposition(
     status: &podflow_proto::v1::GetStatusResponse,
+    refused: &std::collections::BTreeMap<&'static str, u64>,
 ) -> Result<String, MetricsError> {
     let mut registry = Registry::default();
     let received = Family::<AgentLabels, Counter>::default();
@@ -64,6 +71,20 @@ pub fn collector_exposition(
         "podflow_collector_agent_lost",
         "Losses each agent declared in its stream, by reason",
         lost,
+    );
+    let refusals = Family::<RefusalLabels, Counter>::default();
+    for (reason, count) in refused {
+        refusals
+            .get_or_create(&RefusalLabels {
+                reason: (*reason).to_owned(),
+            })
+            .inc_by(*count);
+    }
+    registry.register(
+        "podflow_collector_refused_connections",
+        "Connections refused before gRPC (not TLS, no or an untrusted client certificate, HTTP/1, \
+         garbage, timeout), by reason; each is logged with the peer address (rate-limited)",
+        refusals,
     );
     let mut out = String::new();
     encode(&mut out, &registry).map_err(|_| MetricsError::Encode)?;

@@ -58,16 +58,19 @@ impl Running {
     }
 
     async fn unix_client(&self) -> FlowServiceClient<Channel> {
-        let channel = tokio::time::timeout(WAIT, cli::connect(&Server::Unix(self.socket.clone())))
-            .await
-            .unwrap()
-            .unwrap();
+        let channel = tokio::time::timeout(
+            WAIT,
+            cli::connect(&Server::Unix(self.socket.clone()), &Default::default()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         FlowServiceClient::new(channel)
     }
 
     async fn tcp_client(&self) -> FlowServiceClient<Channel> {
         let server = cli::parse_server(&self.tcp.to_string()).unwrap();
-        let channel = tokio::time::timeout(WAIT, cli::connect(&server))
+        let channel = tokio::time::timeout(WAIT, cli::connect(&server, &Default::default()))
             .await
             .unwrap()
             .unwrap();
@@ -678,7 +681,9 @@ async fn serve_runs_until_shutdown() {
         assert!(tokio::time::Instant::now() < deadline, "socket not created");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let channel = cli::connect(&Server::Unix(socket.clone())).await.unwrap();
+    let channel = cli::connect(&Server::Unix(socket.clone()), &Default::default())
+        .await
+        .unwrap();
     let mut client = FlowServiceClient::new(channel);
     assert_eq!(get(&mut client, GetFlowsRequest::default()).await.len(), 6);
     stop.send(()).unwrap();

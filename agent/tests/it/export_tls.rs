@@ -1,80 +1,14 @@
 //! TLS between exporter and collector over loopback: server verification, mutual TLS, the
 //! clear errors of the wrong setups, and certificate files picked up again when they change.
-use std::{
-    net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
-use crate::support::export::*;
+use crate::support::{
+    export::*,
+    pki::{Pki, leaf, pki, write},
+};
 use podflow::export::{self, ExporterConfig, TlsClientConfig};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-fn ca(name: &str) -> Ca {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    let cert = params.self_signed(&key).unwrap();
-    Ca {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
-/// A leaf certificate for localhost/127.0.0.1 signed by `ca`: (cert pem, key pem).
-fn leaf(ca: &Ca, name: &str) -> (String, String) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-    params.distinguished_name.push(DnType::CommonName, name);
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
-
-fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, contents).unwrap();
-    path
-}
-
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: PathBuf,
-    other_ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-    ca_obj: Ca,
-}
-
-fn pki() -> Pki {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_obj = ca("podflow test ca");
-    let other = ca("some other ca");
-    let (server_cert, server_key) = leaf(&ca_obj, "collector");
-    let (client_cert, client_key) = leaf(&ca_obj, "agent");
-    Pki {
-        ca: write(dir.path(), "ca.pem", &ca_obj.pem),
-        other_ca: write(dir.path(), "other-ca.pem", &other.pem),
-        server_cert: write(dir.path(), "server.pem", &server_cert),
-        server_key: write(dir.path(), "server.key", &server_key),
-        client_cert: write(dir.path(), "client.pem", &client_cert),
-        client_key: write(dir.path(), "client.key", &client_key),
-        ca_obj,
-        dir,
-    }
-}
 
 async fn tls_collector(pki: &Pki, mtls: bool) -> InProcess {
     let mut args = loopback_args();

@@ -16,6 +16,7 @@ mod capture_drain;
 mod capture_l3;
 mod capture_netlink;
 mod collector_files;
+mod collector_refusals;
 mod conntrack_events;
 mod deploy_manifests;
 mod e2e_capture;

@@ -9,12 +9,14 @@
 //! * [`packets`]: flow keys and crafted packets.
 //! * [`export`]: known flow records, collectors in and out of process, their files.
 //! * [`prometheus`]: a real Prometheus server scraping the tests' targets.
+//! * [`pki`]: CAs and certificates for the TLS tests.
 //! * [`kube_mock`]: a loopback Kubernetes API server (list/watch).
 pub mod agent;
 pub mod capture;
 pub mod export;
 pub mod kube_mock;
 pub mod packets;
+pub mod pki;
 pub mod prometheus;
 
 use std::{

@@ -154,12 +154,22 @@ pub struct ChildCollector {
 
 impl ChildCollector {
     pub fn start(port: u16, extra: &[&str]) -> ChildCollector {
+        Self::spawn(port, extra, Stdio::null())
+    }
+
+    /// Like [`ChildCollector::start`], with its log (text format) written to `log`.
+    pub fn start_logged(port: u16, extra: &[&str], log: std::fs::File) -> ChildCollector {
+        Self::spawn(port, extra, Stdio::from(log))
+    }
+
+    fn spawn(port: u16, extra: &[&str], log: Stdio) -> ChildCollector {
         let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
-            .args(["collector", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--log-format", "text", "collector", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let start = Instant::now();

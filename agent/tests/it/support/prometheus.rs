@@ -131,7 +131,7 @@ impl Prometheus {
 }
 
 /// `GET path` over HTTP/1.0: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     {
         let mut s =
             TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
