@@ -56,6 +56,28 @@ pub const COUNTERS: &str = "COUNTERS";
 pub const CLOCK: &str = "CLOCK";
 /// Name of the array of [`VethSlot`]s indexed by ifindex: the pod veths podflow counts at.
 pub const VETHS: &str = "VETHS";
+/// Name of the agent's hand-over array (`u64` slots, [`STATE_SLOTS`]; no program touches it):
+/// what the agent that drained the maps last had reported (see [`StateSlot`]), pinned with the
+/// maps so that the next agent that adopts them continues from there.
+pub const STATE: &str = "STATE";
+/// Entries of [`STATE`]. Its layout only grows: an agent reads the slots it knows.
+pub const STATE_SLOTS: u32 = 64;
+
+/// Slots of [`STATE`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum StateSlot {
+    /// `CLOCK_REALTIME` (ns) at the end of the last drain.
+    LastDrainNs = 0,
+    /// The first of [`COUNTER_COUNT`] slots: [`KernelCounter`] values already reported as losses.
+    Reported = 8,
+}
+
+/// Version of what the kernel side shares with user space (maps, keys, values, their meaning).
+/// Pinned maps are adopted by a later agent only under the same version and sizes; bump it
+/// whenever a map's meaning changes without its sizes changing.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Entries of [`VETHS`]: veths with a larger ifindex are not in it (their packets are then
 /// counted at both veths and deduplicated in user space, as without the array).
 pub const VETHS_MAX: u32 = 65_536;

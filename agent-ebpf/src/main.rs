@@ -84,6 +84,8 @@ mod programs {
     static CLOCK: Array<ClockSample> = Array::with_max_entries(1, 0);
     #[map]
     static VETHS: Array<VethSlot> = Array::with_max_entries(VETHS_MAX, 0);
+    #[map]
+    static STATE: Array<u64> = Array::with_max_entries(podflow_ebpf::STATE_SLOTS, 0);
 
     const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -107,6 +109,7 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::CACHE_V6, "CACHE_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::SPILL_V6, "SPILL_V6"));
     const _: () = assert!(str_eq(podflow_ebpf::VETHS, "VETHS"));
+    const _: () = assert!(str_eq(podflow_ebpf::STATE, "STATE"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_CLOCK, "podflow_clock"));
     const _: () = assert!(str_eq(podflow_ebpf::CONFIG, "CONFIG"));
     const _: () = assert!(str_eq(podflow_ebpf::COUNTERS, "COUNTERS"));

@@ -16,8 +16,9 @@
 //! The rooms: `load` (object, maps, programs), `interfaces`
 //! (which links get which programs, attach and detach, via `attach` and
 //! `netlink`), `drain` (the epoch flip and reading the maps), [`clock`] (kernel
-//! ticks to wall time), `sys` (every raw `bpf(2)` and other syscall of the module),
-//! `testing` (hooks for tests and the benchmark).
+//! ticks to wall time), `persist` (the pins that let the kernel side outlive the agent:
+//! adoption by the next one, declared gaps), `sys` (every raw `bpf(2)` and other syscall of the
+//! module), `testing` (hooks for tests and the benchmark).
 //!
 //! # Network namespaces
 //!
@@ -47,6 +48,7 @@ mod load;
 mod netlink;
 pub mod object;
 mod pattern;
+mod persist;
 mod sys;
 mod testing;
 
@@ -61,6 +63,7 @@ pub use aya::programs::TcAttachType;
 pub use self::{
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
     pattern::glob_match,
+    persist::{AGENT_RESTART_GAP, Gap, REATTACH_GAP, layout_name, netns_dir, remove_all},
     testing::EmptyProgram,
 };
 
@@ -84,6 +87,10 @@ pub struct CaptureConfig {
     pub flow_map_entries: u32,
     /// Count 1 in `sample_rate` packets (written into `CONFIG`); 0 or 1: every packet.
     pub sample_rate: u32,
+    /// Keep the kernel side across restarts, pinned under this bpffs directory (see
+    /// `persist`): adopt a previous agent's maps and links, and leave them attached on exit.
+    /// `None`: the maps live and die with this process, links are detached on exit.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CaptureConfig {
@@ -97,6 +104,7 @@ impl Default for CaptureConfig {
             attach_mode: AttachModePref::Auto,
             flow_map_entries: DEFAULT_FLOW_MAP_ENTRIES,
             sample_rate: 1,
+            pin_dir: None,
         }
     }
 }
@@ -261,6 +269,14 @@ pub enum CaptureError {
     /// The kernel sent a netlink message that could not be parsed.
     #[error("undecodable netlink message: {reason}")]
     NetlinkDecode { reason: String },
+    /// The pin directory could not be prepared (`--pin-dir`).
+    #[error("pin directory {}: {op} failed", path.display())]
+    Pin {
+        op: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A raw `bpf(2)` command of the drain failed.
     #[error("draining the flow maps failed: {op}")]
     Drain {
@@ -275,6 +291,11 @@ pub struct Capture {
     // Field order matters on drop: links detach before the programs and maps go away.
     interfaces: Interfaces,
     drainer: Drainer,
+    state: persist::State,
+    /// Adopted maps: the loss counts the previous agent had reported.
+    reported: Option<KernelCounters>,
+    /// Gaps not yet taken by [`Capture::take_gaps`].
+    gaps: Vec<Gap>,
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -344,8 +365,36 @@ impl Capture {
 
     /// Detaches exactly the programs this instance attached (SIGTERM path). Foreign tc filters and
     /// tcx programs, and the clsact qdiscs, stay. Errors are logged; it always completes.
+    ///
+    /// With a pin directory the programs stay attached instead (pinned tcx links, cls_bpf
+    /// filters) and keep counting into the pinned maps for the next agent.
     pub fn detach_all(&mut self) {
         self.interfaces.detach_all();
+    }
+
+    /// Whether the kernel side outlives this agent (a pin directory is used).
+    pub fn persistent(&self) -> bool {
+        self.interfaces.persistent()
+    }
+
+    /// The loss counts (per [`podflow_ebpf::KernelCounter`]) the previous agent had already
+    /// reported, when its maps were adopted: report only what grew since.
+    pub fn reported_before(&self) -> Option<KernelCounters> {
+        self.reported
+    }
+
+    /// Records, for an agent that may adopt these maps later, what has been reported so far and
+    /// when this drain was. Call after each drain's loss records are made.
+    pub fn save_state(&mut self, reported: &KernelCounters) -> Result<(), CaptureError> {
+        self.state.save(reported)
+    }
+
+    /// Times packets were not counted (a previous agent's maps dropped, filters swapped), each
+    /// once.
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        let mut gaps = std::mem::take(&mut self.gaps);
+        gaps.extend(self.interfaces.take_gaps());
+        gaps
     }
 
     /// The destination addresses the attached veths last delivered packets counted upstream to
@@ -407,6 +456,39 @@ impl Drop for Capture {
         // Dropping the links detaches them anyway; this logs it and skips nothing.
         self.interfaces.detach_all();
     }
+}
+
+/// What `podflow cleanup` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cleaned {
+    /// Layout directories (pinned maps and tcx links) of this network namespace.
+    pub layouts: usize,
+    /// podflow cls_bpf filters (netlink mode), by interface and direction.
+    pub filters: usize,
+}
+
+/// Removes what agents with `--pin-dir` left in the calling thread's network namespace: the pins
+/// under `pin_dir` (tcx links detach, maps are freed) and podflow's cls_bpf filters on every
+/// interface. For uninstalling; a running agent's programs would be removed too.
+pub fn cleanup(pin_dir: &std::path::Path) -> Result<Cleaned, CaptureError> {
+    let layouts = persist::remove_all(pin_dir).map_err(|source| CaptureError::Pin {
+        op: "remove",
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    let mut filters = 0;
+    for link in dump_links()? {
+        for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+            filters += attach::remove_stale_filters(&link.name, dir).map_err(|source| {
+                CaptureError::Tc {
+                    iface: link.name.clone(),
+                    op: "remove podflow filters",
+                    source,
+                }
+            })?;
+        }
+    }
+    Ok(Cleaned { layouts, filters })
 }
 
 /// The direction's name in logs and errors.

@@ -256,6 +256,11 @@ struct JsonLoss<'a> {
     reason: &'a str,
     count: u64,
     unit: &'a str,
+    /// A gap's bounds (unit "nanoseconds").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -305,6 +310,8 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
                 reason: &loss.reason,
                 count: loss.count,
                 unit: &loss.unit,
+                from: rfc3339_nanos(loss.from.as_ref()),
+                to: rfc3339_nanos(loss.to.as_ref()),
             },
         })
         .map(Some),
@@ -336,6 +343,12 @@ pub fn compact_line(event: &proto::FlowEvent) -> Option<String> {
             if !loss.node.is_empty() {
                 line.push_str(" on node ");
                 line.push_str(&loss.node);
+            }
+            if let (Some(from), Some(to)) = (
+                rfc3339_millis(loss.from.as_ref()),
+                rfc3339_millis(loss.to.as_ref()),
+            ) {
+                line.push_str(&format!(" from {from} to {to}"));
             }
             Some(line)
         }

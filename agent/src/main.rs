@@ -26,6 +26,15 @@ enum Command {
     Status(podflow::cli::StatusArgs),
     /// Receive flow records from agents, serve them to consumers, write them to files.
     Collector(podflow::collector::CollectorArgs),
+    /// Remove what agents run with --pin-dir left in this network namespace (uninstall).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CleanupArgs {
+    /// The directory the agents were given as --pin-dir.
+    #[arg(long, value_name = "DIR")]
+    pin_dir: std::path::PathBuf,
 }
 
 /// Errors end the process with status 1 and one line on stderr: the error and its causes
@@ -53,6 +62,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => rt.block_on(podflow::cli::run_tail(args))?,
         Command::Status(args) => rt.block_on(podflow::cli::run_status(args))?,
         Command::Collector(args) => rt.block_on(podflow::collector::run(args))?,
+        Command::Cleanup(args) => {
+            let cleaned = podflow::capture::cleanup(&args.pin_dir)?;
+            println!(
+                "removed {} pinned layout(s) and {} podflow tc filter(s)",
+                cleaned.layouts, cleaned.filters
+            );
+        }
     }
     Ok(())
 }

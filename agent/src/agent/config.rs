@@ -111,6 +111,12 @@ pub struct AgentArgs {
     /// How to attach: tcx where the kernel has it (≥ 6.6) else clsact + cls_bpf (auto), or force one.
     #[arg(long, value_enum, default_value_t = AttachModePref::Auto)]
     pub attach_mode: AttachModePref,
+    /// Keep the kernel side across agent restarts, pinned under this directory of a BPF file
+    /// system (e.g. /sys/fs/bpf/podflow): a restarted or upgraded agent adopts the maps and links
+    /// and counts what the programs counted while no agent ran; on exit the programs stay
+    /// attached (`podflow cleanup --pin-dir DIR` removes them). Unset: detached on exit.
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<std::path::PathBuf>,
     /// Read the node's address translations (kube-proxy's Service DNAT, masquerade) from
     /// conntrack, so records name the backend behind a Service: `auto` uses ctnetlink where it
     /// works, `on` refuses to start without it.
@@ -176,6 +182,7 @@ impl AgentConfig {
         capture.attach_mode = args.attach_mode;
         capture.flow_map_entries = args.flow_map_entries;
         capture.sample_rate = args.sample_rate;
+        capture.pin_dir = args.pin_dir.clone();
         let metadata = metadata_source(&args).map(|source| {
             Ok::<_, AgentError>((
                 source,

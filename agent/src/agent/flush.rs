@@ -3,7 +3,7 @@
 //! and hand them to the API hub and the exporter, then the loss records.
 use tracing::warn;
 
-use super::status::{Tallies, loss_events};
+use super::status::{Tallies, gap_events, loss_events};
 use crate::{
     api::Hub,
     capture::{Capture, FlowEntry, IfaceKind},
@@ -88,7 +88,13 @@ pub(super) fn flush_once(
     if entries.capacity() > 4 * len.max(FLUSH_CHUNK) {
         entries.shrink_to(2 * len.max(FLUSH_CHUNK));
     }
-    let losses = loss_events(counters, out.node, &clock);
+    let mut losses = loss_events(counters, out.node, &clock);
+    if capture.persistent()
+        && let Err(e) = capture.save_state(counters.reported())
+    {
+        warn!(error = %error_chain(&e), "recording the drain for the next agent failed");
+    }
+    losses.extend(gap_events(&capture.take_gaps(), out.node));
     if !losses.is_empty() {
         out.hub.publish_each(&losses);
         if let Some(exporter) = out.exporter {

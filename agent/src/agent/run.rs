@@ -100,6 +100,9 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     resync.tick().await;
 
     let mut tallies = Tallies::default();
+    if let Some(reported) = capture.reported_before() {
+        tallies.set_reported(reported);
+    }
     hub.set_status(info.status(&capture, &table, &tallies));
     info!(node = %cfg.node, socket = ?cfg.api.unix_socket, interfaces = capture.interfaces().len(), "podflow agent running");
 

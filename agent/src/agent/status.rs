@@ -3,7 +3,7 @@
 use podflow_ebpf::KernelCounter;
 
 use crate::{
-    capture::{Capture, KernelCounters},
+    capture::{Capture, Gap, KernelCounters},
     conntrack::ConntrackStats,
     export::{EXPORT_BUFFER_FULL, ExportStats},
     flows::FlowTable,
@@ -32,6 +32,15 @@ pub(super) struct Tallies {
 }
 
 impl Tallies {
+    /// Adopted kernel maps: the loss counts the previous agent reported are not reported again.
+    pub(super) fn set_reported(&mut self, reported: KernelCounters) {
+        self.kernel_reported = reported;
+    }
+
+    pub(super) fn reported(&self) -> &KernelCounters {
+        &self.kernel_reported
+    }
+
     /// Counters of Service attribution, cumulative: (name, value, unit). Those that say where
     /// a flow could not be attributed are the `attribution_gaps` of the metrics.
     pub(super) fn attribution(&self) -> [(&'static str, u64, &'static str); 8] {
@@ -121,11 +130,42 @@ pub(super) fn loss_events(
                     reason: c.name().to_string(),
                     count: delta,
                     unit: "packets".into(),
+                    ..Default::default()
                 })),
             });
         }
     }
     out
+}
+
+/// Loss records for the times packets were not counted, one per reason: `count` is the sum of
+/// the windows in ns, `from`/`to` their span.
+pub(super) fn gap_events(gaps: &[Gap], node: &str) -> Vec<proto::FlowEvent> {
+    let mut by_reason: std::collections::BTreeMap<&str, (u64, u64, u64)> = Default::default();
+    for g in gaps {
+        let e = by_reason.entry(g.reason).or_insert((u64::MAX, 0, 0));
+        e.0 = e.0.min(g.from_ns);
+        e.1 = e.1.max(g.to_ns);
+        e.2 += g.to_ns.saturating_sub(g.from_ns);
+    }
+    let ts = |ns: u64| prost_types::Timestamp {
+        seconds: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
+        nanos: i32::try_from(ns % 1_000_000_000).unwrap_or(0),
+    };
+    by_reason
+        .into_iter()
+        .map(|(reason, (from, to, total))| proto::FlowEvent {
+            event: Some(proto::flow_event::Event::Loss(proto::LossRecord {
+                time: Some(ts(to)),
+                node: node.to_string(),
+                reason: reason.to_string(),
+                count: total,
+                unit: "nanoseconds".into(),
+                from: Some(ts(from)),
+                to: Some(ts(to)),
+            })),
+        })
+        .collect()
 }
 
 fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::StatusCounter> {

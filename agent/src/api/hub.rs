@@ -250,6 +250,7 @@ fn lagged_record(node: &str, count: u64) -> proto::FlowEvent {
             reason: SUBSCRIBER_LAGGED.to_owned(),
             count,
             unit: "records".to_owned(),
+            ..Default::default()
         })),
     }
 }

@@ -98,6 +98,7 @@ impl Drainer {
         config_map: Array<MapData, Config>,
         sample_rate: u32,
         entries: u32,
+        epoch: u32,
     ) -> Result<Drainer, CaptureError> {
         let sampler = ClockSampler::open(ebpf)?;
         let clock = JiffyClock::new(sampler.sample(ebpf)?);
@@ -112,7 +113,7 @@ impl Drainer {
             cpus: aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Cpus { source: e })?,
             config_map,
             sample_rate,
-            epoch: 0,
+            epoch,
             counters: open_map(ebpf, COUNTERS)?,
             sampler,
             clock,

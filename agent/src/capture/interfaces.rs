@@ -2,20 +2,28 @@
 //! (or neither), detaching what vanished, and remembering the names of removed interfaces.
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use aya::{
     Ebpf,
     maps::{Array, MapData},
-    programs::{TcAttachType, tc::SchedClassifierLink},
+    programs::{
+        TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 use podflow_ebpf::{FAMILY_IPV4, FAMILY_IPV6, VETHS_MAX, VethSlot};
 
 use super::{
     ARPHRD_ETHER, ARPHRD_NONE, AttachMode, AttachModePref, AttachedInterface, CaptureConfig,
     CaptureError, IfaceKind, InterfaceChange, LinkEvent, LinkInfo, attach, dir_str, dump_links,
-    pattern::any_match, sys,
+    pattern::any_match,
+    persist::{self, Gap},
+    sys,
 };
 use crate::report::error_chain;
 
@@ -23,11 +31,37 @@ use crate::report::error_chain;
 const RECENT_REMOVED_MAX: usize = 1024;
 const RECENT_REMOVED_TTL: Duration = Duration::from_secs(600);
 
-/// One attachment: the interface and the two owned links (dropping a link detaches it).
+/// A link this agent holds: aya's (dropping it detaches), or a pinned tcx link (it stays
+/// attached until unpinned).
+enum HeldLink {
+    Owned(SchedClassifierLink),
+    Pinned(PinnedLink),
+}
+
+impl HeldLink {
+    /// Detaches: an owned link through aya, a pinned one by removing its pin.
+    fn detach(self, gone_ok: bool) -> Result<(), String> {
+        match self {
+            HeldLink::Owned(link) => attach::detach_link(link, gone_ok).map_err(|e| e.to_string()),
+            HeldLink::Pinned(link) => link.unpin().map(drop).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Leaves the program attached for the next agent: a pinned link keeps its pin, a cls_bpf
+    /// filter stays where it is (aya would remove it on drop).
+    fn release(self) {
+        match self {
+            HeldLink::Owned(link) => std::mem::forget(link),
+            HeldLink::Pinned(link) => drop(link),
+        }
+    }
+}
+
+/// One attachment: the interface and the two links.
 struct Attachment {
     iface: AttachedInterface,
-    ingress: SchedClassifierLink,
-    egress: SchedClassifierLink,
+    ingress: HeldLink,
+    egress: HeldLink,
 }
 
 /// The attached interfaces and what decides them.
@@ -43,10 +77,18 @@ pub(super) struct Interfaces {
     removed: VecDeque<(u32, String, Instant)>,
     /// Interfaces (by ifindex) whose stale filters from a previous instance were already removed.
     cleaned: HashMap<u32, String>,
+    /// Where tcx links are pinned (`--pin-dir`): the kernel side outlives this agent.
+    links_dir: Option<PathBuf>,
+    /// Filters swapped by detach + attach since the last [`Interfaces::take_gaps`].
+    gaps: Vec<Gap>,
 }
 
 impl Interfaces {
-    pub(super) fn new(veths: Array<MapData, VethSlot>, cfg: CaptureConfig) -> Interfaces {
+    pub(super) fn new(
+        veths: Array<MapData, VethSlot>,
+        cfg: CaptureConfig,
+        links_dir: Option<PathBuf>,
+    ) -> Interfaces {
         Interfaces {
             attached: BTreeMap::new(),
             veths,
@@ -56,7 +98,17 @@ impl Interfaces {
             mode: cfg.attach_mode,
             removed: VecDeque::new(),
             cleaned: HashMap::new(),
+            links_dir,
+            gaps: Vec::new(),
         }
+    }
+
+    pub(super) fn persistent(&self) -> bool {
+        self.links_dir.is_some()
+    }
+
+    pub(super) fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
     }
 
     pub(super) fn attached(&self) -> Vec<AttachedInterface> {
@@ -108,7 +160,33 @@ impl Interfaces {
                     error = %error_chain(&e), "attaching failed; will retry at next sync"),
             }
         }
+        self.sweep_pins();
         Ok(changes)
+    }
+
+    /// Unpins the links a previous agent pinned that this one did not take over (interfaces gone,
+    /// renamed, or no longer matching): their programs would count on, unread.
+    fn sweep_pins(&self) {
+        let Some(dir) = &self.links_dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let ours = name
+                .split_once('-')
+                .and_then(|(i, _)| i.parse::<u32>().ok())
+                .and_then(|i| self.attached.get(&i))
+                .is_some_and(|a| a.iface.mode == AttachMode::Tcx);
+            if !ours {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => tracing::info!(pin = %entry.path().display(),
+                        "unpinned a link of a previous agent that this one does not use"),
+                    Err(e) => tracing::warn!(pin = %entry.path().display(), error = %e,
+                        "could not unpin a link of a previous agent"),
+                }
+            }
+        }
     }
 
     /// See [`super::Capture::handle_link_event`].
@@ -194,35 +272,57 @@ impl Interfaces {
         // in every mode, so a restart leaves exactly one podflow program per hook.
         // A failure here is logged, not fatal: capturing matters more than a duplicate counter
         // (it is retried at the interface's next attach).
+        //
+        // With a pin directory those filters counted into the adopted maps while no agent ran:
+        // removing them and attaching ours leaves a short window uncounted, declared as a gap.
+        let mut swapped_at = None;
         if self.cleaned.get(&ifindex).map(String::as_str) != Some(name) {
             let mut ok = true;
+            let started = persist::now_ns();
             for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
-                if let Err(e) = attach::remove_stale_filters(name, dir) {
-                    ok = false;
-                    tracing::warn!(iface = name, direction = dir_str(dir), error = %e,
-                        "could not check for stale podflow tc filters");
+                match attach::remove_stale_filters(name, dir) {
+                    Ok(n) if n > 0 => swapped_at = Some(started),
+                    Ok(_) => {}
+                    Err(e) => {
+                        ok = false;
+                        tracing::warn!(iface = name, direction = dir_str(dir), error = %e,
+                            "could not check for stale podflow tc filters");
+                    }
                 }
             }
             if ok {
                 self.cleaned.insert(ifindex, name.to_owned());
             }
         }
-        match self.mode {
-            AttachModePref::Tcx => attach_pair(ebpf, name, ifindex, kind, AttachMode::Tcx),
-            AttachModePref::Netlink => attach_pair(ebpf, name, ifindex, kind, AttachMode::Netlink),
+        let links_dir = self.links_dir.as_deref();
+        let attached = match self.mode {
+            AttachModePref::Tcx => {
+                attach_pair(ebpf, name, ifindex, kind, AttachMode::Tcx, links_dir)
+            }
+            AttachModePref::Netlink => {
+                attach_pair(ebpf, name, ifindex, kind, AttachMode::Netlink, links_dir)
+            }
             AttachModePref::Auto => {
                 let tcx = aya::util::KernelVersion::current()
                     .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
+                let mut attached = None;
                 if tcx {
-                    match attach_pair(ebpf, name, ifindex, kind, AttachMode::Tcx) {
-                        Ok(a) => return Ok(a),
+                    match attach_pair(ebpf, name, ifindex, kind, AttachMode::Tcx, links_dir) {
+                        Ok(a) => attached = Some(a),
                         Err(e) => tracing::warn!(iface = name, error = %error_chain(&e),
                             "tcx attach failed, falling back to clsact + cls_bpf"),
                     }
                 }
-                attach_pair(ebpf, name, ifindex, kind, AttachMode::Netlink)
+                match attached {
+                    Some(a) => Ok(a),
+                    None => attach_pair(ebpf, name, ifindex, kind, AttachMode::Netlink, links_dir),
+                }
             }
+        };
+        if let (Some(from), true, Ok(_)) = (swapped_at, self.persistent(), &attached) {
+            self.gaps.push(persist::reattach_gap(name, from));
         }
+        attached
     }
 
     /// Drops an attachment (detaching; errors because the device is gone are expected) and
@@ -236,7 +336,7 @@ impl Interfaces {
         self.cleaned.remove(&ifindex);
         for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
             // A device that is gone took its tcx links / cls_bpf filters with it.
-            if let Err(e) = attach::detach_link(link, true)
+            if let Err(e) = link.detach(true)
                 && !gone
             {
                 tracing::warn!(iface = %a.iface.name, direction = dir, error = %e, "detach failed");
@@ -263,6 +363,22 @@ impl Interfaces {
     /// See [`super::Capture::detach_all`].
     pub(super) fn detach_all(&mut self) {
         let all = std::mem::take(&mut self.attached);
+        if self.persistent() {
+            // The programs stay, with the veth marks they count by, for the next agent.
+            let n = all.len();
+            for (ifindex, a) in all {
+                a.ingress.release();
+                a.egress.release();
+                self.remember_removed(ifindex, a.iface.name);
+            }
+            if n > 0 {
+                tracing::info!(
+                    interfaces = n,
+                    "left the programs attached, counting into the pinned maps for the next agent"
+                );
+            }
+            return;
+        }
         for (ifindex, a) in &all {
             if a.iface.kind == IfaceKind::Veth {
                 self.set_veth_slot(*ifindex, false);
@@ -270,7 +386,7 @@ impl Interfaces {
         }
         for (ifindex, a) in all {
             for (dir, link) in [("ingress", a.ingress), ("egress", a.egress)] {
-                if let Err(e) = attach::detach_link(link, true) {
+                if let Err(e) = link.detach(true) {
                     tracing::warn!(iface = %a.iface.name, direction = dir, error = %e,
                         "detach failed");
                 }
@@ -318,13 +434,16 @@ impl Interfaces {
     }
 }
 
-/// Attaches both directions or neither.
+/// Attaches both directions or neither. With `links_dir`, tcx links are pinned there, and a
+/// link a previous agent pinned for this interface and direction is taken over: its program is
+/// swapped for ours atomically.
 fn attach_pair(
     ebpf: &mut Ebpf,
     name: &str,
     ifindex: u32,
     kind: IfaceKind,
     mode: AttachMode,
+    links_dir: Option<&Path>,
 ) -> Result<Attachment, CaptureError> {
     if mode == AttachMode::Netlink {
         attach::ensure_clsact(name).map_err(|source| CaptureError::Tc {
@@ -333,21 +452,49 @@ fn attach_pair(
             source,
         })?;
     }
-    let mut one = |dir: TcAttachType| {
+    let mut one = |dir: TcAttachType| -> Result<HeldLink, CaptureError> {
         let program = attach::program_for(kind, dir);
-        attach::attach_one(ebpf, program, name, dir, mode).map_err(|e| CaptureError::Attach {
+        let err = |source| CaptureError::Attach {
             program,
             iface: name.to_owned(),
             direction: dir_str(dir),
             mode: mode.as_str(),
-            source: Box::new(e),
-        })
+            source: Box::new(source),
+        };
+        let pin = links_dir.map(|d| d.join(format!("{ifindex}-{}", dir_str(dir))));
+        if let Some(pin) = pin.as_deref().filter(|p| p.exists()) {
+            if mode == AttachMode::Tcx {
+                match take_over(ebpf, program, pin, ifindex, dir) {
+                    Ok(link) => return Ok(HeldLink::Pinned(link)),
+                    Err(e) => tracing::info!(iface = name, direction = dir_str(dir),
+                        error = %e, "not taking over the pinned link; attaching anew"),
+                }
+            }
+            // Not ours to keep (defunct, another mode): unpinning detaches it.
+            if let Err(e) = std::fs::remove_file(pin) {
+                tracing::warn!(pin = %pin.display(), error = %e, "could not unpin a stale link");
+            }
+        }
+        let link = attach::attach_one(ebpf, program, name, dir, mode).map_err(err)?;
+        match (mode, pin) {
+            (AttachMode::Tcx, Some(pin)) => {
+                let io = |e: String| {
+                    err(aya::programs::ProgramError::IOError(std::io::Error::other(
+                        e,
+                    )))
+                };
+                let fd = FdLink::try_from(link).map_err(|e| io(format!("not an fd link: {e}")))?;
+                let pinned = fd.pin(&pin).map_err(|e| io(format!("pin: {e}")))?;
+                Ok(HeldLink::Pinned(pinned))
+            }
+            _ => Ok(HeldLink::Owned(link)),
+        }
     };
     let ingress = one(TcAttachType::Ingress)?;
     let egress = match one(TcAttachType::Egress) {
         Ok(l) => l,
         Err(e) => {
-            if let Err(de) = attach::detach_link(ingress, true) {
+            if let Err(de) = ingress.detach(true) {
                 tracing::warn!(iface = name, error = %de, "rolling back ingress attach failed");
             }
             return Err(e);
@@ -363,4 +510,35 @@ fn attach_pair(
         ingress,
         egress,
     })
+}
+
+/// Takes over the tcx link a previous agent pinned at `pin`: checks it is a live tcx link of
+/// `ifindex`/`dir`, then swaps `program` into it (`BPF_LINK_UPDATE`: each packet runs either the
+/// old program or the new one, both counting into the same pinned maps).
+fn take_over(
+    ebpf: &Ebpf,
+    program: &'static str,
+    pin: &Path,
+    ifindex: u32,
+    dir: TcAttachType,
+) -> Result<PinnedLink, String> {
+    let fd = sys::obj_get(pin).map_err(|e| format!("open: {e}"))?;
+    let info = sys::link_info(fd.as_fd()).map_err(|e| format!("link info: {e}"))?;
+    let want = match dir {
+        TcAttachType::Egress => sys::BPF_TCX_EGRESS,
+        _ => sys::BPF_TCX_INGRESS,
+    };
+    if info.link_type != sys::BPF_LINK_TYPE_TCX
+        || info.ifindex != ifindex
+        || info.attach_type != want
+    {
+        return Err(format!(
+            "the pin holds link type {} on ifindex {} ({}), not tcx on {ifindex}",
+            info.link_type, info.ifindex, info.attach_type
+        ));
+    }
+    let prog = super::load::program(ebpf, program).map_err(|e| e.to_string())?;
+    let prog_fd = prog.fd().map_err(|e| e.to_string())?;
+    sys::link_update(fd.as_fd(), prog_fd.as_fd()).map_err(|e| format!("BPF_LINK_UPDATE: {e}"))?;
+    PinnedLink::from_pin(pin).map_err(|e| e.to_string())
 }

@@ -6,10 +6,15 @@ use aya::{
 };
 use podflow_ebpf::{
     CONFIG, Config, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS,
-    PROG_VETH_EGRESS, PROG_VETH_INGRESS, VETHS,
+    PROG_VETH_EGRESS, PROG_VETH_INGRESS, STATE, VETHS,
 };
 
-use super::{Capture, CaptureConfig, CaptureError, drain::Drainer, interfaces::Interfaces};
+use super::{
+    Capture, CaptureConfig, CaptureError,
+    drain::Drainer,
+    interfaces::Interfaces,
+    persist::{self, PINNED_MAPS, State},
+};
 
 /// The programs the agent loads (attached ones and the clock sampler).
 const PROGRAMS: [&str; 5] = [
@@ -23,13 +28,23 @@ const PROGRAMS: [&str; 5] = [
 /// See [`Capture::load_object`].
 pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureError> {
     let entries = cfg.flow_map_entries.max(1);
-    let mut ebpf = EbpfLoader::new()
+    let pins = cfg
+        .pin_dir
+        .as_deref()
+        .map(|root| persist::prepare(root, entries, cfg.sample_rate))
+        .transpose()?;
+    let mut loader = EbpfLoader::new();
+    loader
         .map_max_entries(FLOWS_V4, entries)
-        .map_max_entries(FLOWS_V6, entries)
-        .load(obj)
-        .map_err(|e| CaptureError::Load {
-            source: Box::new(e),
-        })?;
+        .map_max_entries(FLOWS_V6, entries);
+    if let Some(pins) = &pins {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+    }
+    let mut ebpf = loader.load(obj).map_err(|e| CaptureError::Load {
+        source: Box::new(e),
+    })?;
 
     // aya-log: only if the object logs at all.
     let logger = if ebpf.map("AYA_LOGS").is_some() {
@@ -44,12 +59,25 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
         None
     };
 
+    let adopted = pins.as_ref().is_some_and(|p| p.adopted);
     let mut config_map: Array<MapData, Config> = open_map(&mut ebpf, CONFIG)?;
+    // Adopted maps: the programs of the previous agent count into the current epoch; continue it.
+    let epoch = if adopted {
+        config_map
+            .get(&0, 0)
+            .map_err(|source| CaptureError::Map {
+                op: "read CONFIG",
+                source,
+            })?
+            .epoch
+    } else {
+        0
+    };
     config_map
         .set(
             0,
             Config {
-                epoch: 0,
+                epoch,
                 sample_rate: cfg.sample_rate,
             },
             0,
@@ -61,17 +89,26 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
     for name in PROGRAMS {
         load_program(&mut ebpf, name)?;
     }
-    let drainer = Drainer::new(&mut ebpf, config_map, cfg.sample_rate, entries)?;
-    let interfaces = Interfaces::new(open_map(&mut ebpf, VETHS)?, cfg);
+    let state = State::new(open_map(&mut ebpf, STATE)?);
+    let reported = adopted.then(|| state.reported());
+    let drainer = Drainer::new(&mut ebpf, config_map, cfg.sample_rate, entries, epoch)?;
+    let links_dir = pins.as_ref().map(persist::Pins::links_dir);
+    let gaps = pins.map(|p| p.gaps).unwrap_or_default();
+    let interfaces = Interfaces::new(open_map(&mut ebpf, VETHS)?, cfg, links_dir);
     tracing::info!(
         flow_map_entries = drainer.capacity(),
         sample_rate = drainer.sample_rate(),
         hz = drainer.clock().hz(),
+        adopted,
+        epoch,
         "ebpf programs loaded"
     );
     Ok(Capture {
         interfaces,
         drainer,
+        state,
+        reported,
+        gaps,
         ebpf,
         logger,
     })

@@ -1,11 +1,28 @@
 //! Every raw syscall of the capture module, as typed wrappers (what aya keeps in `aya/src/sys`):
-//! the hash-map batch commands of `bpf(2)` (aya 0.14 has no batch API), `membarrier(2)` and
-//! `if_indextoname(3)`. Everything else goes through aya or `netlink-sys`.
-use std::{io, os::fd::AsRawFd as _, os::fd::BorrowedFd};
+//! the hash-map batch commands of `bpf(2)` (aya 0.14 has no batch API), opening a pinned link,
+//! reading its tcx target and swapping its program (aya keeps a link's fd private),
+//! `membarrier(2)`, `statfs(2)` and `if_indextoname(3)`. Everything else goes through aya or
+//! `netlink-sys`.
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::Path,
+};
 
 /// `enum bpf_cmd` (uapi/linux/bpf.h).
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// `enum bpf_link_type`: `BPF_LINK_TYPE_TCX`.
+pub(super) const BPF_LINK_TYPE_TCX: u32 = 11;
+/// `enum bpf_attach_type`: `BPF_TCX_INGRESS`, `BPF_TCX_EGRESS`.
+pub(super) const BPF_TCX_INGRESS: u32 = 46;
+pub(super) const BPF_TCX_EGRESS: u32 = 47;
+/// `statfs.f_type` of a BPF file system.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The `batch` member of `union bpf_attr` (uapi/linux/bpf.h).
 #[repr(C)]
@@ -21,21 +38,15 @@ struct BatchAttr {
     flags: u64,
 }
 
-fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid, live `bpf_attr.batch` whose pointers reference buffers that
-    // outlive the call (the callers' slices).
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            std::ptr::from_mut(attr),
-            size_of::<BatchAttr>(),
-        )
-    };
+fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, live member of `union bpf_attr` for `cmd` whose pointers
+    // reference buffers that outlive the call (the callers' slices and strings).
+    let ret =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, std::ptr::from_mut(attr), size_of::<A>()) };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
-        Ok(())
+        Ok(ret)
     }
 }
 
@@ -66,7 +77,7 @@ pub(super) fn lookup_batch<K, V>(
         elem_flags: 0,
         flags: 0,
     };
-    let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr).map(drop);
     ((attr.count as usize).min(chunk), res)
 }
 
@@ -82,13 +93,103 @@ pub(super) fn delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> (usize, io::Re
             map_fd: fd_u32(map),
             ..BatchAttr::default()
         };
-        let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr).map(drop);
         done += (attr.count as usize).min(n);
         if let Err(e) = res {
             return (done, Err(e));
         }
     }
     (done, Ok(()))
+}
+
+/// The `obj_pin`/`obj_get` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// `BPF_OBJ_GET`: opens the object pinned at `path` (a link here).
+pub(super) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjAttr {
+        pathname: c.as_ptr() as u64,
+        ..ObjAttr::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
+    // SAFETY: the kernel just returned this new descriptor; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The start of `struct bpf_link_info` and its `tcx` member.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct TcxLinkInfo {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    _pad: u32,
+    /// 0 once the device is gone (the link is defunct).
+    pub ifindex: u32,
+    pub attach_type: u32,
+}
+
+#[repr(C)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link: its type, program and (tcx) device and direction.
+pub(super) fn link_info(link: BorrowedFd<'_>) -> io::Result<TcxLinkInfo> {
+    let mut info = TcxLinkInfo::default();
+    let mut attr = InfoAttr {
+        bpf_fd: fd_u32(link),
+        info_len: size_of::<TcxLinkInfo>() as u32,
+        info: std::ptr::from_mut(&mut info) as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+/// The `link_update` member of `union bpf_attr`.
+#[repr(C)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+/// `BPF_LINK_UPDATE`: the link runs `prog` from now on, atomically (no packet sees neither).
+pub(super) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: fd_u32(link),
+        new_prog_fd: fd_u32(prog),
+        flags: 0,
+        old_prog_fd: 0,
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// Whether `path` is on a BPF file system (where objects can be pinned).
+pub(super) fn is_bpffs(path: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: an all-zero statfs is valid; statfs(2) fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated, `st` a live statfs.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type == BPF_FS_MAGIC)
 }
 
 /// `membarrier(MEMBARRIER_CMD_GLOBAL)`: returns after an RCU grace period (`synchronize_rcu()`).

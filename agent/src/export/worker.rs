@@ -258,6 +258,7 @@ impl Worker {
                         reason: reason.to_owned(),
                         count,
                         unit: "records".to_owned(),
+                        ..Default::default()
                     })),
                 });
                 state.stats.loss_records_sent += 1;

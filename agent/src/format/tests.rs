@@ -45,6 +45,7 @@ fn loss() -> proto::FlowEvent {
             reason: "lost_map_full".into(),
             count: 17,
             unit: "packets".into(),
+            ..Default::default()
         })),
     }
 }
@@ -281,6 +282,7 @@ fn compact_loss() {
             reason: "subscriber_lagged".into(),
             count: 3,
             unit: "records".into(),
+            ..Default::default()
         })),
     };
     assert_eq!(

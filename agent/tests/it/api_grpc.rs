@@ -140,6 +140,7 @@ fn loss(count: u64, time: i64) -> FlowEvent {
             reason: "lost_map_full".into(),
             count,
             unit: "packets".into(),
+            ..Default::default()
         })),
     }
 }

@@ -21,6 +21,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
         attach_mode: mode,
         flow_map_entries: 4096,
         sample_rate: 1,
+        pin_dir: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
         attach_mode: mode,
         flow_map_entries: entries,
         sample_rate: 1,
+        pin_dir: None,
     }
 }
 

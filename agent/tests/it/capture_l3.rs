@@ -58,6 +58,7 @@ fn l3_exact(mode: AttachModePref) {
             attach_mode: mode,
             flow_map_entries: 1024,
             sample_rate: 1,
+            pin_dir: None,
         })
         .expect("load");
         let changes = cap.sync_interfaces().expect("sync");

@@ -24,6 +24,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
         attach_mode: mode,
         flow_map_entries: 1024,
         sample_rate: 1,
+        pin_dir: None,
     }
 }
 

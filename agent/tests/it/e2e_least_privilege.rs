@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use crate::support::prometheus::Prometheus;
 use crate::support::{
     agent::{Agent, Tuple, expect_totals},
-    capture::podflow_programs,
+    capture::{Bpffs, podflow_programs},
     privileged,
 };
 use podflow::privileges::required_capabilities;
@@ -85,6 +85,42 @@ fn agent_works_with_only_the_manifest_capabilities() {
         vec![],
         "programs left after SIGTERM"
     );
+
+    // The manifest's --pin-dir works with these capabilities too: pin, and take over after a
+    // kill -9 (BPF_OBJ_GET, BPF_LINK_UPDATE), with what was counted meanwhile.
+    let bpffs = Bpffs::mount();
+    let pin_dir = bpffs.pin_dir();
+    let pin = [
+        "--pin-dir",
+        pin_dir.to_str().unwrap(),
+        "--flush-interval",
+        "60s",
+    ];
+    let first = Agent::start_wrapped(&node, "e2e-node", &wrapper, &pin);
+    first.wait_attached(&[&va, &vb], Duration::from_secs(10));
+    let ping = |count: &str| {
+        node.pod("a")
+            .unwrap()
+            .ns
+            .exec(
+                "ping",
+                &["-c", count, "-i", "0.2", "-W", "2", "-q", &b.to_string()],
+            )
+            .expect("ping");
+    };
+    ping("3");
+    first.signal(libc::SIGKILL);
+    drop(first);
+    let second = Agent::start_wrapped(
+        &node,
+        "e2e-node",
+        &wrapper,
+        &["--pin-dir", pin_dir.to_str().unwrap()],
+    );
+    second.wait_attached(&[&va, &vb], Duration::from_secs(10));
+    assert_eq!(podflow_programs(&node.ns).len(), 4, "one program per hook");
+    ping("2");
+    expect_totals(&second, &Tuple::new(a, b, "ICMP", 8, 0), (5, 5 * 84));
 }
 
 #[test]

@@ -163,9 +163,17 @@ pub struct LossRecord {
     pub reason: ::prost::alloc::string::String,
     #[prost(uint64, tag = "4")]
     pub count: u64,
-    /// What was lost: "packets" (kernel side) or "records" (user side).
+    /// What was lost: "packets" (kernel side), "records" (user side), or "nanoseconds" for a gap:
+    /// a time during which packets were not counted (reason "agent_restart_gap": the kernel side of
+    /// a previous agent was dropped, "reattach_gap": a program was swapped by detach + attach).
     #[prost(string, tag = "5")]
     pub unit: ::prost::alloc::string::String,
+    /// A gap's bounds (unit "nanoseconds"; count is to - from, or the sum of several such windows
+    /// between from and to).
+    #[prost(message, optional, tag = "6")]
+    pub from: ::core::option::Option<::prost_types::Timestamp>,
+    #[prost(message, optional, tag = "7")]
+    pub to: ::core::option::Option<::prost_types::Timestamp>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct FlowEvent {

@@ -142,6 +142,14 @@ pub fn check_agent(p: &mut Problems, objects: &[Object], overlay: &Overlay) {
         one("socket").is_some_and(|s| s.starts_with("/run/podflow/")),
         || "agent: --socket must be under /run/podflow (the host mount)".into(),
     );
+    p.expect(
+        one("pin-dir").is_some_and(|d| d.starts_with("/sys/fs/bpf/")),
+        || {
+            "agent: --pin-dir under /sys/fs/bpf (the host's bpffs) keeps counting across \
+             restarts and upgrades"
+                .into()
+        },
+    );
     if let Some(listen) = one("listen") {
         p.expect(listen.starts_with("127.0.0.1:") || listen.starts_with("[::1]:"), || {
             format!("agent: --listen={listen} would expose the unauthenticated API on the node's addresses")
@@ -305,7 +313,10 @@ mod tests {
             Some(vec!["agent".into(), "--flush-interval=$(NOPE)".into()]);
         let pr = problems(&d);
         assert!(
-            pr.contains("$(NOPE)") && pr.contains("--health-listen") && pr.contains("no --tls-ca"),
+            pr.contains("$(NOPE)")
+                && pr.contains("--health-listen")
+                && pr.contains("no --tls-ca")
+                && pr.contains("--pin-dir"),
             "{pr}"
         );
     }

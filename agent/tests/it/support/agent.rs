@@ -46,16 +46,15 @@ impl Agent {
             }
             None => node.ns.command(BIN),
         };
+        // A flush interval of 1 s unless the test sets one.
+        let flush: &[&str] = if extra.contains(&"--flush-interval") {
+            &[]
+        } else {
+            &["--flush-interval", "1s"]
+        };
         let child = cmd
-            .args([
-                "--log-format",
-                "text",
-                "agent",
-                "--node-name",
-                name,
-                "--flush-interval",
-                "1s",
-            ])
+            .args(["--log-format", "text", "agent", "--node-name", name])
+            .args(flush)
             .arg("--socket")
             .arg(&sock)
             .args(extra)

@@ -206,3 +206,35 @@ pub fn podflow_programs(ns: &Netns) -> Vec<(String, String, String)> {
     progs.sort();
     progs
 }
+
+/// A BPF file system mounted on a temporary directory; unmounted (which drops every pin in it) on
+/// drop.
+pub struct Bpffs {
+    dir: tempfile::TempDir,
+}
+
+impl Bpffs {
+    pub fn mount() -> Bpffs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(dir.path())
+            .status()
+            .expect("mount");
+        assert!(st.success(), "mount -t bpf failed");
+        Bpffs { dir }
+    }
+
+    pub fn pin_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("podflow")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
