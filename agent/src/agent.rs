@@ -8,6 +8,7 @@
 //! attached.
 mod config;
 mod flush;
+mod lock;
 mod run;
 mod status;
 
@@ -30,6 +31,9 @@ pub enum AgentError {
     /// A `--cluster-cidr` value is not a prefix or an address.
     #[error("invalid --cluster-cidr {0:?}")]
     ClusterCidr(String),
+    /// Another agent runs in this network namespace.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
     /// Loading, attaching or draining failed.
     #[error("capture failed")]
     Capture {

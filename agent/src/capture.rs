@@ -63,7 +63,9 @@ pub use aya::programs::TcAttachType;
 pub use self::{
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
     pattern::glob_match,
-    persist::{AGENT_RESTART_GAP, Gap, REATTACH_GAP, layout_name, netns_dir, remove_all},
+    persist::{
+        AGENT_RESTART_GAP, DETACHED_GAP, Gap, REATTACH_GAP, layout_name, netns_dir, remove_all,
+    },
     testing::EmptyProgram,
 };
 
@@ -370,6 +372,12 @@ impl Capture {
     /// filters) and keep counting into the pinned maps for the next agent.
     pub fn detach_all(&mut self) {
         self.interfaces.detach_all();
+    }
+
+    /// Attachments found removed by someone else (a `tc filter del`) and attached again, since
+    /// load. Each resync checks.
+    pub fn restored_attachments(&self) -> u64 {
+        self.interfaces.restored()
     }
 
     /// Whether the kernel side outlives this agent (a pin directory is used).

@@ -101,7 +101,16 @@ impl StatusInfo {
             flush_interval_ms: self.flush_interval_ms,
             sampling_rate: self.sampling_rate,
             flow_map_capacity: capture.flow_map_capacity(),
-            counters: status_counters(tallies, table),
+            counters: {
+                let mut counters = status_counters(tallies, table);
+                counters.push(proto::StatusCounter {
+                    name: "attachments_restored".into(),
+                    value: capture.restored_attachments(),
+                    loss: false,
+                    unit: "interfaces".into(),
+                });
+                counters
+            },
             buffered_events: 0,
             agents: Vec::new(),
         }

@@ -81,6 +81,12 @@ pub(super) struct Interfaces {
     links_dir: Option<PathBuf>,
     /// Filters swapped by detach + attach since the last [`Interfaces::take_gaps`].
     gaps: Vec<Gap>,
+    /// The kernel ids of our tc programs, by name: a cls_bpf filter running one is ours.
+    prog_ids: HashMap<&'static str, u32>,
+    /// When the netlink-mode attachments were last found in the kernel (`CLOCK_REALTIME` ns).
+    verified_ns: u64,
+    /// Attachments found removed by someone else and attached again.
+    restored: u64,
 }
 
 impl Interfaces {
@@ -88,6 +94,7 @@ impl Interfaces {
         veths: Array<MapData, VethSlot>,
         cfg: CaptureConfig,
         links_dir: Option<PathBuf>,
+        prog_ids: HashMap<&'static str, u32>,
     ) -> Interfaces {
         Interfaces {
             attached: BTreeMap::new(),
@@ -100,7 +107,14 @@ impl Interfaces {
             cleaned: HashMap::new(),
             links_dir,
             gaps: Vec::new(),
+            prog_ids,
+            verified_ns: persist::now_ns(),
+            restored: 0,
         }
+    }
+
+    pub(super) fn restored(&self) -> u64 {
+        self.restored
     }
 
     pub(super) fn persistent(&self) -> bool {
@@ -153,6 +167,25 @@ impl Interfaces {
             let gone = !present.contains_key(&ifindex);
             changes.extend(self.forget(ifindex, gone));
         }
+        // cls_bpf filters can be deleted by anyone with CAP_NET_ADMIN (`tc filter del`): check
+        // ours are still there, and attach again where one is missing.
+        let removed = self.removed_filters();
+        let now = persist::now_ns();
+        for ifindex in removed {
+            if let Some(a) = self.attached.get(&ifindex) {
+                tracing::warn!(iface = %a.iface.name, ifindex,
+                    "a podflow tc filter was removed by someone else; attaching again");
+                self.gaps.push(Gap {
+                    from_ns: self.verified_ns.min(now),
+                    to_ns: now,
+                    reason: persist::DETACHED_GAP,
+                    detail: format!("{}: a podflow filter was removed", a.iface.name),
+                });
+                self.restored += 1;
+            }
+            // The remaining filter is detached too (the removed one may error: ignored).
+            changes.extend(self.forget(ifindex, true));
+        }
         for l in &links {
             match self.ensure_attached(ebpf, l) {
                 Ok(c) => changes.extend(c),
@@ -160,8 +193,34 @@ impl Interfaces {
                     error = %error_chain(&e), "attaching failed; will retry at next sync"),
             }
         }
+        self.verified_ns = persist::now_ns();
         self.sweep_pins();
         Ok(changes)
+    }
+
+    /// Netlink-mode attachments one of whose filters (running our program) is gone.
+    fn removed_filters(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (&ifindex, a) in &self.attached {
+            if a.iface.mode != AttachMode::Netlink {
+                continue;
+            }
+            for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let Some(&ours) = self.prog_ids.get(attach::program_for(a.iface.kind, dir)) else {
+                    continue;
+                };
+                match super::netlink::dump_filters(ifindex, dir == TcAttachType::Egress) {
+                    Ok(filters) if !filters.iter().any(|f| f.prog_id == Some(ours)) => {
+                        out.push(ifindex);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(iface = %a.iface.name, error = %error_chain(&e),
+                        "could not list tc filters"),
+                }
+            }
+        }
+        out
     }
 
     /// Unpins the links a previous agent pinned that this one did not take over (interfaces gone,

@@ -94,7 +94,18 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
     let drainer = Drainer::new(&mut ebpf, config_map, cfg.sample_rate, entries, epoch)?;
     let links_dir = pins.as_ref().map(persist::Pins::links_dir);
     let gaps = pins.map(|p| p.gaps).unwrap_or_default();
-    let interfaces = Interfaces::new(open_map(&mut ebpf, VETHS)?, cfg, links_dir);
+    let mut prog_ids = std::collections::HashMap::new();
+    for name in [
+        PROG_VETH_INGRESS,
+        PROG_VETH_EGRESS,
+        PROG_L3_INGRESS,
+        PROG_L3_EGRESS,
+    ] {
+        if let Some(id) = program(&ebpf, name)?.info().ok().map(|i| i.id()) {
+            prog_ids.insert(name, id);
+        }
+    }
+    let interfaces = Interfaces::new(open_map(&mut ebpf, VETHS)?, cfg, links_dir, prog_ids);
     tracing::info!(
         flow_map_entries = drainer.capacity(),
         sample_rate = drainer.sample_rate(),

@@ -15,6 +15,7 @@ use netlink_packet_core::{
 use netlink_packet_route::{
     RouteNetlinkMessage,
     link::{LinkAttribute, LinkMessage},
+    tc::{TcAttribute, TcHandle, TcMessage, TcOption},
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -99,6 +100,116 @@ pub fn dump_links() -> Result<Vec<LinkInfo>, CaptureError> {
         op: "link dump",
         source: io::Error::other("dump interrupted repeatedly by concurrent changes"),
     })
+}
+
+/// A tc filter on a clsact hook of an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcFilter {
+    pub priority: u16,
+    pub handle: u32,
+    /// For cls_bpf filters: the program's id and name.
+    pub prog_id: Option<u32>,
+    pub name: Option<String>,
+}
+
+/// `TCA_BPF_NAME`, `TCA_BPF_ID` (uapi/linux/pkt_cls.h).
+const TCA_BPF_NAME: u16 = 7;
+const TCA_BPF_ID: u16 = 11;
+
+/// Lists the filters of `ifindex`'s clsact hook (`egress` or ingress); none without a clsact
+/// qdisc.
+pub fn dump_filters(ifindex: u32, egress: bool) -> Result<Vec<TcFilter>, CaptureError> {
+    let err = |op, source| CaptureError::Netlink { op, source };
+    let sock = open_socket()?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+    header.sequence_number = 1;
+    let mut msg = TcMessage::default();
+    msg.header.index = i32::try_from(ifindex).unwrap_or(i32::MAX);
+    // TC_H_MAKE(TC_H_CLSACT, TC_H_MIN_INGRESS / TC_H_MIN_EGRESS).
+    msg.header.parent = TcHandle {
+        major: 0xffff,
+        minor: if egress { 0xfff3 } else { 0xfff2 },
+    };
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::GetTrafficFilter(msg)),
+    );
+    req.finalize();
+    let mut out = vec![0u8; req.buffer_len()];
+    req.serialize(&mut out);
+    sock.send_to(&out, &SocketAddr::new(0, 0), 0)
+        .map_err(|e| err("send filter dump", e))?;
+    let mut filters = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+    loop {
+        buf.clear();
+        sock.recv(&mut buf, 0)
+            .map_err(|e| err("receive filter dump", e))?;
+        for msg in parse_datagram(&buf)? {
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(filters),
+                NetlinkPayload::Error(e) => {
+                    let io = e.to_io();
+                    // No clsact qdisc (or no device): no filters.
+                    if matches!(
+                        io.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)
+                    ) {
+                        return Ok(Vec::new());
+                    }
+                    return Err(err("filter dump", io));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(m)) => {
+                    filters.push(tc_filter(&m));
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn tc_filter(m: &TcMessage) -> TcFilter {
+    use netlink_packet_core::NlasIterator;
+    let mut f = TcFilter {
+        priority: (m.header.info >> 16) as u16,
+        handle: (u32::from(m.header.handle.major) << 16) | u32::from(m.header.handle.minor),
+        prog_id: None,
+        name: None,
+    };
+    let bpf = m
+        .attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"));
+    if !bpf {
+        return f;
+    }
+    for a in &m.attributes {
+        let TcAttribute::Options(opts) = a else {
+            continue;
+        };
+        for o in opts {
+            let TcOption::Other(nla) = o else { continue };
+            // The whole TCA_OPTIONS nest: walk its attributes.
+            let mut value = vec![0u8; netlink_packet_core::Nla::value_len(nla)];
+            netlink_packet_core::Nla::emit_value(nla, &mut value);
+            for inner in NlasIterator::new(&value[..]).flatten() {
+                match inner.kind() {
+                    TCA_BPF_ID if inner.value().len() >= 4 => {
+                        let v = inner.value();
+                        f.prog_id = Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+                    }
+                    TCA_BPF_NAME => {
+                        let v = inner.value();
+                        let end = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+                        f.name = Some(String::from_utf8_lossy(&v[..end]).into_owned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    f
 }
 
 /// One dump attempt; `Ok(None)` if the kernel flagged it as interrupted (`NLM_F_DUMP_INTR`).

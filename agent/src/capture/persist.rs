@@ -37,6 +37,9 @@ pub(super) const PINNED_MAPS: [&str; 9] = [
 pub const AGENT_RESTART_GAP: &str = "agent_restart_gap";
 /// Reason of a gap while a cls_bpf filter was replaced by detach + attach.
 pub const REATTACH_GAP: &str = "reattach_gap";
+/// Reason of a gap between the last check that found our filter and the check that found it
+/// removed by someone else (it was attached again then).
+pub const DETACHED_GAP: &str = "detached_gap";
 
 /// A time during which packets were not counted, or were counted into maps that were dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,6 +24,7 @@ mod e2e_collector;
 mod e2e_forged;
 mod e2e_least_privilege;
 mod e2e_metadata;
+mod e2e_ownership;
 mod e2e_restart;
 mod e2e_service;
 mod e2e_wireguard;
