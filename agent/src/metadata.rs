@@ -86,7 +86,7 @@ pub use file_source::{
     FILE_POLL_INTERVAL, FileSnapshot, apply_snapshot, parse_kubectl_list, run_file_source,
     run_file_source_every,
 };
-pub use index::{IndexConfig, IndexLimits, IndexStats, MetadataIndex};
+pub use index::{IndexConfig, IndexLimits, IndexStats, MetadataIndex, PodRelist};
 pub use kube_source::{KubeSourceConfig, run_kube_source};
 pub use records::{
     ContainerPort, NodeInfo, OwnerInfo, OwnerRef, Partition, PodInfo, PodPhase, ServiceInfo,
@@ -162,6 +162,16 @@ impl std::fmt::Display for EndpointKind {
 pub type SharedIndex = Arc<RwLock<MetadataIndex>>;
 
 /// A new, empty shared index.
+/// Gives the heap's free memory back to the system (glibc keeps freed memory in its arenas):
+/// after a mass deletion or a re-list, a node's agent returns to its size.
+pub(crate) fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn shared_index(cfg: IndexConfig) -> SharedIndex {
     Arc::new(RwLock::new(MetadataIndex::new(cfg)))
 }

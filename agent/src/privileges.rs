@@ -18,8 +18,8 @@
 //! - `CAP_SYS_RESOURCE`: kernels ≥ 5.11 charge BPF memory to the memory cgroup instead of
 //!   `RLIMIT_MEMLOCK`. On older kernels the memlock limit must be high enough (or unlimited); the
 //!   check fails there with an error that says so (podflow requires ≥ 5.15 anyway).
-//! - `/sys/fs/bpf`: the agent pins nothing (its programs and maps live as long as the process), so
-//!   a missing bpffs mount is only reported as a warning, for when pinning arrives.
+//! - `/sys/fs/bpf`: only `--pin-dir` (maps and links outliving the agent) needs a bpffs; without
+//!   it the programs and maps live as long as the process, so a missing mount is a warning.
 //!
 //! [`check`] reads the live process state; [`Privileges::check`] is the pure part, tested below.
 use std::path::Path;
@@ -120,8 +120,8 @@ impl std::fmt::Display for PrivilegeWarning {
         match self {
             PrivilegeWarning::NoBpffs => write!(
                 f,
-                "{BPFFS_PATH} is not a bpffs mount; the agent pins nothing today so this is not \
-                 needed, but mount the host's {BPFFS_PATH} (hostPath) to be ready for pinning"
+                "{BPFFS_PATH} is not a bpffs mount: --pin-dir (keeping the counts across agent \
+                 restarts) needs the host's {BPFFS_PATH} mounted (hostPath)"
             ),
             PrivilegeWarning::SysAdmin => write!(
                 f,

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 
 use super::convert::{node_info, owner_info, pod_info, service_info};
 use super::records::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
-use super::{MetadataError, SharedIndex, write_index};
+use super::{MetadataError, PodRelist, SharedIndex, write_index};
 
 /// How often the file is checked for changes.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -73,51 +73,166 @@ impl Unreadable {
 
 /// Parses a kubectl `List` (or a single object). Items are told apart by their `kind`.
 pub fn parse_kubectl_list(path: &Path, bytes: &[u8]) -> Result<FileSnapshot, MetadataError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|source| MetadataError::ParseFile {
+    let mut snap = FileSnapshot::default();
+    parse_items(path, bytes, &mut |item| add_item(&mut snap, item))?;
+    Ok(snap)
+}
+
+/// Reads a kubectl `List` (or a single object) one item at a time, handing each to `sink`: only
+/// one item's JSON tree exists at once (a 150 000-pod file used to become one tree of about ten
+/// times its size).
+fn parse_items(
+    path: &Path,
+    bytes: &[u8],
+    sink: &mut dyn FnMut(serde_json::Value),
+) -> Result<(), MetadataError> {
+    use serde::de::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = de
+        .deserialize_map(ListVisitor { sink: &mut *sink })
+        .and_then(|p| de.end().map(|()| p))
+        .map_err(|source| MetadataError::ParseFile {
             path: path.to_owned(),
             source,
         })?;
-    let items = match value.get("items") {
-        Some(serde_json::Value::Array(items)) => items.clone(),
-        Some(_) => {
-            return Err(MetadataError::NotAList {
-                path: path.to_owned(),
-            });
+    match parsed {
+        Parsed::List => Ok(()),
+        Parsed::Object(fields) if fields.contains_key("kind") => {
+            sink(serde_json::Value::Object(fields));
+            Ok(())
         }
-        None if value.get("kind").is_some() => vec![value],
-        None => {
-            return Err(MetadataError::NotAList {
-                path: path.to_owned(),
-            });
-        }
-    };
-    let mut snap = FileSnapshot::default();
-    for item in items {
-        let kind = item
-            .get("kind")
-            .and_then(|k| k.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let decoded = match kind.as_str() {
-            "Pod" => decode::<Pod>(&item).map(|p| pod_info(&p).map(|p| snap.pods.push(p))),
-            "Service" => {
-                decode::<Service>(&item).map(|s| service_info(&s).map(|s| snap.services.push(s)))
-            }
-            "Node" => decode::<Node>(&item).map(|n| node_info(&n).map(|n| snap.nodes.push(n))),
-            "ReplicaSet" => decode::<ReplicaSet>(&item)
-                .map(|o| owner_info("ReplicaSet", &o.metadata).map(|o| snap.owners.push(o))),
-            "Job" => decode::<Job>(&item)
-                .map(|o| owner_info("Job", &o.metadata).map(|o| snap.owners.push(o))),
-            _ => Ok(None),
-        };
-        match decoded {
-            Ok(Some(())) => {}
-            Ok(None) => snap.skipped += 1,
-            Err(e) => snap.unreadable.push(Unreadable::of(&kind, &item, &e)),
-        }
+        Parsed::Object(_) | Parsed::NotAList => Err(MetadataError::NotAList {
+            path: path.to_owned(),
+        }),
     }
-    Ok(snap)
+}
+
+/// The top level of the file: a `List` (its items went to the sink), or the fields of a single
+/// object.
+enum Parsed {
+    List,
+    Object(serde_json::Map<String, serde_json::Value>),
+    NotAList,
+}
+
+struct ListVisitor<'a> {
+    sink: &'a mut dyn FnMut(serde_json::Value),
+}
+
+impl<'de> serde::de::Visitor<'de> for ListVisitor<'_> {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a kubectl List or a Kubernetes object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Parsed, A::Error> {
+        let mut fields = serde_json::Map::new();
+        let (mut list, mut not_a_list) = (false, false);
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                match map.next_value_seed(Items {
+                    sink: &mut *self.sink,
+                })? {
+                    true => list = true,
+                    false => not_a_list = true,
+                }
+            } else {
+                fields.insert(key, map.next_value()?);
+            }
+        }
+        Ok(match (list, not_a_list) {
+            (true, _) => Parsed::List,
+            (false, true) => Parsed::NotAList,
+            (false, false) => Parsed::Object(fields),
+        })
+    }
+}
+
+/// `items`: an array, handed to the sink item by item (`true`); anything else is not a list.
+struct Items<'a> {
+    sink: &'a mut dyn FnMut(serde_json::Value),
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Items<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an array of items")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            (self.sink)(item);
+        }
+        Ok(true)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(false)
+    }
+
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+/// Turns one item into a record of `snap` (by its `kind`), or counts it skipped or unreadable.
+fn add_item(snap: &mut FileSnapshot, item: serde_json::Value) {
+    let kind = item
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let decoded = match kind.as_str() {
+        "Pod" => decode::<Pod>(&item).map(|p| pod_info(&p).map(|p| snap.pods.push(p))),
+        "Service" => {
+            decode::<Service>(&item).map(|s| service_info(&s).map(|s| snap.services.push(s)))
+        }
+        "Node" => decode::<Node>(&item).map(|n| node_info(&n).map(|n| snap.nodes.push(n))),
+        "ReplicaSet" => decode::<ReplicaSet>(&item)
+            .map(|o| owner_info("ReplicaSet", &o.metadata).map(|o| snap.owners.push(o))),
+        "Job" => decode::<Job>(&item)
+            .map(|o| owner_info("Job", &o.metadata).map(|o| snap.owners.push(o))),
+        _ => Ok(None),
+    };
+    match decoded {
+        Ok(Some(())) => {}
+        Ok(None) => snap.skipped += 1,
+        Err(e) => snap.unreadable.push(Unreadable::of(&kind, &item, &e)),
+    }
 }
 
 fn decode<T: serde::de::DeserializeOwned>(item: &serde_json::Value) -> serde_json::Result<T> {
@@ -132,43 +247,118 @@ pub fn apply_snapshot(
     now: SystemTime,
     previous: Option<SystemTime>,
 ) {
-    // The objects of entries that did not decode keep their last good state.
-    let keep = |kind: &str| -> HashSet<String> {
-        snap.unreadable
-            .iter()
-            .filter(|u| u.kind == kind)
-            .filter_map(|u| u.uid.clone())
-            .collect()
-    };
-    let keep_owners = |kind: &str| -> HashSet<(String, String)> {
-        snap.unreadable
-            .iter()
-            .filter(|u| u.kind == kind)
-            .map(|u| (u.namespace.clone(), u.name.clone()))
-            .collect()
-    };
-    for u in &snap.unreadable {
-        let kept = if u.uid.is_some() || matches!(u.kind.as_str(), "ReplicaSet" | "Job") {
-            "its last good state is kept"
-        } else {
-            "no readable metadata.uid: it is treated as gone"
-        };
-        tracing::warn!(kind = %u.kind, namespace = %u.namespace, name = %u.name, error = %u.error,
-            "metadata file: an entry does not decode; {kept}");
+    let mut loader = Loader::new(index, now);
+    loader.rest = snap;
+    loader.finish(previous);
+}
+
+/// Pods applied to the index at a time while the file is read.
+const APPLY_PART: usize = 1024;
+
+/// Applies a file to the index while it is read: pods a part at a time (the index's lock is
+/// held for one part, and only one part's records exist at once: the short-lived garbage of
+/// reading an item is reused for the next instead of being spread between the index's
+/// allocations), the rest at the end.
+struct Loader<'a> {
+    index: &'a SharedIndex,
+    now: SystemTime,
+    /// What was read and not applied yet.
+    rest: FileSnapshot,
+    relist: Option<PodRelist>,
+    pods: usize,
+}
+
+impl<'a> Loader<'a> {
+    fn new(index: &'a SharedIndex, now: SystemTime) -> Self {
+        Loader {
+            index,
+            now,
+            rest: FileSnapshot::default(),
+            relist: None,
+            pods: 0,
+        }
     }
-    let (keep_rs, keep_jobs) = (keep_owners("ReplicaSet"), keep_owners("Job"));
-    let (keep_nodes, keep_services, keep_pods) = (keep("Node"), keep("Service"), keep("Pod"));
-    let mut idx = write_index(index);
-    let (rs, jobs): (Vec<_>, Vec<_>) = snap
-        .owners
-        .into_iter()
-        .partition(|o| o.kind == "ReplicaSet");
-    idx.relist_owners("ReplicaSet", rs, &keep_rs, now);
-    idx.relist_owners("Job", jobs, &keep_jobs, now);
-    idx.relist_nodes(snap.nodes, &keep_nodes, now);
-    idx.relist_services(snap.services, &keep_services, now);
-    idx.relist_pods(Partition::Static, snap.pods, &keep_pods, now, previous);
-    idx.confirm(Instant::now());
+
+    fn item(&mut self, item: serde_json::Value) {
+        add_item(&mut self.rest, item);
+        if self.rest.pods.len() >= APPLY_PART {
+            self.apply_pods();
+        }
+    }
+
+    fn apply_pods(&mut self) {
+        let part = std::mem::take(&mut self.rest.pods);
+        self.pods += part.len();
+        let mut idx = write_index(self.index);
+        let relist = self
+            .relist
+            .get_or_insert_with(|| idx.begin_relist_pods(Partition::Static));
+        idx.relist_pods_part(relist, part, self.now);
+    }
+
+    /// Applies the rest and ends what the file no longer names.
+    fn finish(mut self, previous: Option<SystemTime>) -> FileCounts {
+        self.apply_pods();
+        let (now, snap) = (self.now, std::mem::take(&mut self.rest));
+        // The objects of entries that did not decode keep their last good state.
+        let keep = |kind: &str| -> HashSet<String> {
+            snap.unreadable
+                .iter()
+                .filter(|u| u.kind == kind)
+                .filter_map(|u| u.uid.clone())
+                .collect()
+        };
+        let keep_owners = |kind: &str| -> HashSet<(String, String)> {
+            snap.unreadable
+                .iter()
+                .filter(|u| u.kind == kind)
+                .map(|u| (u.namespace.clone(), u.name.clone()))
+                .collect()
+        };
+        for u in &snap.unreadable {
+            let kept = if u.uid.is_some() || matches!(u.kind.as_str(), "ReplicaSet" | "Job") {
+                "its last good state is kept"
+            } else {
+                "no readable metadata.uid: it is treated as gone"
+            };
+            tracing::warn!(kind = %u.kind, namespace = %u.namespace, name = %u.name, error = %u.error,
+                "metadata file: an entry does not decode; {kept}");
+        }
+        let (keep_rs, keep_jobs) = (keep_owners("ReplicaSet"), keep_owners("Job"));
+        let (keep_nodes, keep_services, keep_pods) = (keep("Node"), keep("Service"), keep("Pod"));
+        let counts = FileCounts {
+            pods: self.pods,
+            services: snap.services.len(),
+            nodes: snap.nodes.len(),
+        };
+        let mut idx = write_index(self.index);
+        let (rs, jobs): (Vec<_>, Vec<_>) = snap
+            .owners
+            .into_iter()
+            .partition(|o| o.kind == "ReplicaSet");
+        idx.relist_owners("ReplicaSet", rs, &keep_rs, now);
+        idx.relist_owners("Job", jobs, &keep_jobs, now);
+        idx.relist_nodes(snap.nodes, &keep_nodes, now);
+        idx.relist_services(snap.services, &keep_services, now);
+        let relist = self
+            .relist
+            .take()
+            .unwrap_or_else(|| idx.begin_relist_pods(Partition::Static));
+        idx.finish_relist_pods(relist, &keep_pods, now, previous);
+        idx.confirm(Instant::now());
+        drop(idx);
+        // The file's bytes and records are gone: return their memory.
+        super::release_free_memory();
+        counts
+    }
+}
+
+/// What a file held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct FileCounts {
+    pods: usize,
+    services: usize,
+    nodes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,15 +379,25 @@ fn signature(path: &Path) -> std::io::Result<Signature> {
     })
 }
 
-fn load(path: &Path) -> Result<(Signature, FileSnapshot), MetadataError> {
+/// Reads the file and applies it to the index as it goes (see [`Loader`]). A file that does not
+/// parse to the end has had the pods before the error applied (they are real), and nothing
+/// ended for being missing.
+fn load_into(
+    path: &Path,
+    index: &SharedIndex,
+    now: SystemTime,
+    previous: Option<SystemTime>,
+) -> Result<(Signature, FileCounts), MetadataError> {
     let read_err = |source| MetadataError::ReadFile {
         path: path.to_owned(),
         source,
     };
     let before = signature(path).map_err(read_err)?;
     let bytes = std::fs::read(path).map_err(read_err)?;
-    let snap = parse_kubectl_list(path, &bytes)?;
-    Ok((before, snap))
+    let mut loader = Loader::new(index, now);
+    parse_items(path, &bytes, &mut |item| loader.item(item))?;
+    drop(bytes);
+    Ok((before, loader.finish(previous)))
 }
 
 /// Serves the metadata file `path` into `index` until `shutdown` completes (a file that cannot
@@ -230,14 +430,13 @@ pub async fn run_file_source_every(
                 write_index(&index).confirm(Instant::now());
                 Ok(())
             }
-            Ok(_) => load(&path).map(|(sig, snap)| {
+            Ok(_) => load_into(&path, &index, now, loaded_at).map(|(sig, counts)| {
                 if loaded_at.is_none() {
-                    tracing::info!(path = %path.display(), pods = snap.pods.len(),
-                        services = snap.services.len(), nodes = snap.nodes.len(), "metadata file loaded");
+                    tracing::info!(path = %path.display(), pods = counts.pods,
+                        services = counts.services, nodes = counts.nodes, "metadata file loaded");
                 } else {
-                    tracing::info!(path = %path.display(), pods = snap.pods.len(), "metadata file changed, reloaded");
+                    tracing::info!(path = %path.display(), pods = counts.pods, "metadata file changed, reloaded");
                 }
-                apply_snapshot(&index, snap, now, loaded_at);
                 loaded_at = Some(now);
                 current = Some(sig);
             }),

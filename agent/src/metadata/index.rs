@@ -10,6 +10,8 @@ mod services;
 #[cfg(test)]
 mod tests;
 
+pub use self::pods::PodRelist;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -32,6 +34,9 @@ const TIMESTAMP_GRANULARITY: Duration = Duration::from_secs(1);
 /// full label budget. [`IndexStats::approx_bytes`] reports the running estimate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexLimits {
+    /// Tombstones (ended pods kept for late records) at most; beyond, the oldest is evicted
+    /// (`tombstones_evicted`) before its `tombstone_ttl` is up.
+    pub max_tombstones: usize,
     /// Pods, live and tombstones together. When full, the oldest tombstone is evicted
     /// (`tombstones_evicted`); when there are none left, a new pod from another node is rejected
     /// (`pods_rejected`) while a pod of this node ([`Partition::Local`]) is still admitted (at
@@ -55,10 +60,12 @@ pub struct IndexLimits {
 impl Default for IndexLimits {
     fn default() -> Self {
         Self {
-            max_pods: 50_000,
+            // Kubernetes' tested maximum is 150 000 pods per cluster.
+            max_pods: 200_000,
+            max_tombstones: 20_000,
             max_services: 20_000,
             max_nodes: 5_000,
-            max_owners: 50_000,
+            max_owners: 100_000,
             max_claims_per_ip: 16,
             max_ips_per_object: 4,
             max_label_bytes_per_pod: 2048,
@@ -111,18 +118,41 @@ pub struct IndexStats {
     pub stale_ignored: u64,
 }
 
+/// A set of labels, sorted by key.
+type Labels = Arc<[(Arc<str>, Arc<str>)]>;
+
+/// A pod as the index keeps it: about 300 bytes beside its name and UID. Strings many pods share
+/// (namespace, node, label keys and values, owner) are interned ([`MetadataIndex::intern`]).
 #[derive(Debug)]
 struct PodMeta {
-    uid: String,
-    namespace: String,
-    name: String,
-    node: String,
-    labels: BTreeMap<String, String>,
-    owner: Option<OwnerRef>,
+    uid: Arc<str>,
+    namespace: Arc<str>,
+    name: Box<str>,
+    node: Arc<str>,
+    /// Sorted by key; one shared set for all pods with the same labels (a workload's replicas).
+    labels: Labels,
+    /// The controller: (kind, name).
+    owner: Option<(Arc<str>, Arc<str>)>,
     /// Deployment name from the `pod-template-hash` convention, if it applies.
-    deployment_by_hash: Option<String>,
+    deployment_by_hash: Option<Arc<str>>,
     /// Named container ports (for Services' named target ports).
-    ports: Vec<ContainerPort>,
+    ports: Box<[ContainerPort]>,
+}
+
+impl PodMeta {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.labels[i].1)
+    }
+
+    fn labels_map(&self) -> BTreeMap<String, String> {
+        self.labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -170,7 +200,8 @@ struct Claim {
     /// `[start, end)` in which another, unseen owner may have held the IP: the claim's edge
     /// fell into a gap of the source (ended, or started with an imprecise `from`, somewhere
     /// between the last complete state and a re-list).
-    uncertain: Option<(SystemTime, SystemTime)>,
+    /// Boxed: rare, and a claim per pod IP is kept.
+    uncertain: Option<Box<(SystemTime, SystemTime)>>,
     holder: Holder,
 }
 
@@ -235,6 +266,11 @@ pub struct MetadataIndex {
     ranges: Vec<IpNet>,
     confirmed: Option<Instant>,
     stats: IndexStats,
+    /// Strings shared by many objects, kept once; dropped by [`MetadataIndex::maintain`] when no
+    /// object uses them any more.
+    interner: std::collections::HashSet<Arc<str>>,
+    /// Label sets, likewise.
+    label_sets: std::collections::HashSet<Labels>,
 }
 
 impl MetadataIndex {
@@ -253,11 +289,33 @@ impl MetadataIndex {
             ranges,
             confirmed: None,
             stats: IndexStats::default(),
+            interner: std::collections::HashSet::new(),
+            label_sets: std::collections::HashSet::new(),
         }
     }
 
     pub fn config(&self) -> &IndexConfig {
         &self.cfg
+    }
+
+    /// The shared copy of a label set.
+    fn intern_labels(&mut self, labels: Vec<(Arc<str>, Arc<str>)>) -> Labels {
+        if let Some(a) = self.label_sets.get(labels.as_slice()) {
+            return Arc::clone(a);
+        }
+        let a: Labels = Arc::from(labels);
+        self.label_sets.insert(Arc::clone(&a));
+        a
+    }
+
+    /// The shared copy of `s`.
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.interner.get(s) {
+            return Arc::clone(a);
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.interner.insert(Arc::clone(&a));
+        a
     }
 
     // ---------------------------------------------------------------- freshness
@@ -304,9 +362,11 @@ impl MetadataIndex {
         {
             candidates.retain(|c| matches!(c.holder, Holder::Node(_)));
         }
-        let uncertain = candidates
-            .iter()
-            .any(|c| c.uncertain.is_some_and(|(a, b)| a <= at && at < b));
+        let uncertain = candidates.iter().any(|c| {
+            c.uncertain
+                .as_deref()
+                .is_some_and(|&(a, b)| a <= at && at < b)
+        });
         let mut ep = match candidates.as_slice() {
             [] => {
                 let kind =
@@ -368,13 +428,13 @@ impl MetadataIndex {
                     } else {
                         EndpointKind::HostNetworkPod
                     },
-                    namespace: meta.namespace.clone(),
-                    pod: meta.name.clone(),
-                    uid: meta.uid.clone(),
+                    namespace: meta.namespace.to_string(),
+                    pod: meta.name.to_string(),
+                    uid: meta.uid.to_string(),
                     workload_kind,
                     workload,
-                    labels: meta.labels.clone(),
-                    node: meta.node.clone(),
+                    labels: meta.labels_map(),
+                    node: meta.node.to_string(),
                     service: None,
                     ambiguous: false,
                 }
@@ -395,25 +455,35 @@ impl MetadataIndex {
 
     /// Resolves the owner chain (see the module docs).
     fn workload(&self, meta: &PodMeta) -> (String, String) {
-        let Some(owner) = &meta.owner else {
-            return ("Pod".to_owned(), meta.name.clone());
+        let Some((kind, name)) = &meta.owner else {
+            return ("Pod".to_owned(), meta.name.to_string());
         };
         let key = (
-            owner.kind.clone(),
-            meta.namespace.clone(),
-            owner.name.clone(),
+            kind.to_string(),
+            meta.namespace.to_string(),
+            name.to_string(),
         );
         let parent = self.owners.get(&key).map(|e| e.owner.as_ref());
-        match (owner.kind.as_str(), parent) {
+        match (&**kind, parent) {
             ("ReplicaSet" | "Job", Some(Some(parent))) => {
                 (parent.kind.clone(), parent.name.clone())
             }
             ("ReplicaSet", None) => match &meta.deployment_by_hash {
-                Some(deployment) => ("Deployment".to_owned(), deployment.clone()),
-                None => (owner.kind.clone(), owner.name.clone()),
+                Some(deployment) => ("Deployment".to_owned(), deployment.to_string()),
+                None => (kind.to_string(), name.to_string()),
             },
-            _ => (owner.kind.clone(), owner.name.clone()),
+            _ => (kind.to_string(), name.to_string()),
         }
+    }
+}
+
+/// Shrinks a map that holds less than a quarter of its capacity; says whether it did.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) -> bool {
+    if map.capacity() > 1024 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
+        true
+    } else {
+        false
     }
 }
 
@@ -440,6 +510,13 @@ impl MetadataIndex {
         });
         self.owners
             .retain(|_, e| e.ended.is_none_or(|t| t >= cutoff));
+        self.label_sets.retain(|s| Arc::strong_count(s) > 1);
+        self.interner.retain(|s| Arc::strong_count(s) > 1);
+        // After a mass deletion: give the tables' and the heap's memory back.
+        let shrunk = shrink(&mut self.pods) | shrink(&mut self.claims) | shrink(&mut self.owners);
+        if shrunk {
+            super::release_free_memory();
+        }
     }
 
     pub fn stats(&self) -> IndexStats {
@@ -461,9 +538,7 @@ impl MetadataIndex {
                     + m.namespace.len()
                     + m.name.len()
                     + m.node.len()
-                    + m.owner
-                        .as_ref()
-                        .map_or(0, |o| o.kind.len() + o.name.len() + 48)
+                    + m.owner.as_ref().map_or(0, |_| 32)
                     + labels
                     + r.ips.len() * 17
             })

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::convert::{node_info, owner_info, pod_info, service_info};
 use super::records::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
-use super::{MetadataError, SharedIndex, write_index};
+use super::{MetadataError, PodRelist, SharedIndex, write_index};
 
 /// Configuration of [`run_kube_source`].
 #[derive(Clone)]
@@ -299,6 +299,8 @@ pub async fn run_kube_source(
 
     let mut states = vec![WatchState::Listing; srcs.len()];
     let mut buffers: Vec<Vec<Item>> = srcs.iter().map(|_| Vec::new()).collect();
+    // Per pod watcher: its initial list in progress, applied a part at a time.
+    let mut relists: Vec<Option<PodRelist>> = srcs.iter().map(|_| None).collect();
     // Per watcher: since when events may have been missed (first error after being synced).
     let mut gap_since: Vec<Option<SystemTime>> = vec![None; srcs.len()];
     let mut tick = tokio::time::interval(cfg.tick);
@@ -316,10 +318,11 @@ pub async fn run_kube_source(
         let Some((slot, result)) = msg else {
             return Ok(());
         };
-        let (Some(src), Some(state), Some(buffer)) = (
+        let (Some(src), Some(state), Some(buffer), Some(pod_relist)) = (
             srcs.get(slot).copied(),
             states.get_mut(slot),
             buffers.get_mut(slot),
+            relists.get_mut(slot),
         ) else {
             continue;
         };
@@ -352,19 +355,34 @@ pub async fn run_kube_source(
             }
             Ok(Ev::Init) => {
                 buffer.clear();
+                // A list started again: the pods of the interrupted one were applied (they are
+                // real); nothing is ended until a list completes.
+                *pod_relist = None;
                 *state = WatchState::Listing;
             }
-            Ok(Ev::InitApply(item)) => buffer.push(item),
+            Ok(Ev::InitApply(item)) => {
+                buffer.push(item);
+                if is_pods(src) && buffer.len() >= APPLY_PART {
+                    apply_pod_part(&index, src, pod_relist, std::mem::take(buffer), now);
+                }
+            }
             Ok(Ev::InitDone) => {
                 let items = std::mem::take(buffer);
                 tracing::debug!(watch = ?src, objects = items.len(), "kubernetes list done");
-                relist(
-                    &index,
-                    src,
-                    items,
-                    now,
-                    gap_since.get_mut(slot).and_then(Option::take),
-                );
+                let gap = gap_since.get_mut(slot).and_then(Option::take);
+                if is_pods(src) {
+                    apply_pod_part(&index, src, pod_relist, items, now);
+                    let mut idx = write_index(&index);
+                    let relist = pod_relist
+                        .take()
+                        .unwrap_or_else(|| idx.begin_relist_pods(partition(src)));
+                    tracing::info!(watch = ?src, pods = relist.len(), "kubernetes pods listed");
+                    idx.finish_relist_pods(relist, &HashSet::new(), now, gap);
+                    drop(idx);
+                    super::release_free_memory();
+                } else {
+                    relist(&index, src, items, now, gap);
+                }
                 *state = WatchState::Synced;
                 confirm_if_synced(&index, &states);
             }
@@ -390,6 +408,31 @@ pub async fn run_kube_source(
             Ok(Ev::Skip) => {}
         }
     }
+}
+
+/// Pods of an initial list applied to the index at a time: the index's lock is held for one
+/// part, and a 150 000-pod list is never held whole.
+const APPLY_PART: usize = 1024;
+
+fn is_pods(src: Src) -> bool {
+    matches!(src, Src::LocalPods | Src::RemotePods)
+}
+
+/// Applies a part of a pod watcher's initial list.
+fn apply_pod_part(
+    index: &SharedIndex,
+    src: Src,
+    relist: &mut Option<PodRelist>,
+    items: Vec<Item>,
+    now: SystemTime,
+) {
+    let pods = items
+        .into_iter()
+        .filter_map(|i| if let Item::Pod(p) = i { Some(p) } else { None })
+        .collect();
+    let mut idx = write_index(index);
+    let relist = relist.get_or_insert_with(|| idx.begin_relist_pods(partition(src)));
+    idx.relist_pods_part(relist, pods, now);
 }
 
 fn partition(src: Src) -> Partition {
@@ -455,6 +498,9 @@ fn relist(
             idx.relist_owners(kind, o, &HashSet::new(), now);
         }
     }
+    drop(idx);
+    // The listed objects are gone: return their memory.
+    super::release_free_memory();
 }
 
 fn confirm_if_synced(index: &SharedIndex, states: &[WatchState]) {

@@ -36,6 +36,7 @@ mod metadata_churn;
 mod metadata_file;
 mod metadata_kube;
 mod metadata_memory;
+mod metadata_scale;
 mod metrics_prometheus;
 mod privileges_setpriv;
 mod prog_test_run;

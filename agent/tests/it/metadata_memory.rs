@@ -34,6 +34,7 @@ fn pod(n: u32, since: u64) -> PodInfo {
 fn limits() -> IndexLimits {
     IndexLimits {
         max_pods: 100,
+        max_tombstones: 100,
         max_services: 10,
         max_nodes: 3,
         max_owners: 5,
@@ -233,4 +234,29 @@ fn claims_per_ip_labels_and_other_kinds_are_bounded() {
     }
     let s = idx.stats();
     assert_eq!((s.services, s.services_rejected), (10, 5));
+}
+
+#[test]
+fn tombstones_are_bounded_in_count_as_well_as_in_time() {
+    let mut idx = MetadataIndex::new(IndexConfig {
+        limits: IndexLimits {
+            max_tombstones: 10,
+            ..limits()
+        },
+        ..IndexConfig::default()
+    });
+    for n in 0..50 {
+        idx.apply_pod(Partition::Remote, pod(n, 10), t(20));
+    }
+    // A mass deletion: only the 10 newest tombstones stay, well within their TTL.
+    for n in 0..50u32 {
+        idx.delete_pod(Partition::Remote, &format!("uid-{n}"), t(30 + u64::from(n)));
+    }
+    let s = idx.stats();
+    assert_eq!((s.pods_live, s.pod_tombstones), (0, 10));
+    assert_eq!(s.tombstones_evicted, 40);
+    assert_eq!(s.ips, 10, "the evicted pods' claims are gone too");
+    // The newest deleted pod still names its IP for late records; an evicted one does not.
+    assert_eq!(idx.lookup(ip(49), t(70)).pod, "p-49");
+    assert_eq!(idx.lookup(ip(0), t(25)).pod, "");
 }

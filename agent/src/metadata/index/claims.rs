@@ -18,7 +18,11 @@ impl MetadataIndex {
         holder: Holder,
     ) {
         let limit = self.cfg.limits.max_claims_per_ip.max(1);
-        let list = self.claims.entry(ip).or_default();
+        // Most addresses have one claim: no room for four.
+        let list = self
+            .claims
+            .entry(ip)
+            .or_insert_with(|| Vec::with_capacity(1));
         if let Some(i) = list
             .iter()
             .position(|c| c.uid == *uid && (c.until.is_none() || c.from == from))

@@ -1,5 +1,5 @@
 //! Applying pods: adds, updates, deletes, re-lists with their gaps, tombstones, admission.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -39,7 +39,7 @@ impl MetadataIndex {
             self.stats.pods_rejected += 1;
             return;
         }
-        let meta = Arc::new(self.pod_meta(&info));
+        let meta = Arc::new(self.pod_meta(&uid, &info));
         let mut ips = info.ips.iter().copied().map(canonical).collect::<Vec<_>>();
         ips.dedup();
         ips.truncate(self.cfg.limits.max_ips_per_object);
@@ -129,26 +129,70 @@ impl MetadataIndex {
         now: SystemTime,
         gap_since: Option<SystemTime>,
     ) {
-        let seen: HashSet<String> = infos.iter().map(|p| p.uid.clone()).collect();
-        let before: HashMap<Arc<str>, bool> = self
-            .pods
-            .iter()
-            .filter(|(_, rec)| rec.partition == partition)
-            .map(|(uid, rec)| (Arc::clone(uid), rec.ended.is_none()))
-            .collect();
-        let new: Vec<String> = infos
-            .iter()
-            .filter(|p| !before.contains_key(p.uid.as_str()))
-            .map(|p| p.uid.clone())
-            .collect();
-        for info in infos {
-            self.apply_pod(partition, info, now);
+        let mut relist = self.begin_relist_pods(partition);
+        self.relist_pods_part(&mut relist, infos, now);
+        self.finish_relist_pods(relist, keep, now, gap_since);
+    }
+
+    /// Starts a re-list of `partition`'s pods that arrives in parts ([`Self::relist_pods_part`],
+    /// then [`Self::finish_relist_pods`]): a source can apply a long list while reading it,
+    /// without holding all of it (and without holding the index's lock all along). Until the
+    /// finish, no pod is ended for being missing.
+    pub fn begin_relist_pods(&self, partition: Partition) -> PodRelist {
+        PodRelist {
+            partition,
+            before: self
+                .pods
+                .iter()
+                .filter(|(_, rec)| rec.partition == partition)
+                .map(|(uid, rec)| (Arc::clone(uid), rec.ended.is_none()))
+                .collect(),
+            seen: HashSet::new(),
+            new: Vec::new(),
         }
+    }
+
+    /// Applies one part of a re-list.
+    pub fn relist_pods_part(
+        &mut self,
+        relist: &mut PodRelist,
+        infos: Vec<PodInfo>,
+        now: SystemTime,
+    ) {
+        for info in infos {
+            let uid: Arc<str> = match self.pods.get_key_value(info.uid.as_str()) {
+                Some((uid, _)) => Arc::clone(uid),
+                None => Arc::from(info.uid.as_str()),
+            };
+            if !relist.before.contains_key(&uid) {
+                relist.new.push(Arc::clone(&uid));
+            }
+            relist.seen.insert(uid);
+            self.apply_pod(relist.partition, info, now);
+        }
+    }
+
+    /// Ends the pods the re-list did not name (unless in `keep`) and marks what fell into the
+    /// source's gap (see [`Self::relist_pods`]).
+    pub fn finish_relist_pods(
+        &mut self,
+        relist: PodRelist,
+        keep: &HashSet<String>,
+        now: SystemTime,
+        gap_since: Option<SystemTime>,
+    ) {
+        let PodRelist {
+            partition,
+            before,
+            seen,
+            new,
+        } = relist;
         let missing: Vec<Arc<str>> = before
             .iter()
-            .filter(|(uid, live)| **live && !seen.contains(&***uid) && !keep.contains(&***uid))
+            .filter(|(uid, live)| **live && !seen.contains(*uid) && !keep.contains(&***uid))
             .map(|(uid, _)| Arc::clone(uid))
             .collect();
+        drop(seen);
         for uid in &missing {
             self.remove_or_end(partition, uid, now, false);
         }
@@ -163,10 +207,7 @@ impl MetadataIndex {
         // Pods first seen now: an imprecise start lies anywhere up to now; a pod listed as
         // completed ended anywhere in the gap.
         for uid in new {
-            let ended_now = self
-                .pods
-                .get(uid.as_str())
-                .is_some_and(|r| r.ended.is_some());
+            let ended_now = self.pods.get(&uid).is_some_and(|r| r.ended.is_some());
             self.mark_uncertain(&uid, gap, |c| match (c.precise, ended_now) {
                 (_, true) => c.until.filter(|u| *u > gap),
                 (false, false) => Some(now),
@@ -189,7 +230,7 @@ impl MetadataIndex {
                 for c in list.iter_mut().filter(|c| &*c.uid == uid) {
                     let start = gap.max(c.from);
                     if let Some(e) = end(c).filter(|e| *e > start) {
-                        c.uncertain = Some((start, e));
+                        c.uncertain = Some(Box::new((start, e)));
                     }
                 }
             }
@@ -209,6 +250,14 @@ impl MetadataIndex {
             close_claims(&mut self.claims, *ip, uid, now);
         }
         self.tombstones.insert((now, Arc::clone(uid)));
+        // Bounded in count as well as in time: a mass deletion does not keep every pod.
+        while self.tombstones.len() > self.cfg.limits.max_tombstones {
+            let Some((_, oldest)) = self.tombstones.pop_first() else {
+                break;
+            };
+            self.remove_pod(&oldest);
+            self.stats.tombstones_evicted += 1;
+        }
     }
 
     fn admit_pod(&mut self, partition: Partition) -> bool {
@@ -235,10 +284,11 @@ impl MetadataIndex {
         }
     }
 
-    fn pod_meta(&mut self, info: &PodInfo) -> PodMeta {
-        let mut labels = BTreeMap::new();
+    fn pod_meta(&mut self, uid: &Arc<str>, info: &PodInfo) -> PodMeta {
+        let mut labels = Vec::with_capacity(info.labels.len());
         let mut budget = self.cfg.limits.max_label_bytes_per_pod;
         let mut truncated = false;
+        // BTreeMap order: sorted by key, as `PodMeta::label` needs.
         for (k, v) in &info.labels {
             let size = k.len() + v.len();
             if size > budget {
@@ -246,7 +296,7 @@ impl MetadataIndex {
                 continue;
             }
             budget -= size;
-            labels.insert(k.clone(), v.clone());
+            labels.push((self.intern(k), self.intern(v)));
         }
         if truncated {
             self.stats.labels_truncated += 1;
@@ -257,18 +307,43 @@ impl MetadataIndex {
                 .strip_suffix(hash.as_str())
                 .and_then(|s| s.strip_suffix('-'))
                 .filter(|s| !s.is_empty())
-                .map(str::to_owned),
+                .map(|d| self.intern(d)),
             _ => None,
         };
         PodMeta {
-            uid: info.uid.clone(),
-            namespace: info.namespace.clone(),
-            name: info.name.clone(),
-            node: info.node.clone(),
-            labels,
-            owner: info.owner.clone(),
+            uid: Arc::clone(uid),
+            namespace: self.intern(&info.namespace),
+            name: info.name.as_str().into(),
+            node: self.intern(&info.node),
+            labels: self.intern_labels(labels),
+            owner: info
+                .owner
+                .as_ref()
+                .map(|o| (self.intern(&o.kind), self.intern(&o.name))),
             deployment_by_hash,
-            ports: info.ports.clone(),
+            ports: info.ports.clone().into_boxed_slice(),
         }
     }
+}
+
+impl PodRelist {
+    /// Pods the list named so far.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+/// A re-list of one partition's pods in progress (see [`MetadataIndex::begin_relist_pods`]).
+#[derive(Debug)]
+pub struct PodRelist {
+    partition: Partition,
+    /// The partition's pods before, and whether they were live.
+    before: HashMap<Arc<str>, bool>,
+    seen: HashSet<Arc<str>>,
+    /// Pods first seen in this list.
+    new: Vec<Arc<str>>,
 }

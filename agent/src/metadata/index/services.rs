@@ -57,7 +57,7 @@ impl MetadataIndex {
         let Some(pod) = self.pods.get(uid).map(|r| &r.meta) else {
             return Vec::new();
         };
-        let Some(services) = self.services_by_ns.get(&pod.namespace) else {
+        let Some(services) = self.services_by_ns.get(&*pod.namespace) else {
             return Vec::new();
         };
         let mut out: Vec<ServiceRef> = services
@@ -90,7 +90,7 @@ fn selects(svc: &SvcMeta, pod: &PodMeta) -> bool {
         && svc
             .selector
             .iter()
-            .all(|(k, v)| pod.labels.get(k) == Some(v))
+            .all(|(k, v)| pod.label(k) == Some(v.as_str()))
 }
 
 /// The port a Service port goes to on a pod: its number, or the pod's container port of that name

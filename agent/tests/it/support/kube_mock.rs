@@ -71,7 +71,7 @@ struct Inner {
     objects: HashMap<&'static str, BTreeMap<String, Value>>,
     log: Vec<Arc<LogEvent>>,
     queries: Vec<Recorded>,
-    snapshots: HashMap<u64, (u64, Vec<Value>)>,
+    snapshots: HashMap<u64, (u64, Arc<Vec<Value>>)>,
     next_snapshot: u64,
 }
 
@@ -125,6 +125,16 @@ impl axum::serve::Listener for DroppingListener {
 impl MockApi {
     pub async fn start() -> MockApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::serve(listener)
+    }
+
+    /// Serves on a listener bound elsewhere (e.g. inside a test's network namespace).
+    pub async fn start_on(listener: std::net::TcpListener) -> MockApi {
+        listener.set_nonblocking(true).expect("nonblocking");
+        Self::serve(TcpListener::from_std(listener).expect("tokio listener"))
+    }
+
+    fn serve(listener: TcpListener) -> MockApi {
         let addr = listener.local_addr().expect("addr");
         let (events, _) = broadcast::channel(1 << 16);
         let shared = Arc::new(Shared {
@@ -386,7 +396,8 @@ fn list_response(
                         .collect()
                 })
                 .unwrap_or_default();
-            (inner.rv, items, 0)
+            // Shared by the pages of this list: a page costs its own items only.
+            (inner.rv, Arc::new(items), 0)
         }
     };
     let limit: usize = query
@@ -415,7 +426,7 @@ fn list_response(
             None => {
                 inner.next_snapshot += 1;
                 let id = inner.next_snapshot;
-                inner.snapshots.insert(id, (rv, items.clone()));
+                inner.snapshots.insert(id, (rv, Arc::clone(&items)));
                 id
             }
         };
