@@ -173,13 +173,13 @@ impl Interfaces {
         let now = persist::now_ns();
         for ifindex in removed {
             if let Some(a) = self.attached.get(&ifindex) {
-                tracing::warn!(iface = %a.iface.name, ifindex,
-                    "a podflow tc filter was removed by someone else; attaching again");
+                tracing::warn!(iface = %a.iface.name, ifindex, mode = a.iface.mode.as_str(),
+                    "a podflow program was removed from its hook by someone else; attaching again");
                 self.gaps.push(Gap {
                     from_ns: self.verified_ns.min(now),
                     to_ns: now,
                     reason: persist::DETACHED_GAP,
-                    detail: format!("{}: a podflow filter was removed", a.iface.name),
+                    detail: format!("{}: a podflow program was removed", a.iface.name),
                 });
                 self.restored += 1;
             }
@@ -198,25 +198,39 @@ impl Interfaces {
         Ok(changes)
     }
 
-    /// Netlink-mode attachments one of whose filters (running our program) is gone.
+    /// Attachments one of whose programs is no longer on its hook: a cls_bpf filter deleted
+    /// (`tc filter del`), a tcx link detached (`bpftool link detach`).
     fn removed_filters(&self) -> Vec<u32> {
         let mut out = Vec::new();
         for (&ifindex, a) in &self.attached {
-            if a.iface.mode != AttachMode::Netlink {
-                continue;
-            }
             for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
                 let Some(&ours) = self.prog_ids.get(attach::program_for(a.iface.kind, dir)) else {
                     continue;
                 };
-                match super::netlink::dump_filters(ifindex, dir == TcAttachType::Egress) {
-                    Ok(filters) if !filters.iter().any(|f| f.prog_id == Some(ours)) => {
+                let egress = dir == TcAttachType::Egress;
+                let present = match a.iface.mode {
+                    AttachMode::Netlink => super::netlink::dump_filters(ifindex, egress)
+                        .map(|filters| filters.iter().any(|f| f.prog_id == Some(ours)))
+                        .map_err(|e| error_chain(&e)),
+                    AttachMode::Tcx => {
+                        let hook = if egress {
+                            sys::BPF_TCX_EGRESS
+                        } else {
+                            sys::BPF_TCX_INGRESS
+                        };
+                        sys::tcx_programs(ifindex, hook)
+                            .map(|ids| ids.contains(&ours))
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                match present {
+                    Ok(false) => {
                         out.push(ifindex);
                         break;
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(iface = %a.iface.name, error = %error_chain(&e),
-                        "could not list tc filters"),
+                    Ok(true) => {}
+                    Err(e) => tracing::debug!(iface = %a.iface.name, error = %e,
+                        "could not list the programs of a hook"),
                 }
             }
         }

@@ -16,6 +16,7 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_PROG_QUERY: libc::c_long = 16;
 /// `enum bpf_link_type`: `BPF_LINK_TYPE_TCX`.
 pub(super) const BPF_LINK_TYPE_TCX: u32 = 11;
 /// `enum bpf_attach_type`: `BPF_TCX_INGRESS`, `BPF_TCX_EGRESS`.
@@ -176,6 +177,38 @@ pub(super) fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Res
         old_prog_fd: 0,
     };
     bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+}
+
+/// The `query` member of `union bpf_attr` (as of Linux 6.6, with tcx).
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_ifindex: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+    prog_attach_flags: u64,
+    link_ids: u64,
+    link_attach_flags: u64,
+    revision: u64,
+}
+
+/// `BPF_PROG_QUERY` on a tcx hook: the ids of the programs attached to `ifindex` in
+/// `attach_type` ([`BPF_TCX_INGRESS`] / [`BPF_TCX_EGRESS`]), at most 64.
+pub(super) fn tcx_programs(ifindex: u32, attach_type: u32) -> io::Result<Vec<u32>> {
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_ifindex: ifindex,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..QueryAttr::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
 }
 
 /// Whether `path` is on a BPF file system (where objects can be pinned).

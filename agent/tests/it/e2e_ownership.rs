@@ -1,14 +1,15 @@
 //! Who owns podflow's filters (issue 17 item 6), netlink mode (cls_bpf filters outlive their
 //! process, so "ours", "another live agent's" and "stale" must be told apart): a second agent in
 //! the node's namespace refuses to start, naming the first one's pid, and leaves its filters
-//! alone; a filter someone else deletes (`tc filter del`) is attached again at the next resync,
-//! counted in the status and declared as a gap. Privileged (root).
+//! alone; a filter someone else deletes (`tc filter del`), or a tcx link someone detaches
+//! (`bpftool link detach`), is attached again at the next resync, counted in the status and
+//! declared as a gap. Privileged (root).
 use std::time::{Duration, Instant};
 
 use crate::support::{
     BIN,
     agent::{Agent, Tuple, expect_totals},
-    capture::podflow_programs,
+    capture::{podflow_programs, tcx_ingress_links},
     privileged,
 };
 use podflow_testbed::{Node, unique_prefix, wait_for};
@@ -165,6 +166,47 @@ fn a_filter_deleted_by_someone_else_is_attached_again_at_the_next_resync() {
         "{gap}"
     );
     // And it counts again, once.
+    ping(&node, 3);
+    expect_totals(&agent, &Tuple::new(a, b, "ICMP", 8, 0), (3, 3 * 84));
+}
+
+#[test]
+fn a_tcx_link_detached_by_someone_else_is_attached_again_at_the_next_resync() {
+    if !privileged() {
+        return;
+    }
+    let (node, va, vb) = node("x", 77);
+    let (a, b) = (node.pod("a").unwrap().ipv4, node.pod("b").unwrap().ipv4);
+    let agent = Agent::start(&node, &["--attach-mode", "tcx", "--resync-interval", "2s"]);
+    agent.wait_attached(&[&va, &vb], Duration::from_secs(10));
+    let links = tcx_ingress_links(&node.ns, &va);
+    assert_eq!(links.len(), 1, "{links:?}");
+    let out = std::process::Command::new("bpftool")
+        .args(["link", "detach", "id", &links[0].to_string()])
+        .output()
+        .expect("bpftool");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tcx_ingress_links(&node.ns, &va),
+        Vec::<u32>::new(),
+        "detached"
+    );
+    let deleted = Instant::now();
+    let restored = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        (tcx_ingress_links(&node.ns, &va).len() == 1).then(|| deleted.elapsed())
+    })
+    .unwrap_or_else(|| panic!("not restored:\n{}", agent.log_text()));
+    println!("tcx link restored {restored:?} after the detach (resync every 2 s)");
+    assert_eq!(podflow_programs(&node.ns).len(), 4);
+    let restored_count = wait_for(Duration::from_secs(5), Duration::from_millis(100), || {
+        let n = agent.counter("attachments_restored");
+        (n >= 1).then_some(n)
+    });
+    assert_eq!(restored_count, Some(1));
     ping(&node, 3);
     expect_totals(&agent, &Tuple::new(a, b, "ICMP", 8, 0), (3, 3 * 84));
 }
