@@ -26,7 +26,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tune_allocator();
     crate::privileges::check().map_err(|source| AgentError::Privileges { source })?;
     // Before touching any filter: the filters of a live agent are not stale.
-    let _lock = tokio::task::block_in_place(|| super::lock::acquire(Duration::from_secs(10)))?;
+    // Nothing else runs yet: waiting here blocks no other task.
+    let _lock = super::lock::acquire(Duration::from_secs(10))?;
     let mut capture = Capture::load(cfg.capture.clone())?;
     let max = capture.max_flush_interval();
     if cfg.flush_interval > max {
