@@ -107,10 +107,18 @@ impl Drop for Servers {
 /// `n` flows of one datagram each (a new socket, so a new source port, per flow) from a thread
 /// in `ns` to `to`; with `reply`, each waits up to 1 s for the answer. Returns the answers.
 fn udp_flows(ns: &Netns, to: SocketAddr, n: usize, reply: bool) -> u64 {
+    udp_flows_from(ns, 0, to, n, reply)
+}
+
+/// [`udp_flows`] from source ports `first`, `first + 1`, … (0: ephemeral ones). A flow that
+/// must not share its 5-tuple with an earlier, translated one (its conntrack entry lives on for
+/// 30 s) uses ports below the ephemeral range.
+fn udp_flows_from(ns: &Netns, first: u16, to: SocketAddr, n: usize, reply: bool) -> u64 {
     ns.run(move || {
         let mut answers = 0;
-        for _ in 0..n {
-            let sock = UdpSocket::bind("0.0.0.0:0").expect("bind client");
+        for i in 0..n {
+            let port = if first == 0 { 0 } else { first + i as u16 };
+            let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind client");
             sock.send_to(&PAYLOAD, to).expect("send");
             if reply {
                 sock.set_read_timeout(Some(Duration::from_secs(1)))
@@ -509,8 +517,13 @@ fn iptables_mode_names_backends_services_and_a_burst_of_short_flows() {
     // balancing): every Service selecting the pod on that port.
     let echo = Servers::start(&c.node.pod("web").expect("web").ns, &[(ECHO, true)]);
     let web_a = c.ip("web");
-    udp_flows(
+    // From fixed ports: an ephemeral port one of the Service flows above used would give this
+    // flow the reply tuple of a translated connection whose conntrack entry is still alive (UDP:
+    // 30 s), a clash for the kernel, and the agent would name it with that connection's
+    // translation (a known limit, issue 12). Seen once in a full run: 4 of 5 untranslated.
+    udp_flows_from(
         &c.node.pod("client").expect("client").ns,
+        20_001,
         SocketAddr::from((web_a, ECHO)),
         5,
         true,
