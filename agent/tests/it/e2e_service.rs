@@ -520,7 +520,7 @@ fn iptables_mode_names_backends_services_and_a_burst_of_short_flows() {
     // From fixed ports: an ephemeral port one of the Service flows above used would give this
     // flow the reply tuple of a translated connection whose conntrack entry is still alive (UDP:
     // 30 s), a clash for the kernel, and the agent would name it with that connection's
-    // translation (a known limit, issue 12). Seen once in a full run: 4 of 5 untranslated.
+    // translation (a known limit, issue 12). Seen once in a full run: 4 of 5 untranslated records found (cause not proven).
     udp_flows_from(
         &c.node.pod("client").expect("client").ns,
         20_001,
