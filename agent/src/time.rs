@@ -32,6 +32,11 @@ pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
 
+/// `CLOCK_REALTIME` in nanoseconds since the Unix epoch.
+pub fn realtime_ns() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME)
+}
+
 /// Converts nanoseconds since the Unix epoch into a protobuf timestamp.
 pub fn timestamp_from_unix_ns(unix_ns: i128) -> prost_types::Timestamp {
     let secs = unix_ns.div_euclid(1_000_000_000);

@@ -157,10 +157,7 @@ pub(super) fn gap_events(gaps: &[Gap], node: &str) -> Vec<proto::FlowEvent> {
         e.1 = e.1.max(g.to_ns);
         e.2 += g.to_ns.saturating_sub(g.from_ns);
     }
-    let ts = |ns: u64| prost_types::Timestamp {
-        seconds: i64::try_from(ns / 1_000_000_000).unwrap_or(i64::MAX),
-        nanos: i32::try_from(ns % 1_000_000_000).unwrap_or(0),
-    };
+    let ts = |ns: u64| crate::time::timestamp_from_unix_ns(i128::from(ns));
     by_reason
         .into_iter()
         .map(|(reason, (from, to, total))| proto::FlowEvent {

@@ -25,7 +25,7 @@ use super::{
     persist::{self, Gap},
     sys,
 };
-use crate::report::error_chain;
+use crate::{report::error_chain, time::realtime_ns};
 
 /// How many removed interfaces [`Interfaces::name`] still remembers, and for how long.
 const RECENT_REMOVED_MAX: usize = 1024;
@@ -108,7 +108,7 @@ impl Interfaces {
             links_dir,
             gaps: Vec::new(),
             prog_ids,
-            verified_ns: persist::now_ns(),
+            verified_ns: realtime_ns(),
             restored: 0,
         }
     }
@@ -170,7 +170,7 @@ impl Interfaces {
         // cls_bpf filters can be deleted by anyone with CAP_NET_ADMIN (`tc filter del`): check
         // ours are still there, and attach again where one is missing.
         let removed = self.removed_filters();
-        let now = persist::now_ns();
+        let now = realtime_ns();
         for ifindex in removed {
             if let Some(a) = self.attached.get(&ifindex) {
                 tracing::warn!(iface = %a.iface.name, ifindex, mode = a.iface.mode.as_str(),
@@ -193,7 +193,7 @@ impl Interfaces {
                     error = %error_chain(&e), "attaching failed; will retry at next sync"),
             }
         }
-        self.verified_ns = persist::now_ns();
+        self.verified_ns = realtime_ns();
         self.sweep_pins();
         Ok(changes)
     }
@@ -351,7 +351,7 @@ impl Interfaces {
         let mut swapped_at = None;
         if self.cleaned.get(&ifindex).map(String::as_str) != Some(name) {
             let mut ok = true;
-            let started = persist::now_ns();
+            let started = realtime_ns();
             for dir in [TcAttachType::Ingress, TcAttachType::Egress] {
                 match attach::remove_stale_filters(name, dir) {
                     Ok(n) if n > 0 => swapped_at = Some(started),

@@ -27,6 +27,7 @@ use podflow_ebpf::{
 };
 
 use super::{CaptureError, KernelCounters, sys};
+use crate::time::realtime_ns;
 
 /// The maps a later agent adopts.
 pub(super) const PINNED_MAPS: [&str; 9] = [
@@ -104,12 +105,6 @@ pub fn netns_dir(root: &Path) -> io::Result<PathBuf> {
     Ok(root.join(format!("netns-{ino}")))
 }
 
-fn wall_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
 /// Opens the pinned `STATE` of a layout directory.
 fn open_state(dir: &Path) -> Option<Array<MapData, u64>> {
     let data = MapData::from_pin(dir.join("maps").join(STATE)).ok()?;
@@ -161,7 +156,7 @@ pub(super) fn prepare(
     std::fs::create_dir_all(&ns).map_err(|e| err("create", &ns, e))?;
     let layout = layout_name(flow_map_entries, sample_rate);
     let dir = ns.join(&layout);
-    let now = wall_ns();
+    let now = realtime_ns();
     let mut gaps = Vec::new();
     for entry in std::fs::read_dir(&ns).map_err(|e| err("list", &ns, e))? {
         let other = entry.map_err(|e| err("list", &ns, e))?.path();
@@ -268,25 +263,20 @@ impl State {
             self.map.set(slot, *v, 0).map_err(map_err)?;
         }
         self.map
-            .set(StateSlot::LastDrainNs as u32, wall_ns(), 0)
+            .set(StateSlot::LastDrainNs as u32, realtime_ns(), 0)
             .map_err(map_err)
     }
 }
 
 /// A measured gap while cls_bpf filters were swapped (detach + attach), for one interface.
 pub(super) fn reattach_gap(iface: &str, from_ns: u64) -> Gap {
-    let to_ns = wall_ns();
+    let to_ns = realtime_ns();
     Gap {
         from_ns,
         to_ns: to_ns.max(from_ns),
         reason: REATTACH_GAP,
         detail: format!("{iface}: the previous agent's cls_bpf filters were replaced"),
     }
-}
-
-/// `CLOCK_REALTIME` now, ns (the gaps' clock).
-pub(super) fn now_ns() -> u64 {
-    wall_ns()
 }
 
 #[cfg(test)]

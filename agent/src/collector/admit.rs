@@ -469,19 +469,38 @@ async fn linger_close<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     .await;
 }
 
-/// Admits one plaintext connection: HTTP/2 or a refusal (`None`: closed early).
-async fn admit_plain(mut tcp: TcpStream) -> Result<Option<PlainConn>, (RefusalReason, String)> {
-    match sniff(&mut tcp, false).await {
-        Ok((Opening::Http2, first)) => Ok(Some(Sniffed::new(first, tcp))),
+/// Says no to a connection: an HTTP/1 client gets a one-line answer (`tls_port`: it spoke
+/// plaintext to the TLS port), then the connection is closed without a reset.
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut IO,
+    reason: RefusalReason,
+    detail: String,
+    tls_port: bool,
+) -> (RefusalReason, String) {
+    if reason == RefusalReason::Http1 {
+        answer_http1(io, tls_port).await;
+    }
+    linger_close(io).await;
+    (reason, detail)
+}
+
+/// A stream (plaintext, or TLS after the handshake) that must open with the HTTP/2 preface:
+/// the stream with its first bytes to replay, a refusal, or `None` when it closed early.
+async fn expect_http2<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut io: IO,
+) -> Result<Option<Sniffed<IO>>, (RefusalReason, String)> {
+    match sniff(&mut io, false).await {
+        Ok((Opening::Http2, first)) => Ok(Some(Sniffed::new(first, io))),
         Ok((Opening::Refused(reason, detail), _)) => {
-            if reason == RefusalReason::Http1 {
-                answer_http1(&mut tcp, false).await;
-            }
-            linger_close(&mut tcp).await;
-            Err((reason, detail))
+            Err(refuse(&mut io, reason, detail, false).await)
         }
         Ok((Opening::Closed | Opening::Tls, _)) | Err(_) => Ok(None),
     }
+}
+
+/// Admits one plaintext connection: HTTP/2 or a refusal (`None`: closed early).
+async fn admit_plain(tcp: TcpStream) -> Result<Option<PlainConn>, (RefusalReason, String)> {
+    expect_http2(tcp).await
 }
 
 /// Admits one connection on the TLS port: a TLS handshake, then HTTP/2 inside it.
@@ -492,16 +511,12 @@ async fn admit_tls(
     let first = match sniff(&mut tcp, true).await {
         Ok((Opening::Tls, first)) => first,
         Ok((Opening::Refused(reason, detail), _)) => {
-            if reason == RefusalReason::Http1 {
-                answer_http1(&mut tcp, true).await;
-            }
-            linger_close(&mut tcp).await;
-            return Err((reason, detail));
+            return Err(refuse(&mut tcp, reason, detail, true).await);
         }
         Ok((Opening::Closed | Opening::Http2, _)) | Err(_) => return Ok(None),
     };
     // The handshake's failure has written its alert (if any) by now.
-    let mut tls = match acceptor
+    let tls = match acceptor
         .accept(Sniffed::new(first, tcp))
         .into_fallible()
         .await
@@ -512,17 +527,9 @@ async fn admit_tls(
             return Err(tls_refusal(&err));
         }
     };
-    match sniff(&mut tls, false).await {
-        Ok((Opening::Http2, first)) => Ok(Some(Sniffed::new(first, tls))),
-        Ok((Opening::Refused(reason, detail), _)) => {
-            if reason == RefusalReason::Http1 {
-                answer_http1(&mut tls, false).await;
-            }
-            linger_close(&mut tls).await;
-            Err((reason, format!("inside TLS: {detail}")))
-        }
-        Ok((Opening::Closed | Opening::Tls, _)) | Err(_) => Ok(None),
-    }
+    expect_http2(tls)
+        .await
+        .map_err(|(reason, detail)| (reason, format!("inside TLS: {detail}")))
 }
 
 /// The connections of `listener` that pass admission, for tonic's `serve_with_incoming`. The

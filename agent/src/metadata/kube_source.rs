@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::convert::{node_info, owner_info, pod_info, service_info};
 use super::records::{NodeInfo, OwnerInfo, Partition, PodInfo, ServiceInfo};
-use super::{MetadataError, PodRelist, SharedIndex, write_index};
+use super::{MetadataError, MetadataIndex, PodRelist, SharedIndex, write_index};
 
 /// Configuration of [`run_kube_source`].
 #[derive(Clone)]
@@ -363,26 +363,15 @@ pub async fn run_kube_source(
             Ok(Ev::InitApply(item)) => {
                 buffer.push(item);
                 if is_pods(src) && buffer.len() >= APPLY_PART {
-                    apply_pod_part(&index, src, pod_relist, std::mem::take(buffer), now);
+                    let items = std::mem::take(buffer);
+                    apply_pod_part(&mut write_index(&index), src, pod_relist, items, now);
                 }
             }
             Ok(Ev::InitDone) => {
                 let items = std::mem::take(buffer);
                 tracing::debug!(watch = ?src, objects = items.len(), "kubernetes list done");
                 let gap = gap_since.get_mut(slot).and_then(Option::take);
-                if is_pods(src) {
-                    apply_pod_part(&index, src, pod_relist, items, now);
-                    let mut idx = write_index(&index);
-                    let relist = pod_relist
-                        .take()
-                        .unwrap_or_else(|| idx.begin_relist_pods(partition(src)));
-                    tracing::info!(watch = ?src, pods = relist.len(), "kubernetes pods listed");
-                    idx.finish_relist_pods(relist, &HashSet::new(), now, gap);
-                    drop(idx);
-                    super::release_free_memory();
-                } else {
-                    relist(&index, src, items, now, gap);
-                }
+                relist(&index, src, pod_relist, items, now, gap);
                 *state = WatchState::Synced;
                 confirm_if_synced(&index, &states);
             }
@@ -420,7 +409,7 @@ fn is_pods(src: Src) -> bool {
 
 /// Applies a part of a pod watcher's initial list.
 fn apply_pod_part(
-    index: &SharedIndex,
+    idx: &mut MetadataIndex,
     src: Src,
     relist: &mut Option<PodRelist>,
     items: Vec<Item>,
@@ -430,7 +419,6 @@ fn apply_pod_part(
         .into_iter()
         .filter_map(|i| if let Item::Pod(p) = i { Some(p) } else { None })
         .collect();
-    let mut idx = write_index(index);
     let relist = relist.get_or_insert_with(|| idx.begin_relist_pods(partition(src)));
     idx.relist_pods_part(relist, pods, now);
 }
@@ -443,9 +431,12 @@ fn partition(src: Src) -> Partition {
     }
 }
 
+/// A watcher's initial list is complete: applies what is left of it and ends what it no longer
+/// names. Pods: the list's last part, then the finish of the re-list its parts began.
 fn relist(
     index: &SharedIndex,
     src: Src,
+    pod_relist: &mut Option<PodRelist>,
     items: Vec<Item>,
     now: SystemTime,
     gap_since: Option<SystemTime>,
@@ -453,11 +444,12 @@ fn relist(
     let mut idx = write_index(index);
     match src {
         Src::LocalPods | Src::RemotePods => {
-            let pods = items
-                .into_iter()
-                .filter_map(|i| if let Item::Pod(p) = i { Some(p) } else { None })
-                .collect();
-            idx.relist_pods(partition(src), pods, &HashSet::new(), now, gap_since);
+            apply_pod_part(&mut idx, src, pod_relist, items, now);
+            let relist = pod_relist
+                .take()
+                .unwrap_or_else(|| idx.begin_relist_pods(partition(src)));
+            tracing::info!(watch = ?src, pods = relist.len(), "kubernetes pods listed");
+            idx.finish_relist_pods(relist, &HashSet::new(), now, gap_since);
         }
         Src::Services => {
             let s = items

@@ -1,26 +1,15 @@
 //! End-to-end: the real agent inside a node namespace exports to a real `podflow collector`
 //! (over a unix socket, which crosses network namespaces), and `podflow tail --server` against
 //! the collector shows the node's flows with exact counts and the node name. Privileged (root).
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use crate::support::{
     BIN,
     agent::{Agent, Tuple, tail, totals},
+    export::ChildCollector,
     privileged,
 };
 use podflow_testbed::{Node, unique_prefix, wait_for};
-
-struct Collector(Child);
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[test]
 fn agent_exports_to_collector_and_tail_reads_it_there() {
@@ -29,30 +18,7 @@ fn agent_exports_to_collector_and_tail_reads_it_there() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let csock = dir.path().join("collector.sock");
-    let _collector = Collector(
-        Command::new(BIN)
-            .args([
-                "--log-format",
-                "text",
-                "collector",
-                "--listen",
-                "127.0.0.1:0",
-                "--socket",
-            ])
-            .arg(&csock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("collector"),
-    );
-    assert!(
-        wait_for(Duration::from_secs(10), Duration::from_millis(50), || csock
-            .exists()
-            .then_some(()))
-        .is_some(),
-        "collector socket never appeared"
-    );
+    let _collector = ChildCollector::on_socket(&csock);
 
     let p = unique_prefix("c");
     let mut node = Node::new(&p, 64).expect("node");

@@ -3,51 +3,17 @@
 //! after a SIGTERM and before the next agent starts are all counted, exactly once, in both attach
 //! modes; one program per hook after each restart; what cannot be adopted (another map layout) is
 //! a declared gap; `podflow cleanup` removes what is left. Privileged (root).
-use std::{
-    net::UdpSocket,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::{net::UdpSocket, time::Duration};
 
 use crate::support::{
     BIN,
     agent::{Agent, Tuple, tail, totals},
     capture::{Bpffs, podflow_programs},
+    export::ChildCollector,
     privileged,
 };
 use podflow_testbed::{Node, unique_prefix, wait_for};
 use serde_json::Value;
-
-struct Collector(Child);
-
-impl Collector {
-    fn start(sock: &Path) -> Collector {
-        let child = Command::new(BIN)
-            .args(["collector", "--listen", "127.0.0.1:0", "--socket"])
-            .arg(sock)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("collector");
-        assert!(
-            wait_for(Duration::from_secs(10), Duration::from_millis(50), || sock
-                .exists()
-                .then_some(()))
-            .is_some(),
-            "collector socket never appeared"
-        );
-        Collector(child)
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `n` datagrams of 100 bytes from pod a's port 40100 to pod b's port 9100.
 fn send(node: &Node, n: usize) {
@@ -97,7 +63,7 @@ fn kill9_and_sigterm_restarts_lose_nothing() {
         let pin = pin_dir.to_str().unwrap();
         let dir = tempfile::tempdir().expect("tempdir");
         let csock = dir.path().join("collector.sock");
-        let _collector = Collector::start(&csock);
+        let _collector = ChildCollector::on_socket(&csock);
         let csock_s = csock.to_str().unwrap();
 
         let p = unique_prefix("k");

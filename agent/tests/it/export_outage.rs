@@ -50,14 +50,7 @@ async fn outages_in_a_process_of_their_own() {
     cfg.buffer_records = 20_000;
     let exporter = export::spawn(cfg).unwrap();
     let mut produced = 0u64;
-    let mut send = |n: u64| {
-        exporter.send(
-            (produced..produced + n)
-                .map(|i| flow(i, "node-a"))
-                .collect(),
-        );
-        produced += n;
-    };
+    let mut send = |n: u64| send_flows(&exporter, "node-a", &mut produced, n);
 
     // 1. No fault: 30k records, exactly.
     for _ in 0..30 {

@@ -23,14 +23,7 @@ async fn a_recovered_collector_is_used_within_seconds_and_gets_the_loss_record()
     cfg.linger = Duration::from_millis(100);
     let exporter = export::spawn(cfg).unwrap();
     let mut produced = 0u64;
-    let mut send = |n: u64| {
-        exporter.send(
-            (produced..produced + n)
-                .map(|i| flow(i, "node-a"))
-                .collect(),
-        );
-        produced += n;
-    };
+    let mut send = |n: u64| send_flows(&exporter, "node-a", &mut produced, n);
     send(100);
     wait_stats(&exporter, Duration::from_secs(20), "first batch", |s| {
         s.acked_records == 100

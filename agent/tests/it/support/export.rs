@@ -46,6 +46,12 @@ pub fn flow(id: u64, node: &str) -> proto::FlowEvent {
     }
 }
 
+/// Sends `n` more flows of `node` (ids `*next..*next + n`) and advances `*next`.
+pub fn send_flows(exporter: &ExporterHandle, node: &str, next: &mut u64, n: u64) {
+    exporter.send((*next..*next + n).map(|i| flow(i, node)).collect());
+    *next += n;
+}
+
 pub fn packets_of(ids: impl Iterator<Item = u64>) -> u64 {
     ids.map(|id| id % 7 + 1).sum()
 }
@@ -162,16 +168,23 @@ impl ChildCollector {
         Self::spawn(port, extra, Stdio::from(log))
     }
 
+    /// On a unix socket (which crosses network namespaces), TCP on an ephemeral loopback port.
+    pub fn on_socket(sock: &Path) -> ChildCollector {
+        let sock_arg = sock.to_str().expect("utf-8 socket path");
+        let collector = Self::launch("127.0.0.1:0", &["--socket", sock_arg], Stdio::null());
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "collector socket never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        collector
+    }
+
     fn spawn(port: u16, extra: &[&str], log: Stdio) -> ChildCollector {
-        let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
-            .args(["--log-format", "text", "collector", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let collector = Self::launch(&format!("127.0.0.1:{port}"), extra, log);
         let start = Instant::now();
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -180,6 +193,18 @@ impl ChildCollector {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        collector
+    }
+
+    fn launch(listen: &str, extra: &[&str], log: Stdio) -> ChildCollector {
+        let child = Command::new(env!("CARGO_BIN_EXE_podflow"))
+            .args(["--log-format", "text", "collector", "--listen", listen])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         ChildCollector { child }
     }
 
