@@ -8,9 +8,11 @@
 //! unacknowledged batches accepted by both (at-least-once across collectors and across a
 //! collector crash, exactly-once otherwise).
 //!
-//! A batch is written to the files, published to the window and only then acknowledged.
+//! A batch is stored in ClickHouse (with `--clickhouse`, see [`store`]), written to the files,
+//! published to the window and only then acknowledged.
 pub mod admit;
 pub mod sink;
+pub mod store;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,7 +25,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::Stream;
+use futures::{Stream, StreamExt as _, stream::FuturesOrdered};
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
@@ -37,6 +39,7 @@ use tracing::{info, warn};
 pub use self::{
     admit::{Refusal, RefusalReason, Refusals},
     sink::{RotatingWriter, Rotation},
+    store::{Store, StoreArgs, StoreConfig, StoreStats},
 };
 use crate::{
     api::{FlowApi, Hub, SocketFile, bind_unix, serve_until},
@@ -112,6 +115,9 @@ pub struct CollectorArgs {
     /// Files kept per format (the oldest are deleted).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_files: u64,
+    /// Store the records in ClickHouse too.
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 impl CollectorArgs {
@@ -133,6 +139,7 @@ impl CollectorArgs {
             max_file_size: 100 << 20,
             max_file_age: Duration::from_secs(3600),
             max_files: 10,
+            store: StoreArgs::default(),
         }
     }
 }
@@ -183,6 +190,8 @@ pub enum CollectorError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Parses a size: a number of bytes with an optional K/M/G (×1000) or KiB/MiB/GiB (×1024)
@@ -319,12 +328,14 @@ impl Collector {
             .map(bind_unix)
             .transpose()
             .map_err(|source| CollectorError::Unix { source })?;
+        let store = args.store.config()?.map(Store::spawn).transpose()?;
         let hub = Hub::new(args.buffer);
         let node = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|s| s.trim().to_owned())
             .unwrap_or_else(|_| "collector".to_owned());
         let state = Arc::new(State {
             hub,
+            store,
             node,
             start_time: prost_types::Timestamp::from(SystemTime::now()),
             inner: Mutex::new(Inner {
@@ -334,6 +345,19 @@ impl Collector {
             }),
         });
         state.publish_status(&state.lock());
+        if state.store.is_some() {
+            // The store's counters move while nothing is accepted (an outage): keep the status
+            // current.
+            let weak = Arc::downgrade(&state);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    let Some(state) = weak.upgrade() else { break };
+                    state.publish_status(&state.lock());
+                }
+            });
+        }
         Ok(Collector {
             state,
             tcp,
@@ -459,6 +483,8 @@ fn server_tls(args: &CollectorArgs) -> Result<Option<Arc<rustls::ServerConfig>>,
 #[derive(Debug)]
 struct State {
     hub: Arc<Hub>,
+    /// ClickHouse, when configured.
+    store: Option<Store>,
     node: String,
     start_time: prost_types::Timestamp,
     inner: Mutex<Inner>,
@@ -491,6 +517,19 @@ struct AgentState {
     duplicates: u64,
     /// (reason, unit) -> count.
     losses: BTreeMap<(String, String), u64>,
+    /// Batches handed to the store and not yet stored: a retransmission of one waits for it
+    /// instead of being stored twice. The sender says `true` once stored.
+    pending: BTreeMap<u64, watch::Sender<bool>>,
+}
+
+/// What to do with a batch that arrived (see [`State::begin`]).
+enum Begin {
+    /// Already accepted: acknowledge as a duplicate.
+    Duplicate(ExportAck),
+    /// Being stored (a retransmission of a pending batch): acknowledge once stored.
+    Wait(watch::Receiver<bool>),
+    /// New: store it; `check` when this process cannot know whether it is stored already.
+    Store { check: bool },
 }
 
 /// Records the files could not hold.
@@ -520,15 +559,57 @@ impl State {
         self.publish_status(&inner);
     }
 
+    /// Classifies a batch for the store path: a duplicate, a retransmission of a pending batch,
+    /// or a new one (then registered as pending).
+    fn begin(&self, batch: &ExportBatch) -> Begin {
+        let mut inner = self.lock();
+        let known = inner.agents.contains_key(&batch.agent_id);
+        let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
+        // Pending first: batches of one agent may be stored out of order (see `commit`).
+        if let Some(stored) = agent.pending.get(&batch.seq) {
+            agent.duplicates += 1;
+            return Begin::Wait(stored.subscribe());
+        }
+        if batch.seq <= agent.last_seq {
+            agent.duplicates += 1;
+            let ack = ExportAck {
+                seq: batch.seq,
+                duplicate: true,
+            };
+            self.publish_status(&inner);
+            return Begin::Duplicate(ack);
+        }
+        let (stored, _) = watch::channel(false);
+        agent.pending.insert(batch.seq, stored);
+        // A retransmission this process has no record of may have been stored by a previous
+        // collector that died before acknowledging it; a batch of an agent first seen with a
+        // sequence number past 1 too (an agent too old to flag retransmissions).
+        let check = batch.retransmission || (!known && batch.seq > 1);
+        Begin::Store { check }
+    }
+
+    /// Takes a batch the store has stored: files, window, counters; returns its ack.
+    fn commit(&self, batch: ExportBatch) -> ExportAck {
+        let mut inner = self.lock();
+        if let Some(agent) = inner.agents.get_mut(&batch.agent_id)
+            && let Some(stored) = agent.pending.remove(&batch.seq)
+        {
+            stored.send_replace(true);
+        }
+        self.record(&mut inner, batch)
+    }
+
+    /// Forgets a pending batch the store could not take (the collector is stopping).
+    fn abandon(&self, agent_id: &str, seq: u64) {
+        if let Some(agent) = self.lock().agents.get_mut(agent_id) {
+            agent.pending.remove(&seq);
+        }
+    }
+
     /// Stores a batch unless it is a retransmission; returns its ack.
     fn accept(&self, batch: ExportBatch) -> ExportAck {
         let mut inner = self.lock();
-        let Inner {
-            agents,
-            sinks,
-            counters,
-        } = &mut *inner;
-        let agent = agents.entry(batch.agent_id.clone()).or_default();
+        let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
         if batch.seq <= agent.last_seq {
             agent.duplicates += 1;
             let ack = ExportAck {
@@ -538,7 +619,18 @@ impl State {
             self.publish_status(&inner);
             return ack;
         }
-        agent.last_seq = batch.seq;
+        self.record(&mut inner, batch)
+    }
+
+    /// Counts a new batch, writes it to the files, publishes it; returns its ack.
+    fn record(&self, inner: &mut MutexGuard<'_, Inner>, batch: ExportBatch) -> ExportAck {
+        let Inner {
+            agents,
+            sinks,
+            counters,
+        } = &mut **inner;
+        let agent = agents.entry(batch.agent_id.clone()).or_default();
+        agent.last_seq = agent.last_seq.max(batch.seq);
         agent.batches += 1;
         agent.records += batch.events.len() as u64;
         agent.last_batch_time = Some(prost_types::Timestamp::from(SystemTime::now()));
@@ -556,7 +648,7 @@ impl State {
         }
         let seq = batch.seq;
         self.hub.publish(batch.events);
-        self.publish_status(&inner);
+        self.publish_status(inner);
         ExportAck {
             seq,
             duplicate: false,
@@ -609,6 +701,9 @@ impl State {
             loss: true,
             unit: "records".into(),
         });
+        if let Some(store) = &self.store {
+            counters.extend(store_counters(&store.stats()));
+        }
         self.hub.set_status(proto::GetStatusResponse {
             node: self.node.clone(),
             version: crate::VERSION.to_owned(),
@@ -618,6 +713,44 @@ impl State {
             ..Default::default()
         });
     }
+}
+
+/// The store's counters in the collector's status.
+fn store_counters(stats: &StoreStats) -> Vec<proto::StatusCounter> {
+    let counter = |name: &str, value: u64, unit: &str| proto::StatusCounter {
+        name: name.into(),
+        value,
+        loss: false,
+        unit: unit.into(),
+    };
+    let mut out = vec![
+        counter("clickhouse_rows_inserted", stats.rows_inserted, "records"),
+        counter("clickhouse_inserts", stats.inserts, "inserts"),
+        counter(
+            "clickhouse_rows_already_stored",
+            stats.rows_already_stored,
+            "records",
+        ),
+        counter(
+            "clickhouse_buffered_records",
+            stats.buffered_records,
+            "records",
+        ),
+        counter("clickhouse_failures", stats.failures_total(), "requests"),
+        counter(
+            "clickhouse_partitions_dropped",
+            stats.partitions_dropped,
+            "partitions",
+        ),
+        counter("clickhouse_columns_added", stats.columns_added, "columns"),
+    ];
+    out.extend(
+        stats
+            .failures
+            .iter()
+            .map(|(cause, n)| counter(&format!("clickhouse_failures_{cause}"), *n, "requests")),
+    );
+    out
 }
 
 impl Sinks {
@@ -640,6 +773,70 @@ impl Sinks {
             gke.write_lines(lines.iter().map(String::as_str))?;
         }
         Ok(())
+    }
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Batches of one stream waiting for their ack at most (beyond the agent's own window).
+const MAX_BATCHES_IN_FLIGHT: usize = 64;
+
+/// Resolves to a batch's ack, or `None` when it cannot be given (the collector is stopping).
+type AckFuture = Pin<Box<dyn Future<Output = Option<ExportAck>> + Send>>;
+
+/// The ack of `batch`: at once without a store; with one, once stored.
+fn ack_future(state: &Arc<State>, batch: ExportBatch) -> AckFuture {
+    let Some(store) = &state.store else {
+        let ack = state.accept(batch);
+        return Box::pin(async move { Some(ack) });
+    };
+    match state.begin(&batch) {
+        Begin::Duplicate(ack) => Box::pin(async move { Some(ack) }),
+        Begin::Wait(mut stored) => {
+            let seq = batch.seq;
+            Box::pin(async move {
+                stored.wait_for(|stored| *stored).await.ok()?;
+                Some(ExportAck {
+                    seq,
+                    duplicate: true,
+                })
+            })
+        }
+        Begin::Store { check } => {
+            let ExportBatch {
+                agent_id,
+                node,
+                version,
+                seq,
+                events,
+                sent_time,
+                retransmission,
+            } = batch;
+            let stored = store.submit(agent_id.clone(), seq, events, check);
+            let state = Arc::clone(state);
+            // A task of its own: the batch is stored and committed even if its stream ends first
+            // (a retransmission on the next stream waits for it as pending).
+            let task = tokio::spawn(async move {
+                match stored.await {
+                    Ok(events) => Some(state.commit(ExportBatch {
+                        agent_id,
+                        node,
+                        version,
+                        seq,
+                        events,
+                        sent_time,
+                        retransmission,
+                    })),
+                    Err(_) => {
+                        state.abandon(&agent_id, seq);
+                        None
+                    }
+                }
+            });
+            Box::pin(async move { task.await.ok().flatten() })
+        }
     }
 }
 
@@ -666,10 +863,20 @@ impl CollectorService for ExportApi {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let mut agent: Option<String> = None;
+            // Acks in batch order; with a store, several batches are in flight at once.
+            let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
             loop {
                 let message = tokio::select! {
-                    message = inbound.message() => message,
-                    _ = stop.wait_for(|stopped| *stopped) => break,
+                    Some(ack) = acks.next(), if !acks.is_empty() => Err(ack),
+                    message = inbound.message(), if acks.len() < MAX_BATCHES_IN_FLIGHT => {
+                        Ok(message)
+                    }
+                    () = stopped(&mut stop) => break,
+                };
+                let message = match message {
+                    Ok(message) => message,
+                    Err(Some(ack)) if tx.send(Ok(ack)).await.is_ok() => continue,
+                    Err(_) => break,
                 };
                 let batch = match message {
                     Ok(Some(batch)) => batch,
@@ -700,11 +907,10 @@ impl CollectorService for ExportApi {
                     }
                     Some(_) => {}
                 }
-                let ack = state.accept(batch);
-                if tx.send(Ok(ack)).await.is_err() {
-                    break;
-                }
+                acks.push_back(ack_future(&state, batch));
             }
+            // The acks of batches received before the stream ended are owed to nobody now; the
+            // store still finishes their batches (a retransmission will find them stored).
             if let Some(id) = agent {
                 state.stream_closed(&id);
             }

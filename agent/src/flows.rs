@@ -641,6 +641,23 @@ fn record<O: Observed>(
         metadata_age: None,
         plaintext_inter_node: false,
         translation: translated.map(|t| t.to_proto()),
+        // Where the counted packets were observed, whatever the translation made of the ends
+        // (a reply is reported by the side it was counted on, like any record); enrichment
+        // refines it from the endpoints' home nodes.
+        reporter: reporter(counted.key().obs).to_string(),
+    }
+}
+
+/// The side of the flow an observation point is on ([`rules::SRC`] or [`rules::DEST`]): where
+/// the packets leave a pod of this node or leave the node through WireGuard, this node is the
+/// source's side; where they enter a pod of this node or come out of WireGuard, the destination's.
+fn reporter(obs: u8) -> &'static str {
+    match ObsPoint::from_u8(obs) {
+        Some(ObsPoint::VethIngress | ObsPoint::L3Egress) => rules::SRC,
+        Some(ObsPoint::VethEgress | ObsPoint::L3Ingress) => rules::DEST,
+        // Not a point the kernel side stamps; the destination's side counts unless the source's
+        // side is known to have reported (see rules::counted_once).
+        None => rules::DEST,
     }
 }
 

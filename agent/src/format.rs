@@ -129,6 +129,8 @@ struct JsonFlow<'a> {
     sampling_rate: u32,
     fragment: bool,
     node: &'a str,
+    /// "SRC" or "DEST": which side of the flow `node` is (see `flows::rules::counted_once`).
+    reporter: &'a str,
     encrypted: bool,
     inter_node: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -290,6 +292,7 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
             sampling_rate: flow.sampling_rate,
             fragment: flow.fragment,
             node: &flow.node,
+            reporter: &flow.reporter,
             encrypted: flow.encrypted,
             inter_node: flow.inter_node,
             plaintext_inter_node: flow.plaintext_inter_node,
@@ -322,8 +325,9 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
 /// One readable line for `event`; `None` for an empty event.
 ///
 /// `2026-11-23T13:05:01.123Z  10.1.0.5:43512 -> 10.1.0.9:80  TCP [SYN,ACK]  12 pkts  1.9 KiB
-/// veth1a,veth2b  same-node` (one line; the time is the record's end), then any of `inter-node`,
-/// `encrypted`, `sampled 1/N`, `fragment`. IPv6 endpoints are `[addr]:port`; ICMP shows
+/// veth1a,veth2b  same-node` (one line; the time is the record's end), then any of `inter-node`
+/// (`inter-node SRC` or `inter-node DEST`: the side that reported it), `encrypted`, `PLAINTEXT`,
+/// `sampled 1/N`, `fragment`. IPv6 endpoints are `[addr]:port`; ICMP shows
 /// `type T code C` instead of ports; protocols without ports show bare addresses.
 pub fn compact_line(event: &proto::FlowEvent) -> Option<String> {
     match &event.event {
@@ -400,7 +404,12 @@ fn compact_flow(flow: &proto::Flow) -> String {
         fields.push("same-node".to_owned());
     }
     if flow.inter_node {
-        fields.push("inter-node".to_owned());
+        // Both nodes report an inter-node flow: say which side this record is.
+        fields.push(if flow.reporter.is_empty() {
+            "inter-node".to_owned()
+        } else {
+            format!("inter-node {}", flow.reporter)
+        });
     }
     if flow.encrypted {
         fields.push("encrypted".to_owned());

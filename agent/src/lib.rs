@@ -28,6 +28,7 @@ pub mod agent;
 pub mod api;
 pub mod capture;
 pub mod cli;
+pub mod clickhouse;
 pub mod collector;
 pub mod conntrack;
 pub mod export;

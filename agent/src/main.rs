@@ -26,6 +26,9 @@ enum Command {
     Status(podflow::cli::StatusArgs),
     /// Receive flow records from agents, serve them to consumers, write them to files.
     Collector(podflow::collector::CollectorArgs),
+    /// Ask the flows stored in ClickHouse the saved questions (top talkers, same-node traffic,
+    /// plaintext inter-node flows, big transfers, losses).
+    Query(podflow::cli::QueryArgs),
     /// Remove what agents run with --pin-dir left in this network namespace (uninstall).
     Cleanup(CleanupArgs),
 }
@@ -62,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => rt.block_on(podflow::cli::run_tail(args))?,
         Command::Status(args) => rt.block_on(podflow::cli::run_status(args))?,
         Command::Collector(args) => rt.block_on(podflow::collector::run(args))?,
+        Command::Query(args) => rt.block_on(podflow::cli::run_query(args))?,
         Command::Cleanup(args) => {
             let cleaned = podflow::capture::cleanup(&args.pin_dir)?;
             println!(

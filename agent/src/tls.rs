@@ -102,6 +102,52 @@ impl TlsClientConfig {
         })
     }
 
+    /// A rustls client configuration from the files (for clients other than tonic's, e.g. the
+    /// ClickHouse HTTP client), offering `alpn` protocols.
+    pub fn rustls_client(&self, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let loaded = self.load()?;
+        let certs = |what, path: &PathBuf, pem: &[u8]| {
+            let certs = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| TlsError::NoPem {
+                    what,
+                    path: path.clone(),
+                    kind: "certificate",
+                })?;
+            if certs.is_empty() {
+                return Err(TlsError::NoPem {
+                    what,
+                    path: path.clone(),
+                    kind: "certificate",
+                });
+            }
+            Ok(certs)
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(certs("the CA certificate", &self.ca, &loaded.ca)?);
+        let builder =
+            rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|source| TlsError::Config { source })?
+                .with_root_certificates(roots);
+        let mut config = match (&loaded.identity, &self.cert, &self.key) {
+            (Some((cert, key)), Some(cert_path), Some(key_path)) => {
+                let chain = certs("the client certificate", cert_path, cert)?;
+                let key = PrivateKeyDer::from_pem_slice(key).map_err(|_| TlsError::NoPem {
+                    what: "the client key",
+                    path: key_path.clone(),
+                    kind: "private key",
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|source| TlsError::Config { source })?
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+
     pub fn snapshot(&self) -> TlsSnapshot {
         [Some(&self.ca), self.cert.as_ref(), self.key.as_ref()]
             .into_iter()

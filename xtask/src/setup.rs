@@ -34,6 +34,10 @@ pub const APT_PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "conntrack",
+    // The exporter's ClickHouse tests start real servers (`clickhouse-server`) and read them
+    // back; the client is for looking at a test's server by hand.
+    "clickhouse-server",
+    "clickhouse-client",
 ];
 
 pub const NIGHTLY: &str = "nightly";

@@ -181,15 +181,18 @@ mod tests {
         }
     }
 
-    fn record(port: u32, inter_node: bool, src_node: &str) -> proto::Flow {
+    /// A record made on node-a (a pod-to-pod flow: reported by both nodes when inter-node).
+    fn record(port: u32, src_node: &str, dst_node: &str) -> proto::Flow {
         proto::Flow {
             src_port: port,
             packets: 2,
             bytes: 100,
             sampling_rate: 4,
-            inter_node,
+            node: "node-a".into(),
+            inter_node: src_node != dst_node,
+            reporter: if src_node == "node-a" { "SRC" } else { "DEST" }.into(),
             src: Some(endpoint("shop", "cart", src_node)),
-            dst: Some(endpoint("shop", "db", "node-b")),
+            dst: Some(endpoint("shop", "db", dst_node)),
             ..Default::default()
         }
     }
@@ -207,10 +210,10 @@ mod tests {
         };
         let mut counters = Tallies::default();
         let mut records = vec![
-            record(1, true, "node-a"),
+            record(1, "node-a", "node-b"),
             // Inter-node from the other node: its source's node counts it.
-            record(2, true, "node-b"),
-            record(3, false, "node-a"),
+            record(2, "node-b", "node-a"),
+            record(3, "node-a", "node-a"),
         ];
         let capacity = records.capacity();
         publish_records(&mut records, true, &mut counters, &outputs);

@@ -152,7 +152,9 @@ impl Worker {
             let mut resent = 0u64;
             for batch in &state.unacked {
                 resent += batch.events.len() as u64;
-                if tx.try_send(batch.clone()).is_err() {
+                let mut batch = batch.clone();
+                batch.retransmission = true;
+                if tx.try_send(batch).is_err() {
                     break;
                 }
             }
@@ -278,6 +280,7 @@ impl Worker {
                 seq,
                 events,
                 sent_time: Some(time),
+                retransmission: false,
             };
             let len = batch.events.len();
             if tx.try_send(batch.clone()).is_err() {

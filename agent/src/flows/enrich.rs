@@ -1,12 +1,13 @@
 //! Enrichment: name each record's endpoints with the metadata index, as it was when the packets
-//! were seen, name the Services they were reached through, and derive `inter_node` from where the
-//! endpoints live.
+//! were seen, name the Services they were reached through, and derive `inter_node` (and refine
+//! `reporter`) from where the endpoints live.
 use std::{
     net::IpAddr,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use crate::{
+    flows::rules,
     metadata::{Endpoint, EndpointKind, MetadataIndex, ServiceRef},
     net::ip_from_bytes,
     proto,
@@ -21,7 +22,8 @@ pub struct EnrichStats {
 }
 
 /// Fills `src`, `dst` (with the Services they were reached through), `metadata_age` and
-/// `inter_node` of every record. `node` is this node.
+/// `inter_node` of every record, and sets `reporter` to the side of an end that lives on this
+/// node (the source's first). `node` is this node.
 pub fn enrich(records: &mut [proto::Flow], index: &MetadataIndex, node: &str) -> EnrichStats {
     let mut stats = EnrichStats::default();
     let age = index.age().map(|a| prost_types::Duration {
@@ -45,10 +47,18 @@ pub fn enrich(records: &mut [proto::Flow], index: &MetadataIndex, node: &str) ->
         };
         let src = lookup(&r.src_ip);
         let dst = lookup(&r.dst_ip);
-        r.inter_node = match (src.as_ref().and_then(home), dst.as_ref().and_then(home)) {
+        let (src_home, dst_home) = (src.as_ref().and_then(home), dst.as_ref().and_then(home));
+        r.inter_node = match (src_home, dst_home) {
             (Some(a), Some(b)) => a != b && (a == node || b == node),
             _ => false,
         };
+        // The side this node is on, when an end lives here; otherwise what the observation point
+        // said (see flows::reporter).
+        if src_home == Some(node) {
+            rules::SRC.clone_into(&mut r.reporter);
+        } else if dst_home == Some(node) {
+            rules::DEST.clone_into(&mut r.reporter);
+        }
         r.src = src.map(into_proto);
         r.dst = dst.map(into_proto);
         r.metadata_age = age;
@@ -274,6 +284,32 @@ mod tests {
             assert!(services(recs[2].dst.as_ref()).is_empty());
             assert_eq!(recs[2].dst.as_ref().map(|e| e.pod.as_str()), Some("pod-b"));
             assert_eq!(stats.service_unknown, 1);
+        }
+
+        #[test]
+        fn reporter_is_the_side_of_the_end_that_lives_here() {
+            let idx = index();
+            const EXTERNAL: [u8; 4] = [192, 0, 2, 1];
+            let with = |src, dst, reporter: &str| proto::Flow {
+                reporter: reporter.into(),
+                ..record(src, 40000, dst, 8080)
+            };
+            let sides = |recs: &[proto::Flow]| -> Vec<String> {
+                recs.iter().map(|r| r.reporter.clone()).collect()
+            };
+            // On the pods' node: the source's end lives here (first), else the destination's.
+            let mut recs = [
+                with(CLIENT, BACKEND, "DEST"),
+                with(EXTERNAL, BACKEND, "SRC"),
+                with(BACKEND, EXTERNAL, "DEST"),
+                with(EXTERNAL, EXTERNAL, "DEST"),
+            ];
+            enrich(&mut recs, &idx, "n1");
+            assert_eq!(sides(&recs), ["SRC", "DEST", "SRC", "DEST"]);
+            // On another node no end lives: the observation point's side stays.
+            let mut recs = [with(CLIENT, BACKEND, "DEST"), with(CLIENT, BACKEND, "SRC")];
+            enrich(&mut recs, &idx, "n2");
+            assert_eq!(sides(&recs), ["DEST", "SRC"]);
         }
 
         #[test]

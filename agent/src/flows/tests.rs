@@ -111,6 +111,8 @@ fn same_node_packet_counted_once_with_both_interfaces() {
     assert_eq!(r.src_ip, POD_A.to_vec());
     assert_eq!(r.dst_ip, POD_B.to_vec());
     assert_eq!(r.node, "node-1");
+    // Counted where it left pod A.
+    assert_eq!(r.reporter, "SRC");
     assert_eq!(r.tcp_flags, 0x12);
     assert_eq!(
         r.start_time.as_ref().map(|t| t.seconds),
@@ -299,6 +301,7 @@ fn inbound_flow_counted_at_destination_veth() {
     assert_eq!(recs[0].packets, 3);
     assert!(!recs[0].same_node);
     assert_eq!(recs[0].interfaces, vec!["vethB"]);
+    assert_eq!(recs[0].reporter, "DEST");
 }
 
 #[test]
@@ -316,6 +319,7 @@ fn wireguard_inbound_counted_once_and_marked_encrypted() {
     assert_eq!(recs[0].packets, 7);
     assert!(recs[0].encrypted);
     assert_eq!(recs[0].interfaces, vec!["wg0", "vethB"]);
+    assert_eq!(recs[0].reporter, "DEST");
 }
 
 #[test]
@@ -333,6 +337,7 @@ fn outbound_through_wireguard_counted_at_pod_veth() {
     assert_eq!(recs[0].interfaces, vec!["vethA", "wg0"]);
     assert!(recs[0].encrypted);
     assert!(!recs[0].same_node);
+    assert_eq!(recs[0].reporter, "SRC");
 }
 
 #[test]
@@ -755,8 +760,71 @@ fn a_service_flow_names_the_backend_and_stays_same_node() {
     assert_eq!(ip_from_bytes(&r.src_ip), Some(IpAddr::from(POD_B)));
     assert!(r.same_node && r.translation.as_ref().is_some_and(|x| x.reply));
     assert_eq!(r.interfaces, ["vethB", "vethA"]);
+    // Counted where it left the backend's pod: the reply's source side.
+    assert_eq!(r.reporter, "SRC");
     // Without translations the same observation names the ClusterIP, not same-node.
     let recs = t.ingest(&[request], &clock(4), &names);
     assert!(!recs[0].same_node && recs[0].translation.is_none());
     assert_eq!(ip_from_bytes(&recs[0].dst_ip), Some(IpAddr::from(VIP)));
+}
+
+#[test]
+fn reporter_is_the_side_of_the_observation_point() {
+    assert_eq!(reporter(ObsPoint::VethIngress as u8), "SRC");
+    assert_eq!(reporter(ObsPoint::L3Egress as u8), "SRC");
+    assert_eq!(reporter(ObsPoint::VethEgress as u8), "DEST");
+    assert_eq!(reporter(ObsPoint::L3Ingress as u8), "DEST");
+    assert_eq!(reporter(200), "DEST");
+    // Leaving this node through WireGuard, with no pod veth before it (a host process).
+    let mut t = table();
+    let recs = t.ingest(
+        &[obs(REMOTE, POD_A, ObsPoint::L3Egress, WG, 1, 60, (S, S))],
+        &clock(2),
+        &names,
+    );
+    assert_eq!(recs[0].reporter, "SRC");
+}
+
+/// [`OneService`], with translated keys that claim another observation point.
+struct OtherPoint;
+
+impl Translate for OtherPoint {
+    fn translate(&self, key: &FlowKey) -> Option<Translated> {
+        OneService.translate(key).map(|mut t| {
+            t.key.obs = if key.obs == ObsPoint::VethEgress as u8 {
+                ObsPoint::VethIngress as u8
+            } else {
+                ObsPoint::VethEgress as u8
+            };
+            t
+        })
+    }
+}
+
+#[test]
+fn a_service_reply_is_reported_by_the_side_it_was_counted_on() {
+    // The reply reaching the client's veth (from a backend elsewhere): the destination's side,
+    // although the translated record reads backend -> client.
+    let mut reply = obs(POD_B, POD_A, ObsPoint::VethEgress, VETH_A, 2, 200, (S, S));
+    (reply.key.src_port, reply.key.dst_port) = (8080, 40000);
+    let request = obs(POD_A, VIP, ObsPoint::VethIngress, VETH_A, 2, 200, (S, S));
+    for (translate, what) in [
+        (&OneService as &dyn Translate, "one service"),
+        (&OtherPoint, "other point"),
+    ] {
+        let mut t = table();
+        let recs = t.ingest_translated(&[reply, request], &clock(2), &names, translate);
+        let sides: Vec<(bool, &str)> = recs
+            .iter()
+            .map(|r| {
+                (
+                    r.translation.as_ref().is_some_and(|x| x.reply),
+                    r.reporter.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(sides.len(), 2, "{what}: {recs:?}");
+        assert!(sides.contains(&(true, "DEST")), "{what}: {sides:?}");
+        assert!(sides.contains(&(false, "SRC")), "{what}: {sides:?}");
+    }
 }

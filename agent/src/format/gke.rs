@@ -7,16 +7,19 @@
 //! protocol) are numbers, times are RFC 3339 strings with nanoseconds. The schema is in
 //! `deploy/schema/gke-flow-log.schema.json`.
 //!
-//! `reporter`: VPC flow logs say which side's VM reported the record. Only same-node flows are
+//! `reporter`: VPC flow logs say which side's VM reported the record; podflow's records say which
+//! side their node is (`Flow.reporter`), and that is what is written. Only same-node flows are
 //! written (inter-node and external traffic crosses the VPC and is already in VPC flow logs;
 //! writing it too would count it twice). A same-node flow is counted once, at the source pod's
-//! veth (the earliest point on the packet's path, see `flows`), hence `"SRC"`.
+//! veth (the earliest point on the packet's path, see `flows`), so its reporter is `"SRC"`, also
+//! for a record without one (from an agent that predates the field).
 //!
 //! Counters are estimates of the totals: sampled counts times the sampling rate, as VPC flow
 //! logs report them.
 use serde::Serialize;
 
 use crate::{
+    flows::rules,
     format::{ip_text, rfc3339_nanos},
     proto,
 };
@@ -109,7 +112,11 @@ pub fn gke_line(
         packets_sent: flow.packets.saturating_mul(rate).to_string(),
         start_time: rfc3339_nanos(flow.start_time.as_ref()),
         end_time: rfc3339_nanos(flow.end_time.as_ref()),
-        reporter: "SRC",
+        reporter: if flow.reporter == rules::DEST {
+            rules::DEST
+        } else {
+            rules::SRC
+        },
         src_gke_details: details(flow.src.as_ref(), cluster),
         dest_gke_details: details(flow.dst.as_ref(), cluster),
     };

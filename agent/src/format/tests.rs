@@ -25,6 +25,7 @@ fn tcp_flow() -> proto::Flow {
         sampling_rate: 1,
         fragment: false,
         node: "node-1".into(),
+        reporter: "SRC".into(),
         encrypted: false,
         inter_node: false,
         ..Default::default()
@@ -95,7 +96,7 @@ fn helpers() {
 fn json_flow() {
     assert_eq!(
         json_line(&ev(tcp_flow())).unwrap().unwrap(),
-        r#"{"start_time":"2026-11-23T13:05:00.000000005Z","end_time":"2026-11-23T13:05:01.123456789Z","src_ip":"10.1.0.5","dst_ip":"10.1.0.9","src_port":43512,"dst_port":80,"protocol":"TCP","packets":12,"bytes":1946,"tcp_flags":["FIN","SYN","ACK"],"interfaces":["veth1a","veth2b"],"same_node":true,"sampling_rate":1,"fragment":false,"node":"node-1","encrypted":false,"inter_node":false,"src":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""},"dst":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""}}"#
+        r#"{"start_time":"2026-11-23T13:05:00.000000005Z","end_time":"2026-11-23T13:05:01.123456789Z","src_ip":"10.1.0.5","dst_ip":"10.1.0.9","src_port":43512,"dst_port":80,"protocol":"TCP","packets":12,"bytes":1946,"tcp_flags":["FIN","SYN","ACK"],"interfaces":["veth1a","veth2b"],"same_node":true,"sampling_rate":1,"fragment":false,"node":"node-1","reporter":"SRC","encrypted":false,"inter_node":false,"src":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""},"dst":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""}}"#
     );
 }
 
@@ -176,7 +177,7 @@ fn json_other_protocols_ipv6_and_missing_fields() {
     };
     assert_eq!(
         json_line(&ev(flow)).unwrap().unwrap(),
-        r#"{"start_time":null,"end_time":null,"src_ip":"fd00::1","dst_ip":"fd00::2","src_port":0,"dst_port":0,"protocol":47,"packets":1,"bytes":100,"tcp_flags":[],"interfaces":[],"same_node":false,"sampling_rate":8,"fragment":true,"node":"","encrypted":true,"inter_node":true,"src":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""},"dst":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""}}"#
+        r#"{"start_time":null,"end_time":null,"src_ip":"fd00::1","dst_ip":"fd00::2","src_port":0,"dst_port":0,"protocol":47,"packets":1,"bytes":100,"tcp_flags":[],"interfaces":[],"same_node":false,"sampling_rate":8,"fragment":true,"node":"","reporter":"","encrypted":true,"inter_node":true,"src":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""},"dst":{"kind":"unknown","namespace":"","pod":"","uid":"","workload_kind":"","workload":"","labels":{},"node":""}}"#
     );
     let icmpv6 = proto::Flow {
         protocol: ICMPV6,
@@ -232,8 +233,17 @@ fn compact_ipv6_udp_sampled_fragment() {
         ..Default::default()
     };
     assert_eq!(
-        compact_line(&ev(flow)).unwrap(),
+        compact_line(&ev(flow.clone())).unwrap(),
         "2026-11-23T13:05:01.000Z  [fd00::1]:5353 -> [fd00::2]:53  UDP  1 pkt  80 B  eth0  inter-node  encrypted  sampled 1/10  fragment"
+    );
+    // The side that reported an inter-node flow (both nodes do).
+    let dest = proto::Flow {
+        reporter: "DEST".into(),
+        ..flow
+    };
+    assert_eq!(
+        compact_line(&ev(dest)).unwrap(),
+        "2026-11-23T13:05:01.000Z  [fd00::1]:5353 -> [fd00::2]:53  UDP  1 pkt  80 B  eth0  inter-node DEST  encrypted  sampled 1/10  fragment"
     );
 }
 
@@ -359,4 +369,21 @@ fn service_flows_in_json_and_compact() {
     unknown.dst.as_mut().unwrap().services.clear();
     let c = compact_line(&ev(unknown)).unwrap();
     assert!(c.contains("(via 10.96.0.10:80)"), "{c}");
+}
+
+#[test]
+fn gke_reporter_is_the_records() {
+    let reporter = |r: &str| {
+        let flow = proto::Flow {
+            reporter: r.into(),
+            ..tcp_flow()
+        };
+        let line = gke::gke_line(&ev(flow), None).unwrap().unwrap();
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        value["reporter"].as_str().map(str::to_owned)
+    };
+    assert_eq!(reporter("SRC").as_deref(), Some("SRC"));
+    assert_eq!(reporter("DEST").as_deref(), Some("DEST"));
+    // A record without one (an older agent's) is a same-node flow's: counted at the source.
+    assert_eq!(reporter("").as_deref(), Some("SRC"));
 }

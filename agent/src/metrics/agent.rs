@@ -263,8 +263,9 @@ impl Metrics {
     /// is counted under `_other`. Inter-node records not seen encrypted also count into
     /// `podflow_plaintext_inter_node_bytes_total`.
     ///
-    /// Alerts sum over agents: observe an inter-node record on one node only (the source pod's),
-    /// or its traffic counts twice (once leaving one node, once arriving at the other).
+    /// Alerts sum over agents: observe only the records that count once
+    /// (`flows::rules::counted_on`), or an inter-node flow's traffic counts twice (once leaving
+    /// one node, once arriving at the other).
     #[expect(
         clippy::too_many_arguments,
         reason = "the API the agent loop calls, one value per label"

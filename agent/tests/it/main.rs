@@ -15,6 +15,8 @@ mod capture_attach;
 mod capture_drain;
 mod capture_l3;
 mod capture_netlink;
+mod clickhouse_server;
+mod clickhouse_store;
 mod collector_files;
 mod collector_refusals;
 mod conntrack_events;

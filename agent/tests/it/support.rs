@@ -9,10 +9,13 @@
 //! * [`packets`]: flow keys and crafted packets.
 //! * [`export`]: known flow records, collectors in and out of process, their files.
 //! * [`prometheus`]: a real Prometheus server scraping the tests' targets.
+//! * [`clickhouse`]: real ClickHouse servers (one, or a 2-shard cluster) with their own ports and
+//!   directories.
 //! * [`pki`]: CAs and certificates for the TLS tests.
 //! * [`kube_mock`]: a loopback Kubernetes API server (list/watch).
 pub mod agent;
 pub mod capture;
+pub mod clickhouse;
 pub mod export;
 pub mod kube_mock;
 pub mod packets;

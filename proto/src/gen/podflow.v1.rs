@@ -73,6 +73,14 @@ pub struct Flow {
     /// they were counted.
     #[prost(message, optional, tag = "22")]
     pub translation: ::core::option::Option<Translation>,
+    /// Which side of the flow this node is, like GKE VPC flow logs' reporter. SRC: this node is the
+    /// source's side (the packets were counted where they left the source: its pod veth, or this
+    /// node's WireGuard egress); DEST: the destination's side. An inter-node flow between two
+    /// podflow nodes is reported by both; the agent's flows::rules::counted_once is the one rule
+    /// saying which record counts when the records of all nodes are summed: all but a DEST record
+    /// of an inter_node flow whose source is a pod (src.kind "pod") or that is encrypted.
+    #[prost(string, tag = "23")]
+    pub reporter: ::prost::alloc::string::String,
 }
 /// A flow's address translation by the node (netfilter NAT as done by kube-proxy in iptables,
 /// nftables or IPVS mode, or MASQUERADE), read from its conntrack entry.
@@ -706,6 +714,11 @@ pub struct ExportBatch {
     /// When the agent formed the batch.
     #[prost(message, optional, tag = "6")]
     pub sent_time: ::core::option::Option<::prost_types::Timestamp>,
+    /// The batch was sent before, on a stream that broke before its ack: a collector that has no
+    /// record of (agent_id, seq) checks its store before storing it again (the previous collector
+    /// may have stored it and died before acknowledging).
+    #[prost(bool, tag = "7")]
+    pub retransmission: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExportAck {

@@ -1,0 +1,399 @@
+//! Flow and loss records as ClickHouse `RowBinary` rows, in the column order of
+//! [`super::schema`] (the INSERT names its columns, so the tables may have more).
+//!
+//! `RowBinary`: integers little-endian, `DateTime` as UInt32 seconds, strings and arrays as a
+//! LEB128 length and their items, `Nullable` as a null byte and the value. The same on every
+//! ClickHouse version (18.16 included); several times cheaper to write and to parse than JSON.
+use std::fmt::Write as _;
+
+use bytes::{BufMut as _, BytesMut};
+
+use super::schema::{Column, FLOW_COLUMNS, LOSS_COLUMNS};
+use crate::{
+    flows::rules::counted_once,
+    format::ip_text,
+    proto::{self, flow_event::Event},
+};
+
+/// `INSERT INTO db.table (columns) FORMAT RowBinary`.
+pub fn insert_sql(database: &str, table: &str, columns: &[Column]) -> String {
+    let mut sql = format!("INSERT INTO {database}.{table} (");
+    for (i, c) in columns.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(sql, "{sep}`{}`", c.name);
+    }
+    sql.push_str(") FORMAT RowBinary");
+    sql
+}
+
+/// The INSERT of flow rows.
+pub fn insert_flows(database: &str, table: &str) -> String {
+    insert_sql(database, table, &FLOW_COLUMNS)
+}
+
+/// The INSERT of loss rows.
+pub fn insert_losses(database: &str, table: &str) -> String {
+    insert_sql(database, table, &LOSS_COLUMNS)
+}
+
+/// Rows of one insert, for both tables.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub flows: BytesMut,
+    pub flow_rows: usize,
+    pub losses: BytesMut,
+    pub loss_rows: usize,
+    /// The smallest and largest time (seconds) of the rows, to bound a later check by partition.
+    pub min_time: Option<u32>,
+    pub max_time: Option<u32>,
+}
+
+impl Rows {
+    /// Appends the events of batch `seq` of `agent_id`; `idx` is the event's index in its batch
+    /// (a batch's flows and losses share one numbering). Events for which `skip(idx)` holds are
+    /// left out (rows a previous attempt already stored).
+    pub fn push_batch(
+        &mut self,
+        agent_id: &str,
+        seq: u64,
+        events: &[proto::FlowEvent],
+        skip: impl Fn(u32) -> bool,
+    ) {
+        for (idx, event) in events.iter().enumerate() {
+            let idx = u32::try_from(idx).unwrap_or(u32::MAX);
+            if skip(idx) {
+                continue;
+            }
+            match &event.event {
+                Some(Event::Flow(f)) => {
+                    let t = flow_row(&mut self.flows, f, agent_id, seq, idx);
+                    self.flow_rows += 1;
+                    self.saw(t);
+                }
+                Some(Event::Loss(l)) => {
+                    let t = loss_row(&mut self.losses, l, agent_id, seq, idx);
+                    self.loss_rows += 1;
+                    self.saw(t);
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn saw(&mut self, t: u32) {
+        self.min_time = Some(self.min_time.map_or(t, |m| m.min(t)));
+        self.max_time = Some(self.max_time.map_or(t, |m| m.max(t)));
+    }
+}
+
+fn leb128(out: &mut BytesMut, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.put_u8(byte);
+            return;
+        }
+        out.put_u8(byte | 0x80);
+    }
+}
+
+fn string(out: &mut BytesMut, s: &str) {
+    leb128(out, s.len() as u64);
+    out.put_slice(s.as_bytes());
+}
+
+fn strings<'a>(out: &mut BytesMut, items: impl ExactSizeIterator<Item = &'a str>) {
+    leb128(out, items.len() as u64);
+    for s in items {
+        string(out, s);
+    }
+}
+
+fn ip(out: &mut BytesMut, bytes: &[u8]) {
+    string(out, &ip_text(bytes).unwrap_or_default());
+}
+
+fn b(v: bool) -> u8 {
+    u8::from(v)
+}
+
+/// Seconds and nanoseconds since the epoch (0 for an absent or negative time); seconds
+/// saturate at `DateTime`'s end (2106).
+fn time(ts: Option<&prost_types::Timestamp>) -> (u32, u64) {
+    let Some(ts) = ts else { return (0, 0) };
+    let secs = u64::try_from(ts.seconds).unwrap_or(0);
+    let nanos = u64::try_from(ts.nanos).unwrap_or(0);
+    (
+        u32::try_from(secs).unwrap_or(u32::MAX),
+        secs.saturating_mul(1_000_000_000).saturating_add(nanos),
+    )
+}
+
+fn narrow16(v: u32) -> u16 {
+    u16::try_from(v).unwrap_or(u16::MAX)
+}
+
+fn narrow8(v: u32) -> u8 {
+    u8::try_from(v).unwrap_or(u8::MAX)
+}
+
+fn endpoint(out: &mut BytesMut, e: Option<&proto::Endpoint>) {
+    let empty = proto::Endpoint::default();
+    let e = e.unwrap_or(&empty);
+    let kind = if e.kind.is_empty() {
+        "unknown"
+    } else {
+        &e.kind
+    };
+    string(out, kind);
+    string(out, &e.namespace);
+    string(out, &e.pod);
+    string(out, &e.uid);
+    string(out, &e.workload_kind);
+    string(out, &e.workload);
+    string(out, &e.node);
+    string(out, &e.service);
+    out.put_u8(b(e.ambiguous));
+    // Labels sorted by key, as in the JSON record.
+    let mut labels: Vec<(&String, &String)> = e.labels.iter().collect();
+    labels.sort_unstable();
+    strings(out, labels.iter().map(|(k, _)| k.as_str()));
+    strings(out, labels.iter().map(|(_, v)| v.as_str()));
+    strings(out, e.services.iter().map(|s| s.namespace.as_str()));
+    strings(out, e.services.iter().map(|s| s.name.as_str()));
+    strings(out, e.services.iter().map(|s| s.port_name.as_str()));
+    leb128(out, e.services.len() as u64);
+    for s in &e.services {
+        out.put_u16_le(narrow16(s.port));
+    }
+}
+
+/// One `flows` row; returns its time (end, seconds).
+fn flow_row(out: &mut BytesMut, f: &proto::Flow, agent_id: &str, seq: u64, idx: u32) -> u32 {
+    let (end, end_ns) = time(f.end_time.as_ref());
+    let (start, start_ns) = time(f.start_time.as_ref());
+    out.put_u32_le(end);
+    out.put_u32_le(start);
+    out.put_u64_le(end_ns);
+    out.put_u64_le(start_ns);
+    string(out, &f.node);
+    string(out, &f.reporter);
+    out.put_u8(b(counted_once(f)));
+    ip(out, &f.src_ip);
+    ip(out, &f.dst_ip);
+    out.put_u16_le(narrow16(f.src_port));
+    out.put_u16_le(narrow16(f.dst_port));
+    out.put_u8(narrow8(f.protocol));
+    out.put_u64_le(f.packets);
+    out.put_u64_le(f.bytes);
+    out.put_u8(narrow8(f.tcp_flags));
+    strings(out, f.interfaces.iter().map(String::as_str));
+    out.put_u8(b(f.same_node));
+    out.put_u8(b(f.inter_node));
+    out.put_u8(b(f.encrypted));
+    out.put_u8(b(f.plaintext_inter_node));
+    out.put_u8(b(f.fragment));
+    out.put_u32_le(f.sampling_rate.max(1));
+    endpoint(out, f.src.as_ref());
+    endpoint(out, f.dst.as_ref());
+    let t = f.translation.clone().unwrap_or_default();
+    ip(out, &t.service_ip);
+    out.put_u16_le(narrow16(t.service_port));
+    ip(out, &t.snat_ip);
+    out.put_u16_le(narrow16(t.snat_port));
+    out.put_u8(b(t.reply));
+    match &f.metadata_age {
+        Some(age) => {
+            out.put_u8(0);
+            #[expect(clippy::cast_precision_loss, reason = "an age in seconds")]
+            out.put_f64_le(age.seconds as f64 + f64::from(age.nanos) / 1e9);
+        }
+        None => out.put_u8(1),
+    }
+    string(out, agent_id);
+    out.put_u64_le(seq);
+    out.put_u32_le(idx);
+    end
+}
+
+/// One `losses` row; returns its time (seconds).
+fn loss_row(out: &mut BytesMut, l: &proto::LossRecord, agent_id: &str, seq: u64, idx: u32) -> u32 {
+    let (t, t_ns) = time(l.time.as_ref());
+    out.put_u32_le(t);
+    out.put_u64_le(t_ns);
+    string(out, &l.node);
+    string(out, &l.reason);
+    string(out, &l.unit);
+    out.put_u64_le(l.count);
+    out.put_u64_le(time(l.from.as_ref()).1);
+    out.put_u64_le(time(l.to.as_ref()).1);
+    string(out, agent_id);
+    out.put_u64_le(seq);
+    out.put_u32_le(idx);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clickhouse::schema::Ty;
+
+    /// Reads one row of `columns` from `data` by their types; returns the bytes used.
+    fn read_row(data: &[u8], columns: &[Column]) -> usize {
+        let mut at = 0;
+        let leb = |at: &mut usize| {
+            let mut n = 0u64;
+            let mut shift = 0;
+            loop {
+                let byte = data[*at];
+                *at += 1;
+                n |= u64::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    return usize::try_from(n).unwrap();
+                }
+            }
+        };
+        for c in columns {
+            match c.ty {
+                Ty::UInt8 => at += 1,
+                Ty::UInt16 => at += 2,
+                Ty::UInt32 | Ty::DateTime => at += 4,
+                Ty::UInt64 => at += 8,
+                Ty::OptFloat64 => {
+                    let null = data[at];
+                    at += 1;
+                    if null == 0 {
+                        at += 8;
+                    }
+                }
+                Ty::String | Ty::LowString => {
+                    let n = leb(&mut at);
+                    at += n;
+                }
+                Ty::ArrayString => {
+                    for _ in 0..leb(&mut at) {
+                        let n = leb(&mut at);
+                        at += n;
+                    }
+                }
+                Ty::ArrayUInt16 => {
+                    let n = leb(&mut at);
+                    at += 2 * n;
+                }
+            }
+        }
+        at
+    }
+
+    fn full_flow() -> proto::Flow {
+        let endpoint = |pod: &str| proto::Endpoint {
+            kind: "pod".into(),
+            namespace: "shop".into(),
+            pod: pod.into(),
+            uid: "u".into(),
+            workload_kind: "Deployment".into(),
+            workload: "web".into(),
+            labels: [
+                ("app".into(), "web".into()),
+                ("tier".into(), "x".repeat(200)),
+            ]
+            .into_iter()
+            .collect(),
+            node: "n1".into(),
+            services: vec![proto::ServiceRef {
+                namespace: "shop".into(),
+                name: "web".into(),
+                port_name: "http".into(),
+                port: 80,
+            }],
+            ..Default::default()
+        };
+        proto::Flow {
+            start_time: Some(prost_types::Timestamp {
+                seconds: 1_800_000_000,
+                nanos: 5,
+            }),
+            end_time: Some(prost_types::Timestamp {
+                seconds: 1_800_000_001,
+                nanos: 7,
+            }),
+            src_ip: vec![10, 0, 0, 1],
+            dst_ip: vec![0; 16],
+            src_port: 40000,
+            dst_port: 80,
+            protocol: 6,
+            packets: 3,
+            bytes: 180,
+            interfaces: vec!["veth1".into(), "veth2".into()],
+            reporter: "SRC".into(),
+            src: Some(endpoint("a")),
+            dst: Some(endpoint("b")),
+            metadata_age: Some(prost_types::Duration {
+                seconds: 2,
+                nanos: 0,
+            }),
+            translation: Some(proto::Translation {
+                service_ip: vec![10, 96, 0, 10],
+                service_port: 80,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rows_follow_the_schema_columns() {
+        let mut rows = Rows::default();
+        let events = vec![
+            proto::FlowEvent {
+                event: Some(Event::Flow(full_flow())),
+            },
+            proto::FlowEvent {
+                event: Some(Event::Flow(proto::Flow::default())),
+            },
+            proto::FlowEvent {
+                event: Some(Event::Loss(proto::LossRecord {
+                    reason: "lost_map_full".into(),
+                    count: 9,
+                    unit: "packets".into(),
+                    ..Default::default()
+                })),
+            },
+        ];
+        rows.push_batch("agent", 4, &events, |_| false);
+        assert_eq!((rows.flow_rows, rows.loss_rows), (2, 1));
+        let first = read_row(&rows.flows, &FLOW_COLUMNS);
+        let second = read_row(&rows.flows[first..], &FLOW_COLUMNS);
+        assert_eq!(first + second, rows.flows.len());
+        assert_eq!(read_row(&rows.losses, &LOSS_COLUMNS), rows.losses.len());
+        // The idempotency key closes each row: agent_id, seq 4, idx 0 / 2.
+        assert!(rows.flows[..first].ends_with(b"\x05agent\x04\0\0\0\0\0\0\0\0\0\0\0"));
+        assert!(
+            rows.losses
+                .ends_with(b"\x05agent\x04\0\0\0\0\0\0\0\x02\0\0\0")
+        );
+        assert_eq!(
+            (rows.min_time, rows.max_time),
+            (Some(0), Some(1_800_000_001))
+        );
+
+        let mut skipped = Rows::default();
+        skipped.push_batch("agent", 4, &events, |idx| idx != 1);
+        assert_eq!((skipped.flow_rows, skipped.loss_rows), (1, 0));
+    }
+
+    #[test]
+    fn leb128_lengths() {
+        let mut out = BytesMut::new();
+        leb128(&mut out, 300);
+        assert_eq!(&out[..], &[0xac, 0x02]);
+        let sql = insert_losses("podflow", "losses");
+        assert!(
+            sql.starts_with("INSERT INTO podflow.losses (`time`, `time_ns`"),
+            "{sql}"
+        );
+        assert!(sql.ends_with("`idx`) FORMAT RowBinary"));
+    }
+}
