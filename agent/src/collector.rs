@@ -563,8 +563,12 @@ impl State {
     /// or a new one (then registered as pending).
     fn begin(&self, batch: &ExportBatch) -> Begin {
         let mut inner = self.lock();
-        let known = inner.agents.contains_key(&batch.agent_id);
         let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
+        // Whether this process has had a batch of the agent. Not whether the agent has an entry:
+        // `stream_opened` makes it before the stream's first batch gets here, so a resend to a
+        // new collector by an agent that does not flag retransmissions was never checked (and
+        // was stored twice).
+        let known = agent.last_seq > 0 || !agent.pending.is_empty();
         // Pending first: batches of one agent may be stored out of order (see `commit`).
         if let Some(stored) = agent.pending.get(&batch.seq) {
             agent.duplicates += 1;
@@ -743,6 +747,11 @@ fn store_counters(stats: &StoreStats) -> Vec<proto::StatusCounter> {
             "partitions",
         ),
         counter("clickhouse_columns_added", stats.columns_added, "columns"),
+        counter(
+            "clickhouse_rollup_records_restored",
+            stats.rollup_records_restored,
+            "records",
+        ),
     ];
     out.extend(
         stats

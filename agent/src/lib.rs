@@ -8,6 +8,9 @@
 //!                          records)         ▼
 //!                                 metrics (Prometheus) ──▶ api (gRPC: tail, status)
 //!                                           └────────────▶ export ──▶ collector (files, API)
+//!                                                                          │ collector::store
+//!                                                                          ▼
+//!                                                      podflow query ──▶ ClickHouse
 //! ```
 //!
 //! - [`capture`]: load the eBPF object, attach to pod veths and WireGuard devices, drain the
@@ -18,8 +21,10 @@
 //!   index over time.
 //! - [`api`]: the gRPC consumer API (a bounded ring and followers); [`export`]: the acknowledged
 //!   stream to a collector; [`collector`]: receives the streams, serves the same API, writes
-//!   files; [`metrics`]: Prometheus.
-//! - Front ends: [`cli`] (`podflow tail`, `podflow status`), [`format`](mod@format) (JSON, compact and GKE
+//!   files and stores in ClickHouse; [`metrics`]: Prometheus.
+//! - [`clickhouse`]: the store's HTTP client, schema and migrations, RowBinary rows and the saved
+//!   queries (used by the collector and by `podflow query`).
+//! - Front ends: [`cli`] (`podflow tail`, `podflow status`, `podflow query`), [`format`](mod@format) (JSON, compact and GKE
 //!   lines), [`filter`] (the filters tail and the API share).
 //! - Shared pieces: [`net`] (addresses, CIDRs), [`time`] (kernel clock, timestamps), [`hash`]
 //!   (keyed hasher), [`tls`] (certificate files, client and server side), [`report`] (error

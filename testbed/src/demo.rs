@@ -3,8 +3,11 @@
 //! Deployments `frontend` and `backend`, StatefulSet `db`, labels) and a Service `shop/backend`
 //! whose ClusterIP the node translates as kube-proxy would (iptables mode): three "pods" behind veths, the agent attached to them inside the node
 //! namespace, steady traffic between the pods (TCP requests, UDP queries, pings over IPv4 and
-//! IPv6), and `podflow tail -f` printing the flows live. Nothing outside the namespaces it creates
-//! is touched; everything is removed on exit (Ctrl-C, SIGTERM, or the end of `--duration`).
+//! IPv6), and `podflow tail -f` printing the flows live. With `--clickhouse`, a ClickHouse server
+//! (loopback, temporary data) and a collector storing into it, which the agent exports to, and the
+//! saved queries' answers printed every 15 s instead of the tail. Nothing outside the namespaces
+//! it creates is touched; everything is removed on exit (Ctrl-C, SIGTERM, or the end of
+//! `--duration`).
 use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -42,6 +45,10 @@ pub struct DemoArgs {
     /// The `podflow` binary to run (agent and tail). Default: `podflow` next to this program.
     #[arg(long)]
     pub podflow: Option<PathBuf>,
+    /// Also run a ClickHouse server (loopback, temporary data) and a collector storing into it;
+    /// instead of the live tail, print the saved queries' answers (`podflow query`) every 15 s.
+    #[arg(long)]
+    pub clickhouse: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +68,10 @@ pub enum DemoError {
     },
     #[error("the demo agent did not come up within 10s; its log is in {log}")]
     AgentNotReady { log: String },
+    #[error("the demo collector did not come up within 10s; its log is in {log}")]
+    CollectorNotReady { log: String },
+    #[error("starting ClickHouse failed: {0}")]
+    ClickHouse(String),
 }
 
 struct Guarded(Child);
@@ -122,14 +133,65 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
         }],
         None,
     )?;
+    // With --clickhouse: a server and a collector storing into it, which the agent exports to
+    // over a unix socket (which crosses network namespaces).
+    let mut _clickhouse = None;
+    let mut _collector = None;
+    let collector_sock = dir.join("collector.sock");
+    if args.clickhouse {
+        let server =
+            crate::clickhouse::ClickHouse::try_start(crate::clickhouse::Options::default())
+                .map_err(DemoError::ClickHouse)?;
+        let url = server.http_url();
+        let collector_log = dir.join("collector.log");
+        let logf = std::fs::File::create(&collector_log).map_err(|source| DemoError::Spawn {
+            what: "the collector log",
+            source,
+        })?;
+        let collector = Command::new(&exe)
+            .args([
+                "--log-format",
+                "text",
+                "collector",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--socket")
+            .arg(&collector_sock)
+            .args(["--clickhouse", &url, "--clickhouse-linger", "200ms"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .map_err(|source| DemoError::Spawn {
+                what: "podflow collector",
+                source,
+            })?;
+        _collector = Some(Guarded(collector));
+        let ready = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+            collector_sock.exists().then_some(())
+        });
+        if ready.is_none() {
+            return Err(DemoError::CollectorNotReady {
+                log: collector_log.display().to_string(),
+            });
+        }
+        eprintln!(
+            "podflow-demo: ClickHouse at {url} (temporary data), collector log {}",
+            collector_log.display()
+        );
+        _clickhouse = Some(server);
+    }
     let logf = std::fs::File::create(&log).map_err(|source| DemoError::Spawn {
         what: "the agent log",
         source,
     })?;
-    let agent = node
-        .ns
-        .command(&exe.to_string_lossy())
-        .args(["--log-format", "text", "agent", "--node-name", "demo-node"])
+    let mut agent = node.ns.command(&exe.to_string_lossy());
+    agent.args(["--log-format", "text", "agent", "--node-name", "demo-node"]);
+    if args.clickhouse {
+        agent.arg("--collector").arg(&collector_sock);
+    }
+    let agent = agent
         .arg("--flush-interval")
         .arg(humantime::format_duration(args.flush_interval).to_string())
         .arg("--socket")
@@ -175,18 +237,32 @@ pub fn run(args: DemoArgs) -> Result<(), DemoError> {
     let mut workers = Vec::new();
     workers.extend(start_traffic(&node, &stop)?);
 
-    let tail = Command::new(&exe)
-        .args(["tail", "-f", "-o", &args.output, "--server"])
-        .arg(&sock)
-        .stdin(Stdio::null())
-        .spawn()
-        .map_err(|source| DemoError::Spawn {
-            what: "podflow tail",
-            source,
-        })?;
-    let _tail = Guarded(tail);
-
-    wait_until_done(args.duration);
+    match &_clickhouse {
+        None => {
+            let tail = Command::new(&exe)
+                .args(["tail", "-f", "-o", &args.output, "--server"])
+                .arg(&sock)
+                .stdin(Stdio::null())
+                .spawn()
+                .map_err(|source| DemoError::Spawn {
+                    what: "podflow tail",
+                    source,
+                })?;
+            let _tail = Guarded(tail);
+            wait_until_done(args.duration, || {});
+        }
+        Some(server) => {
+            let url = server.http_url();
+            let mut next = Instant::now() + Duration::from_secs(15);
+            wait_until_done(args.duration, || {
+                if Instant::now() >= next {
+                    print_queries(&exe, &url);
+                    next = Instant::now() + Duration::from_secs(15);
+                }
+            });
+            print_queries(&exe, &url);
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let _ = w.join();
@@ -265,8 +341,37 @@ fn write_metadata(node: &Node, path: &std::path::Path) -> Result<(), DemoError> 
     })
 }
 
-/// Sleeps until `duration` passed (0: forever) or SIGINT/SIGTERM arrived.
-fn wait_until_done(duration: Duration) {
+/// Prints the answers of the saved queries over the last 10 minutes (`podflow query`).
+fn print_queries(exe: &std::path::Path, url: &str) {
+    for name in [
+        "top_pod_pairs",
+        "top_workload_pairs",
+        "same_node_namespaces",
+        "losses",
+    ] {
+        println!("\n$ podflow query {name} --clickhouse {url} --since 10m");
+        let status = Command::new(exe)
+            .args([
+                "query",
+                name,
+                "--clickhouse",
+                url,
+                "--since",
+                "10m",
+                "--limit",
+                "10",
+            ])
+            .stdin(Stdio::null())
+            .status();
+        if let Err(e) = status {
+            warn!(error = %e, "podflow query");
+        }
+    }
+}
+
+/// Sleeps until `duration` passed (0: forever) or SIGINT/SIGTERM arrived, calling `tick` every
+/// 100 ms.
+fn wait_until_done(duration: Duration, mut tick: impl FnMut()) {
     static SIGNALLED: AtomicBool = AtomicBool::new(false);
     extern "C" fn on_signal(_: libc::c_int) {
         SIGNALLED.store(true, Ordering::Relaxed);
@@ -279,6 +384,7 @@ fn wait_until_done(duration: Duration) {
     let start = Instant::now();
     while !SIGNALLED.load(Ordering::Relaxed) && (duration.is_zero() || start.elapsed() < duration) {
         std::thread::sleep(Duration::from_millis(100));
+        tick();
     }
 }
 

@@ -23,6 +23,7 @@
 //! * Every wait is bounded ([`wait_for`]).
 //!
 //! Nothing here panics: every failure is a [`TestbedError`] (the demo runs this code too).
+pub mod clickhouse;
 pub mod demo;
 pub mod kube_proxy;
 

@@ -37,7 +37,7 @@ pub struct QueryArgs {
     /// Start of the range (RFC 3339, inclusive).
     #[arg(long, value_parser = parse_time)]
     pub from: Option<OffsetDateTime>,
-    /// End of the range (RFC 3339, exclusive; default: now).
+    /// End of the range (RFC 3339, exclusive; default: the end of the current second).
     #[arg(long, value_parser = parse_time)]
     pub to: Option<OffsetDateTime>,
     /// Rows at most.
@@ -90,7 +90,9 @@ pub async fn run_query(args: QueryArgs) -> Result<(), QueryCliError> {
     }
     let name = args.name.clone().unwrap_or_default();
     let saved = queries::saved(&name).ok_or_else(|| QueryCliError::Unknown(name.clone()))?;
-    let now = OffsetDateTime::now_utc();
+    // The end is exclusive and in whole seconds: by default the end of the current second, so
+    // that records that ended in it are in.
+    let now = OffsetDateTime::now_utc() + time::Duration::SECOND;
     let to = args.to.unwrap_or(now);
     let from = args
         .from

@@ -343,6 +343,18 @@ const ROLLUPS: [(&str, &str, &str); 2] = [
     ("flows_1h_mv", "flows_1h", "toStartOfHour(end_time)"),
 ];
 
+/// The roll-ups as the collector reconciles them: (table, time bucket of a `flows` row, bucket
+/// length in seconds).
+pub const ROLLUP_BUCKETS: [(&str, &str, u32); 2] = [
+    ("flows_5m", "toStartOfFiveMinute(end_time)", 300),
+    ("flows_1h", "toStartOfHour(end_time)", 3600),
+];
+
+/// The dimensions of the roll-ups, in their column order.
+pub fn rollup_keys() -> impl Iterator<Item = &'static str> {
+    ROLLUP_KEYS.iter().map(|c| c.name)
+}
+
 /// The tables whose old partitions the collector drops: (public name, partition granularity).
 pub fn partitioned_tables()
 -> impl Iterator<Item = (&'static str, Granularity, fn(&Retention) -> u32)> {
@@ -437,10 +449,12 @@ pub fn statements(
     if let Some(cluster) = layout.cluster() {
         for table in &TABLES {
             // Flows and losses are written through their Distributed table: whole batches to one
-            // shard. The roll-ups are only read through theirs (their views fill them per shard).
+            // shard. The roll-ups are read through theirs (their views fill them per shard).
+            // The roll-ups get a random one: only the collector's reconciliation rows (see
+            // `collector::store`) are written through them.
             let sharding = match table.public {
                 FLOWS | LOSSES => ", cityHash64(agent_id, seq)",
-                _ => "",
+                _ => ", rand()",
             };
             out.push(format!(
                 "CREATE TABLE IF NOT EXISTS {database}.{public}{on_cluster} AS \
@@ -526,6 +540,10 @@ pub async fn migrate(
     for statement in statements(&database, layout, features, retention) {
         client.execute(&statement).await.map_err(ddl)?;
     }
+    let on_cluster = match layout {
+        Layout::Replicated { cluster } => format!(" ON CLUSTER {cluster}"),
+        _ => String::new(),
+    };
     let mut migration = Migration::default();
     let mut tables: Vec<(String, &[Column])> = Vec::new();
     for table in &TABLES {
@@ -566,7 +584,7 @@ pub async fn migrate(
                 None => {
                     client
                         .execute(&format!(
-                            "ALTER TABLE {database}.{table} ADD COLUMN `{}` {expected}",
+                            "ALTER TABLE {database}.{table}{on_cluster} ADD COLUMN `{}` {expected}",
                             c.name
                         ))
                         .await
@@ -679,6 +697,65 @@ mod tests {
             replicated
                 .contains("CREATE TABLE IF NOT EXISTS podflow.flows_local ON CLUSTER podflow")
         );
+    }
+
+    /// The files under deploy/clickhouse/ are what the collector runs; regenerate them with
+    /// `PODFLOW_WRITE_SQL=1 cargo test -p podflow --lib shipped_sql`.
+    #[test]
+    fn shipped_sql_is_current() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/clickhouse");
+        let modern = Features::of_version("23.8");
+        let files = [
+            (
+                "schema.sql",
+                sql_file(
+                    &Layout::Single,
+                    modern,
+                    "podflow's tables on one ClickHouse server (21.8 and later: LowCardinality, \
+                     TTL).\nThe collector creates and migrates them itself (podflow collector \
+                     --clickhouse URL); this file is\nfor review and for creating them by hand. \
+                     Generated from agent/src/clickhouse/schema.rs.",
+                ),
+            ),
+            (
+                "schema-18.16.sql",
+                sql_file(
+                    &Layout::Single,
+                    Features::default(),
+                    "podflow's tables on a ClickHouse server older than 21.8 (e.g. Debian's \
+                     18.16): no TTL (the collector\ndrops expired partitions), no \
+                     LowCardinality. Generated from agent/src/clickhouse/schema.rs.",
+                ),
+            ),
+            (
+                "cluster.sql",
+                sql_file(
+                    &Layout::Replicated {
+                        cluster: "podflow".into(),
+                    },
+                    modern,
+                    "Production layout: a cluster named `podflow` in remote_servers, ClickHouse \
+                     Keeper (or ZooKeeper),\nmacros {shard} and {replica} on every server. \
+                     ReplicatedMergeTree tables *_local on every replica,\nDistributed tables \
+                     of the public names; run once, ON CLUSTER. Point the collector at any \
+                     server\nwith --clickhouse-cluster podflow (it then writes through the \
+                     Distributed tables with\ninsert_distributed_sync=1). Generated from \
+                     agent/src/clickhouse/schema.rs.",
+                ),
+            ),
+        ];
+        for (name, text) in files {
+            let path = dir.join(name);
+            if std::env::var_os("PODFLOW_WRITE_SQL").is_some() {
+                std::fs::write(&path, &text).unwrap();
+            }
+            let shipped = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                shipped == text,
+                "{} is stale: PODFLOW_WRITE_SQL=1 cargo test -p podflow --lib shipped_sql",
+                path.display()
+            );
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use thiserror::Error;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot},
@@ -62,8 +62,7 @@ pub struct StoreArgs {
     #[arg(
         id = "clickhouse_cluster",
         long = "clickhouse-cluster",
-        value_name = "NAME",
-        requires = "clickhouse_shards"
+        value_name = "NAME"
     )]
     pub cluster: Option<String>,
     /// HTTP URL of one shard of --clickhouse-cluster (repeat for every shard; the same login).
@@ -71,9 +70,19 @@ pub struct StoreArgs {
         id = "clickhouse_shards",
         long = "clickhouse-shard",
         value_name = "URL",
-        requires = "clickhouse_cluster"
+        requires = "clickhouse_cluster",
+        conflicts_with = "clickhouse_replicated"
     )]
     pub shards: Vec<String>,
+    /// The cluster is the production layout (deploy/clickhouse/cluster.sql: Replicated tables,
+    /// Keeper, 21.8 or later): the DDL runs once, ON CLUSTER, through --clickhouse, and the
+    /// tables' TTL does the retention.
+    #[arg(
+        id = "clickhouse_replicated",
+        long = "clickhouse-replicated",
+        requires = "clickhouse_cluster"
+    )]
+    pub replicated: bool,
     /// Rows per INSERT at most.
     #[arg(
         long = "clickhouse-batch-rows",
@@ -132,6 +141,7 @@ impl Default for StoreArgs {
             },
             cluster: None,
             shards: Vec::new(),
+            replicated: false,
             batch_rows: 100_000,
             linger: Duration::from_millis(500),
             buffer_records: 500_000,
@@ -161,6 +171,18 @@ impl StoreArgs {
         };
         let (layout, servers) = match &self.cluster {
             None => (Layout::Single, vec![endpoint.clone()]),
+            Some(cluster) if self.replicated => (
+                Layout::Replicated {
+                    cluster: cluster.clone(),
+                },
+                vec![endpoint.clone()],
+            ),
+            Some(_) if self.shards.is_empty() => {
+                return Err(StoreError::InvalidConfig(
+                    "--clickhouse-cluster needs every shard (--clickhouse-shard URL, repeated) or \
+                     --clickhouse-replicated",
+                ));
+            }
             Some(cluster) => (
                 Layout::Sharded {
                     cluster: cluster.clone(),
@@ -239,6 +261,8 @@ pub struct StoreStats {
     pub partitions_dropped: u64,
     /// Columns the migrations added back or anew.
     pub columns_added: u64,
+    /// Records whose roll-up rows a partial insert had lost and the collector restored.
+    pub rollup_records_restored: u64,
 }
 
 impl StoreStats {
@@ -288,6 +312,7 @@ impl Store {
                 std::process::id()
             ),
             group: 0,
+            buffers: Default::default(),
         };
         tokio::spawn(writer.run());
         Ok(Store {
@@ -351,6 +376,10 @@ struct Writer {
     /// Prefix of this process's query ids.
     run: String,
     group: u64,
+    /// The RowBinary buffers (flows, losses) of the last insert, empty, kept for the next one:
+    /// once its request is done, `reserve` takes the allocation back instead of faulting in and
+    /// zeroing fresh pages for every insert (tens of MB at the default --clickhouse-batch-rows).
+    buffers: (BytesMut, BytesMut),
 }
 
 const BACKOFF_INITIAL: Duration = Duration::from_millis(100);
@@ -359,8 +388,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 impl Writer {
     async fn run(mut self) {
         self.migrate_until_done().await;
-        // Partitions are dropped once the tables exist.
-        tokio::spawn(retention_task(self.cfg.clone(), Arc::clone(&self.stats)));
+        // Partitions are dropped once the tables exist (by their TTL in the replicated layout).
+        if !matches!(self.cfg.layout, Layout::Replicated { .. }) {
+            tokio::spawn(retention_task(self.cfg.clone(), Arc::clone(&self.stats)));
+        }
         while let Some(first) = self.rx.recv().await {
             let mut rows = first.events.len();
             let mut group = vec![first];
@@ -448,7 +479,11 @@ impl Writer {
             self.wait_for_own_inserts().await?;
             self.stored_keys(&checked).await?
         };
-        let mut rows = Rows::default();
+        let mut rows = Rows {
+            flows: std::mem::take(&mut self.buffers.0),
+            losses: std::mem::take(&mut self.buffers.1),
+            ..Rows::default()
+        };
         for job in group {
             rows.push_batch(&job.agent_id, job.seq, &job.events, |idx| {
                 stored.contains(&(job.agent_id.as_str(), job.seq, idx))
@@ -461,11 +496,14 @@ impl Writer {
                 "clickhouse: rows already stored, not inserted again"
             );
         }
+        // The buckets the rows found stored fall in: a previous attempt stored them in `flows`,
+        // maybe without their roll-up rows (see `reconcile_rollups`).
+        let stored_span = stored_span(group, &stored);
         let database = self.cfg.endpoint.database.clone();
         let group_id = self.group;
         for (table, data, count) in [
-            ("flows", rows.flows, rows.flow_rows),
-            ("losses", rows.losses, rows.loss_rows),
+            ("flows", &mut rows.flows, rows.flow_rows),
+            ("losses", &mut rows.losses, rows.loss_rows),
         ] {
             if count == 0 {
                 continue;
@@ -482,13 +520,90 @@ impl Writer {
             let query_id = format!("{}-{group_id}-{table}", self.run);
             let mut settings = self.insert_settings.clone();
             settings.push(("query_id", &query_id));
+            // The rows leave `data` empty, on the same allocation (see `buffers`).
             self.client
-                .query(&sql, Some(Bytes::from(data)), &settings)
+                .query(&sql, Some(data.split().freeze()), &settings)
                 .await?;
             let mut stats = lock(&self.stats);
             stats.rows_inserted += count as u64;
             stats.inserts += 1;
         }
+        self.buffers = (rows.flows, rows.losses);
+        if let Some((from, to)) = stored_span {
+            self.reconcile_rollups(from, to).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the roll-ups of the buckets in `[from, to]` (seconds) back to the raw rows' sums.
+    ///
+    /// ClickHouse writes an INSERT's `flows` part before its materialized views' parts, not
+    /// atomically: a server killed (or a disk filling up) in between keeps the raw rows and loses
+    /// their roll-up rows, and the retry finds the raw rows stored and skips them. So after every
+    /// check that found rows stored, the collector compares, per bucket and roll-up key, the raw
+    /// counted sums with the roll-up's and inserts the difference (the roll-ups never hold more
+    /// than the raw rows: every row is stored once). This writer inserts nothing meanwhile; an
+    /// insert of another collector into the same buckets between its raw and its view parts
+    /// (milliseconds) would be counted twice in the roll-up: a known limit with several
+    /// collectors.
+    async fn reconcile_rollups(&mut self, from: u32, to: u32) -> Result<(), ClickHouseError> {
+        let database = self.cfg.endpoint.database.clone();
+        let keys = schema::rollup_keys().collect::<Vec<_>>().join(", ");
+        let mut added = 0u64;
+        for (table, bucket, len) in schema::ROLLUP_BUCKETS {
+            let lo = from / len * len;
+            let hi = (to / len + 1).saturating_mul(len);
+            let raw = self
+                .client
+                .query(
+                    &format!(
+                        "SELECT {bucket} AS t, {keys}, sum(packets * sampling_rate), \
+                         sum(bytes * sampling_rate), count() FROM {database}.flows WHERE \
+                         counted = 1 AND end_time >= toDateTime({lo}) AND end_time < \
+                         toDateTime({hi}) GROUP BY t, {keys} FORMAT TabSeparated"
+                    ),
+                    None,
+                    &[],
+                )
+                .await?;
+            let rolled = self
+                .client
+                .query(
+                    &format!(
+                        "SELECT t, {keys}, sum(packets), sum(bytes), sum(records) FROM \
+                         {database}.{table} WHERE t >= toDateTime({lo}) AND t < toDateTime({hi}) \
+                         GROUP BY t, {keys} FORMAT TabSeparated"
+                    ),
+                    None,
+                    &[],
+                )
+                .await?;
+            let missing = rollup_deficit(
+                &String::from_utf8_lossy(&raw),
+                &String::from_utf8_lossy(&rolled),
+            );
+            if missing.rows == 0 {
+                continue;
+            }
+            self.client
+                .query(
+                    &format!(
+                        "INSERT INTO {database}.{table} (t, {keys}, packets, bytes, records) \
+                         FORMAT TabSeparated"
+                    ),
+                    Some(bytes::Bytes::from(missing.tsv)),
+                    &self.insert_settings.clone(),
+                )
+                .await?;
+            // The same records' rows in each roll-up: counted once.
+            added = added.max(missing.records);
+            warn!(
+                table,
+                records = missing.records,
+                "clickhouse: roll-up rows restored after a partial insert"
+            );
+        }
+        lock(&self.stats).rollup_records_restored += added;
         Ok(())
     }
 
@@ -567,6 +682,66 @@ impl Writer {
         }
         Ok(stored)
     }
+}
+
+/// The smallest and largest time (seconds) of the rows of `group` found `stored`.
+fn stored_span(group: &[Job], stored: &HashSet<(&str, u64, u32)>) -> Option<(u32, u32)> {
+    let mut span: Option<(u32, u32)> = None;
+    for job in group {
+        for (idx, event) in job.events.iter().enumerate() {
+            let idx = u32::try_from(idx).unwrap_or(u32::MAX);
+            if !stored.contains(&(job.agent_id.as_str(), job.seq, idx)) {
+                continue;
+            }
+            let Some(Event::Flow(f)) = &event.event else {
+                continue;
+            };
+            let t = f
+                .end_time
+                .as_ref()
+                .map_or(0, |t| u32::try_from(t.seconds).unwrap_or(0));
+            span = Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
+        }
+    }
+    span
+}
+
+/// The roll-up rows missing: per (bucket, key) line, raw sums less rolled-up sums.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Deficit {
+    /// `t, keys..., packets, bytes, records` lines (TabSeparated, as the server wrote them).
+    tsv: String,
+    rows: usize,
+    records: u64,
+}
+
+/// Compares two TabSeparated answers of `t, keys..., packets, bytes, records`.
+fn rollup_deficit(raw: &str, rolled: &str) -> Deficit {
+    let split = |line: &str| -> Option<(String, [u64; 3])> {
+        let mut fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() < 4 {
+            return None;
+        }
+        let sums = fields.split_off(fields.len() - 3);
+        let mut out = [0u64; 3];
+        for (o, v) in out.iter_mut().zip(sums) {
+            *o = v.parse().ok()?;
+        }
+        Some((fields.join("\t"), out))
+    };
+    let have: std::collections::HashMap<String, [u64; 3]> =
+        rolled.lines().filter_map(split).collect();
+    let mut deficit = Deficit::default();
+    for (key, sums) in raw.lines().filter_map(split) {
+        let got = have.get(&key).copied().unwrap_or_default();
+        let diff = [0, 1, 2].map(|i| sums[i].saturating_sub(got[i]));
+        if diff.iter().any(|d| *d > 0) {
+            let _ = writeln!(deficit.tsv, "{key}\t{}\t{}\t{}", diff[0], diff[1], diff[2]);
+            deficit.rows += 1;
+            deficit.records += diff[2];
+        }
+    }
+    deficit
 }
 
 fn err_cause(err: &schema::SchemaError) -> &'static str {
@@ -725,6 +900,21 @@ mod tests {
         );
         assert_eq!(partition_last_day("tuple()", Granularity::Day), None);
         assert_eq!(partition_last_day("20261340", Granularity::Day), None);
+    }
+
+    #[test]
+    fn rollup_deficits_are_raw_less_rolled_up() {
+        let raw = "2026-12-07 10:00:00\tshop\tweb\t1\t100\t10000\t3\n\
+                   2026-12-07 10:00:00\tshop\tdb\t0\t5\t500\t1\n";
+        let rolled = "2026-12-07 10:00:00\tshop\tweb\t1\t60\t6000\t2\n";
+        let d = rollup_deficit(raw, rolled);
+        assert_eq!(
+            d.tsv,
+            "2026-12-07 10:00:00\tshop\tweb\t1\t40\t4000\t1\n\
+             2026-12-07 10:00:00\tshop\tdb\t0\t5\t500\t1\n"
+        );
+        assert_eq!((d.rows, d.records), (2, 2));
+        assert_eq!(rollup_deficit(raw, raw), Deficit::default());
     }
 
     #[test]

@@ -18,6 +18,11 @@ struct RefusalLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabels {
+    cause: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AgentLossLabels {
     node: String,
     reason: String,
@@ -85,6 +90,54 @@ pub fn collector_exposition(
         "Connections refused before gRPC (not TLS, no or an untrusted client certificate, HTTP/1, \
          garbage, timeout), by reason; each is logged with the peer address (rate-limited)",
         refusals,
+    );
+    // The ClickHouse store's counters (collector status counters `clickhouse_*`).
+    let failures = Family::<CauseLabels, Counter>::default();
+    for c in &status.counters {
+        let Some(name) = c.name.strip_prefix("clickhouse_") else {
+            continue;
+        };
+        if let Some(cause) = name.strip_prefix("failures_") {
+            failures
+                .get_or_create(&CauseLabels {
+                    cause: cause.to_owned(),
+                })
+                .inc_by(c.value);
+            continue;
+        }
+        let help = match name {
+            "rows_inserted" => "Flow and loss rows ClickHouse accepted",
+            "inserts" => "INSERT statements ClickHouse accepted",
+            "rows_already_stored" => {
+                "Rows a retry or a retransmission found already stored (not inserted again)"
+            }
+            "buffered_records" => "Records waiting for ClickHouse (bounded by --clickhouse-buffer)",
+            "partitions_dropped" => "Expired partitions dropped (retention)",
+            "columns_added" => "Columns the schema migration added (new or dropped ones)",
+            "rollup_records_restored" => {
+                "Records whose roll-up rows a partial insert had lost, restored by the collector"
+            }
+            _ => continue,
+        };
+        if name == "buffered_records" {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(i64::try_from(c.value).unwrap_or(i64::MAX));
+            registry.register(format!("podflow_collector_clickhouse_{name}"), help, gauge);
+        } else {
+            let counter = Counter::<u64>::default();
+            counter.inc_by(c.value);
+            registry.register(
+                format!("podflow_collector_clickhouse_{name}"),
+                help,
+                counter,
+            );
+        }
+    }
+    registry.register(
+        "podflow_collector_clickhouse_failures",
+        "Failed ClickHouse requests by cause (disk_full, schema, timeout, connect, tls, http, \
+         server, config); retried until they succeed",
+        failures,
     );
     let mut out = String::new();
     encode(&mut out, &registry).map_err(|_| MetricsError::Encode)?;

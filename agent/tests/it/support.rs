@@ -13,6 +13,7 @@
 //!   directories.
 //! * [`pki`]: CAs and certificates for the TLS tests.
 //! * [`kube_mock`]: a loopback Kubernetes API server (list/watch).
+//! * [`wireguard`]: two node namespaces joined by an underlay and a WireGuard tunnel, with pods.
 pub mod agent;
 pub mod capture;
 pub mod clickhouse;
@@ -21,6 +22,7 @@ pub mod kube_mock;
 pub mod packets;
 pub mod pki;
 pub mod prometheus;
+pub mod wireguard;
 
 use std::{
     path::PathBuf,

@@ -170,8 +170,17 @@ impl ChildCollector {
 
     /// On a unix socket (which crosses network namespaces), TCP on an ephemeral loopback port.
     pub fn on_socket(sock: &Path) -> ChildCollector {
+        Self::on_socket_with(sock, &[], Stdio::null())
+    }
+
+    /// Like [`ChildCollector::on_socket`], with `extra` arguments and its log (text) to `log`.
+    pub fn on_socket_with(sock: &Path, extra: &[&str], log: Stdio) -> ChildCollector {
         let sock_arg = sock.to_str().expect("utf-8 socket path");
-        let collector = Self::launch("127.0.0.1:0", &["--socket", sock_arg], Stdio::null());
+        let args: Vec<&str> = ["--socket", sock_arg]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let collector = Self::launch("127.0.0.1:0", &args, log);
         let start = Instant::now();
         while !sock.exists() {
             assert!(
