@@ -18,7 +18,14 @@
 //!   hostNetwork, NODE_NAME from the downward API, only the /sys/fs/bpf and /run/podflow host
 //!   paths, gRPC probes on the `--health-listen` port, resources, priority class,
 //!   tolerate-everything, TLS files on a secret mount; the collector non-root with nothing added;
-//!   RBAC exactly get/list/watch on the agent's resources;
+//!   RBAC exactly get/list/watch on the agent's resources; every `$(VAR)` of the args defined and
+//!   none from a Secret; no Secret in the manifests;
+//! - checks the collector's ClickHouse store ([`clickhouse`], kustomize/components/clickhouse*)
+//!   as the overlay declares it ([`Overlay::clickhouse`](overlays::Overlay)): none, or `https://`
+//!   with the CA on a read-only secret mount, the password only in the environment from a
+//!   required Secret key (never in args, the URL or a ConfigMap), the layout's flags, the buffer
+//!   `PodflowClickHouseBufferFilling` assumes, and only `--clickhouse*` flags `podflow collector`
+//!   declares (read from its sources);
 //!
 //! and finally checks the Dockerfile ([`check_dockerfile`](dockerfile::check_dockerfile)), that
 //! `podflow.yaml` and the rules file are up to date (compared as parsed YAML, so kustomize's
@@ -32,9 +39,11 @@
 //!
 //! Layout: [`tools`] (installing and running kubectl, promtool, kubernetes-validate),
 //! [`objects`] (the rendering as typed objects), [`overlays`], [`manifests`] (the checks of one
-//! rendering, by concern in [`agent`], [`collector`], [`rbac`], [`hardening`], [`tls`] and
-//! [`container`]), [`dockerfile`], [`rules`] (PrometheusRule → rules file), [`problems`].
+//! rendering, by concern in [`agent`], [`collector`], [`clickhouse`], [`rbac`], [`hardening`],
+//! [`tls`] and [`container`]), [`dockerfile`], [`rules`] (PrometheusRule → rules file),
+//! [`problems`].
 mod agent;
+mod clickhouse;
 mod collector;
 mod container;
 mod dockerfile;
@@ -99,6 +108,10 @@ pub fn check() -> anyhow::Result<()> {
     dockerfile::check_dockerfile(&read(DOCKERFILE)?, &read("xtask/src/setup.rs")?)
         .context("deploy/Dockerfile")?;
 
+    let clickhouse_sources = clickhouse::FLAG_SOURCES
+        .iter()
+        .map(|f| read(f))
+        .collect::<anyhow::Result<String>>()?;
     let tools = tools::ensure_tools()?;
     let rules_file = read(RULES_FILE)?;
     let rules_spec: Value = serde_yaml::from_str(&rules_file).context("parsing the rules file")?;
@@ -112,6 +125,8 @@ pub fn check() -> anyhow::Result<()> {
             let objects = objects::parse_objects(&docs)
                 .with_context(|| format!("parsing the {} rendering", overlay.name))?;
             manifests::check_manifests(&objects, overlay)
+                .with_context(|| format!("overlay {}", overlay.name))?;
+            clickhouse::check_flags_known(&objects, &clickhouse_sources)
                 .with_context(|| format!("overlay {}", overlay.name))?;
             tools::validate_schemas(&tools, &docs, &tmp.join(format!("{}.yaml", overlay.name)))
                 .with_context(|| format!("overlay {}: schema validation", overlay.name))?;

@@ -141,6 +141,9 @@ fn test(no_clippy: bool, extra: &[String]) -> anyhow::Result<()> {
             "warnings",
         ]))?;
     }
+    // The deployment: every overlay rendered and validated, pod security, RBAC, promtool on the
+    // alert rules (seconds).
+    deploy::check()?;
     // Unit tests, BPF_PROG_TEST_RUN tests and the privileged end-to-end tests (which build their
     // own network namespaces and run the real `podflow` binary inside them).
     let mut cmd = cargo();

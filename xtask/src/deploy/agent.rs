@@ -9,7 +9,7 @@ use k8s_openapi::api::{
 
 use super::{
     AGENT,
-    container::{args, flag_values, named_port, port_of},
+    container::{args, check_arg_references, container_env, flag_values, named_port, port_of},
     hardening::check_container_hardening,
     objects::{Object, all, name_of, named},
     overlays::Overlay,
@@ -202,25 +202,12 @@ pub fn check_agent(p: &mut Problems, objects: &[Object], overlay: &Overlay) {
         .flatten()
         .filter_map(|e| Some(e.config_map_ref.as_ref()?.name.as_str()))
         .find_map(|cm| named::<ConfigMap>(objects, cm));
-    let env_names: BTreeSet<&str> = env.iter().map(|e| e.name.as_str()).collect();
     let config_value = |key: &str| {
         config
             .and_then(|cm| cm.data.as_ref()?.get(key))
             .map(String::as_str)
     };
-    for a in args(c) {
-        let mut rest = a.as_str();
-        while let Some(start) = rest.find("$(") {
-            let Some(end) = rest[start..].find(')') else {
-                break;
-            };
-            let var = &rest[start + 2..start + end];
-            p.expect(env_names.contains(var) || config_value(var).is_some(), || {
-                format!("agent: argument {a:?} refers to $({var}), which neither env nor the envFrom ConfigMap defines")
-            });
-            rest = &rest[start + end..];
-        }
-    }
+    check_arg_references(p, "agent", c, &container_env(objects, c));
     for (key, want) in [
         ("PODFLOW_VETH_PATTERNS", overlay.veth_patterns),
         ("PODFLOW_L3_PATTERNS", overlay.l3_patterns),

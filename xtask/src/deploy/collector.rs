@@ -1,14 +1,19 @@
 //! The collector Deployment and its Service: non-root, no host access, gRPC on [`COLLECTOR_PORT`].
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Service},
+    api::{
+        apps::v1::Deployment,
+        core::v1::{PodSpec, Service},
+    },
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
 use super::{
     COLLECTOR,
-    container::{args, flag_values, named_port},
+    clickhouse::check_clickhouse,
+    container::{args, check_arg_references, container_env, flag_values, named_port},
     hardening::check_container_hardening,
     objects::{Object, named},
+    overlays::Overlay,
     problems::Problems,
     tls::check_tls,
 };
@@ -16,8 +21,19 @@ use super::{
 /// The collector's gRPC port (`--listen`, probes, Service).
 pub const COLLECTOR_PORT: i64 = 4245;
 
-/// The collector: the Deployment [`COLLECTOR`], its pod and container, and its Service.
-pub fn check_collector(p: &mut Problems, objects: &[Object]) {
+/// The collector Deployment's pod spec.
+pub fn collector_pod(objects: &[Object]) -> Option<&PodSpec> {
+    named::<Deployment>(objects, COLLECTOR)?
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()
+}
+
+/// The collector: the Deployment [`COLLECTOR`], its pod and container (and its ClickHouse store,
+/// as `overlay` declares it), and its Service.
+pub fn check_collector(p: &mut Problems, objects: &[Object], overlay: &Overlay) {
     let Some(dep) = named::<Deployment>(objects, COLLECTOR) else {
         p.push(format!("no Deployment {COLLECTOR}"));
         return;
@@ -86,6 +102,9 @@ pub fn check_collector(p: &mut Problems, objects: &[Object]) {
         );
     }
     check_tls(p, "collector", "tls-client-ca", &flags, pod, c);
+    let env = container_env(objects, c);
+    check_arg_references(p, "collector", c, &env);
+    check_clickhouse(p, objects, pod, c, &env, overlay.clickhouse);
 
     // The Service reaches the collector's gRPC port.
     let Some(svc) = named::<Service>(objects, COLLECTOR) else {

@@ -1,4 +1,5 @@
-//! The checks of one rendering: namespaces, then the agent, the collector and RBAC.
+//! The checks of one rendering: namespaces, no Secret, then the agent, the collector (with its
+//! ClickHouse store) and RBAC.
 use k8s_openapi::api::core::v1::Namespace;
 
 use super::{
@@ -35,8 +36,15 @@ pub fn check_manifests(objects: &[Object], overlay: &Overlay) -> anyhow::Result<
     }
 
     check_agent(&mut p, objects, overlay);
-    check_collector(&mut p, objects);
+    check_collector(&mut p, objects, overlay);
     check_rbac(&mut p, objects);
+    // Secrets are created with kubectl (deploy/README.md): one in the manifests is in git.
+    for o in objects.iter().filter(|o| o.kind() == "Secret") {
+        p.push(format!(
+            "Secret {} in the manifests: create it with kubectl, a committed Secret is a leaked one",
+            o.name()
+        ));
+    }
     let rules = objects.iter().filter(|o| o.kind() == "PrometheusRule");
     p.expect(rules.count() == 1, || {
         "expected exactly one PrometheusRule".into()
@@ -56,7 +64,7 @@ pub mod fixtures {
     use super::super::{
         AGENT, COLLECTOR, RENDERED,
         objects::{Object, named_mut, parse_docs, parse_objects},
-        overlays::BASE,
+        overlays::{BASE, Overlay},
         read,
     };
 
@@ -65,7 +73,15 @@ pub mod fixtures {
     }
 
     pub fn problems(objects: &[Object]) -> String {
-        format!("{:#}", super::check_manifests(objects, &BASE).unwrap_err())
+        problems_in(objects, &BASE)
+    }
+
+    /// The problems of `objects` as a rendering of `overlay`.
+    pub fn problems_in(objects: &[Object], overlay: &Overlay) -> String {
+        format!(
+            "{:#}",
+            super::check_manifests(objects, overlay).unwrap_err()
+        )
     }
 
     /// The agent DaemonSet's pod spec.

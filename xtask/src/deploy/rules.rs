@@ -59,6 +59,9 @@ mod tests {
             "PodflowUserLosses",
             "PodflowExportFailing",
             "PodflowExportDropping",
+            "PodflowMetadataStale",
+            "PodflowClickHouseFailing",
+            "PodflowClickHouseBufferFilling",
         ] {
             assert!(alerts.contains(a), "{a} missing from {alerts:?}");
         }
