@@ -24,6 +24,7 @@
 //!   files and stores in ClickHouse; [`metrics`]: Prometheus.
 //! - [`clickhouse`]: the store's HTTP client, schema and migrations, RowBinary rows and the saved
 //!   queries (used by the collector and by `podflow query`).
+//! - [`policy`]: the Kubernetes NetworkPolicy evaluator (allowed or not, and why), for advise/audit.
 //! - Front ends: [`cli`] (`podflow tail`, `podflow status`, `podflow query`), [`format`](mod@format) (JSON, compact and GKE
 //!   lines), [`filter`] (the filters tail and the API share).
 //! - Shared pieces: [`net`] (addresses, CIDRs), [`time`] (kernel clock, timestamps), [`hash`]
@@ -45,6 +46,7 @@ pub mod logging;
 pub mod metadata;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod privileges;
 pub mod report;
 pub mod time;

@@ -1,0 +1,32 @@
+//! Kubernetes NetworkPolicy: the semantics podflow needs to generate and audit policies from the
+//! flows it observed (issue 14).
+//!
+//! - [`eval`]: the evaluator. Given NetworkPolicies, the namespaces' labels and a connection
+//!   (source and destination: a pod with namespace, labels, IP and named ports, or a bare address;
+//!   destination port and protocol), it decides whether the policies allow the connection and
+//!   why: which policy and rule peer allowed each side, or which policies isolated the pod
+//!   without allowing it. It also lists the rule peers no connection used. Pure and
+//!   synchronous: no Kubernetes client, no flow types.
+//! - [`selector`]: label selectors (`matchLabels`, `matchExpressions`), shared by the evaluator
+//!   and, later, by the generator (which must not emit a selector wider than what it saw).
+//!
+//! What comes next, building on the evaluator:
+//!
+//! - `podflow advise network-policy`: flows over a window (ClickHouse, or a collector/agent
+//!   stream for a duration) plus pod/workload/namespace/Service metadata → one NetworkPolicy per
+//!   workload, deterministic YAML with the evidence of every rule as comments.
+//! - `--check`: the same flows mapped to [`eval::Connection`]s (pods from the metadata index,
+//!   backends after Service translation, nodes and host-network pods as addresses), evaluated
+//!   against the existing policies (API or file): the flows they would deny, and
+//!   [`eval::PolicySet::unused_rules`].
+//! - The proof test: policies generated from real traffic allow every observed flow and deny
+//!   the flows never observed, as this evaluator decides.
+pub mod eval;
+pub mod selector;
+
+pub use eval::{
+    AddressEndpoint, AddressKind, Connection, Direction, Endpoint, IpBlockScope, NamedPort,
+    NamespaceLabels, PodEndpoint, PolicyError, PolicyRef, PolicySet, Protocol, RuleId, RuleMatch,
+    SideVerdict, Verdict,
+};
+pub use selector::{Labels, Selector, SelectorError};
