@@ -6,7 +6,9 @@
 //!   destination port and protocol), it decides whether the policies allow the connection and
 //!   why: which policy and rule peer allowed each side, or which policies isolated the pod
 //!   without allowing it. It also lists the rule peers no connection used. Pure and
-//!   synchronous: no Kubernetes client, no flow types.
+//!   synchronous: no Kubernetes client, no flow types. Its input types (`connection`), its
+//!   answer (`verdict`) and the validated policy forms with their errors (`compile`) live in
+//!   their own private modules; everything public is re-exported here and from [`eval`].
 //! - [`selector`]: label selectors (`matchLabels`, `matchExpressions`), shared by the evaluator
 //!   and, later, by the generator (which must not emit a selector wider than what it saw).
 //!
@@ -21,12 +23,17 @@
 //!   [`eval::PolicySet::unused_rules`].
 //! - The proof test: policies generated from real traffic allow every observed flow and deny
 //!   the flows never observed, as this evaluator decides.
+mod compile;
+mod connection;
 pub mod eval;
 pub mod selector;
+mod verdict;
 
-pub use eval::{
-    AddressEndpoint, AddressKind, Connection, Direction, Endpoint, IpBlockScope, NamedPort,
-    NamespaceLabels, PodEndpoint, PolicyError, PolicyRef, PolicySet, Protocol, RuleId, RuleMatch,
-    SideVerdict, Verdict,
+pub use compile::PolicyError;
+pub use connection::{
+    AddressEndpoint, AddressKind, Connection, Endpoint, IpBlockScope, NamedPort, PodEndpoint,
+    Protocol,
 };
+pub use eval::{NamespaceLabels, PolicySet};
 pub use selector::{Labels, Selector, SelectorError};
+pub use verdict::{Direction, PolicyRef, RuleId, RuleMatch, SideVerdict, Verdict};

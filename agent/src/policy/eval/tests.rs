@@ -8,9 +8,11 @@
 //! out, as the suite does).
 use std::net::IpAddr;
 
+use k8s_openapi::api::core::v1::ContainerPort;
 use serde::Deserialize;
 
 use super::*;
+use crate::policy::SelectorError;
 
 // ---- fixtures ----------------------------------------------------------------------------
 
