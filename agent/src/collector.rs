@@ -12,7 +12,9 @@
 //! published to the window and only then acknowledged.
 pub mod admit;
 pub mod sink;
+mod state;
 pub mod store;
+mod stream;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -20,35 +22,34 @@ use std::{
     io,
     net::SocketAddr,
     path::PathBuf,
-    pin::Pin,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
-use futures::{Stream, StreamExt as _, stream::FuturesOrdered};
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
-    sync::{mpsc, watch},
+    sync::watch,
 };
 use tokio_rustls::rustls;
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
-use tonic::{Request, Response, Status, Streaming, codec::CompressionEncoding, transport::Server};
-use tracing::{info, warn};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{codec::CompressionEncoding, transport::Server};
+use tracing::info;
 
 pub use self::{
     admit::{Refusal, RefusalReason, Refusals},
     sink::{RotatingWriter, Rotation},
     store::{Store, StoreArgs, StoreConfig, StoreStats},
 };
+use self::{
+    state::{Inner, Sinks, State},
+    stream::ExportApi,
+};
 use crate::{
     api::{FlowApi, Hub, SocketFile, bind_unix, serve_until},
     format::gke,
     proto::{
-        self, ExportAck, ExportBatch,
-        collector_service_server::{CollectorService, CollectorServiceServer},
-        flow_event::Event,
-        flow_service_server::FlowServiceServer,
+        collector_service_server::CollectorServiceServer, flow_service_server::FlowServiceServer,
     },
 };
 
@@ -478,454 +479,6 @@ fn server_tls(args: &CollectorArgs) -> Result<Option<Arc<rustls::ServerConfig>>,
         key,
         args.tls_client_ca.as_ref(),
     )?))
-}
-
-#[derive(Debug)]
-struct State {
-    hub: Arc<Hub>,
-    /// ClickHouse, when configured.
-    store: Option<Store>,
-    node: String,
-    start_time: prost_types::Timestamp,
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    agents: HashMap<String, AgentState>,
-    sinks: Sinks,
-    /// The collector's own counters (e.g. file write failures).
-    counters: BTreeMap<&'static str, u64>,
-}
-
-#[derive(Debug, Default)]
-struct Sinks {
-    native: Option<RotatingWriter>,
-    gke: Option<RotatingWriter>,
-    cluster: Option<gke::ClusterInfo>,
-}
-
-#[derive(Debug, Default)]
-struct AgentState {
-    node: String,
-    version: String,
-    streams: u32,
-    last_batch_time: Option<prost_types::Timestamp>,
-    last_seq: u64,
-    batches: u64,
-    records: u64,
-    duplicates: u64,
-    /// (reason, unit) -> count.
-    losses: BTreeMap<(String, String), u64>,
-    /// Batches handed to the store and not yet stored: a retransmission of one waits for it
-    /// instead of being stored twice. The sender says `true` once stored.
-    pending: BTreeMap<u64, watch::Sender<bool>>,
-}
-
-/// What to do with a batch that arrived (see [`State::begin`]).
-enum Begin {
-    /// Already accepted: acknowledge as a duplicate.
-    Duplicate(ExportAck),
-    /// Being stored (a retransmission of a pending batch): acknowledge once stored.
-    Wait(watch::Receiver<bool>),
-    /// New: store it; `check` when this process cannot know whether it is stored already.
-    Store { check: bool },
-}
-
-/// Records the files could not hold.
-const SINK_WRITE_FAILED: &str = "sink_write_failed";
-
-impl State {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn stream_opened(&self, batch: &ExportBatch) {
-        let mut inner = self.lock();
-        let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
-        agent.streams += 1;
-        agent.node.clone_from(&batch.node);
-        agent.version.clone_from(&batch.version);
-        info!(agent = %batch.agent_id, node = %batch.node, "agent connected");
-        self.publish_status(&inner);
-    }
-
-    fn stream_closed(&self, agent_id: &str) {
-        let mut inner = self.lock();
-        if let Some(agent) = inner.agents.get_mut(agent_id) {
-            agent.streams = agent.streams.saturating_sub(1);
-        }
-        info!(agent = %agent_id, "agent disconnected");
-        self.publish_status(&inner);
-    }
-
-    /// Classifies a batch for the store path: a duplicate, a retransmission of a pending batch,
-    /// or a new one (then registered as pending).
-    fn begin(&self, batch: &ExportBatch) -> Begin {
-        let mut inner = self.lock();
-        let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
-        // Whether this process has had a batch of the agent. Not whether the agent has an entry:
-        // `stream_opened` makes it before the stream's first batch gets here, so a resend to a
-        // new collector by an agent that does not flag retransmissions was never checked (and
-        // was stored twice).
-        let known = agent.last_seq > 0 || !agent.pending.is_empty();
-        // Pending first: batches of one agent may be stored out of order (see `commit`).
-        if let Some(stored) = agent.pending.get(&batch.seq) {
-            agent.duplicates += 1;
-            return Begin::Wait(stored.subscribe());
-        }
-        if batch.seq <= agent.last_seq {
-            agent.duplicates += 1;
-            let ack = ExportAck {
-                seq: batch.seq,
-                duplicate: true,
-            };
-            self.publish_status(&inner);
-            return Begin::Duplicate(ack);
-        }
-        let (stored, _) = watch::channel(false);
-        agent.pending.insert(batch.seq, stored);
-        // A retransmission this process has no record of may have been stored by a previous
-        // collector that died before acknowledging it; a batch of an agent first seen with a
-        // sequence number past 1 too (an agent too old to flag retransmissions).
-        let check = batch.retransmission || (!known && batch.seq > 1);
-        Begin::Store { check }
-    }
-
-    /// Takes a batch the store has stored: files, window, counters; returns its ack.
-    fn commit(&self, batch: ExportBatch) -> ExportAck {
-        let mut inner = self.lock();
-        if let Some(agent) = inner.agents.get_mut(&batch.agent_id)
-            && let Some(stored) = agent.pending.remove(&batch.seq)
-        {
-            stored.send_replace(true);
-        }
-        self.record(&mut inner, batch)
-    }
-
-    /// Forgets a pending batch the store could not take (the collector is stopping).
-    fn abandon(&self, agent_id: &str, seq: u64) {
-        if let Some(agent) = self.lock().agents.get_mut(agent_id) {
-            agent.pending.remove(&seq);
-        }
-    }
-
-    /// Stores a batch unless it is a retransmission; returns its ack.
-    fn accept(&self, batch: ExportBatch) -> ExportAck {
-        let mut inner = self.lock();
-        let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
-        if batch.seq <= agent.last_seq {
-            agent.duplicates += 1;
-            let ack = ExportAck {
-                seq: batch.seq,
-                duplicate: true,
-            };
-            self.publish_status(&inner);
-            return ack;
-        }
-        self.record(&mut inner, batch)
-    }
-
-    /// Counts a new batch, writes it to the files, publishes it; returns its ack.
-    fn record(&self, inner: &mut MutexGuard<'_, Inner>, batch: ExportBatch) -> ExportAck {
-        let Inner {
-            agents,
-            sinks,
-            counters,
-        } = &mut **inner;
-        let agent = agents.entry(batch.agent_id.clone()).or_default();
-        agent.last_seq = agent.last_seq.max(batch.seq);
-        agent.batches += 1;
-        agent.records += batch.events.len() as u64;
-        agent.last_batch_time = Some(prost_types::Timestamp::from(SystemTime::now()));
-        for event in &batch.events {
-            if let Some(Event::Loss(loss)) = &event.event {
-                *agent
-                    .losses
-                    .entry((loss.reason.clone(), loss.unit.clone()))
-                    .or_default() += loss.count;
-            }
-        }
-        if let Err(err) = sinks.write(&batch.events) {
-            warn!(error = %err, "failed to write records to the output files");
-            *counters.entry(SINK_WRITE_FAILED).or_default() += batch.events.len() as u64;
-        }
-        let seq = batch.seq;
-        self.hub.publish(batch.events);
-        self.publish_status(inner);
-        ExportAck {
-            seq,
-            duplicate: false,
-        }
-    }
-
-    fn publish_status(&self, inner: &Inner) {
-        let mut agents: Vec<proto::AgentStatus> = inner
-            .agents
-            .iter()
-            .map(|(id, agent)| proto::AgentStatus {
-                agent_id: id.clone(),
-                node: agent.node.clone(),
-                version: agent.version.clone(),
-                connected: agent.streams > 0,
-                last_batch_time: agent.last_batch_time,
-                batches_received: agent.batches,
-                records_received: agent.records,
-                duplicate_batches: agent.duplicates,
-                losses: agent
-                    .losses
-                    .iter()
-                    .map(|((reason, unit), count)| proto::StatusCounter {
-                        name: reason.clone(),
-                        value: *count,
-                        loss: true,
-                        unit: unit.clone(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        agents.sort_by(|a, b| (&a.node, &a.agent_id).cmp(&(&b.node, &b.agent_id)));
-        let mut counters = vec![
-            proto::StatusCounter {
-                name: "records_received".into(),
-                value: agents.iter().map(|a| a.records_received).sum(),
-                loss: false,
-                unit: "records".into(),
-            },
-            proto::StatusCounter {
-                name: "duplicate_batches".into(),
-                value: agents.iter().map(|a| a.duplicate_batches).sum(),
-                loss: false,
-                unit: "batches".into(),
-            },
-        ];
-        counters.push(proto::StatusCounter {
-            name: SINK_WRITE_FAILED.into(),
-            value: inner.counters.get(SINK_WRITE_FAILED).copied().unwrap_or(0),
-            loss: true,
-            unit: "records".into(),
-        });
-        if let Some(store) = &self.store {
-            counters.extend(store_counters(&store.stats()));
-        }
-        self.hub.set_status(proto::GetStatusResponse {
-            node: self.node.clone(),
-            version: crate::VERSION.to_owned(),
-            start_time: Some(self.start_time),
-            counters,
-            agents,
-            ..Default::default()
-        });
-    }
-}
-
-/// The store's counters in the collector's status.
-fn store_counters(stats: &StoreStats) -> Vec<proto::StatusCounter> {
-    let counter = |name: &str, value: u64, unit: &str| proto::StatusCounter {
-        name: name.into(),
-        value,
-        loss: false,
-        unit: unit.into(),
-    };
-    let mut out = vec![
-        counter("clickhouse_rows_inserted", stats.rows_inserted, "records"),
-        counter("clickhouse_inserts", stats.inserts, "inserts"),
-        counter(
-            "clickhouse_rows_already_stored",
-            stats.rows_already_stored,
-            "records",
-        ),
-        counter(
-            "clickhouse_buffered_records",
-            stats.buffered_records,
-            "records",
-        ),
-        counter("clickhouse_failures", stats.failures_total(), "requests"),
-        counter(
-            "clickhouse_partitions_dropped",
-            stats.partitions_dropped,
-            "partitions",
-        ),
-        counter("clickhouse_columns_added", stats.columns_added, "columns"),
-        counter(
-            "clickhouse_rollup_records_restored",
-            stats.rollup_records_restored,
-            "records",
-        ),
-    ];
-    out.extend(
-        stats
-            .failures
-            .iter()
-            .map(|(cause, n)| counter(&format!("clickhouse_failures_{cause}"), *n, "requests")),
-    );
-    out
-}
-
-impl Sinks {
-    fn write(&mut self, events: &[proto::FlowEvent]) -> io::Result<()> {
-        let to_io = |err: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, err);
-        if let Some(native) = &mut self.native {
-            let lines = events
-                .iter()
-                .filter_map(|e| crate::format::json_line(e).transpose())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(to_io)?;
-            native.write_lines(lines.iter().map(String::as_str))?;
-        }
-        if let Some(gke) = &mut self.gke {
-            let lines = events
-                .iter()
-                .filter_map(|e| gke::gke_line(e, self.cluster.as_ref()).transpose())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(to_io)?;
-            gke.write_lines(lines.iter().map(String::as_str))?;
-        }
-        Ok(())
-    }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
-/// Batches of one stream waiting for their ack at most (beyond the agent's own window).
-const MAX_BATCHES_IN_FLIGHT: usize = 64;
-
-/// Resolves to a batch's ack, or `None` when it cannot be given (the collector is stopping).
-type AckFuture = Pin<Box<dyn Future<Output = Option<ExportAck>> + Send>>;
-
-/// The ack of `batch`: at once without a store; with one, once stored.
-fn ack_future(state: &Arc<State>, batch: ExportBatch) -> AckFuture {
-    let Some(store) = &state.store else {
-        let ack = state.accept(batch);
-        return Box::pin(async move { Some(ack) });
-    };
-    match state.begin(&batch) {
-        Begin::Duplicate(ack) => Box::pin(async move { Some(ack) }),
-        Begin::Wait(mut stored) => {
-            let seq = batch.seq;
-            Box::pin(async move {
-                stored.wait_for(|stored| *stored).await.ok()?;
-                Some(ExportAck {
-                    seq,
-                    duplicate: true,
-                })
-            })
-        }
-        Begin::Store { check } => {
-            let ExportBatch {
-                agent_id,
-                node,
-                version,
-                seq,
-                events,
-                sent_time,
-                retransmission,
-            } = batch;
-            let stored = store.submit(agent_id.clone(), seq, events, check);
-            let state = Arc::clone(state);
-            // A task of its own: the batch is stored and committed even if its stream ends first
-            // (a retransmission on the next stream waits for it as pending).
-            let task = tokio::spawn(async move {
-                match stored.await {
-                    Ok(events) => Some(state.commit(ExportBatch {
-                        agent_id,
-                        node,
-                        version,
-                        seq,
-                        events,
-                        sent_time,
-                        retransmission,
-                    })),
-                    Err(_) => {
-                        state.abandon(&agent_id, seq);
-                        None
-                    }
-                }
-            });
-            Box::pin(async move { task.await.ok().flatten() })
-        }
-    }
-}
-
-/// `podflow.v1.CollectorService`.
-#[derive(Debug, Clone)]
-struct ExportApi {
-    state: Arc<State>,
-    stop: watch::Receiver<bool>,
-}
-
-type AckStream = Pin<Box<dyn Stream<Item = Result<ExportAck, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl CollectorService for ExportApi {
-    type ExportStream = AckStream;
-
-    async fn export(
-        &self,
-        request: Request<Streaming<ExportBatch>>,
-    ) -> Result<Response<Self::ExportStream>, Status> {
-        let mut inbound = request.into_inner();
-        let state = Arc::clone(&self.state);
-        let mut stop = self.stop.clone();
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(async move {
-            let mut agent: Option<String> = None;
-            // Acks in batch order; with a store, several batches are in flight at once.
-            let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-            loop {
-                let message = tokio::select! {
-                    Some(ack) = acks.next(), if !acks.is_empty() => Err(ack),
-                    message = inbound.message(), if acks.len() < MAX_BATCHES_IN_FLIGHT => {
-                        Ok(message)
-                    }
-                    () = stopped(&mut stop) => break,
-                };
-                let message = match message {
-                    Ok(message) => message,
-                    Err(Some(ack)) if tx.send(Ok(ack)).await.is_ok() => continue,
-                    Err(_) => break,
-                };
-                let batch = match message {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => break,
-                    Err(status) => {
-                        info!(agent = ?agent, %status, "export stream ended");
-                        break;
-                    }
-                };
-                if batch.agent_id.is_empty() {
-                    let _ = tx
-                        .send(Err(Status::invalid_argument("a batch needs an agent_id")))
-                        .await;
-                    break;
-                }
-                match &agent {
-                    None => {
-                        state.stream_opened(&batch);
-                        agent = Some(batch.agent_id.clone());
-                    }
-                    Some(id) if *id != batch.agent_id => {
-                        let _ = tx
-                            .send(Err(Status::invalid_argument(
-                                "the agent_id changed within a stream",
-                            )))
-                            .await;
-                        break;
-                    }
-                    Some(_) => {}
-                }
-                acks.push_back(ack_future(&state, batch));
-            }
-            // The acks of batches received before the stream ended are owed to nobody now; the
-            // store still finishes their batches (a retransmission will find them stored).
-            if let Some(id) = agent {
-                state.stream_closed(&id);
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
 }
 
 #[cfg(test)]
