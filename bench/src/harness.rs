@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -88,6 +88,49 @@ impl Drop for BpfStatsGuard {
             );
         }
     }
+}
+
+/// utime + stime of process `pid` (all its threads) from `/proc/<pid>/stat`, in nanoseconds
+/// (counted in ticks of 1/`CLK_TCK` s).
+pub fn process_cpu_ns(pid: i32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let rest = s
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("bad /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Fields after "comm": state is field 3 (index 0 here); utime 14 and stime 15.
+    let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok((utime + stime) * 1_000_000_000 / clock_ticks())
+}
+
+/// Ticks per second of the CPU times in /proc.
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64
+}
+
+/// CPU time of the whole machine from the first line of `/proc/stat`, in nanoseconds summed over
+/// the CPUs: (busy, total), where busy is everything but idle and iowait.
+pub fn machine_cpu_ns() -> anyhow::Result<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow!("no cpu line in /proc/stat"))?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let ns = |ticks: u64| ticks * 1_000_000_000 / clock_ticks();
+    Ok((ns(total - idle), ns(total)))
 }
 
 /// A child process killed (and reaped) on drop.

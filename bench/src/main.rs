@@ -17,8 +17,13 @@
 //! goes to addresses of the namespaces created here; every namespace is deleted on exit; every
 //! wait is bounded.
 //!
+//! The collector figure runs apart from the node, on loopback in the root namespace: a real
+//! `clickhouse-server` with its own temporary directory and ports, the real `podflow collector`
+//! storing into it, and the agent's exporter (`podflow::export`) in this process as the agents.
+//!
 //! Layout: [`opts`] (the command line), [`harness`] (stop flag, sleep, guards), [`bed`] (the node,
 //! iperf3, the flow generator), [`agent`] (the running agent), [`kernel`] (bpf programs and maps),
+//! [`collector`] (the running collector, its ClickHouse and the exporters feeding it),
 //! [`measure`] (one module per figure group, numbers only) and [`report`] (rows, the table,
 //! docs/BENCHMARKS.md).
 #![expect(
@@ -28,6 +33,7 @@
 
 mod agent;
 mod bed;
+mod collector;
 mod harness;
 mod kernel;
 mod measure;
@@ -69,8 +75,9 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Measures the figure groups in order (throughput, hook, churn, rss, map; those `--only`
-/// selects), prints the table and writes `--doc`. Returns whether every figure met its target.
+/// Measures the figure groups in order (throughput, hook, churn, rss, map, collector; those
+/// `--only` selects), prints the table and writes `--doc`. Returns whether every figure met its
+/// target.
 fn run(o: &Opts) -> anyhow::Result<bool> {
     // SAFETY: geteuid has no preconditions.
     ensure!(
@@ -83,55 +90,14 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         o.podflow.display()
     );
     let started = Instant::now();
-    let stats = BpfStatsGuard::enable()?;
-    let bed = Bed::build()?;
-    log(format!(
-        "node {} with pods src {} and dst {}",
-        bed.node_ns().name(),
-        bed.src_ip,
-        bed.dst_ip
-    ));
-
-    // Statistics off except in the kernel-cost windows (production runs without them: they add
-    // two clock reads to every program run).
-    stats.set(false)?;
-    let throughput = o
-        .wants(Group::Throughput)
-        .then(|| measure::throughput::run(o, &bed, &stats))
+    let mut results = Results::default();
+    if o.wants_bed() {
+        measure_on_bed(o, &mut results)?;
+    }
+    results.collector = o
+        .wants(Group::Collector)
+        .then(|| measure::collector::run(o))
         .transpose()?;
-    let hooks = o
-        .wants(Group::Hook)
-        .then(|| measure::hook::run(o, &bed, &stats))
-        .transpose()?;
-    let churn = if o.wants(Group::Churn) {
-        measure::churn::run(o, &bed)?
-    } else {
-        Vec::new()
-    };
-    // At the low churn rate (10 000 new flows/s; the smoke run's first rate).
-    let service_churn = match o.churn_rates.first() {
-        Some(&rate) if o.wants(Group::Churn) => Some((
-            measure::churn::run_service(o, rate, false)?,
-            measure::churn::run_service(o, rate, true)?,
-        )),
-        _ => None,
-    };
-    let rss = o
-        .wants(Group::Rss)
-        .then(|| measure::rss::run(o, &bed))
-        .transpose()?;
-    let map = o
-        .wants(Group::Map)
-        .then(|| measure::map::run(o, &bed))
-        .transpose()?;
-    let results = Results {
-        throughput,
-        hooks,
-        churn,
-        service_churn,
-        rss,
-        map,
-    };
 
     let rows = report::rows(o, &results)?;
     let table = report::table(&rows, o.smoke);
@@ -145,4 +111,49 @@ fn run(o: &Opts) -> anyhow::Result<bool> {
         log(format!("wrote {}", doc.display()));
     }
     Ok(rows.iter().all(|r| r.pass() == Some(true)))
+}
+
+/// The groups measured on the node of network namespaces (all but the collector), into
+/// `results`.
+fn measure_on_bed(o: &Opts, results: &mut Results) -> anyhow::Result<()> {
+    let stats = BpfStatsGuard::enable()?;
+    let bed = Bed::build()?;
+    log(format!(
+        "node {} with pods src {} and dst {}",
+        bed.node_ns().name(),
+        bed.src_ip,
+        bed.dst_ip
+    ));
+
+    // Statistics off except in the kernel-cost windows (production runs without them: they add
+    // two clock reads to every program run).
+    stats.set(false)?;
+    results.throughput = o
+        .wants(Group::Throughput)
+        .then(|| measure::throughput::run(o, &bed, &stats))
+        .transpose()?;
+    results.hooks = o
+        .wants(Group::Hook)
+        .then(|| measure::hook::run(o, &bed, &stats))
+        .transpose()?;
+    if o.wants(Group::Churn) {
+        results.churn = measure::churn::run(o, &bed)?;
+    }
+    // At the low churn rate (10 000 new flows/s; the smoke run's first rate).
+    results.service_churn = match o.churn_rates.first() {
+        Some(&rate) if o.wants(Group::Churn) => Some((
+            measure::churn::run_service(o, rate, false)?,
+            measure::churn::run_service(o, rate, true)?,
+        )),
+        _ => None,
+    };
+    results.rss = o
+        .wants(Group::Rss)
+        .then(|| measure::rss::run(o, &bed))
+        .transpose()?;
+    results.map = o
+        .wants(Group::Map)
+        .then(|| measure::map::run(o, &bed))
+        .transpose()?;
+    Ok(())
 }

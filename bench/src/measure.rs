@@ -1,6 +1,7 @@
 //! The figure groups, one module each, in the order they run; each returns numbers for
 //! [`crate::report`] to turn into rows.
 pub mod churn;
+pub mod collector;
 pub mod hook;
 pub mod map;
 pub mod rss;
@@ -9,6 +10,7 @@ pub mod throughput;
 use crate::{agent::Agent, bed::Bed, harness::log, opts::Opts};
 
 /// What a run measured: a group `--only` left out is `None` (or empty).
+#[derive(Default)]
 pub struct Results {
     pub throughput: Option<throughput::Throughput>,
     pub hooks: Option<hook::Hooks>,
@@ -18,6 +20,7 @@ pub struct Results {
     pub service_churn: Option<(churn::Churn, churn::Churn)>,
     pub rss: Option<rss::Rss>,
     pub map: Option<map::MapFigures>,
+    pub collector: Option<collector::CollectorFigures>,
 }
 
 /// Starts the agent (default 5 s flush) and waits until it settled (see [`Agent::settle`]).

@@ -3,6 +3,7 @@ use std::{fmt::Display, path::PathBuf, str::FromStr};
 
 use anyhow::Context as _;
 use clap::Parser;
+pub use podflow::export::Compression;
 
 /// Measures podflow against the no-agent baseline inside network namespaces (root needed).
 #[derive(Debug, Parser)]
@@ -14,8 +15,8 @@ struct Cli {
     #[arg(long)]
     smoke: bool,
 
-    /// Interleaved pairs of throughput blocks, of kernel-cost windows and churn runs [default:
-    /// 9, 7 and 5; with --smoke 1].
+    /// Interleaved pairs of throughput blocks, of kernel-cost windows, churn runs and collector
+    /// windows [default: 9, 7, 5 and 5; with --smoke 1].
     #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
     pairs: Option<usize>,
 
@@ -30,7 +31,8 @@ struct Cli {
 
     /// Measures some figure groups only (and never writes --doc): throughput (TCP and UDP
     /// ratios, A/A, empty program), hook (kernel ns per hook), pairs (both), churn (CPU per
-    /// flow), rss (resident memory), map (map memory and loss); comma-separated.
+    /// flow), rss (resident memory), map (map memory and loss), collector (records per second
+    /// and CPU per record, agent export → collector → ClickHouse); comma-separated.
     #[arg(long, value_name = "GROUPS", value_parser = parse_groups)]
     only: Option<Groups>,
 
@@ -52,6 +54,30 @@ struct Cli {
     /// (docs/BENCHMARKS.md).
     #[arg(long, value_name = "FILE")]
     doc: Option<PathBuf>,
+
+    /// Seconds of each collector window [default: 20; with --smoke 2].
+    #[arg(long, value_name = "N", value_parser = at_least_one::<u32>)]
+    collector_secs: Option<u32>,
+
+    /// Exporters (agents) sending to the collector at once [default: 8, whose unacknowledged
+    /// batches (16 × 1000 records each, the agent's defaults) exceed the collector's 100 000-row
+    /// INSERTs; with --smoke 2].
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
+    exporters: Option<usize>,
+
+    /// Events per export batch of each exporter [default: 1000, the agent's].
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
+    export_batch: Option<usize>,
+
+    /// Compression of the export streams: none, gzip, zstd [default: zstd, the agent's].
+    #[arg(long, value_name = "KIND", value_enum)]
+    export_compression: Option<Compression>,
+
+    /// Extra arguments of `podflow collector` in the collector windows, whitespace-separated
+    /// (e.g. "--clickhouse-batch-rows 50000 --clickhouse-linger 200ms") [default: none, the
+    /// collector's defaults].
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    collector_args: Option<String>,
 
     /// The command shown with the results [default: the command line as typed].
     #[arg(long, value_name = "TEXT", allow_hyphen_values = true)]
@@ -84,17 +110,26 @@ pub enum Group {
     Rss,
     /// Map memory and loss.
     Map,
+    /// Records per second and CPU per record through the collector into ClickHouse.
+    Collector,
 }
 
 impl Group {
     /// Every group by its name on the command line (`pairs` is an alias of `throughput,hook`).
-    const NAMES: [(&'static str, Group); 5] = [
+    const NAMES: [(&'static str, Group); 6] = [
         ("throughput", Group::Throughput),
         ("hook", Group::Hook),
         ("churn", Group::Churn),
         ("rss", Group::Rss),
         ("map", Group::Map),
+        ("collector", Group::Collector),
     ];
+
+    /// Whether the group runs on the node of network namespaces (all but the collector, which
+    /// runs on loopback in the root namespace).
+    pub fn needs_bed(self) -> bool {
+        self != Group::Collector
+    }
 }
 
 /// The groups of one `--only` value.
@@ -151,6 +186,15 @@ pub struct Opts {
     pub rss_flows: u64,
     /// Flow map capacity for the 50 % occupancy loss figure.
     pub loss_map_entries: u32,
+    /// The collector figure: windows, seconds of each, warm-up seconds, exporters, their batch
+    /// size and compression, and extra `podflow collector` arguments.
+    pub collector_windows: usize,
+    pub collector_secs: u32,
+    pub collector_warmup_secs: u32,
+    pub exporters: usize,
+    pub export_batch: usize,
+    pub export_compression: Compression,
+    pub collector_args: Vec<String>,
     pub podflow: PathBuf,
     pub doc: Option<PathBuf>,
     pub command: String,
@@ -204,6 +248,13 @@ impl Opts {
                 churn_secs: 1.0,
                 rss_flows: 10_000,
                 loss_map_entries: 16_384,
+                collector_windows: 1,
+                collector_secs: 2,
+                collector_warmup_secs: 1,
+                exporters: 2,
+                export_batch: 1000,
+                export_compression: Compression::Zstd,
+                collector_args: Vec::new(),
                 podflow,
                 doc: cli.doc,
                 command,
@@ -228,6 +279,13 @@ impl Opts {
                 churn_secs: 5.0,
                 rss_flows: 100_000,
                 loss_map_entries: 131_072,
+                collector_windows: 5,
+                collector_secs: 20,
+                collector_warmup_secs: 10,
+                exporters: 8,
+                export_batch: 1000,
+                export_compression: Compression::Zstd,
+                collector_args: Vec::new(),
                 podflow,
                 doc: cli.doc,
                 command,
@@ -239,6 +297,22 @@ impl Opts {
             o.pairs = n;
             o.hook_pairs = n;
             o.churn_runs = n;
+            o.collector_windows = n;
+        }
+        if let Some(secs) = cli.collector_secs {
+            o.collector_secs = secs;
+        }
+        if let Some(n) = cli.exporters {
+            o.exporters = n;
+        }
+        if let Some(n) = cli.export_batch {
+            o.export_batch = n;
+        }
+        if let Some(c) = cli.export_compression {
+            o.export_compression = c;
+        }
+        if let Some(args) = cli.collector_args {
+            o.collector_args = args.split_whitespace().map(str::to_string).collect();
         }
         if let Some(secs) = cli.secs {
             o.iperf_secs = secs;
@@ -256,6 +330,13 @@ impl Opts {
     /// Whether the run measures `group`.
     pub fn wants(&self, group: Group) -> bool {
         self.only.is_empty() || self.only.contains(&group)
+    }
+
+    /// Whether the run measures a group that needs the node of network namespaces.
+    pub fn wants_bed(&self) -> bool {
+        Group::NAMES
+            .iter()
+            .any(|&(_, g)| g.needs_bed() && self.wants(g))
     }
 
     /// The map capacity of the agent in the throughput and kernel-cost runs: room for two epochs
@@ -298,6 +379,62 @@ mod tests {
         assert_eq!(o.churn_rates, [2_000, 10_000]);
         assert_eq!((o.rss_flows, o.loss_map_entries), (10_000, 16_384));
         assert_eq!(o.hook_entries(), 131_072);
+        assert_eq!(
+            (o.collector_windows, o.collector_secs, o.exporters),
+            (1, 2, 2)
+        );
+        let o = opts(&[]).unwrap();
+        assert_eq!(
+            (o.collector_windows, o.collector_secs, o.exporters),
+            (5, 20, 8)
+        );
+        assert_eq!(
+            (
+                o.export_batch,
+                o.export_compression,
+                o.collector_warmup_secs
+            ),
+            (1000, Compression::Zstd, 10)
+        );
+        assert!(o.collector_args.is_empty());
+    }
+
+    #[test]
+    fn collector_flags() {
+        let o = opts(&[
+            "--pairs",
+            "3",
+            "--collector-secs",
+            "7",
+            "--exporters",
+            "6",
+            "--export-batch",
+            "500",
+            "--export-compression",
+            "none",
+            "--collector-args",
+            "--clickhouse-batch-rows 50000  --clickhouse-linger 200ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.collector_windows, o.collector_secs, o.exporters),
+            (3, 7, 6)
+        );
+        assert_eq!(
+            (o.export_batch, o.export_compression),
+            (500, Compression::None)
+        );
+        assert_eq!(
+            o.collector_args,
+            [
+                "--clickhouse-batch-rows",
+                "50000",
+                "--clickhouse-linger",
+                "200ms"
+            ]
+        );
+        assert!(opts(&["--export-compression", "lz4"]).is_err());
+        assert!(opts(&["--exporters", "0"]).is_err());
     }
 
     #[test]
@@ -354,6 +491,11 @@ mod tests {
         let o = opts(&["--only", "pairs,map"]).unwrap();
         assert_eq!(o.only, [Group::Throughput, Group::Hook, Group::Map]);
         assert!(o.wants(Group::Hook) && !o.wants(Group::Churn));
+        assert!(o.wants_bed() && !o.wants(Group::Collector));
+        let o = opts(&["--only", "collector"]).unwrap();
+        assert_eq!(o.only, [Group::Collector]);
+        assert!(!o.wants_bed());
+        assert!(opts(&["--only", "collector,rss"]).unwrap().wants_bed());
         let o = opts(&["--only", "churn", "--only", "rss"]).unwrap();
         assert_eq!(o.only, [Group::Rss]);
         let all = opts(&[]).unwrap();

@@ -1,5 +1,6 @@
 //! `podflow-bench --smoke`: the benchmark harness works end to end (network namespaces, iperf3,
-//! bpf stats, the agent's status and metrics, the flow generator) and prints a table with every
+//! bpf stats, the agent's status and metrics, the flow generator, the collector with its ClickHouse
+//! server and the exporters feeding it) and prints a table with every
 //! figure measured. The numbers themselves are not checked (a short run on a shared machine is
 //! noise); that a number was taken is.
 use std::{
@@ -22,7 +23,7 @@ fn podflow() -> std::path::PathBuf {
 }
 
 /// Every row the table must have (the figure keys podflow-bench prints in backquotes).
-const ROWS: [&str; 11] = [
+const ROWS: [&str; 13] = [
     "tcp_throughput_ratio",
     "udp64_pps_ratio",
     "hook_ns_established",
@@ -34,6 +35,8 @@ const ROWS: [&str; 11] = [
     "agent_rss",
     "map_bytes_per_flow",
     "lost_at_half_occupancy",
+    "collector_records_per_s",
+    "collector_cpu_per_record",
 ];
 
 /// The measured value of a table row: the number at the start of the "measured" column.

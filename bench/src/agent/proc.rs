@@ -26,19 +26,7 @@ impl Agent {
 
     /// utime + stime of the agent (all threads), in nanoseconds.
     pub fn cpu_ns(&self) -> anyhow::Result<u64> {
-        let s = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-            .context("reading the agent's /proc/<pid>/stat")?;
-        let rest = s
-            .rsplit_once(") ")
-            .map(|(_, r)| r)
-            .ok_or_else(|| anyhow!("bad /proc/<pid>/stat"))?;
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        // Fields after "comm": state is field 3 (index 0 here); utime 14 and stime 15.
-        let utime: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-        let stime: u64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-        // SAFETY: sysconf has no preconditions.
-        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-        Ok((utime + stime) * 1_000_000_000 / tck)
+        crate::harness::process_cpu_ns(self.pid).context("the agent's CPU time")
     }
 
     /// CPU time (ns) and times scheduled onto a CPU of each of the agent's threads, from

@@ -59,7 +59,7 @@ pub fn write_doc(doc: &Path, o: &Opts, table: &str, elapsed: f64) -> anyhow::Res
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let generated = format!(
-        "{BEGIN}\n\n**Last run:** {date}, {elapsed:.0} s, {} interleaved throughput pairs ({}), {} kernel-cost pairs, {} churn runs.\n\n**Machine:** {}\n\n**Command:** `{}`\n\n{table}\n{END}",
+        "{BEGIN}\n\n**Last run:** {date}, {elapsed:.0} s, {} interleaved throughput pairs ({}), {} kernel-cost pairs, {} churn runs, {} collector windows of {} s.\n\n**Machine:** {}\n\n**Command:** `{}`\n\n{table}\n{END}",
         o.pairs,
         if o.reps > 1 {
             format!("{} × {} s per run kind and block", o.reps, o.iperf_secs)
@@ -68,6 +68,8 @@ pub fn write_doc(doc: &Path, o: &Opts, table: &str, elapsed: f64) -> anyhow::Res
         },
         o.hook_pairs,
         o.churn_runs,
+        o.collector_windows,
+        o.collector_secs,
         machine(),
         o.command
     );

@@ -9,6 +9,7 @@ use crate::{
     measure::{
         Results,
         churn::Churn,
+        collector::CollectorFigures,
         hook::Hooks,
         map::{MapFigures, MapMemory},
         rss::Rss,
@@ -36,6 +37,9 @@ pub fn rows(o: &Opts, r: &Results) -> anyhow::Result<Vec<Row>> {
     }
     if let Some(m) = &r.map {
         map_rows(o, m, &mut rows);
+    }
+    if let Some(c) = &r.collector {
+        collector_rows(o, c, &mut rows)?;
     }
     Ok(rows)
 }
@@ -307,4 +311,73 @@ fn map_rows(o: &Opts, m: &MapFigures, rows: &mut Vec<Row>) {
         digits: 0,
         detail: format!("records exported in the window: {}", m.records),
     });
+}
+
+/// The collector rows: records per second stored in ClickHouse, and the collector's CPU per
+/// record with ClickHouse's and the exporters' beside it.
+fn collector_rows(o: &Opts, c: &CollectorFigures, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let s = summarize;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let windows = format!(
+        "{} window{} of {} s after {} s of warm-up",
+        o.collector_windows,
+        if o.collector_windows == 1 { "" } else { "s" },
+        o.collector_secs,
+        o.collector_warmup_secs
+    );
+    let check = format!(
+        "after draining: {} records acknowledged, {} rows in ClickHouse, {} dropped, {} stored twice",
+        c.total_acked, c.total_stored, c.dropped, c.duplicates
+    );
+    let rate = s(&c.stored_per_s)?;
+    let rows_per_insert = summary(&c.rows_per_insert).map_or_else(
+        || "no INSERT ended in a window".into(),
+        |v| fmt_range(&v, 0),
+    );
+    rows.push(Row {
+        key: "collector_records_per_s",
+        figure: format!(
+            "flow records per second through the collector into ClickHouse 18.16, sustained ({}; {windows}; exporters, collector and ClickHouse share the machine's {cores} CPUs)",
+            c.setup
+        ),
+        value: Some(rate.median),
+        unit: "/s",
+        target: "≥ 100000 /s".into(),
+        at_least: true,
+        limit: 100_000.0,
+        digits: 0,
+        detail: format!(
+            "stored (Δ count() of podflow.flows) {} /s; acknowledged to the exporters {} /s; rows per INSERT {}; machine busy {} % of {cores} CPUs; CPUs used: collector {}, ClickHouse {}, exporters {}, other processes {}; {check}",
+            fmt_range(&rate, 0),
+            fmt_range(&s(&c.acked_per_s)?, 0),
+            rows_per_insert,
+            fmt_range(&s(&c.machine_busy_pct)?, 0),
+            fmt_range(&s(&c.collector_cpus)?, 2),
+            fmt_range(&s(&c.clickhouse_cpus)?, 2),
+            fmt_range(&s(&c.exporters_cpus)?, 2),
+            fmt_range(&s(&c.other_cpus)?, 2),
+        ),
+    });
+    let cpu = s(&c.collector_us)?;
+    rows.push(Row {
+        key: "collector_cpu_per_record",
+        figure: format!(
+            "collector CPU (utime+stime, all threads) per record stored, at the sustained rate ({windows})"
+        ),
+        value: Some(cpu.median),
+        unit: "µs",
+        target: "≤ 5 µs".into(),
+        at_least: false,
+        limit: 5.0,
+        digits: 2,
+        detail: format!(
+            "collector {} µs; beside it, per record: ClickHouse server {} µs, exporters (the agents' export client in the bench process, and making the records) {} µs",
+            fmt_range(&cpu, 2),
+            fmt_range(&s(&c.clickhouse_us)?, 2),
+            fmt_range(&s(&c.exporters_us)?, 2),
+        ),
+    });
+    Ok(())
 }
