@@ -66,7 +66,7 @@ pub use self::{
     persist::{
         AGENT_RESTART_GAP, DETACHED_GAP, Gap, REATTACH_GAP, layout_name, netns_dir, remove_all,
     },
-    testing::EmptyProgram,
+    testing::{EmptyProgram, tcx_ingress_links},
 };
 
 /// `ARPHRD_ETHER`.

@@ -67,17 +67,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
+use crate::percent_encode;
 
 /// Debian's server binary.
 pub const SERVER: &str = "/usr/sbin/clickhouse-server";
@@ -526,29 +516,14 @@ impl ClickHouse {
         self.wait_threads("resumed", |state| state != 'T');
     }
 
-    /// Waits until the state letter (`/proc/PID/task/TID/stat`) of every thread satisfies `ok`.
+    /// Waits until the state letter of every thread satisfies `ok` (see [`wait_threads`]).
     fn wait_threads(&self, what: &str, ok: impl Fn(char) -> bool) {
-        let pid = self.pid();
-        let all_ok = || {
-            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-                return false;
-            };
-            tasks.flatten().all(|task| {
-                std::fs::read_to_string(task.path().join("stat"))
-                    .ok()
-                    // The state follows the command name, which is in parentheses.
-                    .and_then(|stat| stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
-                    .is_none_or(&ok)
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !all_ok() {
-            assert!(
-                Instant::now() < deadline,
-                "clickhouse-server (pid {pid}) not {what} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_threads(
+            self.pid(),
+            &format!("clickhouse-server (pid {})", self.pid()),
+            what,
+            ok,
+        );
     }
 
     /// SIGTERM, and waits (≤ 30 s, then SIGKILL and a panic) for a clean exit; its exit status.
@@ -615,6 +590,29 @@ impl ClickHouse {
 impl Drop for ClickHouse {
     fn drop(&mut self) {
         self.kill_and_reap();
+    }
+}
+
+/// Waits (≤ 10 s) until the state letter (`/proc/PID/task/TID/stat`) of every thread of `pid`
+/// satisfies `ok` (`T`: stopped): a SIGSTOP or SIGCONT has taken effect once `kill` returned only
+/// for the thread that took it. Panics naming `who` and `what` after 10 s.
+pub fn wait_threads(pid: u32, who: &str, what: &str, ok: impl Fn(char) -> bool) {
+    let all_ok = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                // The state follows the command name, which is in parentheses.
+                .and_then(|stat| stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
+                .is_none_or(&ok)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !all_ok() {
+        assert!(Instant::now() < deadline, "{who} not {what} within 10 s");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -167,6 +167,19 @@ pub fn spawn_in<T: Send + 'static>(
     }
 }
 
+/// Percent-encodes a query-string value (RFC 3986 unreserved characters stay), for the HTTP
+/// requests of the test servers' clients (ClickHouse, Prometheus).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// A short name unique to this process and call, for namespaces and interfaces (interface names
 /// are limited to 15 bytes, so keep prefixes short).
 pub fn unique_prefix(tag: &str) -> String {

@@ -218,8 +218,8 @@ impl Interfaces {
                         } else {
                             sys::BPF_TCX_INGRESS
                         };
-                        sys::tcx_programs(ifindex, hook)
-                            .map(|ids| ids.contains(&ours))
+                        sys::tcx_query(ifindex, hook)
+                            .map(|attached| attached.iter().any(|(prog, _)| *prog == ours))
                             .map_err(|e| e.to_string())
                     }
                 };

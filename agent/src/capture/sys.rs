@@ -196,19 +196,27 @@ struct QueryAttr {
     revision: u64,
 }
 
-/// `BPF_PROG_QUERY` on a tcx hook: the ids of the programs attached to `ifindex` in
-/// `attach_type` ([`BPF_TCX_INGRESS`] / [`BPF_TCX_EGRESS`]), at most 64.
-pub(super) fn tcx_programs(ifindex: u32, attach_type: u32) -> io::Result<Vec<u32>> {
-    let mut ids = [0u32; 64];
+/// `BPF_PROG_QUERY` on a tcx hook: the programs attached to `ifindex` in `attach_type`
+/// ([`BPF_TCX_INGRESS`] / [`BPF_TCX_EGRESS`]), in order, at most 64, as (program id, link id;
+/// 0 for a program attached without a link).
+pub(super) fn tcx_query(ifindex: u32, attach_type: u32) -> io::Result<Vec<(u32, u32)>> {
+    let mut progs = [0u32; 64];
+    let mut links = [0u32; 64];
     let mut attr = QueryAttr {
         target_ifindex: ifindex,
         attach_type,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: ids.len() as u32,
+        prog_ids: progs.as_mut_ptr() as u64,
+        prog_cnt: progs.len() as u32,
+        link_ids: links.as_mut_ptr() as u64,
         ..QueryAttr::default()
     };
     bpf(BPF_PROG_QUERY, &mut attr)?;
-    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
+    let n = (attr.prog_cnt as usize).min(progs.len());
+    Ok(progs[..n]
+        .iter()
+        .copied()
+        .zip(links[..n].iter().copied())
+        .collect())
 }
 
 /// Whether `path` is on a BPF file system (where objects can be pinned).

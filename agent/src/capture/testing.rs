@@ -120,3 +120,13 @@ impl EmptyProgram {
             })
     }
 }
+
+/// The ids of the tcx links on the ingress hook of `ifindex`, in this thread's network
+/// namespace, in order (`BPF_PROG_QUERY`; programs attached without a link are left out).
+#[doc(hidden)]
+pub fn tcx_ingress_links(ifindex: u32) -> std::io::Result<Vec<u32>> {
+    Ok(super::sys::tcx_query(ifindex, super::sys::BPF_TCX_INGRESS)?
+        .into_iter()
+        .filter_map(|(_, link)| (link != 0).then_some(link))
+        .collect())
+}

@@ -43,9 +43,6 @@ pub struct Rows {
     pub flow_rows: usize,
     pub losses: BytesMut,
     pub loss_rows: usize,
-    /// The smallest and largest time (seconds) of the rows, to bound a later check by partition.
-    pub min_time: Option<u32>,
-    pub max_time: Option<u32>,
 }
 
 impl Rows {
@@ -66,23 +63,26 @@ impl Rows {
             }
             match &event.event {
                 Some(Event::Flow(f)) => {
-                    let t = flow_row(&mut self.flows, f, agent_id, seq, idx);
+                    flow_row(&mut self.flows, f, agent_id, seq, idx);
                     self.flow_rows += 1;
-                    self.saw(t);
                 }
                 Some(Event::Loss(l)) => {
-                    let t = loss_row(&mut self.losses, l, agent_id, seq, idx);
+                    loss_row(&mut self.losses, l, agent_id, seq, idx);
                     self.loss_rows += 1;
-                    self.saw(t);
                 }
                 None => {}
             }
         }
     }
+}
 
-    fn saw(&mut self, t: u32) {
-        self.min_time = Some(self.min_time.map_or(t, |m| m.min(t)));
-        self.max_time = Some(self.max_time.map_or(t, |m| m.max(t)));
+/// The time (seconds) of an event's row, as written (a flow's end, a loss record's time): the
+/// column the tables are partitioned by. `None` for an event without a row.
+pub fn event_time(event: &proto::FlowEvent) -> Option<u32> {
+    match &event.event {
+        Some(Event::Flow(f)) => Some(time(f.end_time.as_ref()).0),
+        Some(Event::Loss(l)) => Some(time(l.time.as_ref()).0),
+        None => None,
     }
 }
 
@@ -215,8 +215,8 @@ fn labels(out: &mut BytesMut, labels: &BTreeMap<String, String>) {
     strings(out, labels.values().map(String::as_str));
 }
 
-/// One `flows` row; returns its time (end, seconds).
-fn flow_row(out: &mut BytesMut, f: &proto::Flow, agent_id: &str, seq: u64, idx: u32) -> u32 {
+/// One `flows` row.
+fn flow_row(out: &mut BytesMut, f: &proto::Flow, agent_id: &str, seq: u64, idx: u32) {
     let (end, end_ns) = time(f.end_time.as_ref());
     let (start, start_ns) = time(f.start_time.as_ref());
     out.put_u32_le(end);
@@ -261,11 +261,10 @@ fn flow_row(out: &mut BytesMut, f: &proto::Flow, agent_id: &str, seq: u64, idx: 
     string(out, agent_id);
     out.put_u64_le(seq);
     out.put_u32_le(idx);
-    end
 }
 
-/// One `losses` row; returns its time (seconds).
-fn loss_row(out: &mut BytesMut, l: &proto::LossRecord, agent_id: &str, seq: u64, idx: u32) -> u32 {
+/// One `losses` row.
+fn loss_row(out: &mut BytesMut, l: &proto::LossRecord, agent_id: &str, seq: u64, idx: u32) {
     let (t, t_ns) = time(l.time.as_ref());
     out.put_u32_le(t);
     out.put_u64_le(t_ns);
@@ -278,7 +277,6 @@ fn loss_row(out: &mut BytesMut, l: &proto::LossRecord, agent_id: &str, seq: u64,
     string(out, agent_id);
     out.put_u64_le(seq);
     out.put_u32_le(idx);
-    t
 }
 
 #[cfg(test)]
@@ -422,7 +420,10 @@ mod tests {
                 .ends_with(b"\x05agent\x04\0\0\0\0\0\0\0\x02\0\0\0")
         );
         assert_eq!(
-            (rows.min_time, rows.max_time),
+            (
+                events.iter().filter_map(event_time).min(),
+                events.iter().filter_map(event_time).max()
+            ),
             (Some(0), Some(1_800_000_001))
         );
 

@@ -337,17 +337,31 @@ const TABLES: [Table; 4] = [
     },
 ];
 
-/// The roll-ups' materialized views: (view, target, time bucket).
-const ROLLUPS: [(&str, &str, &str); 2] = [
-    ("flows_5m_mv", "flows_5m", "toStartOfFiveMinute(end_time)"),
-    ("flows_1h_mv", "flows_1h", "toStartOfHour(end_time)"),
-];
+/// A roll-up: its table, the materialized view that fills it, and its time bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rollup {
+    pub table: &'static str,
+    pub view: &'static str,
+    /// The bucket of a `flows` row, as SQL.
+    pub bucket: &'static str,
+    /// The bucket's length in seconds.
+    pub seconds: u32,
+}
 
-/// The roll-ups as the collector reconciles them: (table, time bucket of a `flows` row, bucket
-/// length in seconds).
-pub const ROLLUP_BUCKETS: [(&str, &str, u32); 2] = [
-    ("flows_5m", "toStartOfFiveMinute(end_time)", 300),
-    ("flows_1h", "toStartOfHour(end_time)", 3600),
+/// The roll-ups (filled by their views; restored by the collector after a partial insert).
+pub const ROLLUPS: [Rollup; 2] = [
+    Rollup {
+        table: "flows_5m",
+        view: "flows_5m_mv",
+        bucket: "toStartOfFiveMinute(end_time)",
+        seconds: 300,
+    },
+    Rollup {
+        table: "flows_1h",
+        view: "flows_1h_mv",
+        bucket: "toStartOfHour(end_time)",
+        seconds: 3600,
+    },
 ];
 
 /// The dimensions of the roll-ups, in their column order.
@@ -429,12 +443,14 @@ pub fn statements(
         }
         out.push(sql);
     }
-    for (view, target, bucket) in ROLLUPS {
-        let keys = ROLLUP_KEYS
-            .iter()
-            .map(|c| c.name)
-            .collect::<Vec<_>>()
-            .join(", ");
+    let keys = rollup_keys().collect::<Vec<_>>().join(", ");
+    for Rollup {
+        table: target,
+        view,
+        bucket,
+        ..
+    } in ROLLUPS
+    {
         out.push(format!(
             "CREATE MATERIALIZED VIEW IF NOT EXISTS {database}.{view}{on_cluster} TO \
              {database}.{target_local}\nAS SELECT {bucket} AS t, {keys},\n    \

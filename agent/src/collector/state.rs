@@ -112,13 +112,7 @@ impl State {
             return Begin::Wait(stored.subscribe());
         }
         if batch.seq <= agent.last_seq {
-            agent.duplicates += 1;
-            let ack = ExportAck {
-                seq: batch.seq,
-                duplicate: true,
-            };
-            self.publish_status(&inner);
-            return Begin::Duplicate(ack);
+            return Begin::Duplicate(self.duplicate(&mut inner, batch));
         }
         let (stored, _) = watch::channel(false);
         agent.pending.insert(batch.seq, stored);
@@ -152,15 +146,21 @@ impl State {
         let mut inner = self.lock();
         let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
         if batch.seq <= agent.last_seq {
-            agent.duplicates += 1;
-            let ack = ExportAck {
-                seq: batch.seq,
-                duplicate: true,
-            };
-            self.publish_status(&inner);
-            return ack;
+            return self.duplicate(&mut inner, &batch);
         }
         self.record(&mut inner, batch)
+    }
+
+    /// Counts a retransmission of a batch already accepted; returns its ack.
+    fn duplicate(&self, inner: &mut Inner, batch: &ExportBatch) -> ExportAck {
+        if let Some(agent) = inner.agents.get_mut(&batch.agent_id) {
+            agent.duplicates += 1;
+        }
+        self.publish_status(inner);
+        ExportAck {
+            seq: batch.seq,
+            duplicate: true,
+        }
     }
 
     /// Counts a new batch, writes it to the files, publishes it; returns its ack.

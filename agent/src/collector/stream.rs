@@ -40,32 +40,20 @@ fn ack_future(state: &Arc<State>, batch: ExportBatch) -> AckFuture {
             })
         }
         Begin::Store { check } => {
-            let ExportBatch {
-                agent_id,
-                node,
-                version,
-                seq,
-                events,
-                sent_time,
-                retransmission,
-            } = batch;
-            let stored = store.submit(agent_id.clone(), seq, events, check);
+            let mut batch = batch;
+            let events = std::mem::take(&mut batch.events);
+            let stored = store.submit(batch.agent_id.clone(), batch.seq, events, check);
             let state = Arc::clone(state);
             // A task of its own: the batch is stored and committed even if its stream ends first
             // (a retransmission on the next stream waits for it as pending).
             let task = tokio::spawn(async move {
                 match stored.await {
-                    Ok(events) => Some(state.commit(ExportBatch {
-                        agent_id,
-                        node,
-                        version,
-                        seq,
-                        events,
-                        sent_time,
-                        retransmission,
-                    })),
+                    Ok(events) => {
+                        batch.events = events;
+                        Some(state.commit(batch))
+                    }
                     Err(_) => {
-                        state.abandon(&agent_id, seq);
+                        state.abandon(&batch.agent_id, batch.seq);
                         None
                     }
                 }

@@ -29,7 +29,7 @@ use tokio::time::{MissedTickBehavior, sleep, timeout};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::support::{
-    clickhouse::{ClickHouse, Options, Tmpfs},
+    clickhouse::{ClickHouse, Options, Tmpfs, wait_threads},
     export::{ChildCollector, fast_config, flow, free_port, packets_of, send_flows, wait_stats},
 };
 
@@ -487,30 +487,6 @@ async fn wait_insert_running(server: &ClickHouse, within: Duration) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Processes.
 
-/// Waits (≤ 10 s) until the state letter of every thread of `pid` satisfies `ok` (`T`:
-/// stopped).
-fn wait_threads(pid: u32, what: &str, ok: impl Fn(char) -> bool) {
-    let all_ok = || {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            return false;
-        };
-        tasks.flatten().all(|task| {
-            std::fs::read_to_string(task.path().join("stat"))
-                .ok()
-                .and_then(|stat| stat.rsplit_once(") ").and_then(|(_, r)| r.chars().next()))
-                .is_none_or(&ok)
-        })
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !all_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} not {what} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 /// Resident memory of `pid`, KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -821,7 +797,7 @@ async fn collector_killed_after_storing_is_not_stored_twice() {
         let running = wait_insert_running(&server, Duration::from_secs(3)).await;
         let pid = rig.pid();
         rig.collector().signal(libc::SIGSTOP);
-        wait_threads(pid, "stopped", |s| s == 'T');
+        wait_threads(pid, &format!("pid {pid}"), "stopped", |s| s == 'T');
         let start = Instant::now();
         while flow_inserts_running(&server) > 0 {
             assert!(
@@ -839,7 +815,7 @@ async fn collector_killed_after_storing_is_not_stored_twice() {
             break;
         }
         rig.collector().signal(libc::SIGCONT);
-        wait_threads(pid, "resumed", |s| s != 'T');
+        wait_threads(pid, &format!("pid {pid}"), "resumed", |s| s != 'T');
         sleep(Duration::from_millis(100 + u64::from(attempt) * 37 % 400)).await;
     }
     rig.kill9();

@@ -27,7 +27,13 @@ impl Writer {
         let database = self.cfg.endpoint.database.clone();
         let keys = schema::rollup_keys().collect::<Vec<_>>().join(", ");
         let mut added = 0u64;
-        for (table, bucket, len) in schema::ROLLUP_BUCKETS {
+        for schema::Rollup {
+            table,
+            bucket,
+            seconds: len,
+            ..
+        } in schema::ROLLUPS
+        {
             let lo = from / len * len;
             let hi = (to / len + 1).saturating_mul(len);
             let raw = self

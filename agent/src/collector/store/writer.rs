@@ -234,15 +234,9 @@ impl Writer {
         for (i, job) in jobs.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let _ = write!(keys, "{sep}({}, {})", sql_string(&job.agent_id), job.seq);
-            for event in &job.events {
-                let t = match &event.event {
-                    Some(Event::Flow(f)) => f.end_time.as_ref(),
-                    Some(Event::Loss(l)) => l.time.as_ref(),
-                    None => None,
-                };
-                let secs = t.map_or(0, |t| u32::try_from(t.seconds).unwrap_or(0));
-                min = min.min(secs);
-                max = max.max(secs);
+            for t in job.events.iter().filter_map(rows::event_time) {
+                min = min.min(t);
+                max = max.max(t);
             }
         }
         let mut stored = HashSet::new();
@@ -283,13 +277,9 @@ fn stored_span(group: &[Job], stored: &HashSet<(&str, u64, u32)>) -> Option<(u32
             if !stored.contains(&(job.agent_id.as_str(), job.seq, idx)) {
                 continue;
             }
-            let Some(Event::Flow(f)) = &event.event else {
+            let (Some(Event::Flow(_)), Some(t)) = (&event.event, rows::event_time(event)) else {
                 continue;
             };
-            let t = f
-                .end_time
-                .as_ref()
-                .map_or(0, |t| u32::try_from(t.seconds).unwrap_or(0));
             span = Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
         }
     }

@@ -246,46 +246,7 @@ pub fn tcx_ingress_links(ns: &Netns, ifname: &str) -> Vec<u32> {
         let c = std::ffi::CString::new(ifname).unwrap();
         // SAFETY: a NUL-terminated name.
         let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        #[repr(C)]
-        #[derive(Default)]
-        struct Query {
-            target_ifindex: u32,
-            attach_type: u32,
-            query_flags: u32,
-            attach_flags: u32,
-            prog_ids: u64,
-            prog_cnt: u32,
-            pad: u32,
-            prog_attach_flags: u64,
-            link_ids: u64,
-            link_attach_flags: u64,
-            revision: u64,
-        }
-        let mut progs = [0u32; 16];
-        let mut links = [0u32; 16];
-        let mut q = Query {
-            target_ifindex: ifindex,
-            attach_type: 46, // BPF_TCX_INGRESS
-            prog_ids: progs.as_mut_ptr() as u64,
-            prog_cnt: 16,
-            link_ids: links.as_mut_ptr() as u64,
-            ..Query::default()
-        };
-        // SAFETY: BPF_PROG_QUERY (16) with a live attr whose buffers hold 16 ids.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                16,
-                std::ptr::from_mut(&mut q),
-                size_of::<Query>(),
-            )
-        };
-        assert_eq!(r, 0, "BPF_PROG_QUERY: {}", std::io::Error::last_os_error());
-        links[..(q.prog_cnt as usize).min(16)]
-            .iter()
-            .copied()
-            .filter(|id| *id != 0)
-            .collect()
+        podflow::capture::tcx_ingress_links(ifindex).expect("BPF_PROG_QUERY")
     })
     .expect("query in the namespace")
 }

@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use podflow_testbed::percent_encode;
+
 /// The `prometheus` binary, or `None` when it is not installed.
 pub fn prometheus_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -211,16 +213,4 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Percent-encodes a query-string value (RFC 3986 unreserved characters stay).
-pub fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
