@@ -15,6 +15,7 @@ pub mod http;
 pub mod queries;
 pub mod rows;
 pub mod schema;
+pub mod view;
 
 use std::path::PathBuf;
 

@@ -35,6 +35,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bytes::Bytes;
 use thiserror::Error;
 use tokio::{
     sync::{Notify, watch},
@@ -270,8 +271,20 @@ impl Drop for ExporterHandle {
 impl ExporterHandle {
     /// Queues `events` for export. Never blocks on the network: when the buffer is full the
     /// oldest unsent events are dropped (counted as [`EXPORT_BUFFER_FULL`] and declared to the
-    /// collector in the next batch).
+    /// collector in the next batch). They are encoded here, outside the buffer's lock, and wait
+    /// encoded (see [`ExporterHandle::send_encoded`]).
     pub fn send(&self, events: Vec<proto::FlowEvent>) {
+        if !events.is_empty() {
+            self.send_encoded(ExportBatch::encode_events(&events));
+        }
+    }
+
+    /// [`ExporterHandle::send`] for events already encoded (each a `FlowEvent`, as
+    /// [`ExportBatch::encode_events`] makes them): the agent encodes a flush's records once for
+    /// its subscribers and its exporter. The buffer holds them as they are (a record is ~4 times
+    /// smaller encoded than as a struct), and a batch is a list of them: kept for retransmission
+    /// and sent without being encoded again.
+    pub fn send_encoded(&self, events: Vec<Bytes>) {
         if events.is_empty() {
             return;
         }
@@ -331,7 +344,8 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct State {
-    queue: VecDeque<proto::FlowEvent>,
+    /// Encoded `FlowEvent`s.
+    queue: VecDeque<Bytes>,
     /// When the oldest queued event arrived.
     queue_since: Option<Instant>,
     unacked: VecDeque<ExportBatch>,

@@ -8,4 +8,8 @@
 )]
 pub mod v1 {
     include!("gen/podflow.v1.rs");
+
+    pub use crate::export_batch::ExportBatch;
 }
+
+pub mod export_batch;

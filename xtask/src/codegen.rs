@@ -42,6 +42,12 @@ pub fn generate(proto_dir: &Path, out_dir: &Path) -> anyhow::Result<()> {
         // way, so enrichment moves them into a record instead of rebuilding a HashMap each time,
         // and they come out sorted.
         .btree_map(".")
+        // A batch keeps its events encoded (proto/src/export_batch.rs: same wire format, the
+        // collector and the agent pass them on without decoding and encoding them again).
+        .extern_path(
+            ".podflow.v1.ExportBatch",
+            "crate::export_batch::ExportBatch",
+        )
         .out_dir(out_dir)
         .compile_fds(fds)
         .with_context(|| format!("generating Rust code into {}", out_dir.display()))?;

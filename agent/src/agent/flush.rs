@@ -151,9 +151,12 @@ fn publish_records(
     });
     match out.exporter {
         Some(exporter) => {
+            // Encoded once for both: the ring and the export buffer keep the same slices.
             let events: Vec<proto::FlowEvent> = events.collect();
-            out.hub.publish_each(&events);
-            exporter.send(events);
+            let encoded = proto::ExportBatch::encode_events(&events);
+            drop(events);
+            out.hub.publish_encoded(encoded.clone());
+            exporter.send_encoded(encoded);
         }
         None => out.hub.publish_each(events),
     }

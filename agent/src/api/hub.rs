@@ -15,7 +15,7 @@ use std::{
     time::SystemTime,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{Stream, StreamExt as _, future, stream};
 use prost::Message as _;
 use tokio::sync::broadcast;
@@ -23,7 +23,7 @@ use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 use crate::{
     filter::CompiledFilter,
-    proto::{self, flow_event::Event},
+    proto::{self, ExportBatch, flow_event::Event},
 };
 
 /// Reason of the loss record a lagging follower gets.
@@ -116,28 +116,27 @@ impl Hub {
     /// [`Hub::publish`] for events owned or borrowed, from any iterator (no vector needed).
     pub fn publish_each<E: Borrow<proto::FlowEvent>>(&self, events: impl IntoIterator<Item = E>) {
         let events: Vec<E> = events.into_iter().collect();
+        // One buffer for the whole batch, each event a slice of it: one allocation (and one free,
+        // once the ring has let go of every event of the batch) instead of one per event. The
+        // ring's byte bound counts each slice; a batch's buffer outlives its first evicted events
+        // by at most the rest of the batch.
+        self.publish_encoded(ExportBatch::encode_events(
+            events.iter().map(Borrow::borrow),
+        ));
+    }
+
+    /// [`Hub::publish`] for events already encoded (`FlowEvent`s, as an `ExportBatch` carries
+    /// them): the collector passes its agents' events on as they arrived.
+    pub fn publish_encoded(&self, events: Vec<Bytes>) {
         if events.is_empty() {
             return;
         }
-        // One buffer for the whole batch, each event a slice of it: one allocation (and one free,
-        // once the ring has let go of every event of the batch) instead of one per event, which
-        // was most of a collector's cost per record. The ring's byte bound counts each slice; a
-        // batch's buffer outlives its first evicted events by at most the rest of the batch.
-        let lengths: Vec<usize> = events.iter().map(|e| e.borrow().encoded_len()).collect();
-        let mut buffer = BytesMut::with_capacity(lengths.iter().sum());
-        for event in &events {
-            event.borrow().encode_raw(&mut buffer);
-        }
-        let buffer = buffer.freeze();
         // The ring lock is held while broadcasting so that a new subscriber sees every event
         // exactly once: either in its snapshot of the ring or on its receiver.
         let mut ring = self.ring();
-        let mut start = 0;
-        for len in lengths {
-            let encoded = buffer.slice(start..start + len);
-            start += len;
-            if self.tx.receiver_count() > 0 {
-                // A clone makes the buffer shared (an allocation): only when someone follows.
+        let following = self.tx.receiver_count() > 0;
+        for encoded in events {
+            if following {
                 // An error only means that the last follower just left.
                 let _ = self.tx.send(encoded.clone());
             }

@@ -16,6 +16,8 @@ use crate::{
     format::gke,
     proto::{self, ExportAck, ExportBatch, flow_event::Event},
 };
+use podflow_proto::export_batch;
+use prost::Message as _;
 
 #[derive(Debug)]
 pub(super) struct State {
@@ -131,7 +133,7 @@ impl State {
         {
             stored.send_replace(true);
         }
-        self.record(&mut inner, batch)
+        self.record(&mut inner, batch, None)
     }
 
     /// Forgets a pending batch the store could not take (the collector is stopping).
@@ -141,14 +143,19 @@ impl State {
         }
     }
 
-    /// Stores a batch unless it is a retransmission; returns its ack.
-    pub(super) fn accept(&self, batch: ExportBatch) -> ExportAck {
+    /// Stores a batch (`events`: its events decoded, if at hand) unless it is a retransmission;
+    /// returns its ack.
+    pub(super) fn accept(
+        &self,
+        batch: ExportBatch,
+        events: Option<&[proto::FlowEvent]>,
+    ) -> ExportAck {
         let mut inner = self.lock();
         let agent = inner.agents.entry(batch.agent_id.clone()).or_default();
         if batch.seq <= agent.last_seq {
             return self.duplicate(&mut inner, &batch);
         }
-        self.record(&mut inner, batch)
+        self.record(&mut inner, batch, events)
     }
 
     /// Counts a retransmission of a batch already accepted; returns its ack.
@@ -163,8 +170,15 @@ impl State {
         }
     }
 
-    /// Counts a new batch, writes it to the files, publishes it; returns its ack.
-    fn record(&self, inner: &mut MutexGuard<'_, Inner>, batch: ExportBatch) -> ExportAck {
+    /// Counts a new batch, writes it to the files, publishes it (still encoded); returns its ack.
+    /// `events`: the batch's events decoded, if at hand; otherwise only what the loss counters
+    /// and the files need is decoded (the batch's events were checked on arrival).
+    fn record(
+        &self,
+        inner: &mut MutexGuard<'_, Inner>,
+        batch: ExportBatch,
+        events: Option<&[proto::FlowEvent]>,
+    ) -> ExportAck {
         let Inner {
             agents,
             sinks,
@@ -175,7 +189,28 @@ impl State {
         agent.batches += 1;
         agent.records += batch.events.len() as u64;
         agent.last_batch_time = Some(prost_types::Timestamp::from(SystemTime::now()));
-        for event in &batch.events {
+        let decoded: Vec<proto::FlowEvent>;
+        let events = match events {
+            Some(events) => events,
+            None if sinks.is_empty() => {
+                decoded = batch
+                    .events
+                    .iter()
+                    .filter(|e| export_batch::is_loss(e))
+                    .filter_map(|e| proto::FlowEvent::decode(e.as_ref()).ok())
+                    .collect();
+                &decoded
+            }
+            None => {
+                decoded = batch
+                    .events
+                    .iter()
+                    .filter_map(|e| proto::FlowEvent::decode(e.as_ref()).ok())
+                    .collect();
+                &decoded
+            }
+        };
+        for event in events {
             if let Some(Event::Loss(loss)) = &event.event {
                 *agent
                     .losses
@@ -183,12 +218,14 @@ impl State {
                     .or_default() += loss.count;
             }
         }
-        if let Err(err) = sinks.write(&batch.events) {
+        if !sinks.is_empty()
+            && let Err(err) = sinks.write(events)
+        {
             warn!(error = %err, "failed to write records to the output files");
             *counters.entry(SINK_WRITE_FAILED).or_default() += batch.events.len() as u64;
         }
         let seq = batch.seq;
-        self.hub.publish(batch.events);
+        self.hub.publish_encoded(batch.events);
         self.publish_status(inner);
         ExportAck {
             seq,
@@ -300,6 +337,11 @@ fn store_counters(stats: &StoreStats) -> Vec<proto::StatusCounter> {
 }
 
 impl Sinks {
+    /// No file is written.
+    fn is_empty(&self) -> bool {
+        self.native.is_none() && self.gke.is_none()
+    }
+
     fn write(&mut self, events: &[proto::FlowEvent]) -> io::Result<()> {
         let to_io = |err: serde_json::Error| io::Error::new(io::ErrorKind::InvalidData, err);
         if let Some(native) = &mut self.native {

@@ -45,12 +45,10 @@ use tokio::{
 
 pub use self::retention::drop_expired;
 use self::writer::Writer;
-use crate::{
-    clickhouse::{
-        self, ClickHouseError, Client, Endpoint,
-        schema::{Layout, Retention},
-    },
-    proto,
+use crate::clickhouse::{
+    self, ClickHouseError, Client, Endpoint,
+    rows::BatchRows,
+    schema::{Layout, Retention},
 };
 
 /// `podflow collector --clickhouse ...`.
@@ -273,13 +271,11 @@ impl StoreStats {
 }
 
 struct Job {
-    agent_id: String,
-    seq: u64,
-    events: Vec<proto::FlowEvent>,
+    rows: BatchRows,
     check: bool,
     /// When it was handed to the writer (its linger counts from then).
     queued: Instant,
-    done: oneshot::Sender<Vec<proto::FlowEvent>>,
+    done: oneshot::Sender<()>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -326,32 +322,27 @@ impl Store {
         })
     }
 
-    /// Hands a batch to the writer, waiting while the buffer is full; the future resolves with
-    /// the events once ClickHouse stored them. `check`: the batch may be stored already (see the
+    /// Hands a batch's rows to the writer, waiting while the buffer is full; the future resolves
+    /// once ClickHouse stored them. `check`: the batch may be stored already (see the
     /// module documentation).
     pub fn submit(
         &self,
-        agent_id: String,
-        seq: u64,
-        events: Vec<proto::FlowEvent>,
+        rows: BatchRows,
         check: bool,
-    ) -> impl std::future::Future<Output = Result<Vec<proto::FlowEvent>, StoreError>> + Send + 'static
-    {
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static {
         let room = Arc::clone(&self.room);
         let tx = self.tx.clone();
         let stats = Arc::clone(&self.stats);
-        let want = u32::try_from(events.len().clamp(1, self.max_permits)).unwrap_or(u32::MAX);
+        let want = u32::try_from(rows.len().clamp(1, self.max_permits)).unwrap_or(u32::MAX);
         async move {
             let permit = room
                 .acquire_many_owned(want)
                 .await
                 .map_err(|_| StoreError::Stopped)?;
-            lock(&stats).buffered_records += events.len() as u64;
+            lock(&stats).buffered_records += rows.len() as u64;
             let (done, stored) = oneshot::channel();
             tx.send(Job {
-                agent_id,
-                seq,
-                events,
+                rows,
                 check,
                 queued: Instant::now(),
                 done,

@@ -9,7 +9,10 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use super::state::{Begin, State};
-use crate::proto::{ExportAck, ExportBatch, collector_service_server::CollectorService};
+use crate::{
+    clickhouse::rows::BatchRows,
+    proto::{ExportAck, ExportBatch, FlowEvent, collector_service_server::CollectorService},
+};
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
@@ -21,11 +24,42 @@ const MAX_BATCHES_IN_FLIGHT: usize = 64;
 /// Resolves to a batch's ack, or `None` when it cannot be given (the collector is stopping).
 type AckFuture = Pin<Box<dyn Future<Output = Option<ExportAck>> + Send>>;
 
+/// What a batch's path needs of its events, made when it arrives (which checks them): the rows
+/// for the store, read in place from the encoded events; without a store, the events decoded
+/// (files, loss counters). The subscribers get the events as they came, still encoded.
+enum Prepared {
+    Rows(BatchRows),
+    Events(Vec<FlowEvent>),
+}
+
+impl Prepared {
+    fn of(state: &State, batch: &ExportBatch) -> Result<Prepared, String> {
+        if state.store.is_some() {
+            BatchRows::build(&batch.agent_id, batch.seq, &batch.events)
+                .map(Prepared::Rows)
+                .map_err(|e| e.to_string())
+        } else {
+            batch
+                .decode_events()
+                .map(Prepared::Events)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
 /// The ack of `batch`: at once without a store; with one, once stored.
-fn ack_future(state: &Arc<State>, batch: ExportBatch) -> AckFuture {
-    let Some(store) = &state.store else {
-        let ack = state.accept(batch);
-        return Box::pin(async move { Some(ack) });
+fn ack_future(state: &Arc<State>, batch: ExportBatch, prepared: Prepared) -> AckFuture {
+    let (store, rows) = match (&state.store, prepared) {
+        (Some(store), Prepared::Rows(rows)) => (store, rows),
+        // (Rows are made only with a store: without one, the events are at hand.)
+        (_, prepared) => {
+            let events = match prepared {
+                Prepared::Events(events) => Some(events),
+                Prepared::Rows(_) => None,
+            };
+            let ack = state.accept(batch, events.as_deref());
+            return Box::pin(async move { Some(ack) });
+        }
     };
     match state.begin(&batch) {
         Begin::Duplicate(ack) => Box::pin(async move { Some(ack) }),
@@ -40,18 +74,13 @@ fn ack_future(state: &Arc<State>, batch: ExportBatch) -> AckFuture {
             })
         }
         Begin::Store { check } => {
-            let mut batch = batch;
-            let events = std::mem::take(&mut batch.events);
-            let stored = store.submit(batch.agent_id.clone(), batch.seq, events, check);
+            let stored = store.submit(rows, check);
             let state = Arc::clone(state);
             // A task of its own: the batch is stored and committed even if its stream ends first
             // (a retransmission on the next stream waits for it as pending).
             let task = tokio::spawn(async move {
                 match stored.await {
-                    Ok(events) => {
-                        batch.events = events;
-                        Some(state.commit(batch))
-                    }
+                    Ok(()) => Some(state.commit(batch)),
                     Err(_) => {
                         state.abandon(&batch.agent_id, batch.seq);
                         None
@@ -130,7 +159,22 @@ impl CollectorService for ExportApi {
                     }
                     Some(_) => {}
                 }
-                acks.push_back(ack_future(&state, batch));
+                // A malformed event fails the stream as a malformed message did when batches
+                // were decoded whole on receipt.
+                let prepared = match Prepared::of(&state, &batch) {
+                    Ok(prepared) => prepared,
+                    Err(err) => {
+                        info!(agent = ?agent, error = %err, "malformed batch");
+                        let _ = tx
+                            .send(Err(Status::invalid_argument(format!(
+                                "batch {}: {err}",
+                                batch.seq
+                            ))))
+                            .await;
+                        break;
+                    }
+                };
+                acks.push_back(ack_future(&state, batch, prepared));
             }
             // The acks of batches received before the stream ended are owed to nobody now; the
             // store still finishes their batches (a retransmission will find them stored).

@@ -249,11 +249,11 @@ impl Worker {
                 break;
             }
             let take = state.queue.len().min(self.cfg.batch_size);
-            let mut events: Vec<proto::FlowEvent> = Vec::with_capacity(take + 1);
             let time = prost_types::Timestamp::from(SystemTime::now());
             let losses = std::mem::take(&mut state.pending_loss);
+            let mut loss_events = Vec::with_capacity(losses.len());
             for (reason, count) in losses {
-                events.push(proto::FlowEvent {
+                loss_events.push(proto::FlowEvent {
                     event: Some(Event::Loss(proto::LossRecord {
                         time: Some(time),
                         node: self.cfg.node.clone(),
@@ -265,6 +265,10 @@ impl Worker {
                 });
                 state.stats.loss_records_sent += 1;
             }
+            // The queue holds encoded events: a batch lists them (the copy kept for
+            // retransmission and the one sent share their buffers).
+            let mut events = ExportBatch::encode_events(&loss_events);
+            events.reserve(take);
             events.extend(state.queue.drain(..take));
             state.queue_since = if state.queue.is_empty() {
                 None

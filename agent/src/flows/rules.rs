@@ -36,8 +36,18 @@ pub fn scaled(count: u64, sampling_rate: u32) -> u64 {
 /// only the destination's side sees it, and its record counts. A record without a reporter (made
 /// by an older agent) counts.
 pub fn counted_once(r: &proto::Flow) -> bool {
-    let source_reported = r.src.as_ref().is_some_and(|e| e.kind == "pod") || r.encrypted;
-    !(r.reporter == DEST && r.inter_node && source_reported)
+    let src_is_pod = r.src.as_ref().is_some_and(|e| e.kind == "pod");
+    counted_once_by(&r.reporter, r.inter_node, src_is_pod, r.encrypted)
+}
+
+/// [`counted_once`] from the fields it reads (for a record read in place from its encoding).
+pub fn counted_once_by(
+    reporter: &str,
+    inter_node: bool,
+    src_is_pod: bool,
+    encrypted: bool,
+) -> bool {
+    !(reporter == DEST && inter_node && (src_is_pod || encrypted))
 }
 
 /// Whether the metrics of `node` count the record: it is one of `node`'s records and it counts in

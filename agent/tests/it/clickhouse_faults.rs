@@ -902,7 +902,9 @@ async fn an_unflagged_resend_to_a_new_collector_is_checked() {
         node: "node-old".into(),
         version: "0.0.1".into(),
         seq: 3,
-        events: (0..50).map(|id| flow(id, "node-old")).collect(),
+        events: ExportBatch::encode_events(
+            &(0..50).map(|id| flow(id, "node-old")).collect::<Vec<_>>(),
+        ),
         sent_time: None,
         retransmission: false,
     };

@@ -240,3 +240,74 @@ async fn unix_socket_needs_no_tls_nor_insecure() {
     collector.stop().await;
     assert!(!socket.exists(), "the socket file is removed at shutdown");
 }
+
+/// The collector keeps a batch's events encoded and decodes each once: an event that is not a
+/// `FlowEvent` ends the stream with `InvalidArgument` naming it (as a malformed message did when
+/// the whole batch was decoded on receipt), and none of that batch's events is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_event_ends_the_stream_and_is_named() {
+    use podflow::proto::{ExportBatch, collector_service_client::CollectorServiceClient};
+    use prost::Message as _;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    let collector = InProcess::start(loopback_args()).await;
+    let flow = |port: u32| proto::FlowEvent {
+        event: Some(Event::Flow(proto::Flow {
+            src_port: port,
+            ..Default::default()
+        })),
+    };
+    let batch = |seq: u64, events: Vec<bytes::Bytes>| ExportBatch {
+        agent_id: "node-x/1-1".into(),
+        node: "node-x".into(),
+        seq,
+        events,
+        ..Default::default()
+    };
+    let good = ExportBatch::encode_events(&[flow(1), flow(2)]);
+    let mut bad = ExportBatch::encode_events(&[flow(3), flow(4)]);
+    // Field 1 (the flow) claiming 127 bytes of the 1 that follow.
+    bad[1] = bytes::Bytes::from_static(&[0x0a, 0x7f, 0x08]);
+    assert!(proto::FlowEvent::decode(bad[1].as_ref()).is_err());
+
+    let mut client = CollectorServiceClient::connect(format!("http://{}", collector.addr))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tx.send(batch(1, good)).await.unwrap();
+    tx.send(batch(2, bad)).await.unwrap();
+    let mut acks = client
+        .export(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match acks.message().await {
+                Ok(Some(ack)) => assert_eq!((ack.seq, ack.duplicate), (1, false)),
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => break status,
+            }
+        }
+    })
+    .await
+    .expect("an answer within 10 s");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .starts_with("batch 2: event 1 of the batch: "),
+        "{}",
+        status.message()
+    );
+    let ports: Vec<u32> = window(&collector.hub)
+        .await
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::Flow(f)) => Some(f.src_port),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ports, [1, 2]);
+    collector.stop().await;
+}

@@ -692,34 +692,6 @@ pub mod flow_service_server {
         const NAME: &'static str = SERVICE_NAME;
     }
 }
-#[derive(Clone, PartialEq, ::prost::Message)]
-pub struct ExportBatch {
-    /// Unique per agent process run (e.g. "<node>/<pid>-<start time in ns>"): the key the
-    /// collector deduplicates sequence numbers by.
-    #[prost(string, tag = "1")]
-    pub agent_id: ::prost::alloc::string::String,
-    /// Node name of the agent.
-    #[prost(string, tag = "2")]
-    pub node: ::prost::alloc::string::String,
-    /// Agent version.
-    #[prost(string, tag = "3")]
-    pub version: ::prost::alloc::string::String,
-    /// 1, 2, 3, ... within agent_id.
-    #[prost(uint64, tag = "4")]
-    pub seq: u64,
-    /// Flows and loss records (e.g. "export_buffer_full" records the agent had to drop while the
-    /// collector was unreachable).
-    #[prost(message, repeated, tag = "5")]
-    pub events: ::prost::alloc::vec::Vec<FlowEvent>,
-    /// When the agent formed the batch.
-    #[prost(message, optional, tag = "6")]
-    pub sent_time: ::core::option::Option<::prost_types::Timestamp>,
-    /// The batch was sent before, on a stream that broke before its ack: a collector that has no
-    /// record of (agent_id, seq) checks its store before storing it again (the previous collector
-    /// may have stored it and died before acknowledging).
-    #[prost(bool, tag = "7")]
-    pub retransmission: bool,
-}
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ExportAck {
     /// The batch acknowledged (accepted, or recognised as a duplicate).
@@ -821,7 +793,7 @@ pub mod collector_service_client {
         }
         pub async fn export(
             &mut self,
-            request: impl tonic::IntoStreamingRequest<Message = super::ExportBatch>,
+            request: impl tonic::IntoStreamingRequest<Message = crate::export_batch::ExportBatch>,
         ) -> std::result::Result<
             tonic::Response<tonic::codec::Streaming<super::ExportAck>>,
             tonic::Status,
@@ -858,7 +830,7 @@ pub mod collector_service_server {
             + 'static;
         async fn export(
             &self,
-            request: tonic::Request<tonic::Streaming<super::ExportBatch>>,
+            request: tonic::Request<tonic::Streaming<crate::export_batch::ExportBatch>>,
         ) -> std::result::Result<tonic::Response<Self::ExportStream>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -937,14 +909,19 @@ pub mod collector_service_server {
                 "/podflow.v1.CollectorService/Export" => {
                     #[allow(non_camel_case_types)]
                     struct ExportSvc<T: CollectorService>(pub Arc<T>);
-                    impl<T: CollectorService> tonic::server::StreamingService<super::ExportBatch> for ExportSvc<T> {
+                    impl<T: CollectorService>
+                        tonic::server::StreamingService<crate::export_batch::ExportBatch>
+                        for ExportSvc<T>
+                    {
                         type Response = super::ExportAck;
                         type ResponseStream = T::ExportStream;
                         type Future =
                             BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
                         fn call(
                             &mut self,
-                            request: tonic::Request<tonic::Streaming<super::ExportBatch>>,
+                            request: tonic::Request<
+                                tonic::Streaming<crate::export_batch::ExportBatch>,
+                            >,
                         ) -> Self::Future {
                             let inner = Arc::clone(&self.0);
                             let fut = async move {

@@ -19,7 +19,6 @@ use crate::{
         rows::{self, Rows},
         schema::{self, Layout},
     },
-    proto::flow_event::Event,
     report::error_chain,
 };
 
@@ -49,7 +48,7 @@ impl Writer {
             tokio::spawn(retention_task(self.cfg.clone(), Arc::clone(&self.stats)));
         }
         while let Some(first) = self.rx.recv().await {
-            let mut rows = first.events.len();
+            let mut rows = first.rows.len();
             // The linger counts from the first batch's arrival, not from now: a batch that queued
             // up during the previous insert has waited already, and goes with everything queued
             // behind it (it used to wait for the insert and then a whole linger more, against
@@ -62,7 +61,7 @@ impl Writer {
                     biased;
                     job = self.rx.recv() => match job {
                         Some(job) => {
-                            rows += job.events.len();
+                            rows += job.rows.len();
                             group.push(job);
                         }
                         None => break,
@@ -73,10 +72,9 @@ impl Writer {
             self.store(&group).await;
             let mut stats = lock(&self.stats);
             for job in group {
-                stats.buffered_records = stats
-                    .buffered_records
-                    .saturating_sub(job.events.len() as u64);
-                let _ = job.done.send(job.events);
+                stats.buffered_records =
+                    stats.buffered_records.saturating_sub(job.rows.len() as u64);
+                let _ = job.done.send(());
             }
         }
     }
@@ -147,9 +145,8 @@ impl Writer {
             ..Rows::default()
         };
         for job in group {
-            rows.push_batch(&job.agent_id, job.seq, &job.events, |idx| {
-                stored.contains(&(job.agent_id.as_str(), job.seq, idx))
-            });
+            let (agent, seq) = (job.rows.agent_id.as_str(), job.rows.seq);
+            rows.push_batch(&job.rows, |idx| stored.contains(&(agent, seq, idx)));
         }
         if !stored.is_empty() {
             lock(&self.stats).rows_already_stored += stored.len() as u64;
@@ -233,10 +230,15 @@ impl Writer {
         let (mut min, mut max) = (u32::MAX, 0u32);
         for (i, job) in jobs.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(keys, "{sep}({}, {})", sql_string(&job.agent_id), job.seq);
-            for t in job.events.iter().filter_map(rows::event_time) {
-                min = min.min(t);
-                max = max.max(t);
+            let _ = write!(
+                keys,
+                "{sep}({}, {})",
+                sql_string(&job.rows.agent_id),
+                job.rows.seq
+            );
+            for m in job.rows.marks() {
+                min = min.min(m.time);
+                max = max.max(m.time);
             }
         }
         let mut stored = HashSet::new();
@@ -259,8 +261,11 @@ impl Writer {
                     continue;
                 };
                 let agent = unescape_tsv(agent);
-                if let Some(job) = jobs.iter().find(|j| j.agent_id == agent && j.seq == seq) {
-                    stored.insert((job.agent_id.as_str(), seq, idx));
+                if let Some(job) = jobs
+                    .iter()
+                    .find(|j| j.rows.agent_id == agent && j.rows.seq == seq)
+                {
+                    stored.insert((job.rows.agent_id.as_str(), seq, idx));
                 }
             }
         }
@@ -272,15 +277,12 @@ impl Writer {
 fn stored_span(group: &[Job], stored: &HashSet<(&str, u64, u32)>) -> Option<(u32, u32)> {
     let mut span: Option<(u32, u32)> = None;
     for job in group {
-        for (idx, event) in job.events.iter().enumerate() {
-            let idx = u32::try_from(idx).unwrap_or(u32::MAX);
-            if !stored.contains(&(job.agent_id.as_str(), job.seq, idx)) {
-                continue;
+        let (agent, seq) = (job.rows.agent_id.as_str(), job.rows.seq);
+        for m in &job.rows.flow_marks {
+            if stored.contains(&(agent, seq, m.idx)) {
+                let t = m.time;
+                span = Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
             }
-            let (Some(Event::Flow(_)), Some(t)) = (&event.event, rows::event_time(event)) else {
-                continue;
-            };
-            span = Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))));
         }
     }
     span
