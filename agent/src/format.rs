@@ -63,6 +63,19 @@ pub fn rfc3339_millis(ts: Option<&prost_types::Timestamp>) -> Option<String> {
     Some(format!("{}.{:03}Z", date_time(&dt), nanos / 1_000_000))
 }
 
+/// RFC 3339 in UTC to the second (`2026-11-23T13:05:01Z`) of `secs` since the Unix epoch; the
+/// number itself outside years 0000-9999.
+pub fn rfc3339_seconds(secs: i64) -> String {
+    let ts = prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    };
+    utc(Some(&ts)).map_or_else(
+        || secs.to_string(),
+        |(dt, _)| format!("{}Z", date_time(&dt)),
+    )
+}
+
 fn utc(ts: Option<&prost_types::Timestamp>) -> Option<(OffsetDateTime, u32)> {
     let ts = ts?;
     let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);

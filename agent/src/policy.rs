@@ -10,13 +10,19 @@
 //!   answer (`verdict`) and the validated policy forms with their errors (`compile`) live in
 //!   their own private modules; everything public is re-exported here and from [`eval`].
 //! - [`selector`]: label selectors (`matchLabels`, `matchExpressions`), shared by the evaluator
-//!   and, later, by the generator (which must not emit a selector wider than what it saw).
+//!   and the generator.
+//! - [`generate`]: the generator. Observed connections (initiator, destination after Service
+//!   translation, port, protocol, evidence) and the workloads' labels and named ports → one
+//!   least-privilege NetworkPolicy per workload, deterministic YAML with the evidence of every
+//!   rule as comments, and a report of what it would not allow. Tested with the evaluator: the
+//!   generated policies allow every observed connection and deny the ones never observed.
 //!
-//! What comes next, building on the evaluator:
+//! What comes next, building on both:
 //!
-//! - `podflow advise network-policy`: flows over a window (ClickHouse, or a collector/agent
-//!   stream for a duration) plus pod/workload/namespace/Service metadata → one NetworkPolicy per
-//!   workload, deterministic YAML with the evidence of every rule as comments.
+//! - `podflow advise network-policy`: flow records over a window (ClickHouse, or a
+//!   collector/agent stream for a duration) plus pod/workload/namespace/Service metadata →
+//!   [`generate::Observed`] connections (which end initiated: translation records say it, TCP
+//!   and UDP need more than the records carry today) → [`generate::generate`].
 //! - `--check`: the same flows mapped to [`eval::Connection`]s (pods from the metadata index,
 //!   backends after Service translation, nodes and host-network pods as addresses), evaluated
 //!   against the existing policies (API or file): the flows they would deny, and
@@ -26,6 +32,7 @@
 mod compile;
 mod connection;
 pub mod eval;
+pub mod generate;
 pub mod selector;
 mod verdict;
 

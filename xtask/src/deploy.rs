@@ -59,7 +59,7 @@ mod tools;
 
 use std::process::Command;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use serde_yaml::Value;
 
 use self::{
@@ -76,6 +76,8 @@ const AGENT: &str = "podflow-agent";
 const COLLECTOR: &str = "podflow-collector";
 
 const RENDERED: &str = "deploy/podflow.yaml";
+/// What podflow generates, as examples (see `check`).
+const EXAMPLES: &[&str] = &["deploy/examples/network-policy-advice.yaml"];
 const PROMETHEUS_RULE: &str = "deploy/kustomize/base/prometheusrule.yaml";
 const RULES_FILE: &str = "deploy/prometheus/podflow-rules.yaml";
 const RULES_TEST: &str = "deploy/prometheus/podflow-rules.test.yaml";
@@ -144,6 +146,16 @@ pub fn check() -> anyhow::Result<()> {
                 overlay.name,
                 docs.len()
             );
+        }
+        // Examples of what podflow generates (`podflow advise network-policy`), kept current by
+        // the agent's tests: valid against the same schemas, strictly.
+        for example in EXAMPLES {
+            let docs = objects::parse_docs(&read(example)?)
+                .with_context(|| format!("parsing {example}"))?;
+            ensure!(!docs.is_empty(), "{example} has no documents");
+            tools::validate_schemas(&tools, &docs, &tmp.join("example.yaml"))
+                .with_context(|| format!("{example}: schema validation"))?;
+            eprintln!("xtask: {example}: {} manifests ok", docs.len());
         }
         // deploy/podflow.yaml is the base, rendered.
         let fresh = objects::parse_docs(&tools::kustomize(&tools.kubectl, BASE.dir)?)?;
