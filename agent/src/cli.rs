@@ -1,4 +1,5 @@
-//! Command-line front ends: `podflow tail`, `podflow status` and `podflow query`.
+//! Command-line front ends: `podflow tail`, `podflow status`, `podflow query` and `podflow
+//! advise`.
 //!
 //! ```text
 //! podflow tail                          # every buffered flow, then exit
@@ -7,6 +8,7 @@
 //! podflow tail --server 127.0.0.1:4245 -f
 //! podflow tail --server https://collector:4246 --tls-ca ca.pem --tls-cert me.pem --tls-key me.key
 //! ```
+mod advise;
 mod query;
 mod status;
 
@@ -21,6 +23,7 @@ use thiserror::Error;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub use self::advise::{AdviseCommand, AdviseError, NetworkPolicyArgs, run_advise};
 pub use self::query::{QueryArgs, QueryCliError, QueryOutput, run_query};
 pub use self::status::{StatusArgs, run_status, status_json, status_text};
 use crate::{

@@ -29,6 +29,9 @@ enum Command {
     /// Ask the flows stored in ClickHouse the saved questions (top talkers, same-node traffic,
     /// plaintext inter-node flows, big transfers, losses).
     Query(podflow::cli::QueryArgs),
+    /// Advice from the observed flows: `network-policy` writes least-privilege NetworkPolicies.
+    #[command(subcommand)]
+    Advise(podflow::cli::AdviseCommand),
     /// Remove what agents run with --pin-dir left in this network namespace (uninstall).
     Cleanup(CleanupArgs),
 }
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => rt.block_on(podflow::cli::run_status(args))?,
         Command::Collector(args) => rt.block_on(podflow::collector::run(args))?,
         Command::Query(args) => rt.block_on(podflow::cli::run_query(args))?,
+        Command::Advise(command) => rt.block_on(podflow::cli::run_advise(command))?,
         Command::Cleanup(args) => {
             let cleaned = podflow::capture::cleanup(&args.pin_dir)?;
             println!(

@@ -33,6 +33,7 @@ mod compile;
 mod connection;
 pub mod eval;
 pub mod generate;
+pub mod observe;
 pub mod selector;
 mod verdict;
 

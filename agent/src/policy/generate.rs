@@ -135,7 +135,7 @@ pub struct Evidence {
 
 impl Evidence {
     /// Adds `other` (nothing if it saw no flow).
-    fn add(&mut self, other: &Evidence) {
+    pub(super) fn add(&mut self, other: &Evidence) {
         if other.flows == 0 {
             return;
         }

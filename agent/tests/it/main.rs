@@ -10,6 +10,7 @@
 
 mod support;
 
+mod advise_cli;
 mod api_grpc;
 mod capture_attach;
 mod capture_drain;
