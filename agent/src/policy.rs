@@ -29,6 +29,7 @@
 //!   [`eval::PolicySet::unused_rules`].
 //! - The proof test: policies generated from real traffic allow every observed flow and deny
 //!   the flows never observed, as this evaluator decides.
+pub mod audit;
 mod compile;
 mod connection;
 pub mod eval;

@@ -37,15 +37,46 @@ use crate::{flows::rules::counted_once, net::ip_from_bytes, proto};
 mod tests;
 
 /// Linux's default ephemeral port range (`net.ipv4.ip_local_port_range`).
-const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
+pub const EPHEMERAL: std::ops::RangeInclusive<u16> = 32768..=60999;
 
-/// A conversation's ends (the lower first), protocol and ports: both directions' records share
+/// A conversation's ends (the lower first; a workload's pods are one end, other ends carry
+/// their address), protocol and ports (an ephemeral port as 0): both directions' records share
 /// it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct ConversationKey {
-    a: (Peer, IpAddr, u16),
-    b: (Peer, IpAddr, u16),
+    a: (Peer, u16),
+    b: (Peer, u16),
     protocol: Protocol,
+}
+
+/// One record as the observer reads it (from a flow record, or a row of many in ClickHouse).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub src: Peer,
+    pub src_port: u16,
+    pub dst: Peer,
+    pub dst_port: u16,
+    pub protocol: Protocol,
+    /// `Some(reply)` when the node translated it (`translation.reply`).
+    pub translated: Option<bool>,
+    /// Labels of the source and destination pods, when they are pods.
+    pub src_labels: Option<Labels>,
+    pub dst_labels: Option<Labels>,
+    pub evidence: Evidence,
+}
+
+/// A port as conversations key it: an ephemeral one as 0 (any ephemeral port is as good as
+/// another, and a window then holds one conversation per pair of ends, not per connection).
+pub fn port_key(port: u16) -> u16 {
+    if EPHEMERAL.contains(&port) { 0 } else { port }
+}
+
+fn is_ephemeral(port_key: u16) -> bool {
+    port_key == 0
+}
+
+fn well_known(port_key: u16) -> bool {
+    (1..1024).contains(&port_key)
 }
 
 /// What the records of a conversation said.
@@ -71,11 +102,23 @@ pub struct Undirected {
 
 impl std::fmt::Display for Undirected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let port = |p: u16| {
+            if p == 0 {
+                "an ephemeral port".to_owned()
+            } else {
+                format!("port {p}")
+            }
+        };
         write!(
             f,
-            "not allowed: {} port {} <-> {} port {} {} ({} records): which end initiated is \
-             unknown (no translation, no declared port, no telling port range)",
-            self.a, self.a_port, self.b, self.b_port, self.protocol, self.records
+            "not allowed: {} {} <-> {} {} {} ({} records): which end initiated is unknown (no \
+             translation, no declared port, no telling port range)",
+            self.a,
+            port(self.a_port),
+            self.b,
+            port(self.b_port),
+            self.protocol,
+            self.records
         )
     }
 }
@@ -107,42 +150,70 @@ impl Observer {
         Self::default()
     }
 
-    /// Adds a record. `declared(peer, port, protocol)`: whether the pod spec of `peer`'s pods
-    /// declares that container port (from the metadata).
+    /// Adds a flow record. `declared(peer, port, protocol)`: whether the pod spec of `peer`'s
+    /// pods declares that container port (from the metadata).
     pub fn add(&mut self, f: &proto::Flow, declared: &dyn Fn(&Peer, u16, Protocol) -> bool) {
         if !counted_once(f) {
             self.duplicates += 1;
             return;
         }
-        let (Some(src_ip), Some(dst_ip)) = (ip_from_bytes(&f.src_ip), ip_from_bytes(&f.dst_ip))
-        else {
-            return;
-        };
-        let src = peer(f.src.as_ref(), src_ip);
-        let dst = peer(f.dst.as_ref(), dst_ip);
-        for (end, e) in [(&src, f.src.as_ref()), (&dst, f.dst.as_ref())] {
-            if let (Peer::Workload(w), Some(e)) = (end, e) {
-                self.labels
-                    .entry(w.clone())
-                    .and_modify(|l| l.retain(|k, v| e.labels.get(k) == Some(v)))
-                    .or_insert_with(|| e.labels.clone());
-            }
-        }
         let protocol = Protocol::from_number(u8::try_from(f.protocol).unwrap_or(u8::MAX));
         let (src_port, dst_port) = ports(f, protocol);
+        let labels =
+            |e: Option<&proto::Endpoint>| e.filter(|e| e.kind == "pod").map(|e| e.labels.clone());
+        let seen = |ts: Option<&prost_types::Timestamp>| ts.map_or(0, |t| t.seconds);
+        self.add_record(
+            Record {
+                src: peer(f.src.as_ref(), ip_from_bytes(&f.src_ip)),
+                src_port,
+                dst: peer(f.dst.as_ref(), ip_from_bytes(&f.dst_ip)),
+                dst_port,
+                protocol,
+                translated: f
+                    .translation
+                    .as_ref()
+                    .filter(|t| !t.service_ip.is_empty() || !t.snat_ip.is_empty())
+                    .map(|t| t.reply),
+                src_labels: labels(f.src.as_ref()),
+                dst_labels: labels(f.dst.as_ref()),
+                evidence: Evidence {
+                    flows: 1,
+                    bytes: f.bytes,
+                    first: seen(f.start_time.as_ref()),
+                    last: seen(f.end_time.as_ref()),
+                },
+            },
+            declared,
+        );
+    }
+
+    /// Adds a record already read (counted once across nodes: the caller's to ensure).
+    pub fn add_record(&mut self, r: Record, declared: &dyn Fn(&Peer, u16, Protocol) -> bool) {
+        for (end, labels) in [(&r.src, &r.src_labels), (&r.dst, &r.dst_labels)] {
+            if let (Peer::Workload(w), Some(labels)) = (end, labels) {
+                self.labels
+                    .entry(w.clone())
+                    .and_modify(|l| l.retain(|k, v| labels.get(k) == Some(v)))
+                    .or_insert_with(|| labels.clone());
+            }
+        }
+        let (src_port, dst_port) = (port_key(r.src_port), port_key(r.dst_port));
         // true: the record's source initiated.
-        let src_initiated = match &f.translation {
-            Some(t) if !t.service_ip.is_empty() || !t.snat_ip.is_empty() => Some(!t.reply),
-            _ => listens(&dst, dst_port, &src, src_port, protocol, declared),
+        let src_initiated = match (r.translated, r.protocol) {
+            (Some(reply), _) => Some(!reply),
+            // No port to tell by, and no way to allow it alone: the generator reports it with
+            // the direction of its first record.
+            (None, Protocol::Other(_)) => Some(true),
+            (None, _) => listens(&r.dst, dst_port, &r.src, src_port, r.protocol, declared),
         };
-        let src_end = (src, src_ip, src_port);
-        let dst_end = (dst, dst_ip, dst_port);
+        let src_end = (r.src, src_port);
+        let dst_end = (r.dst, dst_port);
         let (key, src_is_a) = if src_end <= dst_end {
             (
                 ConversationKey {
                     a: src_end,
                     b: dst_end,
-                    protocol,
+                    protocol: r.protocol,
                 },
                 true,
             )
@@ -151,7 +222,7 @@ impl Observer {
                 ConversationKey {
                     a: dst_end,
                     b: src_end,
-                    protocol,
+                    protocol: r.protocol,
                 },
                 false,
             )
@@ -165,13 +236,7 @@ impl Observer {
                 Some(_) => {}
             }
         }
-        let seen = |ts: Option<&prost_types::Timestamp>| ts.map_or(0, |t| t.seconds);
-        c.evidence.add(&Evidence {
-            flows: 1,
-            bytes: f.bytes,
-            first: seen(f.start_time.as_ref()),
-            last: seen(f.end_time.as_ref()),
-        });
+        c.evidence.add(&r.evidence);
     }
 
     /// The connections, the workloads (with `named_ports` of each) and what was left undecided.
@@ -184,15 +249,15 @@ impl Observer {
         let mut undirected = BTreeSet::new();
         for (key, c) in self.conversations {
             out.contradictions += c.contradictions;
-            let ((init, _, _), (resp, _, port)) = match c.a_initiated {
+            let ((init, _), (resp, port)) = match c.a_initiated {
                 Some(true) => (key.a, key.b),
                 Some(false) => (key.b, key.a),
                 None => {
                     undirected.insert(Undirected {
                         a: key.a.0,
-                        a_port: key.a.2,
+                        a_port: key.a.1,
                         b: key.b.0,
-                        b_port: key.b.2,
+                        b_port: key.b.1,
                         protocol: key.protocol.to_string(),
                         records: c.evidence.flows,
                     });
@@ -261,31 +326,31 @@ fn listens(
         declared(dst, dst_port, protocol),
         declared(src, src_port, protocol),
     )
-    .or_else(|| decide(dst_port < 1024, src_port < 1024))
-    .or_else(|| decide(EPHEMERAL.contains(&src_port), EPHEMERAL.contains(&dst_port)))
+    .or_else(|| decide(well_known(dst_port), well_known(src_port)))
+    .or_else(|| decide(is_ephemeral(src_port), is_ephemeral(dst_port)))
 }
 
-/// An endpoint of a record as a peer.
-pub fn peer(e: Option<&proto::Endpoint>, ip: IpAddr) -> Peer {
+/// An endpoint of a record as a peer (`ip`: its address; a pod's is not needed).
+pub fn peer(e: Option<&proto::Endpoint>, ip: Option<IpAddr>) -> Peer {
     let Some(e) = e else {
         return Peer::Unnamed {
-            ip: Some(ip),
+            ip,
             why: "no metadata".into(),
         };
     };
     let node = (!e.node.is_empty()).then(|| e.node.clone());
     if e.ambiguous {
         return Peer::Unnamed {
-            ip: Some(ip),
+            ip,
             why: "ambiguous: several owners had this address".into(),
         };
     }
-    match e.kind.as_str() {
-        "pod" if e.namespace.is_empty() => Peer::Unnamed {
-            ip: Some(ip),
+    match (e.kind.as_str(), ip) {
+        ("pod", _) if e.namespace.is_empty() => Peer::Unnamed {
+            ip,
             why: "a pod without namespace".into(),
         },
-        "pod" => Peer::Workload(WorkloadKey {
+        ("pod", _) => Peer::Workload(WorkloadKey {
             namespace: e.namespace.clone(),
             kind: if e.workload_kind.is_empty() {
                 "Pod".into()
@@ -298,15 +363,19 @@ pub fn peer(e: Option<&proto::Endpoint>, ip: IpAddr) -> Peer {
                 e.workload.clone()
             },
         }),
-        "host_network_pod" => Peer::HostNetwork { ip, node },
-        "node" => Peer::Node { ip, name: node },
-        "external" => Peer::External(ip),
-        "service" => Peer::Unnamed {
-            ip: Some(ip),
+        ("host_network_pod", Some(ip)) => Peer::HostNetwork { ip, node },
+        ("node", Some(ip)) => Peer::Node { ip, name: node },
+        ("external", Some(ip)) => Peer::External(ip),
+        ("host_network_pod" | "node" | "external", None) => Peer::Unnamed {
+            ip,
+            why: format!("a {} without its address", e.kind),
+        },
+        ("service", _) => Peer::Unnamed {
+            ip,
             why: "a Service address the node did not translate (no backend known)".into(),
         },
         _ => Peer::Unnamed {
-            ip: Some(ip),
+            ip,
             why: "no known owner".into(),
         },
     }

@@ -5,11 +5,15 @@ use std::{net::IpAddr, process::Command, time::Duration};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use podflow::{
+    export,
     policy::{Connection, Endpoint, NamespaceLabels, PodEndpoint, PolicySet, Protocol},
     proto::{self, flow_event::Event},
 };
 
-use crate::support::export::{InProcess, loopback_args};
+use crate::support::{
+    clickhouse::ClickHouse,
+    export::{ChildCollector, InProcess, fast_config, free_port, loopback_args, wait_stats},
+};
 
 fn pod(ns: &str, workload: &str, labels: &[(&str, &str)]) -> proto::Endpoint {
     proto::Endpoint {
@@ -54,10 +58,7 @@ fn flow(
 ) -> proto::FlowEvent {
     proto::FlowEvent {
         event: Some(Event::Flow(proto::Flow {
-            end_time: Some(prost_types::Timestamp {
-                seconds: 1_765_000_000,
-                nanos: 0,
-            }),
+            end_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
             src_ip: src_ip.to_vec(),
             dst_ip: dst_ip.to_vec(),
             src_port,
@@ -82,46 +83,52 @@ fn flow(
 const WEB: [u8; 4] = [10, 244, 1, 5];
 const API: [u8; 4] = [10, 244, 1, 6];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn advise_writes_policies_from_a_stream() {
-    let collector = InProcess::start(loopback_args()).await;
-    collector.hub.publish(vec![
-        // web -> api through its Service (target port 8080), and the answer.
+/// The window: web -> api through its Service and the answer, and two ports neither side is
+/// known to listen on (reported, not allowed).
+fn window() -> Vec<proto::FlowEvent> {
+    vec![
         flow(web(), WEB, 40_000, api(), API, 8080, Some(false)),
         flow(api(), API, 8080, web(), WEB, 40_000, Some(true)),
-        // Two ports neither side is known to listen on: reported, not allowed.
         flow(web(), WEB, 5000, api(), API, 6000, None),
-    ]);
+    ]
+}
+
+/// Runs `podflow advise network-policy` with `args`; its stderr and the YAML written.
+async fn advise(args: Vec<String>) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("policies.yaml");
-    let addr = collector.addr;
+    let arg_out = out.clone();
     let result = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_podflow"))
-            .args(["advise", "network-policy", "--server"])
-            .arg(addr.to_string())
-            .args(["--for", "1s", "--last", "100", "-o"])
-            .arg(&out)
+            .args(["advise", "network-policy"])
+            .args(&args)
+            .arg("-o")
+            .arg(&arg_out)
             .output()
             .unwrap()
     })
     .await
     .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
     assert!(result.status.success(), "{stderr}");
+    (stderr, std::fs::read_to_string(out).unwrap())
+}
+
+/// What the window's advice must be, whatever its source.
+fn check(stderr: &str, yaml: &str) {
     assert!(
         stderr.contains("3 flow records, 1 connections, 2 policies; 1 connection(s)"),
         "{stderr}"
     );
-    let yaml = std::fs::read_to_string(dir.path().join("policies.yaml")).unwrap();
     assert!(
         yaml.starts_with(
             "# podflow advise network-policy: 3 flow records, 1 connections.\n# Report (not \
-         allowed by these policies):\n#   not allowed: shop/Deployment/api port 6000 <-> \
-         shop/Deployment/web port 5000 TCP (1 records): which end initiated is unknown"
+             allowed by these policies):\n#   not allowed: shop/Deployment/api port 6000 <-> \
+             shop/Deployment/web port 5000 TCP (1 records): which end initiated is unknown"
         ),
         "{yaml}"
     );
-    let policies: Vec<NetworkPolicy> = serde_yaml::Deserializer::from_str(&yaml)
+    let policies: Vec<NetworkPolicy> = serde_yaml::Deserializer::from_str(yaml)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     assert_eq!(policies.len(), 2, "{yaml}");
@@ -150,6 +157,108 @@ async fn advise_writes_policies_from_a_stream() {
     assert!(allowed(endpoint(web(), WEB), endpoint(api(), API), 8080));
     assert!(!allowed(endpoint(api(), API), endpoint(web(), WEB), 40_000));
     assert!(!allowed(endpoint(web(), WEB), endpoint(api(), API), 6000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_writes_policies_from_a_stream() {
+    let collector = InProcess::start(loopback_args()).await;
+    collector.hub.publish(window());
+    let (stderr, yaml) = advise(vec![
+        "--server".into(),
+        collector.addr.to_string(),
+        "--for".into(),
+        "1s".into(),
+        "--last".into(),
+        "100".into(),
+    ])
+    .await;
+    check(&stderr, &yaml);
+    tokio::time::timeout(Duration::from_secs(10), collector.stop())
+        .await
+        .unwrap();
+}
+
+/// The same window stored in ClickHouse by a real collector, read back aggregated (`--since`):
+/// the same advice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advise_reads_a_window_from_clickhouse() {
+    if !crate::clickhouse_store::available() {
+        return;
+    }
+    let server = ClickHouse::start();
+    let port = free_port();
+    let url = server.http_url();
+    let _collector =
+        ChildCollector::start(port, &["--clickhouse", &url, "--clickhouse-linger", "20ms"]);
+    let exporter = export::spawn(fast_config(&format!("127.0.0.1:{port}"), "node-a")).unwrap();
+    exporter.send(window());
+    wait_stats(&exporter, Duration::from_secs(30), "acks", |s| {
+        s.acked_records == 3
+    })
+    .await;
+    exporter.shutdown(Duration::from_secs(5)).await;
+    let (stderr, yaml) = advise(vec![
+        "--clickhouse".into(),
+        server.http_url(),
+        "--since".into(),
+        "1h".into(),
+    ])
+    .await;
+    check(&stderr, &yaml);
+}
+
+/// `--check`: the same window against existing policies (a List, as `kubectl get networkpolicy
+/// -A -o yaml` writes it) that isolate the api's ingress and allow only port 9090: the web -> api
+/// connection would break, and the rule allowing 9090 is unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_connections_existing_policies_deny() {
+    let collector = InProcess::start(loopback_args()).await;
+    collector.hub.publish(window());
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("existing.yaml");
+    std::fs::write(
+        &policies,
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: \
+         NetworkPolicy\n  metadata: {name: api-ingress, namespace: shop}\n  spec:\n    \
+         podSelector: {matchLabels: {app: api}}\n    ingress:\n    - from:\n      - \
+         podSelector: {matchLabels: {app: web}}\n      ports: [{port: 9090}]\n",
+    )
+    .unwrap();
+    let (stderr, report) = advise(vec![
+        "--server".into(),
+        collector.addr.to_string(),
+        "--for".into(),
+        "1s".into(),
+        "--last".into(),
+        "100".into(),
+        "--check".into(),
+        policies.display().to_string(),
+    ])
+    .await;
+    assert!(
+        stderr.contains("0 connection(s) allowed, 1 denied, 1 rule peer(s) unused"),
+        "{stderr}"
+    );
+    let lines: Vec<&str> = report.lines().collect();
+    assert!(
+        lines[0].ends_with("3 flow records, 1 connections, 1 policies"),
+        "{report}"
+    );
+    assert!(
+        lines[2].starts_with(
+            "denied: shop/Deployment/web -> shop/Deployment/api TCP/8080 (2 flows, 600 bytes,"
+        ),
+        "{report}"
+    );
+    assert!(
+        lines[2].ends_with(
+            "denied (egress: not isolated; ingress: denied: isolated by shop/api-ingress and no \
+             rule allows it)"
+        ),
+        "{report}"
+    );
+    assert_eq!(lines[3], "unused: shop/api-ingress ingress[0].from[0]");
+    assert!(lines[4].starts_with("not checked: not allowed: shop/Deployment/api port 6000"));
     tokio::time::timeout(Duration::from_secs(10), collector.stop())
         .await
         .unwrap();

@@ -323,7 +323,31 @@ fn what_cannot_be_directed_or_named_is_said() {
         ..Default::default()
     });
     o.add(&odd, &declared);
+    // ICMP: no port to tell by; reported by the generator, not left undirected.
+    o.add(
+        &record(
+            Some(frontend_pod()),
+            FRONTEND,
+            8,
+            Some(backend_pod("77c9", "v1")),
+            BACKEND,
+            0,
+            1,
+            None,
+        ),
+        &declared,
+    );
     let obs = o.finish(&named_ports);
+    assert_eq!(
+        obs.observed
+            .iter()
+            .map(|o| format!("{} -> {} {}", o.src, o.dst, o.protocol))
+            .collect::<Vec<_>>(),
+        [
+            "shop/Deployment/frontend -> shop/Deployment/backend TCP",
+            "shop/Deployment/frontend -> shop/Deployment/backend IP protocol 1"
+        ]
+    );
     assert_eq!(obs.duplicates, 1);
     assert_eq!(obs.contradictions, 1);
     assert_eq!(
@@ -356,7 +380,7 @@ fn what_cannot_be_directed_or_named_is_said() {
         None,
     ]
     .iter()
-    .map(|e| peer(e.as_ref(), ip).to_string())
+    .map(|e| peer(e.as_ref(), Some(ip)).to_string())
     .collect();
     assert_eq!(
         peers,
