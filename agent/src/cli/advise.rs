@@ -13,7 +13,7 @@
 //!
 //! The YAML goes to stdout (or `-o FILE`), with the report of what was not allowed as comments
 //! at its top; a summary line goes to stderr.
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
 
 use futures::StreamExt as _;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -24,8 +24,8 @@ use super::{ClientTlsArgs, Server, TailError, connect, parse_server, rpc_error};
 use crate::{
     clickhouse::{ClickHouseError, Client, Endpoint},
     policy::{
-        Protocol, audit,
-        generate::{self, Evidence, Options},
+        NamedPort, Protocol, audit,
+        generate::{self, Evidence, Options, Peer, WorkloadKey},
         observe::{self, EPHEMERAL, Observations, Observer, Record},
     },
     proto::{self, flow_event::Event, flow_service_client::FlowServiceClient},
@@ -69,6 +69,11 @@ pub struct NetworkPolicyArgs {
     /// The same for IPv6 (128: one each).
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u8).range(0..=128))]
     pub external_prefix_v6: u8,
+    /// A kubectl `List` of the cluster's pods (and their ReplicaSets, Jobs; `kubectl get
+    /// pods,replicasets,jobs -A -o json`): the pod specs' named ports, written by name in the
+    /// rules and telling which end of a connection listens.
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
     /// Audit instead of generating: would the NetworkPolicies in FILE (YAML: policies, or a
     /// List such as `kubectl get networkpolicy -A -o yaml` writes) allow the observed
     /// connections? Lists the ones they would deny and the rules nothing used.
@@ -87,6 +92,8 @@ pub enum AdviseError {
     ClickHouse(#[from] ClickHouseError),
     #[error("unexpected answer from ClickHouse: {0}")]
     Answer(String),
+    #[error("reading --metadata-file")]
+    Metadata(#[from] crate::metadata::MetadataError),
     #[error("reading the policies of --check {path}")]
     Policies {
         path: PathBuf,
@@ -104,9 +111,13 @@ pub enum AdviseError {
 /// Runs `podflow advise`.
 pub async fn run_advise(command: AdviseCommand) -> Result<(), AdviseError> {
     let AdviseCommand::NetworkPolicy(args) = command;
+    let ports = match &args.metadata_file {
+        Some(path) => named_ports(path)?,
+        None => NamedPorts::new(),
+    };
     let (observations, records) = match (args.connect.endpoint()?, args.duration) {
-        (Some(endpoint), _) => from_clickhouse(endpoint, &args).await?,
-        (None, Some(duration)) => observe(&args, duration).await?,
+        (Some(endpoint), _) => from_clickhouse(endpoint, &args, &ports).await?,
+        (None, Some(duration)) => observe(&args, duration, &ports).await?,
         // clap requires one of them.
         (None, None) => (Observations::default(), 0),
     };
@@ -205,6 +216,7 @@ fn read_policies(path: &std::path::Path) -> Result<Vec<NetworkPolicy>, AdviseErr
 async fn observe(
     args: &NetworkPolicyArgs,
     duration: Duration,
+    ports: &NamedPorts,
 ) -> Result<(Observations, u64), TailError> {
     let mut client = FlowServiceClient::new(connect(&args.server, &args.tls).await?);
     let request = proto::GetFlowsRequest {
@@ -219,8 +231,7 @@ async fn observe(
         .into_inner();
     let mut observer = Observer::new();
     let mut records = 0u64;
-    // No pod spec at hand here: ports are told by translation and port ranges.
-    let declared = |_: &_, _, _| false;
+    let declared = |peer: &Peer, port, protocol| declares(ports, peer, port, protocol);
     let deadline = tokio::time::sleep(duration);
     tokio::pin!(deadline);
     loop {
@@ -237,7 +248,70 @@ async fn observe(
             },
         }
     }
-    Ok((observer.finish(&|_| Vec::new()), records))
+    Ok((
+        observer.finish(&|w| ports.get(w).cloned().unwrap_or_default()),
+        records,
+    ))
+}
+
+/// Each workload's named container ports.
+type NamedPorts = BTreeMap<WorkloadKey, Vec<NamedPort>>;
+
+/// Whether `peer`'s pods declare `port`.
+fn declares(ports: &NamedPorts, peer: &Peer, port: u16, protocol: Protocol) -> bool {
+    let Peer::Workload(w) = peer else {
+        return false;
+    };
+    ports
+        .get(w)
+        .is_some_and(|ps| ps.iter().any(|p| p.port == port && p.protocol == protocol))
+}
+
+/// The named ports of every workload of a metadata file, the pods' workloads resolved by the
+/// agent's own index (owner chains, Deployments by their ReplicaSets' hash).
+fn named_ports(path: &std::path::Path) -> Result<NamedPorts, AdviseError> {
+    let bytes = std::fs::read(path).map_err(|source| crate::metadata::MetadataError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let snapshot = crate::metadata::parse_kubectl_list(path, &bytes)?;
+    let pods: Vec<(Vec<IpAddr>, Vec<crate::metadata::ContainerPort>)> = snapshot
+        .pods
+        .iter()
+        .map(|p| (p.ips.clone(), p.ports.clone()))
+        .collect();
+    let index = crate::metadata::shared_index(crate::metadata::IndexConfig::default());
+    let now = std::time::SystemTime::now();
+    crate::metadata::apply_snapshot(&index, snapshot, now, None);
+    let index = crate::metadata::read_index(&index);
+    let mut out = NamedPorts::new();
+    for (ips, ports) in pods {
+        let Some(ip) = ips.first() else { continue };
+        let e = index.lookup(*ip, now);
+        if e.kind != crate::metadata::EndpointKind::Pod || e.ambiguous {
+            continue;
+        }
+        let key = WorkloadKey {
+            namespace: e.namespace,
+            kind: e.workload_kind,
+            name: e.workload,
+        };
+        let named = out.entry(key).or_default();
+        for p in ports {
+            let port = NamedPort {
+                name: p.name,
+                port: p.port,
+                protocol: Protocol::from_number(p.protocol),
+            };
+            if !named.contains(&port) {
+                named.push(port);
+            }
+        }
+    }
+    for named in out.values_mut() {
+        named.sort_by(|a, b| (a.port, &a.name).cmp(&(b.port, &b.name)));
+    }
+    Ok(out)
 }
 
 /// The YAML with the report on top.
@@ -280,6 +354,7 @@ fn render(o: &Observations, advice: &generate::Advice, records: u64) -> String {
 async fn from_clickhouse(
     endpoint: Endpoint,
     args: &NetworkPolicyArgs,
+    ports: &NamedPorts,
 ) -> Result<(Observations, u64), AdviseError> {
     let mut client = Client::new(endpoint, Duration::from_secs(300))?.use_database();
     let to = crate::time::realtime_ns() / 1_000_000_000 + 1;
@@ -293,7 +368,7 @@ async fn from_clickhouse(
         .await?;
     let mut observer = Observer::new();
     let mut records = 0;
-    let declared = |_: &_, _, _| false;
+    let declared = |peer: &Peer, port, protocol| declares(ports, peer, port, protocol);
     for line in answer.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         let row: serde_json::Value = serde_json::from_slice(line)
             .map_err(|e| AdviseError::Answer(format!("{e}: {}", String::from_utf8_lossy(line))))?;
@@ -303,7 +378,10 @@ async fn from_clickhouse(
         records += record.evidence.flows;
         observer.add_record(record, &declared);
     }
-    Ok((observer.finish(&|_| Vec::new()), records))
+    Ok((
+        observer.finish(&|w| ports.get(w).cloned().unwrap_or_default()),
+        records,
+    ))
 }
 
 /// The aggregation of the flows that ended in [from, to) (seconds): the ends as the observer

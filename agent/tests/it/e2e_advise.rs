@@ -17,8 +17,8 @@ use std::{
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use podflow::policy::{
-    AddressEndpoint, AddressKind, Connection, Endpoint, NamespaceLabels, PodEndpoint, PolicySet,
-    Protocol,
+    AddressEndpoint, AddressKind, Connection, Endpoint, NamedPort, NamespaceLabels, PodEndpoint,
+    PolicySet, Protocol,
 };
 use podflow_testbed::{
     Netns, Node,
@@ -238,7 +238,9 @@ fn advised_policies_allow_what_ran_and_deny_the_rest() {
     let result = Command::new(env!("CARGO_BIN_EXE_podflow"))
         .args(["advise", "network-policy", "--server"])
         .arg(&agent.sock)
-        .args(["--for", "1s", "--last", "100000", "-o"])
+        .args(["--for", "1s", "--last", "100000", "--metadata-file"])
+        .arg(&metadata)
+        .arg("-o")
         .arg(&out)
         .output()
         .expect("run podflow advise");
@@ -272,8 +274,13 @@ fn advised_policies_allow_what_ran_and_deny_the_rest() {
         );
     }
 
+    // The pod specs name their ports (from --metadata-file): the rules use the names.
+    assert!(
+        yaml.contains("      port: \"main\"  # 6 flows,"),
+        "backend's port by name:\n{yaml}"
+    );
     let set = PolicySet::new(&policies).expect("valid policies");
-    let pod = |name: &str, namespace: &str| {
+    let pod = |name: &str, namespace: &str, port: u16| {
         Endpoint::Pod(PodEndpoint {
             namespace: namespace.into(),
             labels: [
@@ -282,15 +289,19 @@ fn advised_policies_allow_what_ran_and_deny_the_rest() {
             ]
             .into(),
             ip: IpAddr::V4(ip(name)),
-            ports: vec![],
+            ports: vec![NamedPort {
+                name: "main".into(),
+                port,
+                protocol: Protocol::Udp,
+            }],
             node: Some("node-a".into()),
         })
     };
     let (frontend, backend, db, dns) = (
-        pod("frontend", "shop"),
-        pod("backend", "shop"),
-        pod("db", "data"),
-        pod("dns", "kube-system"),
+        pod("frontend", "shop", 8000),
+        pod("backend", "shop", BACKEND_PORT),
+        pod("db", "data", DB_PORT),
+        pod("dns", "kube-system", DNS_PORT),
     );
     let outside_addr = Endpoint::Address(AddressEndpoint {
         ip: IpAddr::V4(ext),
