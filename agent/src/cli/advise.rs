@@ -23,8 +23,9 @@ use thiserror::Error;
 use super::{ClientTlsArgs, Server, TailError, connect, parse_server, rpc_error};
 use crate::{
     clickhouse::{ClickHouseError, Client, Endpoint},
+    metadata::FileSnapshot,
     policy::{
-        NamedPort, Protocol, audit,
+        NamedPort, NamespaceLabels, Protocol, audit,
         generate::{self, Evidence, Options, Peer, WorkloadKey},
         observe::{self, EPHEMERAL, Observations, Observer, Record},
     },
@@ -72,13 +73,20 @@ pub struct NetworkPolicyArgs {
     /// A kubectl `List` of the cluster's pods (and their ReplicaSets, Jobs; `kubectl get
     /// pods,replicasets,jobs -A -o json`): the pod specs' named ports, written by name in the
     /// rules and telling which end of a connection listens.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "kube")]
     pub metadata_file: Option<PathBuf>,
+    /// The same from the Kubernetes API (in-cluster config, else KUBECONFIG), read once: pods,
+    /// ReplicaSets and Jobs (metadata), and the namespaces' labels for --check.
+    #[arg(long)]
+    pub kube: bool,
     /// Audit instead of generating: would the NetworkPolicies in FILE (YAML: policies, or a
     /// List such as `kubectl get networkpolicy -A -o yaml` writes) allow the observed
     /// connections? Lists the ones they would deny and the rules nothing used.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "check_cluster")]
     pub check: Option<PathBuf>,
+    /// Audit against the cluster's NetworkPolicies (Kubernetes API, as --kube).
+    #[arg(long)]
+    pub check_cluster: bool,
     /// Write the YAML (or the audit) here instead of stdout.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
@@ -94,6 +102,8 @@ pub enum AdviseError {
     Answer(String),
     #[error("reading --metadata-file")]
     Metadata(#[from] crate::metadata::MetadataError),
+    #[error("reading the cluster from the Kubernetes API")]
+    Kube(#[from] kube::Error),
     #[error("reading the policies of --check {path}")]
     Policies {
         path: PathBuf,
@@ -111,9 +121,18 @@ pub enum AdviseError {
 /// Runs `podflow advise`.
 pub async fn run_advise(command: AdviseCommand) -> Result<(), AdviseError> {
     let AdviseCommand::NetworkPolicy(args) = command;
-    let ports = match &args.metadata_file {
-        Some(path) => named_ports(path)?,
-        None => NamedPorts::new(),
+    let client = if args.kube || args.check_cluster {
+        Some(kube::Client::try_default().await?)
+    } else {
+        None
+    };
+    let (ports, namespaces) = match (&args.metadata_file, &client) {
+        (Some(path), _) => (named_ports(file_snapshot(path)?), NamespaceLabels::new()),
+        (None, Some(client)) if args.kube => {
+            let (snapshot, namespaces) = cluster(client).await?;
+            (named_ports(snapshot), namespaces)
+        }
+        _ => (NamedPorts::new(), NamespaceLabels::new()),
     };
     let (observations, records) = match (args.connect.endpoint()?, args.duration) {
         (Some(endpoint), _) => from_clickhouse(endpoint, &args, &ports).await?,
@@ -121,22 +140,28 @@ pub async fn run_advise(command: AdviseCommand) -> Result<(), AdviseError> {
         // clap requires one of them.
         (None, None) => (Observations::default(), 0),
     };
-    if let Some(path) = &args.check {
-        let policies = read_policies(path)?;
+    let existing = match (&args.check, &client) {
+        (Some(path), _) => Some((path.display().to_string(), read_policies(path)?)),
+        (None, Some(client)) if args.check_cluster => Some((
+            "the cluster's NetworkPolicies".to_owned(),
+            list_all::<NetworkPolicy>(client).await?,
+        )),
+        _ => None,
+    };
+    if let Some((source, policies)) = existing {
         let report = audit::audit(
             &policies,
             &observations.workloads,
-            &Default::default(),
+            &namespaces,
             &observations.observed,
         )
         .map_err(|e| AdviseError::Policies {
-            path: path.clone(),
+            path: PathBuf::from(&source),
             source: Box::new(e),
         })?;
         let mut text = format!(
-            "podflow advise network-policy --check {}: {records} flow records, {} connections, \
-             {} policies\n",
-            path.display(),
+            "podflow advise network-policy --check {source}: {records} flow records, {} \
+             connections, {} policies\n",
             observations.observed.len(),
             policies.len()
         );
@@ -267,14 +292,80 @@ fn declares(ports: &NamedPorts, peer: &Peer, port: u16, protocol: Protocol) -> b
         .is_some_and(|ps| ps.iter().any(|p| p.port == port && p.protocol == protocol))
 }
 
-/// The named ports of every workload of a metadata file, the pods' workloads resolved by the
-/// agent's own index (owner chains, Deployments by their ReplicaSets' hash).
-fn named_ports(path: &std::path::Path) -> Result<NamedPorts, AdviseError> {
+/// A metadata file's pods, owners, Services and nodes.
+fn file_snapshot(path: &std::path::Path) -> Result<FileSnapshot, AdviseError> {
     let bytes = std::fs::read(path).map_err(|source| crate::metadata::MetadataError::ReadFile {
         path: path.to_owned(),
         source,
     })?;
-    let snapshot = crate::metadata::parse_kubectl_list(path, &bytes)?;
+    Ok(crate::metadata::parse_kubectl_list(path, &bytes)?)
+}
+
+/// Every object of a kind, listed a page at a time.
+async fn list_all<K>(client: &kube::Client) -> Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    list_pages(&kube::Api::<K>::all(client.clone())).await
+}
+
+async fn list_pages<K>(api: &kube::Api<K>) -> Result<Vec<K>, kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut out = Vec::new();
+    let mut lp = kube::api::ListParams::default().limit(500);
+    loop {
+        let page = api.list(&lp).await?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => lp = lp.continue_token(&token),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The cluster as a metadata file would give it (pods, ReplicaSets and Jobs as owners), and the
+/// namespaces' labels.
+async fn cluster(client: &kube::Client) -> Result<(FileSnapshot, NamespaceLabels), AdviseError> {
+    use k8s_openapi::api::{
+        apps::v1::ReplicaSet,
+        batch::v1::Job,
+        core::v1::{Namespace, Pod},
+    };
+    let mut snapshot = FileSnapshot {
+        pods: list_all::<Pod>(client)
+            .await?
+            .iter()
+            .filter_map(crate::metadata::pod_info)
+            .collect(),
+        ..FileSnapshot::default()
+    };
+    for rs in list_all::<ReplicaSet>(client).await? {
+        snapshot
+            .owners
+            .extend(crate::metadata::owner_info("ReplicaSet", &rs.metadata));
+    }
+    for job in list_all::<Job>(client).await? {
+        snapshot
+            .owners
+            .extend(crate::metadata::owner_info("Job", &job.metadata));
+    }
+    let namespaces = list_pages(&kube::Api::<Namespace>::all(client.clone()))
+        .await?
+        .into_iter()
+        .filter_map(|ns| Some((ns.metadata.name?, ns.metadata.labels.unwrap_or_default())))
+        .collect();
+    Ok((snapshot, namespaces))
+}
+
+/// The named ports of every workload of `snapshot`, the pods' workloads resolved by the agent's
+/// own index (owner chains, Deployments by their ReplicaSets' hash).
+fn named_ports(snapshot: FileSnapshot) -> NamedPorts {
     let pods: Vec<(Vec<IpAddr>, Vec<crate::metadata::ContainerPort>)> = snapshot
         .pods
         .iter()
@@ -311,7 +402,7 @@ fn named_ports(path: &std::path::Path) -> Result<NamedPorts, AdviseError> {
     for named in out.values_mut() {
         named.sort_by(|a, b| (a.port, &a.name).cmp(&(b.port, &b.name)));
     }
-    Ok(out)
+    out
 }
 
 /// The YAML with the report on top.

@@ -263,3 +263,117 @@ async fn check_names_the_connections_existing_policies_deny() {
         .await
         .unwrap();
 }
+
+/// `--kube` and `--check-cluster`: the pods (named ports), their owners, the namespaces' labels
+/// and the NetworkPolicies from the Kubernetes API (the tests' loopback server, through a
+/// kubeconfig). The rules name the api's port `http`; the cluster's policy, which allows the web
+/// by a namespace label the API gives and by the port's name, allows the observed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kubernetes_api_gives_named_ports_labels_and_policies() {
+    use crate::support::kube_mock::{self, MockApi};
+    use serde_json::json;
+
+    let api_server = MockApi::start().await;
+    for (name, app, hash, ip, port) in [
+        ("web-5d9f-x1", "web", "5d9f", "10.244.1.5", None),
+        ("api-77c9-y2", "api", "77c9", "10.244.1.6", Some(8080)),
+    ] {
+        let mut pod = kube_mock::pod(
+            "shop",
+            name,
+            &format!("uid-{name}"),
+            "node-a",
+            Some(ip),
+            "Running",
+            None,
+            Some(("ReplicaSet", &format!("{app}-{hash}"))),
+            json!({"app": app, "pod-template-hash": hash}),
+        );
+        if let Some(port) = port {
+            pod["spec"]["containers"][0]["ports"] =
+                json!([{"name": "http", "containerPort": port, "protocol": "TCP"}]);
+        }
+        api_server.upsert("pods", pod);
+        api_server.upsert(
+            "replicasets",
+            kube_mock::replicaset("shop", &format!("{app}-{hash}"), app),
+        );
+    }
+    api_server.upsert(
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "shop", "uid": "ns-shop",
+                            "labels": {"kubernetes.io/metadata.name": "shop", "team": "shop"}}}),
+    );
+    api_server.upsert(
+        "networkpolicies",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+               "metadata": {"name": "api-ingress", "namespace": "shop", "uid": "np-1"},
+               "spec": {"podSelector": {"matchLabels": {"app": "api"}},
+                        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "shop"}}}],
+                                     "ports": [{"port": "http"}]},
+                                    {"from": [{"podSelector": {"matchLabels": {"app": "batch"}}}]}]}}),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: mock\n  cluster: {{server: \
+             \"http://{}\"}}\nusers:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: \
+             {{cluster: mock, user: u}}\ncurrent-context: c\n",
+            api_server.addr
+        ),
+    )
+    .unwrap();
+
+    let collector = InProcess::start(loopback_args()).await;
+    collector.hub.publish(window());
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--server".to_string(),
+            collector.addr.to_string(),
+            "--for".into(),
+            "1s".into(),
+            "--last".into(),
+            "100".into(),
+            "--kube".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        let kubeconfig = kubeconfig.clone();
+        async move {
+            let out = tempfile::NamedTempFile::new().unwrap();
+            let path = out.path().to_path_buf();
+            let result = tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_podflow"))
+                    .args(["advise", "network-policy"])
+                    .args(&args)
+                    .arg("-o")
+                    .arg(&path)
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env_remove("KUBERNETES_SERVICE_HOST")
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+            assert!(result.status.success(), "{stderr}");
+            std::fs::read_to_string(out.path()).unwrap()
+        }
+    };
+    let yaml = run(&[]).await;
+    assert!(yaml.contains("      port: \"http\"  # 2 flows,"), "{yaml}");
+    let report = run(&["--check-cluster"]).await;
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(
+        lines[1],
+        "1 observed connection(s) allowed, 0 denied, 0 not checked; 1 rule peer(s) unused",
+        "{report}"
+    );
+    assert_eq!(
+        lines[2], "unused: shop/api-ingress ingress[1].from[0]",
+        "{report}"
+    );
+    collector.stop().await;
+}

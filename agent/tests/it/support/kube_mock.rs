@@ -1,7 +1,8 @@
 //! A small loopback Kubernetes API server for the metadata tests.
 //!
 //! It speaks the real list/watch protocol for the cluster-wide collections podflow watches
-//! (`/api/v1/{pods,services,nodes}`, `/apis/apps/v1/replicasets`, `/apis/batch/v1/jobs`):
+//! (`/api/v1/{pods,services,nodes}`, `/apis/apps/v1/replicasets`, `/apis/batch/v1/jobs`), and
+//! those `podflow advise` lists (`/api/v1/namespaces`, `/apis/networking.k8s.io/v1/networkpolicies`):
 //!
 //! * list: the current objects matching `fieldSelector` (`a.b=v`, `a.b==v`, `a.b!=v`, comma
 //!   separated), `metadata.resourceVersion` = the store's current RV; `limit`/`continue` paging
@@ -242,6 +243,8 @@ fn resource_of(path: &str) -> Option<&'static str> {
         "/api/v1/nodes" => Some("nodes"),
         "/apis/apps/v1/replicasets" => Some("replicasets"),
         "/apis/batch/v1/jobs" => Some("jobs"),
+        "/api/v1/namespaces" => Some("namespaces"),
+        "/apis/networking.k8s.io/v1/networkpolicies" => Some("networkpolicies"),
         _ => None,
     }
 }
@@ -252,6 +255,8 @@ fn list_meta(resource: &str) -> (&'static str, &'static str) {
         "services" => ("v1", "ServiceList"),
         "nodes" => ("v1", "NodeList"),
         "replicasets" => ("apps/v1", "ReplicaSetList"),
+        "namespaces" => ("v1", "NamespaceList"),
+        "networkpolicies" => ("networking.k8s.io/v1", "NetworkPolicyList"),
         _ => ("batch/v1", "JobList"),
     }
 }
@@ -526,6 +531,8 @@ fn watch_response(
         "services" => ("v1", "Service"),
         "nodes" => ("v1", "Node"),
         "replicasets" => ("apps/v1", "ReplicaSet"),
+        "namespaces" => ("v1", "Namespace"),
+        "networkpolicies" => ("networking.k8s.io/v1", "NetworkPolicy"),
         _ => ("batch/v1", "Job"),
     };
     tokio::spawn(async move {
