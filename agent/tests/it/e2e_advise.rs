@@ -121,11 +121,17 @@ fn advised_policies_allow_what_ran_and_deny_the_rest() {
     if !privileged() {
         return;
     }
-    let p = unique_prefix("adv");
+    // Interface names are at most 15 bytes: a one-letter tag (the prefix is then ≤ 9).
+    let p = unique_prefix("a");
     let mut node = Node::new(&p, 91).expect("node");
-    for name in ["frontend", "backend", "db", "dns"] {
-        node.add_pod(name, &format!("veth{p}{}", &name[..2]))
-            .expect("pod");
+    for (name, tag) in [
+        ("frontend", 'f'),
+        ("backend", 'b'),
+        ("db", 'd'),
+        ("dns", 'n'),
+    ] {
+        // `veth` for the agent's default interface patterns; ≤ 15 bytes in all.
+        node.add_pod(name, &format!("veth{p}{tag}")).expect("pod");
     }
     let outside = Netns::create(&format!("{p}-out")).expect("outside");
     let (node_ext, ext) = link(
