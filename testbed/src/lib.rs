@@ -24,6 +24,7 @@
 //!
 //! Nothing here panics: every failure is a [`TestbedError`] (the demo runs this code too).
 pub mod clickhouse;
+pub mod container;
 pub mod demo;
 pub mod kube_proxy;
 
@@ -74,6 +75,10 @@ pub enum TestbedError {
     },
     #[error("unexpected {what}: {text:?}")]
     Parse { what: String, text: String },
+    #[error("{0}")]
+    Timeout(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     #[error(
         "privileged test: run as root (cargo xtask test), or set PODFLOW_SKIP_PRIVILEGED=1 to skip it"
     )]

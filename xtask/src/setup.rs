@@ -38,6 +38,10 @@ pub const APT_PACKAGES: &[&str] = &[
     // back; the client is for looking at a test's server by hand.
     "clickhouse-server",
     "clickhouse-client",
+    // The container image (an OCI layout written by umoci) and the runtime the tests run it in.
+    "umoci",
+    "containerd",
+    "runc",
 ];
 
 pub const NIGHTLY: &str = "nightly";

@@ -23,6 +23,7 @@ mod clickhouse_store;
 mod collector_files;
 mod collector_refusals;
 mod conntrack_events;
+mod container_image;
 mod deploy_manifests;
 mod e2e_advise;
 mod e2e_capture;
