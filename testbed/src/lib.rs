@@ -748,6 +748,26 @@ pub fn link(
     Ok((addr_a, addr_b))
 }
 
+/// A host outside the cluster: namespace `<prefix>-out`, linked to `node` ([`link`], devices
+/// `ex<prefix>a` on the node and `ex<prefix>o` outside, `10.250.<net>.0/24`), its default route
+/// via the node. Returns it, the node's address on the link and the host's.
+pub fn outside_host(
+    node: &Netns,
+    prefix: &str,
+    net: u8,
+) -> Result<(Netns, Ipv4Addr, Ipv4Addr), TestbedError> {
+    let outside = Netns::create(&format!("{prefix}-out"))?;
+    let (node_addr, addr) = link(
+        node,
+        &format!("ex{prefix}a"),
+        &outside,
+        &format!("ex{prefix}o"),
+        net,
+    )?;
+    outside.ip(&["route", "add", "default", "via", &node_addr.to_string()])?;
+    Ok((outside, node_addr, addr))
+}
+
 /// Polls `f` every `every` until it returns `Some`, or gives up after `timeout`.
 pub fn wait_for<T>(
     timeout: Duration,

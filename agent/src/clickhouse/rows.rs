@@ -388,7 +388,7 @@ fn loss_row(out: &mut BytesMut, l: &LossView<'_>, agent_id: &str, seq: u64, idx:
 mod tests {
     use super::*;
     use crate::{
-        clickhouse::schema::Ty,
+        clickhouse::{schema::Ty, view::tests::every_field},
         proto::{self, flow_event::Event},
     };
 
@@ -440,67 +440,11 @@ mod tests {
         at
     }
 
-    fn full_flow() -> proto::Flow {
-        let endpoint = |pod: &str| proto::Endpoint {
-            kind: "pod".into(),
-            namespace: "shop".into(),
-            pod: pod.into(),
-            uid: "u".into(),
-            workload_kind: "Deployment".into(),
-            workload: "web".into(),
-            labels: [
-                ("app".into(), "web".into()),
-                ("tier".into(), "x".repeat(200)),
-            ]
-            .into_iter()
-            .collect(),
-            node: "n1".into(),
-            services: vec![proto::ServiceRef {
-                namespace: "shop".into(),
-                name: "web".into(),
-                port_name: "http".into(),
-                port: 80,
-            }],
-            ..Default::default()
-        };
-        proto::Flow {
-            start_time: Some(prost_types::Timestamp {
-                seconds: 1_800_000_000,
-                nanos: 5,
-            }),
-            end_time: Some(prost_types::Timestamp {
-                seconds: 1_800_000_001,
-                nanos: 7,
-            }),
-            src_ip: vec![10, 0, 0, 1],
-            dst_ip: vec![0; 16],
-            src_port: 40000,
-            dst_port: 80,
-            protocol: 6,
-            packets: 3,
-            bytes: 180,
-            interfaces: vec!["veth1".into(), "veth2".into()],
-            reporter: "SRC".into(),
-            src: Some(endpoint("a")),
-            dst: Some(endpoint("b")),
-            metadata_age: Some(prost_types::Duration {
-                seconds: 2,
-                nanos: 0,
-            }),
-            translation: Some(proto::Translation {
-                service_ip: vec![10, 96, 0, 10],
-                service_port: 80,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn rows_follow_the_schema_columns() {
         let events = vec![
             proto::FlowEvent {
-                event: Some(Event::Flow(full_flow())),
+                event: Some(Event::Flow(every_field())),
             },
             proto::FlowEvent {
                 event: Some(Event::Flow(proto::Flow::default())),
@@ -516,7 +460,7 @@ mod tests {
             // No oneof: no row, but it keeps its index.
             proto::FlowEvent::default(),
             proto::FlowEvent {
-                event: Some(Event::Flow(crate::clickhouse::view::tests::every_field())),
+                event: Some(Event::Flow(every_field())),
             },
         ];
         let batch =
@@ -560,7 +504,7 @@ mod tests {
     #[test]
     fn a_malformed_event_is_named() {
         let mut events = proto::ExportBatch::encode_events(&[proto::FlowEvent {
-            event: Some(Event::Flow(full_flow())),
+            event: Some(Event::Flow(every_field())),
         }]);
         events.push(Bytes::from_static(&[0x0a, 0x05, 0x28]));
         let err = BatchRows::build("agent", 1, &events).unwrap_err();

@@ -395,39 +395,49 @@ impl<'a> Fields<'a> {
         Ok(head)
     }
 
+    /// The value of wire type `wire` (varint, fixed 64, length-delimited, fixed 32); groups
+    /// (3, 4) are the caller's.
+    fn value(&mut self, wire: u64) -> Result<Value<'a>> {
+        Ok(match wire {
+            0 => Value::Varint(self.varint()?),
+            1 => {
+                self.take(8)?;
+                Value::Fixed
+            }
+            2 => {
+                let len = self.varint()?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed
+            }
+            _ => return Err(ViewError("invalid wire type value")),
+        })
+    }
+
+    /// A key: (tag, wire type).
+    fn key(&mut self) -> Result<(u32, u64)> {
+        let key = self.varint()?;
+        let tag = u32::try_from(key >> 3).map_err(|_| ViewError("invalid key value"))?;
+        Ok((tag, key & 7))
+    }
+
     /// The next known-shape field (tag, value); groups are skipped whole, with their fields.
     fn next(&mut self) -> Result<Option<(u32, Value<'a>)>> {
         loop {
             if self.buf.is_empty() {
                 return Ok(None);
             }
-            let key = self.varint()?;
-            let tag = u32::try_from(key >> 3).map_err(|_| ViewError("invalid key value"))?;
+            let (tag, wire) = self.key()?;
             if tag == 0 {
                 return Err(ViewError("invalid tag value: 0"));
             }
-            let value = match key & 7 {
-                0 => Value::Varint(self.varint()?),
-                1 => {
-                    self.take(8)?;
-                    Value::Fixed
-                }
-                2 => {
-                    let len = self.varint()?;
-                    Value::Bytes(self.take(len)?)
-                }
-                3 => {
-                    self.skip_group(tag)?;
-                    continue;
-                }
+            match wire {
+                3 => self.skip_group(tag)?,
                 4 => return Err(ViewError("unexpected end group tag")),
-                5 => {
-                    self.take(4)?;
-                    Value::Fixed
-                }
-                _ => return Err(ViewError("invalid wire type value")),
-            };
-            return Ok(Some((tag, value)));
+                _ => return Ok(Some((tag, self.value(wire)?))),
+            }
         }
     }
 
@@ -439,33 +449,20 @@ impl<'a> Fields<'a> {
             if self.buf.is_empty() {
                 return Err(ViewError("buffer underflow"));
             }
-            let key = self.varint()?;
-            let inner = u32::try_from(key >> 3).map_err(|_| ViewError("invalid key value"))?;
-            match key & 7 {
-                0 => {
-                    self.varint()?;
-                }
-                1 => {
-                    self.take(8)?;
-                }
-                2 => {
-                    let len = self.varint()?;
-                    self.take(len)?;
-                }
-                3 => {
+            match self.key()? {
+                (inner, 3) => {
                     if open.len() >= 100 {
                         return Err(ViewError("recursion limit reached"));
                     }
                     open.push(inner);
                 }
-                4 if inner == top => {
+                (inner, 4) if inner == top => {
                     open.pop();
                 }
-                4 => return Err(ViewError("unexpected end group tag")),
-                5 => {
-                    self.take(4)?;
+                (_, 4) => return Err(ViewError("unexpected end group tag")),
+                (_, wire) => {
+                    self.value(wire)?;
                 }
-                _ => return Err(ViewError("invalid wire type value")),
             }
         }
         Ok(())

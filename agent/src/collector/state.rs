@@ -192,19 +192,13 @@ impl State {
         let decoded: Vec<proto::FlowEvent>;
         let events = match events {
             Some(events) => events,
-            None if sinks.is_empty() => {
-                decoded = batch
-                    .events
-                    .iter()
-                    .filter(|e| export_batch::is_loss(e))
-                    .filter_map(|e| proto::FlowEvent::decode(e.as_ref()).ok())
-                    .collect();
-                &decoded
-            }
             None => {
+                // Without files, only the loss records are read.
+                let files = !sinks.is_empty();
                 decoded = batch
                     .events
                     .iter()
+                    .filter(|e| files || export_batch::is_loss(e))
                     .filter_map(|e| proto::FlowEvent::decode(e.as_ref()).ok())
                     .collect();
                 &decoded

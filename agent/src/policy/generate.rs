@@ -404,25 +404,19 @@ pub fn generate(
             ports.extend(other.map(|p| port_sel(p, 53, dst_ports, true)));
         }
         // Egress of the source, ingress of the destination: each side's own policy.
-        if let Peer::Workload(src) = &o.src {
-            let peer = peer_sel(&o.dst, &src.namespace, &selectors, options);
-            let rule = drafts
-                .entry(src.clone())
-                .or_default()
-                .egress
-                .entry(peer)
-                .or_default();
-            add_ports(rule, &ports, &o.evidence);
-        }
-        if let Peer::Workload(dst) = &o.dst {
-            let peer = peer_sel(&o.src, &dst.namespace, &selectors, options);
-            let rule = drafts
-                .entry(dst.clone())
-                .or_default()
-                .ingress
-                .entry(peer)
-                .or_default();
-            add_ports(rule, &ports, &o.evidence);
+        for (own, other, ingress) in [(&o.src, &o.dst, false), (&o.dst, &o.src, true)] {
+            let Peer::Workload(w) = own else { continue };
+            let draft = drafts.entry(w.clone()).or_default();
+            let rules = if ingress {
+                &mut draft.ingress
+            } else {
+                &mut draft.egress
+            };
+            // (Unnamed peers were left out above.)
+            let Some(peer) = peer_sel(other, &w.namespace, &selectors, options) else {
+                continue;
+            };
+            add_ports(rules.entry(peer).or_default(), &ports, &o.evidence);
         }
     }
     advice.findings.extend(findings);
@@ -517,14 +511,14 @@ fn add_ports(rule: &mut BTreeMap<PortSel, Evidence>, ports: &[PortSel], evidence
     }
 }
 
-/// The peer `p` as seen from a policy in `namespace`.
+/// The peer `p` as seen from a policy in `namespace`; `None` for an unnamed one.
 fn peer_sel(
     p: &Peer,
     namespace: &str,
     selectors: &BTreeMap<WorkloadKey, Labels>,
     options: Options,
-) -> PeerSel {
-    match p {
+) -> Option<PeerSel> {
+    Some(match p {
         Peer::Workload(w) => PeerSel::Pods {
             namespace: (w.namespace != namespace).then(|| w.namespace.clone()),
             labels: selectors.get(w).cloned().unwrap_or_default(),
@@ -542,12 +536,8 @@ fn peer_sel(
             cidr: format!("{ip}/{}", full_len(*ip)),
             what: p.to_string(),
         },
-        // Left out before.
-        Peer::Unnamed { .. } => PeerSel::Block {
-            cidr: String::new(),
-            what: String::new(),
-        },
-    }
+        Peer::Unnamed { .. } => return None,
+    })
 }
 
 fn full_len(ip: IpAddr) -> u8 {

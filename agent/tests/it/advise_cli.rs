@@ -94,18 +94,22 @@ fn window() -> Vec<proto::FlowEvent> {
 }
 
 /// Runs `podflow advise network-policy` with `args`; its stderr and the YAML written.
-async fn advise(args: Vec<String>) -> (String, String) {
+/// With `kubeconfig`, the Kubernetes API is the one it names (never an in-cluster one).
+async fn advise(args: Vec<String>, kubeconfig: Option<std::path::PathBuf>) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("policies.yaml");
     let arg_out = out.clone();
     let result = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_podflow"))
-            .args(["advise", "network-policy"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_podflow"));
+        cmd.args(["advise", "network-policy"])
             .args(&args)
             .arg("-o")
             .arg(&arg_out)
-            .output()
-            .unwrap()
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        if let Some(kubeconfig) = kubeconfig {
+            cmd.env("KUBECONFIG", kubeconfig);
+        }
+        cmd.output().unwrap()
     })
     .await
     .unwrap();
@@ -163,14 +167,17 @@ fn check(stderr: &str, yaml: &str) {
 async fn advise_writes_policies_from_a_stream() {
     let collector = InProcess::start(loopback_args()).await;
     collector.hub.publish(window());
-    let (stderr, yaml) = advise(vec![
-        "--server".into(),
-        collector.addr.to_string(),
-        "--for".into(),
-        "1s".into(),
-        "--last".into(),
-        "100".into(),
-    ])
+    let (stderr, yaml) = advise(
+        vec![
+            "--server".into(),
+            collector.addr.to_string(),
+            "--for".into(),
+            "1s".into(),
+            "--last".into(),
+            "100".into(),
+        ],
+        None,
+    )
     .await;
     check(&stderr, &yaml);
     tokio::time::timeout(Duration::from_secs(10), collector.stop())
@@ -197,12 +204,15 @@ async fn advise_reads_a_window_from_clickhouse() {
     })
     .await;
     exporter.shutdown(Duration::from_secs(5)).await;
-    let (stderr, yaml) = advise(vec![
-        "--clickhouse".into(),
-        server.http_url(),
-        "--since".into(),
-        "1h".into(),
-    ])
+    let (stderr, yaml) = advise(
+        vec![
+            "--clickhouse".into(),
+            server.http_url(),
+            "--since".into(),
+            "1h".into(),
+        ],
+        None,
+    )
     .await;
     check(&stderr, &yaml);
 }
@@ -224,16 +234,19 @@ async fn check_names_the_connections_existing_policies_deny() {
          podSelector: {matchLabels: {app: web}}\n      ports: [{port: 9090}]\n",
     )
     .unwrap();
-    let (stderr, report) = advise(vec![
-        "--server".into(),
-        collector.addr.to_string(),
-        "--for".into(),
-        "1s".into(),
-        "--last".into(),
-        "100".into(),
-        "--check".into(),
-        policies.display().to_string(),
-    ])
+    let (stderr, report) = advise(
+        vec![
+            "--server".into(),
+            collector.addr.to_string(),
+            "--for".into(),
+            "1s".into(),
+            "--last".into(),
+            "100".into(),
+            "--check".into(),
+            policies.display().to_string(),
+        ],
+        None,
+    )
     .await;
     assert!(
         stderr.contains("0 connection(s) allowed, 1 denied, 1 rule peer(s) unused"),
@@ -329,7 +342,7 @@ async fn the_kubernetes_api_gives_named_ports_labels_and_policies() {
 
     let collector = InProcess::start(loopback_args()).await;
     collector.hub.publish(window());
-    let run = |extra: &[&str]| {
+    let args = |extra: &[&str]| {
         let mut args = vec![
             "--server".to_string(),
             collector.addr.to_string(),
@@ -340,31 +353,11 @@ async fn the_kubernetes_api_gives_named_ports_labels_and_policies() {
             "--kube".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_string()));
-        let kubeconfig = kubeconfig.clone();
-        async move {
-            let out = tempfile::NamedTempFile::new().unwrap();
-            let path = out.path().to_path_buf();
-            let result = tokio::task::spawn_blocking(move || {
-                Command::new(env!("CARGO_BIN_EXE_podflow"))
-                    .args(["advise", "network-policy"])
-                    .args(&args)
-                    .arg("-o")
-                    .arg(&path)
-                    .env("KUBECONFIG", &kubeconfig)
-                    .env_remove("KUBERNETES_SERVICE_HOST")
-                    .output()
-                    .unwrap()
-            })
-            .await
-            .unwrap();
-            let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
-            assert!(result.status.success(), "{stderr}");
-            std::fs::read_to_string(out.path()).unwrap()
-        }
+        args
     };
-    let yaml = run(&[]).await;
+    let (_, yaml) = advise(args(&[]), Some(kubeconfig.clone())).await;
     assert!(yaml.contains("      port: \"http\"  # 2 flows,"), "{yaml}");
-    let report = run(&["--check-cluster"]).await;
+    let (_, report) = advise(args(&["--check-cluster"]), Some(kubeconfig)).await;
     let lines: Vec<&str> = report.lines().collect();
     assert_eq!(
         lines[1],

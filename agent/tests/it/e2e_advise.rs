@@ -6,12 +6,8 @@
 //! exchange and deny the ones never observed (frontend → db directly, db → anything but DNS).
 //! Privileged (root).
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
 };
 
@@ -21,15 +17,16 @@ use podflow::policy::{
     PolicySet, Protocol,
 };
 use podflow_testbed::{
-    Netns, Node,
+    Node,
     kube_proxy::{self, Mode, ServiceRule},
-    link, unique_prefix, wait_for,
+    outside_host, unique_prefix, wait_for,
 };
 use serde_json::{Value, json};
 
 use crate::support::{
     agent::{Agent, tail},
     privileged,
+    udp::{Servers, udp_flows},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
@@ -37,67 +34,6 @@ const BACKEND_PORT: u16 = 8080;
 const DB_PORT: u16 = 5432;
 const DNS_PORT: u16 = 53;
 const OUTSIDE_PORT: u16 = 443;
-
-/// UDP echo servers on `ports` in `ns`, stopped on drop.
-struct Echo {
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start(ns: &Netns, ports: &[u16]) -> Echo {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &port in ports {
-            let stop = Arc::clone(&stop);
-            let (tx, rx) = std::sync::mpsc::channel();
-            threads.push(
-                ns.spawn(move || {
-                    let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind echo");
-                    sock.set_read_timeout(Some(Duration::from_millis(50)))
-                        .expect("timeout");
-                    tx.send(()).expect("ready");
-                    let mut buf = [0u8; 64];
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                            let _ = sock.send_to(&buf[..n], from);
-                        }
-                    }
-                })
-                .expect("echo thread"),
-            );
-            rx.recv_timeout(Duration::from_secs(5)).expect("echo up");
-        }
-        Echo { stop, threads }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// `n` request/answer exchanges from `ns` to `to`, each from a new socket (a new ephemeral
-/// port); returns the answers.
-fn exchanges(ns: &Netns, to: SocketAddr, n: usize) -> usize {
-    ns.run(move || {
-        let mut answers = 0;
-        for _ in 0..n {
-            let sock = UdpSocket::bind(("0.0.0.0", 0)).expect("bind client");
-            sock.set_read_timeout(Some(Duration::from_secs(1)))
-                .expect("timeout");
-            sock.send_to(b"podflow-advise", to).expect("send");
-            let mut buf = [0u8; 64];
-            answers += usize::from(sock.recv(&mut buf).is_ok());
-        }
-        answers
-    })
-    .expect("client thread")
-}
 
 fn pod_json(name: &str, namespace: &str, app: &str, ip: Ipv4Addr, port: u16) -> Value {
     json!({
@@ -133,18 +69,7 @@ fn advised_policies_allow_what_ran_and_deny_the_rest() {
         // `veth` for the agent's default interface patterns; ≤ 15 bytes in all.
         node.add_pod(name, &format!("veth{p}{tag}")).expect("pod");
     }
-    let outside = Netns::create(&format!("{p}-out")).expect("outside");
-    let (node_ext, ext) = link(
-        &node.ns,
-        &format!("ex{p}a"),
-        &outside,
-        &format!("ex{p}o"),
-        3,
-    )
-    .expect("outside link");
-    outside
-        .ip(&["route", "add", "default", "via", &node_ext.to_string()])
-        .expect("outside route");
+    let (outside, node_ext, ext) = outside_host(&node.ns, &p, 3).expect("outside host");
     let ip = |name: &str| node.pod(name).expect("pod").ipv4;
     kube_proxy::install(
         &node.ns,
@@ -216,10 +141,10 @@ fn advised_policies_allow_what_ran_and_deny_the_rest() {
     );
 
     let pod_ns = |name: &str| &node.pod(name).expect("pod").ns;
-    let _backend = Echo::start(pod_ns("backend"), &[BACKEND_PORT]);
-    let _db = Echo::start(pod_ns("db"), &[DB_PORT]);
-    let _dns = Echo::start(pod_ns("dns"), &[DNS_PORT]);
-    let _outside = Echo::start(&outside, &[OUTSIDE_PORT]);
+    let _backend = Servers::start(pod_ns("backend"), &[(BACKEND_PORT, true)]);
+    let _db = Servers::start(pod_ns("db"), &[(DB_PORT, true)]);
+    let _dns = Servers::start(pod_ns("dns"), &[(DNS_PORT, true)]);
+    let _outside = Servers::start(&outside, &[(OUTSIDE_PORT, true)]);
     let at = |name: &str, port| SocketAddr::from((ip(name), port));
     let mut expected = 0;
     for (from, to, n) in [
@@ -230,7 +155,11 @@ fn advised_policies_allow_what_ran_and_deny_the_rest() {
         ("db", at("dns", DNS_PORT), 1),
         ("backend", SocketAddr::from((ext, OUTSIDE_PORT)), 2),
     ] {
-        assert_eq!(exchanges(pod_ns(from), to, n), n, "{from} -> {to} answered");
+        assert_eq!(
+            udp_flows(pod_ns(from), to, n, true),
+            n as u64,
+            "{from} -> {to} answered"
+        );
         expected += 2 * n;
     }
     // Every exchange's two records flushed (1 s flushes) before advising.

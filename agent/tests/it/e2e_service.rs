@@ -7,24 +7,20 @@ use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::PathBuf,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
     time::Duration,
 };
 
 use podflow_testbed::{
     GATEWAY_V4, Netns, Node,
     kube_proxy::{self, Mode, ServiceRule},
-    link, unique_prefix, wait_for,
+    link, outside_host, unique_prefix, wait_for,
 };
 use serde_json::{Value, json};
 
 use crate::support::{
     agent::{Agent, tail},
     privileged,
+    udp::{self, Servers, udp_flows, udp_flows_from},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -33,104 +29,8 @@ const NODE_PORT: u16 = 30080;
 const ECHO: u16 = 8080;
 const SINK: u16 = 8081;
 /// UDP payload of every datagram: 40-byte IP packets.
-const PAYLOAD: [u8; 12] = *b"podflow-test";
+/// Bytes of an IP packet of [`udp::PAYLOAD`]: 20 (IPv4) + 8 (UDP) + 12.
 const PACKET_BYTES: u64 = 40;
-
-/// UDP servers in a namespace: an echo on `ECHO` and a sink on `SINK` (and on 9999 outside),
-/// counting the datagrams they received by source address.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<HashMap<(u16, IpAddr), u64>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Servers {
-    fn start(ns: &Netns, ports: &[(u16, bool)]) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen = Arc::new(Mutex::new(HashMap::new()));
-        let mut threads = Vec::new();
-        for &(port, echo) in ports {
-            let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
-            let (tx, rx) = std::sync::mpsc::channel();
-            threads.push(
-                ns.spawn(move || {
-                    let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind server");
-                    sock.set_read_timeout(Some(Duration::from_millis(50)))
-                        .expect("timeout");
-                    tx.send(()).expect("ready");
-                    let mut buf = [0u8; 64];
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                            *seen
-                                .lock()
-                                .expect("lock")
-                                .entry((port, from.ip()))
-                                .or_default() += 1;
-                            if echo {
-                                let _ = sock.send_to(&buf[..n], from);
-                            }
-                        }
-                    }
-                })
-                .expect("server thread"),
-            );
-            rx.recv_timeout(Duration::from_secs(5)).expect("server up");
-        }
-        Servers {
-            stop,
-            seen,
-            threads,
-        }
-    }
-
-    /// Datagrams received on `port`, from `from` (any source: `None`).
-    fn count(&self, port: u16, from: Option<IpAddr>) -> u64 {
-        self.seen
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|((p, f), _)| *p == port && from.is_none_or(|x| x == *f))
-            .map(|(_, n)| *n)
-            .sum()
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// `n` flows of one datagram each (a new socket, so a new source port, per flow) from a thread
-/// in `ns` to `to`; with `reply`, each waits up to 1 s for the answer. Returns the answers.
-fn udp_flows(ns: &Netns, to: SocketAddr, n: usize, reply: bool) -> u64 {
-    udp_flows_from(ns, 0, to, n, reply)
-}
-
-/// [`udp_flows`] from source ports `first`, `first + 1`, … (0: ephemeral ones). A flow that
-/// must not share its 5-tuple with an earlier, translated one (its conntrack entry lives on for
-/// 30 s) uses ports below the ephemeral range.
-fn udp_flows_from(ns: &Netns, first: u16, to: SocketAddr, n: usize, reply: bool) -> u64 {
-    ns.run(move || {
-        let mut answers = 0;
-        for i in 0..n {
-            let port = if first == 0 { 0 } else { first + i as u16 };
-            let sock = UdpSocket::bind(("0.0.0.0", port)).expect("bind client");
-            sock.send_to(&PAYLOAD, to).expect("send");
-            if reply {
-                sock.set_read_timeout(Some(Duration::from_secs(1)))
-                    .expect("timeout");
-                let mut buf = [0u8; 64];
-                answers += u64::from(sock.recv(&mut buf).is_ok());
-            }
-        }
-        answers
-    })
-    .expect("client thread")
-}
 
 /// Two nodes (`node-a` with a client pod and a `web` backend, `node-b` with another `web`
 /// backend) joined by an underlay, a host outside the cluster linked to node-a, the metadata
@@ -236,18 +136,7 @@ fn cluster(tag: &str, mode: Mode) -> Cluster {
             &ul_a.to_string(),
         ])
         .expect("route to node a");
-    let outside = Netns::create(&format!("{p}-out")).expect("outside");
-    let (node_ext, ext) = link(
-        &node.ns,
-        &format!("ex{p}a"),
-        &outside,
-        &format!("ex{p}o"),
-        2,
-    )
-    .expect("outside link");
-    outside
-        .ip(&["route", "add", "default", "via", &node_ext.to_string()])
-        .expect("outside route");
+    let (outside, node_ext, ext) = outside_host(&node.ns, &p, 2).expect("outside host");
 
     let (client, web_a, web_b) = (
         node.pod("client").expect("pod").ipv4,
@@ -622,7 +511,7 @@ fn nftables_mode_names_backends_and_services() {
             let start = std::time::Instant::now();
             for i in 0..2000u32 {
                 let sock = UdpSocket::bind("0.0.0.0:0").expect("bind client");
-                sock.send_to(&PAYLOAD, to).expect("send");
+                sock.send_to(&udp::PAYLOAD, to).expect("send");
                 std::thread::sleep(
                     (start + Duration::from_millis(u64::from(i) + 1))
                         .saturating_duration_since(std::time::Instant::now()),

@@ -22,6 +22,7 @@ pub mod kube_mock;
 pub mod packets;
 pub mod pki;
 pub mod prometheus;
+pub mod udp;
 pub mod wireguard;
 
 use std::{
