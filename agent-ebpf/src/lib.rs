@@ -119,6 +119,43 @@ pub const PROG_CLOCK: &str = "podflow_clock";
 /// reference the benchmark and the per-packet cost test measure the hook itself with.
 pub const PROG_EMPTY: &str = "podflow_empty";
 
+/// DNS messages the veth programs saw (see [`DnsEvent`]): a ring buffer user space reads at
+/// most every 100 ms while messages come (and before each flush).
+pub const DNS_EVENTS: &str = "DNS_EVENTS";
+/// Its size: ~27 000 messages, more than a node's pods send in the 100 ms between two reads
+/// at 100 000 queries per second.
+pub const DNS_EVENTS_BYTES: u32 = 8 << 20;
+/// Array of one u64: DNS messages the ring had no room for (atomically added).
+pub const DNS_LOST: &str = "DNS_LOST";
+/// Read-only global the loader sets: the DNS server port (53 unless configured; 0 turns the
+/// DNS capture off: the programs then never look at payloads).
+pub const DNS_PORT: &str = "DNS_PORT";
+/// Bytes of a DNS message copied into an event: the header and the question section (a name
+/// of up to 240 bytes, its type and class) and the start of the answers.
+pub const DNS_MSG_BYTES: usize = 256;
+/// [`DnsEvent::flags`]: the message came over TCP (`msg` starts after the 2-byte length).
+pub const DNS_F_TCP: u16 = 1;
+
+/// The start of one DNS message, as a pod sent it or received it, where its packet was counted
+/// (each packet once: the veth it left its pod through, or the veth it entered its pod through
+/// when it came from outside the node). Nothing is parsed in the kernel beyond the ports: user
+/// space reads the message (bounded, every length checked) and pairs queries with responses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsEvent {
+    /// The packet's flow key (addresses, ports, protocol, family, observation point).
+    pub key: FlowKey,
+    /// `bpf_ktime_get_ns()` (`CLOCK_MONOTONIC`) when the program saw it.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Bytes of `msg` that hold the message (at most [`DNS_MSG_BYTES`]).
+    pub len: u16,
+    /// `DNS_F_*` bits.
+    pub flags: u16,
+    pub msg: [u8; DNS_MSG_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 56 + DNS_MSG_BYTES);
+
 /// Where a packet was observed. Part of the flow key.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

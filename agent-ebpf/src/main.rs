@@ -29,17 +29,20 @@ mod programs {
 
     use aya_ebpf::{
         bindings::BPF_NOEXIST,
+        check_bounds_signed,
+        helpers::bpf_skb_load_bytes,
         helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
         macros::{classifier, map},
-        maps::{Array, HashMap, PerCpuArray},
+        maps::{Array, HashMap, PerCpuArray, RingBuf},
         programs::TcContext,
     };
     use podflow_ebpf::{
         CACHE_FLUSH_BYTES, CACHE_FLUSH_PACKETS, CACHE_SLOTS, COUNTER_COUNT, CacheEntry,
-        ClockSample, Config, DEFAULT_FLOW_MAP_ENTRIES, FAMILY_IPV4, FlowKey, FlowKeyV4, FlowKeyV6,
-        FlowValue, KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint,
-        SPILL_BYTES, SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK,
-        VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
+        ClockSample, Config, DEFAULT_FLOW_MAP_ENTRIES, DNS_EVENTS_BYTES, DNS_F_TCP, DNS_MSG_BYTES,
+        DnsEvent, FAMILY_IPV4, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, IPPROTO_TCP, IPPROTO_UDP,
+        KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint, SPILL_BYTES,
+        SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK, VALUE_PACKETS_SHIFT,
+        VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -86,6 +89,13 @@ mod programs {
     static VETHS: Array<VethSlot> = Array::with_max_entries(VETHS_MAX, 0);
     #[map]
     static STATE: Array<u64> = Array::with_max_entries(podflow_ebpf::STATE_SLOTS, 0);
+    #[map]
+    static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(DNS_EVENTS_BYTES, 0);
+    #[map]
+    static DNS_LOST: Array<u64> = Array::with_max_entries(1, 0);
+    /// See `podflow_ebpf::DNS_PORT` (set by the loader; 0: off).
+    #[unsafe(no_mangle)]
+    static DNS_PORT: u16 = 0;
 
     const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -117,6 +127,9 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::PROG_VETH_EGRESS, "podflow_veth_eg"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_L3_INGRESS, "podflow_l3_in"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_L3_EGRESS, "podflow_l3_eg"));
+    const _: () = assert!(str_eq(podflow_ebpf::DNS_EVENTS, "DNS_EVENTS"));
+    const _: () = assert!(str_eq(podflow_ebpf::DNS_LOST, "DNS_LOST"));
+    const _: () = assert!(str_eq(podflow_ebpf::DNS_PORT, "DNS_PORT"));
 
     #[classifier]
     pub fn podflow_veth_in(ctx: TcContext) -> i32 {
@@ -288,6 +301,9 @@ mod programs {
         let skb = ctx.skb.skb;
         // SAFETY: ctx fields the verifier allows tc programs to read.
         let (gso_segs, ifindex) = unsafe { ((*skb).gso_segs, (*skb).ifindex) };
+        if l2 {
+            dns(ctx, f, ifindex);
+        }
         let segs = if gso_segs > 1 { u32::from(gso_segs) } else { 1 };
         // What the segments total on the wire: every segment repeats the L3 (+ext) and L4 headers.
         let bytes = u64::from(f.ip_len) + u64::from(segs - 1) * u64::from(f.hdr_len);
@@ -332,6 +348,68 @@ mod programs {
             count_cached(&CACHE_V6, &FLOWS_V6, &SPILL_V6, k6, &u, parity)
         };
         bump(res);
+    }
+
+    /// A DNS message (to or from the configured port, over UDP or TCP) goes to the DNS ring, its
+    /// first [`DNS_MSG_BYTES`] bytes copied as they are. Runs after the packet was parsed and
+    /// before it is counted; whatever the message holds, the packet's counts and verdict are
+    /// the same (nothing here returns early from the count, and the program never drops).
+    #[inline(always)]
+    fn dns(ctx: &TcContext, f: &Flow, ifindex: u32) {
+        // SAFETY: a read-only global the loader set.
+        let port = unsafe { core::ptr::read_volatile(&DNS_PORT) };
+        let (proto, sp, dp) = (f.key.protocol, f.key.src_port, f.key.dst_port);
+        if port == 0 || f.payload_off == 0 || (sp != port && dp != port) {
+            return;
+        }
+        let (off, flags) = match proto {
+            IPPROTO_UDP => (u32::from(f.payload_off), 0),
+            // TCP: the message follows its 2-byte length (a segment that does not start a
+            // message is read as malformed by user space, never trusted).
+            IPPROTO_TCP => (u32::from(f.payload_off) + 2, DNS_F_TCP),
+            _ => return,
+        };
+        let avail = i64::from(ctx.len()) - i64::from(off);
+        // Shorter than a DNS header: not a message.
+        if avail < 12 {
+            return;
+        }
+        let n = if avail > DNS_MSG_BYTES as i64 {
+            DNS_MSG_BYTES as i64
+        } else {
+            avail
+        };
+        if !check_bounds_signed(n, 12, DNS_MSG_BYTES as i64) {
+            return;
+        }
+        let Some(mut e) = DNS_EVENTS.reserve::<DnsEvent>(0) else {
+            if let Some(lost) = DNS_LOST.get_ptr_mut(0) {
+                // SAFETY: map memory, 8-aligned.
+                unsafe { fetch_add(lost, 1) };
+            }
+            return;
+        };
+        let ev = e.as_mut_ptr();
+        // SAFETY: `ev` is the reserved entry (size_of::<DnsEvent>() bytes); `n` is within
+        // [12, DNS_MSG_BYTES] (checked above), so the copy stays inside `msg`.
+        let copied = unsafe {
+            (*ev).key = f.key;
+            (*ev).ts_ns = bpf_ktime_get_ns();
+            (*ev).ifindex = ifindex;
+            (*ev).len = n as u16;
+            (*ev).flags = flags;
+            bpf_skb_load_bytes(
+                ctx.skb.skb.cast(),
+                off,
+                (*ev).msg.as_mut_ptr().cast(),
+                n as u32,
+            )
+        };
+        if copied == 0 {
+            e.submit(0);
+        } else {
+            e.discard(0);
+        }
     }
 
     /// What a packet (or a cached piece of a flow) adds to a flow.

@@ -117,7 +117,10 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// A `NOTE_*` value.
     pub note: u8,
-    _pad: [u8; 6],
+    /// Offset of the L4 payload from the start of the packet (UDP: after the 8-byte header;
+    /// TCP: after the header and its options), 0 when the transport header was not read.
+    pub payload_off: u16,
+    _pad: [u8; 4],
 }
 const _: () = assert!(size_of::<Flow>() == 56);
 
@@ -372,6 +375,7 @@ fn parse_l4(p: &Pkt, l3: usize, l4: usize, proto: u8, f: &mut Flow) {
         f.key.dst_port = be16([t.ports[2], t.ports[3]]);
         f.tcp_flags = t.flags;
         f.hdr_len = l3_len + doff as u32;
+        f.payload_off = (l4 + doff) as u16;
         return;
     }
     let need = match proto {
@@ -400,6 +404,9 @@ fn parse_l4(p: &Pkt, l3: usize, l4: usize, proto: u8, f: &mut Flow) {
         f.key.src_port = be16([h[0], h[1]]);
         f.key.dst_port = be16([h[2], h[3]]);
         f.hdr_len = l3_len + if proto == IPPROTO_UDP { 8 } else { 0 };
+        if proto == IPPROTO_UDP {
+            f.payload_off = (l4 + 8) as u16;
+        }
     }
 }
 

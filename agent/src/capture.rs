@@ -42,6 +42,7 @@
 //! therefore in exactly one drain.
 mod attach;
 pub mod clock;
+mod dns;
 mod drain;
 mod interfaces;
 mod load;
@@ -61,6 +62,7 @@ use self::{drain::Drainer, interfaces::Interfaces};
 pub use aya::programs::TcAttachType;
 
 pub use self::{
+    dns::DnsEvents,
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
     pattern::glob_match,
     persist::{
@@ -93,6 +95,9 @@ pub struct CaptureConfig {
     /// `persist`): adopt a previous agent's maps and links, and leave them attached on exit.
     /// `None`: the maps live and die with this process, links are detached on exit.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// The DNS server port whose messages the programs copy for user space (see
+    /// [`crate::dns`]); 0: none (the programs never look at payloads).
+    pub dns_port: u16,
 }
 
 impl Default for CaptureConfig {
@@ -107,6 +112,7 @@ impl Default for CaptureConfig {
             flow_map_entries: DEFAULT_FLOW_MAP_ENTRIES,
             sample_rate: 1,
             pin_dir: None,
+            dns_port: 53,
         }
     }
 }
@@ -300,6 +306,8 @@ pub struct Capture {
     gaps: Vec<Gap>,
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// [`CaptureConfig::dns_port`].
+    dns_port: u16,
 }
 
 impl std::fmt::Debug for Capture {

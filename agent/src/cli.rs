@@ -99,6 +99,10 @@ pub struct TailArgs {
     /// `namespace/name` (repeatable).
     #[arg(long)]
     pub from_service: Vec<String>,
+    /// Flows with a DNS message for this name or a name under it (`example.com` matches
+    /// `www.example.com`; case-insensitive; repeatable).
+    #[arg(long)]
+    pub dns_name: Vec<String>,
     /// Only flows that went through WireGuard.
     #[arg(long, conflicts_with = "plaintext")]
     pub encrypted: bool,
@@ -232,6 +236,7 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
         service: args.service,
         to_service: args.to_service,
         from_service: args.from_service,
+        dns_name: args.dns_name,
     };
     // The server validates too; checking here gives the error before connecting.
     CompiledFilter::new(&filter)?;

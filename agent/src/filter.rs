@@ -133,6 +133,8 @@ pub struct CompiledFilter {
     from_service: Vec<(Option<String>, String)>,
     encrypted: bool,
     plaintext: bool,
+    /// Lowercase, without a final dot.
+    dns_name: Vec<String>,
 }
 
 /// Splits "a/b" into (Some(a), b) and "b" into (None, b).
@@ -167,6 +169,16 @@ impl CompiledFilter {
             .collect::<Result<Vec<_>, _>>()?;
         if filter.interface.iter().any(|name| name.is_empty()) {
             return Err(FilterError::EmptyInterface);
+        }
+        if let Some(value) = filter
+            .dns_name
+            .iter()
+            .find(|n| n.trim_end_matches('.').is_empty())
+        {
+            return Err(FilterError::InvalidMetadata {
+                field: "dns_name",
+                value: value.clone(),
+            });
         }
         for (field, values, slashes) in [
             ("namespace", &filter.namespace, 0),
@@ -215,6 +227,11 @@ impl CompiledFilter {
             from_service: filter.from_service.iter().map(|w| qualified(w)).collect(),
             encrypted: filter.encrypted,
             plaintext: filter.plaintext,
+            dns_name: filter
+                .dns_name
+                .iter()
+                .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
+                .collect(),
         })
     }
 
@@ -253,6 +270,16 @@ impl CompiledFilter {
             && matches_service(&self.from_service, &[flow.src.as_ref()])
             && (!self.encrypted || flow.encrypted)
             && (!self.plaintext || flow.plaintext_inter_node)
+            && (self.dns_name.is_empty()
+                || flow.dns.iter().any(|m| {
+                    let q = m.qname.to_ascii_lowercase();
+                    self.dns_name.iter().any(|n| {
+                        q == *n
+                            || (q.len() > n.len()
+                                && q.ends_with(n.as_str())
+                                && q[..q.len() - n.len()].ends_with('.'))
+                    })
+                }))
     }
 
     /// The metadata fields: each matches when the source or the destination endpoint matches.

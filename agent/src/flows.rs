@@ -645,6 +645,8 @@ fn record<O: Observed>(
         // (a reply is reported by the side it was counted on, like any record); enrichment
         // refines it from the endpoints' home nodes.
         reporter: reporter(counted.key().obs).to_string(),
+        // Attached at the flush, from the DNS ring (see `dns`).
+        dns: Vec::new(),
     }
 }
 

@@ -120,9 +120,10 @@ pub fn human_bytes(bytes: u64) -> String {
 
 #[derive(Serialize)]
 #[serde(untagged)]
-enum JsonProtocol {
+enum JsonProtocol<'a> {
     Name(&'static str),
     Number(u32),
+    Text(&'a str),
 }
 
 #[derive(Serialize)]
@@ -133,7 +134,7 @@ struct JsonFlow<'a> {
     dst_ip: Option<String>,
     src_port: u32,
     dst_port: u32,
-    protocol: JsonProtocol,
+    protocol: JsonProtocol<'a>,
     packets: u64,
     bytes: u64,
     tcp_flags: Vec<&'static str>,
@@ -156,6 +157,61 @@ struct JsonFlow<'a> {
     /// Seconds; absent when the agent has no metadata source.
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata_age_seconds: Option<f64>,
+    /// The DNS messages the flow's packets carried; absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dns: Vec<JsonDns<'a>>,
+}
+
+/// One DNS message: `{"id":7,"response":true,"qname":"db.shop.svc","qtype":"A","rcode":
+/// "NXDOMAIN","answers":0,"latency_ms":1.5}`; a type without a name as its number.
+#[derive(Serialize)]
+struct JsonDns<'a> {
+    id: u32,
+    response: bool,
+    qname: &'a str,
+    qtype: JsonProtocol<'a>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    rcode: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    answers: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    tcp: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    qname_truncated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    malformed: bool,
+}
+
+impl<'a> JsonDns<'a> {
+    fn of(m: &'a proto::DnsMessage) -> Self {
+        JsonDns {
+            id: m.id,
+            response: m.response,
+            qname: &m.qname,
+            qtype: if m.qtype_name.is_empty() {
+                JsonProtocol::Number(m.qtype)
+            } else {
+                JsonProtocol::Text(&m.qtype_name)
+            },
+            rcode: &m.rcode_name,
+            answers: m.response.then_some(m.answers),
+            latency_ms: m.latency.as_ref().map(duration_ms),
+            tcp: m.tcp,
+            qname_truncated: m.qname_truncated,
+            malformed: m.malformed,
+        }
+    }
+}
+
+/// A duration in milliseconds, for people.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "a latency in milliseconds for people"
+)]
+fn duration_ms(d: &prost_types::Duration) -> f64 {
+    d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6
 }
 
 /// `src`/`dst`: who the endpoint was. Always present; `kind` is "unknown" without metadata.
@@ -317,6 +373,7 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
                 let secs = d.seconds as f64 + f64::from(d.nanos) / 1e9;
                 secs
             }),
+            dns: flow.dns.iter().map(JsonDns::of).collect(),
         })
         .map(Some),
         Some(Event::Loss(loss)) => serde_json::to_string(&JsonLossLine {
@@ -442,7 +499,36 @@ fn compact_flow(flow: &proto::Flow) -> String {
     }) {
         fields.push(format!("snat {snat}"));
     }
+    fields.extend(flow.dns.iter().map(compact_dns));
     fields.join("  ")
+}
+
+/// `dns? A db.shop.svc` for a query, `dns A db.shop.svc NOERROR 2 answers 1.5ms` for a response
+/// (the latency where its query was seen), `dns malformed` for what could not be read.
+fn compact_dns(m: &proto::DnsMessage) -> String {
+    if m.malformed {
+        return format!("dns malformed id {}", m.id);
+    }
+    let qtype = if m.qtype_name.is_empty() {
+        format!("TYPE{}", m.qtype)
+    } else {
+        m.qtype_name.clone()
+    };
+    let name = if m.qname.is_empty() { "." } else { &m.qname };
+    let cut = if m.qname_truncated { "..." } else { "" };
+    if !m.response {
+        return format!("dns? {qtype} {name}{cut}");
+    }
+    let mut s = format!(
+        "dns {qtype} {name}{cut} {} {} {}",
+        m.rcode_name,
+        m.answers,
+        if m.answers == 1 { "answer" } else { "answers" }
+    );
+    if let Some(d) = &m.latency {
+        s.push_str(&format!(" {:.1}ms", duration_ms(d)));
+    }
+    s
 }
 
 /// `(svc ns/name)` for the Services the flow's ends were reached through (the backend's, for a

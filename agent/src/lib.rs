@@ -37,6 +37,7 @@ pub mod cli;
 pub mod clickhouse;
 pub mod collector;
 pub mod conntrack;
+pub mod dns;
 pub mod export;
 pub mod filter;
 pub mod flows;

@@ -42,6 +42,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "umoci",
     "containerd",
     "runc",
+    // DNS on the records: a real server (dnsmasq) and client (dig) in the tests' namespaces.
+    "dnsmasq-base",
+    "bind9-dnsutils",
 ];
 
 pub const NIGHTLY: &str = "nightly";

@@ -35,6 +35,10 @@ pub struct AgentArgs {
     /// Count 1 in N packets (1 = every packet). Records carry the rate.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sample_rate: u32,
+    /// DNS server port: the DNS messages (UDP and TCP) to and from it are read and attached to
+    /// the records (query name and type, response code, answers, latency); 0 turns it off.
+    #[arg(long, default_value_t = 53)]
+    pub dns_port: u16,
     /// Capacity of each kernel flow map, IPv4 and IPv6 (distinct flows per observation point and
     /// flush interval; 96 B per IPv4 and 120 B per IPv6 entry, preallocated).
     #[arg(long, default_value_t = podflow_ebpf::DEFAULT_FLOW_MAP_ENTRIES)]
@@ -182,6 +186,7 @@ impl AgentConfig {
         capture.attach_mode = args.attach_mode;
         capture.flow_map_entries = args.flow_map_entries;
         capture.sample_rate = args.sample_rate;
+        capture.dns_port = args.dns_port;
         capture.pin_dir = args.pin_dir.clone();
         let metadata = metadata_source(&args).map(|source| {
             Ok::<_, AgentError>((

@@ -8,6 +8,7 @@ use crate::{
     api::Hub,
     capture::{Capture, FlowEntry, IfaceKind},
     conntrack::Conntrack,
+    dns::{DnsSource, DnsTracker},
     export::ExporterHandle,
     flows::{FlowTable, enrich, rules},
     metadata,
@@ -38,6 +39,7 @@ pub(super) fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
     conntrack: &mut Conntrack,
+    dns: &mut DnsSource,
     counters: &mut Tallies,
     entries: &mut Vec<FlowEntry>,
     out: &Outputs<'_>,
@@ -60,6 +62,11 @@ pub(super) fn flush_once(
     // `conntrack`): apply them before the records are made.
     let _ = conntrack.catch_up();
     let clock = Clock::now();
+    // Likewise the DNS messages of the drain's packets are in the ring: named by the real ends
+    // (the translations just applied) before the records that carry them are made.
+    dns.read();
+    dns.tracker
+        .prepare(conntrack.translations(), clock.mono_now_ns);
     let wireguard = capture
         .interfaces()
         .iter()
@@ -78,9 +85,11 @@ pub(super) fn flush_once(
             conntrack.translations(),
             &mut records,
         );
-        publish_records(&mut records, wireguard, counters, out);
+        publish_records(&mut records, wireguard, &mut dns.tracker, counters, out);
         from = to;
     }
+    dns.tracker.end_flush();
+    counters.dns = dns.tracker.stats();
     table.evict(&clock);
     // Keep the allocation for the next flush, but not a burst's worth of it for ever.
     let len = entries.len();
@@ -108,11 +117,17 @@ pub(super) fn flush_once(
 fn publish_records(
     records: &mut Vec<proto::Flow>,
     wireguard: bool,
+    dns: &mut DnsTracker,
     counters: &mut Tallies,
     out: &Outputs<'_>,
 ) {
     if records.is_empty() {
         return;
+    }
+    if !dns.is_idle() {
+        for r in records.iter_mut() {
+            dns.attach(r);
+        }
     }
     let node = out.node;
     if let Some(index) = out.index {
@@ -219,7 +234,8 @@ mod tests {
             record(3, "node-a", "node-a"),
         ];
         let capacity = records.capacity();
-        publish_records(&mut records, true, &mut counters, &outputs);
+        let mut dns = DnsTracker::new(crate::dns::DnsConfig::default());
+        publish_records(&mut records, true, &mut dns, &mut counters, &outputs);
         assert!(records.is_empty());
         assert_eq!(records.capacity(), capacity);
         let ports: Vec<u32> = hub

@@ -14,6 +14,7 @@ use crate::{
     api::{self, Hub},
     capture::{Capture, InterfaceChange, LinkWatcher},
     conntrack::{Conntrack, pace::EventPacer},
+    dns::{DnsConfig, DnsSource},
     flows::FlowTable,
     metadata,
     metrics::{self, Metrics},
@@ -42,6 +43,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut table = FlowTable::new(cfg.table.clone());
     let mut conntrack = tokio::task::block_in_place(|| Conntrack::start(cfg.conntrack))
         .map_err(|source| AgentError::Conntrack { source })?;
+    let mut dns = DnsSource::new(capture.dns_events()?, DnsConfig::default());
 
     let hub = Hub::with_limits(cfg.buffer, cfg.buffer_bytes, cfg.buffer);
     let info = StatusInfo {
@@ -138,6 +140,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             // Events are read in batches: often enough that the socket's buffer never fills,
             // seldom enough that a burst of connections costs a few wake-ups, not one each.
             woke = conntrack_pace.wait() => conntrack_pace.read(&mut conntrack, woke),
+            // DNS messages likewise: read in batches while they come, never while quiet.
+            () = dns.wait() => dns.read(),
             _ = resync.tick() => match capture.sync_interfaces() {
                 Ok(changes) => {
                     if forget_detached(&changes, &mut table) {
@@ -147,7 +151,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &mut conntrack, &mut tallies, &mut entries, &outputs);
+                flush_once(&mut capture, &mut table, &mut conntrack, &mut dns, &mut tallies, &mut entries, &outputs);
                 tallies.export = exporter.as_ref().map(|e| e.stats());
                 tallies.conntrack = conntrack.stats();
                 update_metrics(&metrics, &capture, &table, &tallies);
@@ -166,6 +170,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         &mut capture,
         &mut table,
         &mut conntrack,
+        &mut dns,
         &mut tallies,
         &mut entries,
         &outputs,

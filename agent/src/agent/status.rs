@@ -5,6 +5,7 @@ use podflow_ebpf::KernelCounter;
 use crate::{
     capture::{Capture, Gap, KernelCounters},
     conntrack::ConntrackStats,
+    dns::DnsStats,
     export::{EXPORT_BUFFER_FULL, ExportStats},
     flows::FlowTable,
     metrics::Metrics,
@@ -29,6 +30,8 @@ pub(super) struct Tallies {
     pub(super) service_unknown: u64,
     /// The conntrack source's view.
     pub(super) conntrack: ConntrackStats,
+    /// The DNS tracker's counts.
+    pub(super) dns: DnsStats,
 }
 
 impl Tallies {
@@ -228,6 +231,29 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::StatusCo
         loss: false,
         unit: "records".into(),
     });
+    let d = &counters.dns;
+    out.extend(
+        [
+            ("dns_messages", d.messages, "messages"),
+            ("dns_malformed", d.malformed, "messages"),
+            ("dns_matched", d.matched, "responses"),
+            ("dns_unanswered", d.unanswered, "queries"),
+            ("dns_pending_evicted", d.pending_evicted, "queries"),
+            (
+                "dns_messages_dropped",
+                d.dropped_per_record + d.unattached,
+                "messages",
+            ),
+            ("dns_lost", d.lost, "messages"),
+        ]
+        .into_iter()
+        .map(|(name, value, unit)| proto::StatusCounter {
+            name: name.into(),
+            value,
+            loss: false,
+            unit: unit.into(),
+        }),
+    );
     out.extend(
         counters
             .attribution()
@@ -256,6 +282,7 @@ pub(super) fn update_metrics(
             metrics.set_attribution_gap(name, value);
         }
     }
+    metrics.set_dns(&counters.dns);
     metrics.set_translations(
         counters.translated_records,
         counters.conntrack.table.entries,

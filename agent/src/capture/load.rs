@@ -5,7 +5,7 @@ use aya::{
     programs::SchedClassifier,
 };
 use podflow_ebpf::{
-    CONFIG, Config, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS,
+    CONFIG, Config, DNS_PORT, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS,
     PROG_VETH_EGRESS, PROG_VETH_INGRESS, STATE, VETHS,
 };
 
@@ -28,6 +28,7 @@ const PROGRAMS: [&str; 5] = [
 /// See [`Capture::load_object`].
 pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureError> {
     let entries = cfg.flow_map_entries.max(1);
+    let dns_port = cfg.dns_port;
     let pins = cfg
         .pin_dir
         .as_deref()
@@ -42,6 +43,7 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
             loader.map_pin_path(name, pins.map_path(name));
         }
     }
+    loader.override_global(DNS_PORT, &dns_port, true);
     let mut ebpf = loader.load(obj).map_err(|e| CaptureError::Load {
         source: Box::new(e),
     })?;
@@ -122,6 +124,7 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
         gaps,
         ebpf,
         logger,
+        dns_port,
     })
 }
 

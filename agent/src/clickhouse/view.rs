@@ -548,6 +548,23 @@ pub(crate) mod tests {
                 reply: true,
             }),
             reporter: "DEST".into(),
+            dns: vec![proto::DnsMessage {
+                id: 7,
+                response: true,
+                qname: "db.shop.svc.cluster.local".into(),
+                qtype: 1,
+                qtype_name: "A".into(),
+                rcode: 3,
+                rcode_name: "NXDOMAIN".into(),
+                answers: 0,
+                latency: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 1_500_000,
+                }),
+                tcp: false,
+                qname_truncated: false,
+                malformed: false,
+            }],
         }
     }
 

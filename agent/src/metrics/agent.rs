@@ -45,6 +45,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RcodeLabels {
+    rcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: String,
 }
@@ -85,6 +90,8 @@ pub struct Metrics {
     /// (failures, dropped) at the previous [`Metrics::set_export_state`].
     export_last: Mutex<(u64, u64)>,
     metadata_age: Gauge<f64, AtomicU64>,
+    dns_messages: Family<KindLabels, Counter>,
+    dns_responses: Family<RcodeLabels, Counter>,
 }
 
 impl Metrics {
@@ -113,6 +120,19 @@ impl Metrics {
         let export_failures = Counter::default();
         let export_dropped = Counter::default();
         let metadata_age = Gauge::<f64, AtomicU64>::default();
+        let dns_messages = Family::<KindLabels, Counter>::default();
+        let dns_responses = Family::<RcodeLabels, Counter>::default();
+        registry.register(
+            "podflow_dns_messages",
+            "DNS messages the pods sent or received, by kind (query, response, malformed, \
+             unanswered: queries without a response within 10 s, lost: not read)",
+            dns_messages.clone(),
+        );
+        registry.register(
+            "podflow_dns_responses",
+            "DNS responses to the pods, by response code",
+            dns_responses.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
 
         registry.register(
@@ -250,6 +270,8 @@ impl Metrics {
             export_dropped,
             export_last: Mutex::new((0, 0)),
             metadata_age,
+            dns_messages,
+            dns_responses,
         })
     }
 
@@ -417,6 +439,33 @@ impl Metrics {
             reason: reason.to_string(),
         });
         c.inc_by(self.growth(&format!("attribution_gaps/{reason}"), cumulative));
+    }
+
+    /// The DNS tracker's cumulative counts. The response codes are the header's 16 values, by
+    /// name: a bounded label set.
+    pub fn set_dns(&self, s: &crate::dns::DnsStats) {
+        for (kind, value) in [
+            ("query", s.queries),
+            ("response", s.responses),
+            ("malformed", s.malformed),
+            ("unanswered", s.unanswered),
+            ("lost", s.lost),
+        ] {
+            let c = self.dns_messages.get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            });
+            c.inc_by(self.growth(&format!("dns_messages/{kind}"), value));
+        }
+        for (rcode, &value) in s.rcodes.iter().enumerate() {
+            if value == 0 {
+                continue;
+            }
+            let name = crate::dns::rcode_name(rcode as u32);
+            let c = self.dns_responses.get_or_create(&RcodeLabels {
+                rcode: name.clone(),
+            });
+            c.inc_by(self.growth(&format!("dns_responses/{name}"), value));
+        }
     }
 
     /// The cumulative count of translated records, and the translated connections followed now.

@@ -22,6 +22,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
         flow_map_entries: 4096,
         sample_rate: 1,
         pin_dir: None,
+        dns_port: 53,
     }
 }
 

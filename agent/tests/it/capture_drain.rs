@@ -26,6 +26,7 @@ fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
         flow_map_entries: entries,
         sample_rate: 1,
         pin_dir: None,
+        dns_port: 53,
     }
 }
 

@@ -59,6 +59,7 @@ fn l3_exact(mode: AttachModePref) {
             flow_map_entries: 1024,
             sample_rate: 1,
             pin_dir: None,
+            dns_port: 53,
         })
         .expect("load");
         let changes = cap.sync_interfaces().expect("sync");

@@ -25,6 +25,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
         flow_map_entries: 1024,
         sample_rate: 1,
         pin_dir: None,
+        dns_port: 53,
     }
 }
 

@@ -1282,3 +1282,104 @@ fn egress_skips_packets_counted_at_a_pod_veth_ingress() {
         "an unrelated veth's slot stays untouched"
     );
 }
+
+/// DNS payloads, well-formed and hostile (the corpus of issue 16): whatever the message holds, the
+/// verdict, the packet and its counts are those of any UDP or TCP packet; a message of at least a
+/// header goes to the DNS ring with its first `DNS_MSG_BYTES` bytes exactly as sent (user space
+/// reads them, bounded); shorter payloads and other ports never do. Port 53 as the agent sets it.
+#[test]
+fn dns_messages_never_change_a_verdict_or_a_count() {
+    use podflow_ebpf::{DNS_EVENTS, DNS_F_TCP, DNS_MSG_BYTES, DNS_PORT, DnsEvent};
+    let Some(mut h) = Harness::with_loader(|l| {
+        l.override_global(DNS_PORT, &53u16, true);
+    }) else {
+        return;
+    };
+    let header =
+        |id: u16| -> Vec<u8> { [&id.to_be_bytes()[..], &[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]].concat() };
+    let with = |head: &[u8], rest: &[u8]| [head, rest].concat();
+    let long: Vec<u8> = (0..600u32).map(|i| (i % 251) as u8).collect();
+    // (payload, over TCP)
+    let corpus: Vec<(Vec<u8>, bool)> = vec![
+        // A query for "a.b" type A.
+        (with(&header(1), &[1, b'a', 1, b'b', 0, 0, 1, 0, 1]), false),
+        // A compression pointer to itself; one pointing past the message.
+        (with(&header(2), &[0xc0, 12, 0, 1, 0, 1]), false),
+        (with(&header(3), &[0xc0, 0xff]), false),
+        // A label longer than the packet; a truncated name; a header and nothing else.
+        (with(&header(4), &[63, b'x', b'y']), false),
+        (with(&header(5), &[5, b'a', b'b']), false),
+        (header(6), false),
+        // Longer than the copy: 600 bytes of anything after a header.
+        (with(&header(7), &long), false),
+        // Over TCP: the 2-byte length (lying), then a message.
+        (with(&[0xff, 0xff], &with(&header(8), &[0xc0, 12])), true),
+        // Shorter than a header: never a message.
+        (vec![0x12, 0x34, 0x01], false),
+        (vec![], false),
+    ];
+    let mut expected_flows = Vec::new();
+    let mut expected_events = Vec::new();
+    for (i, (payload, tcp_)) in corpus.iter().enumerate() {
+        let sport = 40_000 + i as u16;
+        let l4 = if *tcp_ {
+            let mut t = tcp(sport, 53, PSH | ACK, 0);
+            t.extend(payload);
+            t
+        } else {
+            let mut u = udp(sport, 53, 0);
+            u.extend(payload);
+            let len = u.len() as u16;
+            u[4..6].copy_from_slice(&len.to_be_bytes());
+            u
+        };
+        let frame = eth(ETH_P_IP, &ipv4(A, B, if *tcp_ { TCP } else { UDP }, &l4));
+        h.run(VETH_IN, &frame);
+        let proto = if *tcp_ { TCP } else { UDP };
+        let flags = if *tcp_ { PSH | ACK } else { 0 };
+        expected_flows.push((
+            flow_key(VethIngress, A, B, proto, sport, 53, 0),
+            1,
+            20 + l4.len() as u64,
+            flags,
+        ));
+        // The message after the transport header (after the length, over TCP).
+        let msg = if *tcp_ { &payload[2..] } else { &payload[..] };
+        if msg.len() >= 12 {
+            expected_events.push((sport, msg[..msg.len().min(DNS_MSG_BYTES)].to_vec(), *tcp_));
+        }
+    }
+    // Another port: counted, never copied.
+    h.run(
+        VETH_IN,
+        &eth(ETH_P_IP, &ipv4(A, B, UDP, &udp(40_100, 5353, 40))),
+    );
+    expected_flows.push((
+        flow_key(VethIngress, A, B, UDP, 40_100, 5353, 0),
+        1,
+        20 + 8 + 40,
+        0,
+    ));
+    h.assert_flows(&expected_flows);
+    let n = expected_flows.len() as u64;
+    h.assert_counters(&[(Packets, n), (Recorded, n)]);
+
+    let mut ring: aya::maps::RingBuf<_> =
+        aya::maps::RingBuf::try_from(h.ebpf.map_mut(DNS_EVENTS).expect("DNS_EVENTS"))
+            .expect("ring");
+    let mut got = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), size_of::<DnsEvent>());
+        // SAFETY: plain integers and bytes; an unaligned read of the item's bytes.
+        let ev = unsafe { item.as_ptr().cast::<DnsEvent>().read_unaligned() };
+        let len = usize::from(ev.len);
+        got.push((
+            ev.key.src_port,
+            ev.msg[..len].to_vec(),
+            ev.flags & DNS_F_TCP != 0,
+        ));
+        assert_eq!(ev.key.dst_port, 53);
+        assert!(ev.ts_ns > 0);
+    }
+    assert_eq!(got, expected_events);
+}

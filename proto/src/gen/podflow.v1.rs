@@ -81,6 +81,53 @@ pub struct Flow {
     /// of an inter_node flow whose source is a pod (src.kind "pod") or that is encrypted.
     #[prost(string, tag = "23")]
     pub reporter: ::prost::alloc::string::String,
+    /// The DNS messages (to or from the agent's DNS port, 53 by default) this flow's packets carried
+    /// in this record's interval, as seen where they were counted: the queries on the client's
+    /// record, the responses (with the latency from their query) on the server's. At most 16 per
+    /// record; more are counted (the status's dns_messages_dropped).
+    #[prost(message, repeated, tag = "24")]
+    pub dns: ::prost::alloc::vec::Vec<DnsMessage>,
+}
+/// One DNS message, read (bounded) from the first 256 bytes of the packet's payload.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DnsMessage {
+    /// The message id.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// A response (QR set); else a query.
+    #[prost(bool, tag = "2")]
+    pub response: bool,
+    /// The question's name, dotted, without the final dot ("example.com"); bytes outside
+    /// printable ASCII as \DDD. Empty for a message whose question could not be read (see
+    /// malformed).
+    #[prost(string, tag = "3")]
+    pub qname: ::prost::alloc::string::String,
+    /// The question's type (1 A, 28 AAAA, ...), and its name where known ("A", "AAAA", ...).
+    #[prost(uint32, tag = "4")]
+    pub qtype: u32,
+    #[prost(string, tag = "5")]
+    pub qtype_name: ::prost::alloc::string::String,
+    /// Responses: the response code (0 NOERROR, 3 NXDOMAIN, ...) and its name, and the number of
+    /// answer records.
+    #[prost(uint32, tag = "6")]
+    pub rcode: u32,
+    #[prost(string, tag = "7")]
+    pub rcode_name: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "8")]
+    pub answers: u32,
+    /// Responses whose query this agent saw: the time from the query to the response at the node.
+    #[prost(message, optional, tag = "9")]
+    pub latency: ::core::option::Option<::prost_types::Duration>,
+    /// Over TCP (else UDP).
+    #[prost(bool, tag = "10")]
+    pub tcp: bool,
+    /// The name went past the bytes read (longer than ~240 bytes): qname is its beginning.
+    #[prost(bool, tag = "11")]
+    pub qname_truncated: bool,
+    /// The message could not be read as DNS (a header or question that lies about its lengths, a
+    /// compression loop, ...): only id and response are set. The packet was counted as always.
+    #[prost(bool, tag = "12")]
+    pub malformed: bool,
 }
 /// A flow's address translation by the node (netfilter NAT as done by kube-proxy in iptables,
 /// nftables or IPVS mode, or MASQUERADE), read from its conntrack entry.
@@ -250,6 +297,10 @@ pub struct FlowFilter {
     /// The same, the source only.
     #[prost(string, repeated, tag = "17")]
     pub from_service: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// DNS names: matches a flow with a DNS message whose qname is the name or ends with
+    /// ".name" ("example.com" matches "www.example.com"); case-insensitive.
+    #[prost(string, repeated, tag = "18")]
+    pub dns_name: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetFlowsRequest {
