@@ -41,8 +41,8 @@ mod programs {
         ClockSample, Config, DEFAULT_FLOW_MAP_ENTRIES, DNS_EVENTS_BYTES, DNS_F_TCP, DNS_MSG_BYTES,
         DnsEvent, FAMILY_IPV4, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, IPPROTO_TCP, IPPROTO_UDP,
         KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint, SPILL_BYTES,
-        SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, VALUE_BYTES_MASK, VALUE_PACKETS_SHIFT,
-        VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
+        SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, TCP_EVENTS_BYTES, TcpEvent, VALUE_BYTES_MASK,
+        VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -96,6 +96,13 @@ mod programs {
     /// See `podflow_ebpf::DNS_PORT` (set by the loader; 0: off).
     #[unsafe(no_mangle)]
     static DNS_PORT: u16 = 0;
+    #[map]
+    static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_BYTES, 0);
+    #[map]
+    static TCP_LOST: Array<u64> = Array::with_max_entries(1, 0);
+    /// See `podflow_ebpf::TCP_HANDSHAKES` (set by the loader; 0: off).
+    #[unsafe(no_mangle)]
+    static TCP_HANDSHAKES: u8 = 0;
 
     const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());
@@ -130,6 +137,9 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::DNS_EVENTS, "DNS_EVENTS"));
     const _: () = assert!(str_eq(podflow_ebpf::DNS_LOST, "DNS_LOST"));
     const _: () = assert!(str_eq(podflow_ebpf::DNS_PORT, "DNS_PORT"));
+    const _: () = assert!(str_eq(podflow_ebpf::TCP_EVENTS, "TCP_EVENTS"));
+    const _: () = assert!(str_eq(podflow_ebpf::TCP_LOST, "TCP_LOST"));
+    const _: () = assert!(str_eq(podflow_ebpf::TCP_HANDSHAKES, "TCP_HANDSHAKES"));
 
     #[classifier]
     pub fn podflow_veth_in(ctx: TcContext) -> i32 {
@@ -303,6 +313,7 @@ mod programs {
         let (gso_segs, ifindex) = unsafe { ((*skb).gso_segs, (*skb).ifindex) };
         if l2 {
             dns(ctx, f, ifindex);
+            handshake(f, ifindex);
         }
         let segs = if gso_segs > 1 { u32::from(gso_segs) } else { 1 };
         // What the segments total on the wire: every segment repeats the L3 (+ext) and L4 headers.
@@ -410,6 +421,37 @@ mod programs {
         } else {
             e.discard(0);
         }
+    }
+
+    /// A SYN (a connection opening) or SYN/ACK (its acceptance) goes to the TCP ring, for the
+    /// handshake's latency: one event per segment of a connection's first round trip (a
+    /// retransmitted SYN again), nothing for any other packet.
+    #[inline(always)]
+    fn handshake(f: &Flow, ifindex: u32) {
+        const SYN: u8 = 0x02;
+        const RST: u8 = 0x04;
+        // SAFETY: a read-only global the loader set.
+        let on = unsafe { core::ptr::read_volatile(&TCP_HANDSHAKES) };
+        if on == 0 || f.key.protocol != IPPROTO_TCP || f.tcp_flags & (SYN | RST) != SYN {
+            return;
+        }
+        let Some(mut e) = TCP_EVENTS.reserve::<TcpEvent>(0) else {
+            if let Some(lost) = TCP_LOST.get_ptr_mut(0) {
+                // SAFETY: map memory, 8-aligned.
+                unsafe { fetch_add(lost, 1) };
+            }
+            return;
+        };
+        let ev = e.as_mut_ptr();
+        // SAFETY: `ev` is the reserved entry, size_of::<TcpEvent>() bytes.
+        unsafe {
+            (*ev).key = f.key;
+            (*ev).ts_ns = bpf_ktime_get_ns();
+            (*ev).ifindex = ifindex;
+            (*ev).tcp_flags = f.tcp_flags;
+            (*ev)._pad = [0; 3];
+        }
+        e.submit(0);
     }
 
     /// What a packet (or a cached piece of a flow) adds to a flow.

@@ -42,7 +42,6 @@
 //! therefore in exactly one drain.
 mod attach;
 pub mod clock;
-mod dns;
 mod drain;
 mod interfaces;
 mod load;
@@ -50,6 +49,7 @@ mod netlink;
 pub mod object;
 mod pattern;
 mod persist;
+mod ring;
 mod sys;
 mod testing;
 
@@ -62,12 +62,12 @@ use self::{drain::Drainer, interfaces::Interfaces};
 pub use aya::programs::TcAttachType;
 
 pub use self::{
-    dns::DnsEvents,
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
     pattern::glob_match,
     persist::{
         AGENT_RESTART_GAP, DETACHED_GAP, Gap, REATTACH_GAP, layout_name, netns_dir, remove_all,
     },
+    ring::{EventRing, wait_ring},
     testing::{EmptyProgram, tcx_ingress_links},
 };
 
@@ -98,6 +98,9 @@ pub struct CaptureConfig {
     /// The DNS server port whose messages the programs copy for user space (see
     /// [`crate::dns`]); 0: none (the programs never look at payloads).
     pub dns_port: u16,
+    /// Time TCP handshakes: the programs put SYN and SYN/ACK segments in a ring for user space
+    /// to pair.
+    pub handshakes: bool,
 }
 
 impl Default for CaptureConfig {
@@ -113,6 +116,7 @@ impl Default for CaptureConfig {
             sample_rate: 1,
             pin_dir: None,
             dns_port: 53,
+            handshakes: true,
         }
     }
 }
@@ -308,6 +312,8 @@ pub struct Capture {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     /// [`CaptureConfig::dns_port`].
     dns_port: u16,
+    /// [`CaptureConfig::handshakes`].
+    handshakes: bool,
 }
 
 impl std::fmt::Debug for Capture {

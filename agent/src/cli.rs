@@ -103,6 +103,9 @@ pub struct TailArgs {
     /// `www.example.com`; case-insensitive; repeatable).
     #[arg(long)]
     pub dns_name: Vec<String>,
+    /// TCP flows with a handshake at least this long (e.g. `10ms`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub min_rtt: Option<std::time::Duration>,
     /// Only flows that went through WireGuard.
     #[arg(long, conflicts_with = "plaintext")]
     pub encrypted: bool,
@@ -237,6 +240,10 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
         to_service: args.to_service,
         from_service: args.from_service,
         dns_name: args.dns_name,
+        min_rtt: args.min_rtt.map(|d| prost_types::Duration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: d.subsec_nanos() as i32,
+        }),
     };
     // The server validates too; checking here gives the error before connecting.
     CompiledFilter::new(&filter)?;

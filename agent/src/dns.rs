@@ -21,13 +21,9 @@ use std::{
 };
 
 use podflow_ebpf::{DNS_F_TCP, DNS_MSG_BYTES, DnsEvent, FlowKey};
-use tokio::{
-    io::unix::AsyncFd,
-    time::{Instant, sleep_until},
-};
 
 use crate::{
-    capture::DnsEvents,
+    capture::{EventRing, wait_ring},
     flows::{FlowId, Translate},
     hash::{FlowHashState, flow_hash_state},
     proto,
@@ -269,57 +265,25 @@ impl DnsTracker {
     }
 }
 
-/// Reads between two reads of the ring while messages come (the first message after a quiet
-/// spell wakes the loop; the read follows this long after, so a busy node costs ten wake-ups a
-/// second, not one per message).
-const READ_INTERVAL: Duration = Duration::from_millis(100);
-
 /// The kernel's ring and the tracker, as the agent's loop drives them.
 #[derive(Debug)]
 pub struct DnsSource {
-    events: Option<DnsEvents>,
-    ready: Option<AsyncFd<std::os::fd::OwnedFd>>,
-    read_at: Option<Instant>,
+    events: Option<EventRing<DnsEvent>>,
     pub tracker: DnsTracker,
 }
 
 impl DnsSource {
-    /// `events`: the ring (`None`: DNS off); registered with the calling thread's runtime.
-    pub fn new(events: Option<DnsEvents>, cfg: DnsConfig) -> DnsSource {
-        let ready = events.as_ref().and_then(|e| match e.ready() {
-            Ok(fd) => Some(fd),
-            Err(e) => {
-                tracing::warn!(error = %e, "dns: cannot wait on the ring; reading it at each flush only");
-                None
-            }
-        });
+    /// `events`: the ring (`None`: DNS off).
+    pub fn new(events: Option<EventRing<DnsEvent>>, cfg: DnsConfig) -> DnsSource {
         DnsSource {
             events,
-            ready,
-            read_at: None,
             tracker: DnsTracker::new(cfg),
         }
     }
 
-    /// Waits until it is time to read the ring: [`READ_INTERVAL`] after the kernel said it holds
-    /// messages; never while it is quiet (or DNS is off). Cancel-safe.
+    /// Waits until it is time to read the ring (see [`EventRing::wait`]). Cancel-safe.
     pub async fn wait(&mut self) {
-        loop {
-            if let Some(at) = self.read_at {
-                sleep_until(at).await;
-                self.read_at = None;
-                return;
-            }
-            match &self.ready {
-                Some(fd) => {
-                    if let Ok(mut guard) = fd.readable().await {
-                        guard.clear_ready();
-                    }
-                    self.read_at = Some(Instant::now() + READ_INTERVAL);
-                }
-                None => std::future::pending::<()>().await,
-            }
-        }
+        wait_ring(self.events.as_mut()).await;
     }
 
     /// Moves every queued message into the tracker, and counts what the ring lost.
@@ -343,7 +307,7 @@ impl DnsSource {
 }
 
 /// The flow key of a record's real ends (as [`DnsTracker::prepare`] names messages).
-fn key_of(r: &proto::Flow) -> Option<FlowKey> {
+pub(crate) fn key_of(r: &proto::Flow) -> Option<FlowKey> {
     let addr = |b: &[u8]| -> Option<([u8; 16], u8)> {
         match b.len() {
             4 => Some((

@@ -87,6 +87,11 @@ fn parse_prefix(field: &'static str, value: &str) -> Result<IpNet, FilterError> 
 
 /// Whether the flow address `ip` (4 or 16 bytes) is in `net`; families match strictly, other
 /// lengths never match.
+/// A duration in nanoseconds (negative: 0).
+fn duration_ns(d: &prost_types::Duration) -> u128 {
+    u128::try_from(d.seconds).unwrap_or(0) * 1_000_000_000 + u128::try_from(d.nanos).unwrap_or(0)
+}
+
 fn net_contains(net: &IpNet, ip: &[u8]) -> bool {
     ip_from_bytes(ip).is_some_and(|a| net.contains(&a))
 }
@@ -135,6 +140,8 @@ pub struct CompiledFilter {
     plaintext: bool,
     /// Lowercase, without a final dot.
     dns_name: Vec<String>,
+    /// Nanoseconds.
+    min_rtt_ns: Option<u128>,
 }
 
 /// Splits "a/b" into (Some(a), b) and "b" into (None, b).
@@ -232,6 +239,7 @@ impl CompiledFilter {
                 .iter()
                 .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
+            min_rtt_ns: filter.min_rtt.as_ref().map(duration_ns),
         })
     }
 
@@ -270,6 +278,12 @@ impl CompiledFilter {
             && matches_service(&self.from_service, &[flow.src.as_ref()])
             && (!self.encrypted || flow.encrypted)
             && (!self.plaintext || flow.plaintext_inter_node)
+            && self.min_rtt_ns.is_none_or(|min| {
+                flow.tcp_handshake
+                    .as_ref()
+                    .and_then(|h| h.max.as_ref())
+                    .is_some_and(|max| duration_ns(max) >= min)
+            })
             && (self.dns_name.is_empty()
                 || flow.dns.iter().any(|m| {
                     let q = m.qname.to_ascii_lowercase();

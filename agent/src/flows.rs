@@ -647,6 +647,7 @@ fn record<O: Observed>(
         reporter: reporter(counted.key().obs).to_string(),
         // Attached at the flush, from the DNS ring (see `dns`).
         dns: Vec::new(),
+        tcp_handshake: None,
     }
 }
 

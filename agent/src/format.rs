@@ -160,6 +160,30 @@ struct JsonFlow<'a> {
     /// The DNS messages the flow's packets carried; absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     dns: Vec<JsonDns<'a>>,
+    /// The TCP handshakes timed on this (the client's) record; absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp_handshake: Option<JsonHandshake>,
+}
+
+/// `{"count":1,"min_ms":0.21,"max_ms":0.21,"last_ms":0.21}`.
+#[derive(Serialize)]
+struct JsonHandshake {
+    count: u32,
+    min_ms: f64,
+    max_ms: f64,
+    last_ms: f64,
+}
+
+impl JsonHandshake {
+    fn of(h: &proto::TcpHandshake) -> Self {
+        let ms = |d: Option<&prost_types::Duration>| d.map_or(0.0, duration_ms);
+        JsonHandshake {
+            count: h.count,
+            min_ms: ms(h.min.as_ref()),
+            max_ms: ms(h.max.as_ref()),
+            last_ms: ms(h.last.as_ref()),
+        }
+    }
 }
 
 /// One DNS message: `{"id":7,"response":true,"qname":"db.shop.svc","qtype":"A","rcode":
@@ -374,6 +398,7 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
                 secs
             }),
             dns: flow.dns.iter().map(JsonDns::of).collect(),
+            tcp_handshake: flow.tcp_handshake.as_ref().map(JsonHandshake::of),
         })
         .map(Some),
         Some(Event::Loss(loss)) => serde_json::to_string(&JsonLossLine {
@@ -498,6 +523,19 @@ fn compact_flow(flow: &proto::Flow) -> String {
         Some(endpoint(None, Some(ip), Some(t.snat_port)))
     }) {
         fields.push(format!("snat {snat}"));
+    }
+    if let Some(h) = &flow.tcp_handshake {
+        let ms = |d: Option<&prost_types::Duration>| d.map_or(0.0, duration_ms);
+        fields.push(if h.count == 1 {
+            format!("handshake {:.2}ms", ms(h.last.as_ref()))
+        } else {
+            format!(
+                "handshakes {} {:.2}-{:.2}ms",
+                h.count,
+                ms(h.min.as_ref()),
+                ms(h.max.as_ref())
+            )
+        });
     }
     fields.extend(flow.dns.iter().map(compact_dns));
     fields.join("  ")

@@ -42,6 +42,7 @@ pub mod export;
 pub mod filter;
 pub mod flows;
 pub mod format;
+pub mod handshake;
 pub mod hash;
 pub mod logging;
 pub mod metadata;

@@ -39,6 +39,9 @@ pub struct AgentArgs {
     /// the records (query name and type, response code, answers, latency); 0 turns it off.
     #[arg(long, default_value_t = 53)]
     pub dns_port: u16,
+    /// Do not time TCP handshakes (SYN to SYN/ACK, on the client's records).
+    #[arg(long)]
+    pub no_tcp_handshakes: bool,
     /// Capacity of each kernel flow map, IPv4 and IPv6 (distinct flows per observation point and
     /// flush interval; 96 B per IPv4 and 120 B per IPv6 entry, preallocated).
     #[arg(long, default_value_t = podflow_ebpf::DEFAULT_FLOW_MAP_ENTRIES)]
@@ -187,6 +190,7 @@ impl AgentConfig {
         capture.flow_map_entries = args.flow_map_entries;
         capture.sample_rate = args.sample_rate;
         capture.dns_port = args.dns_port;
+        capture.handshakes = !args.no_tcp_handshakes;
         capture.pin_dir = args.pin_dir.clone();
         let metadata = metadata_source(&args).map(|source| {
             Ok::<_, AgentError>((

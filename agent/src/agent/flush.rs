@@ -11,6 +11,7 @@ use crate::{
     dns::{DnsSource, DnsTracker},
     export::ExporterHandle,
     flows::{FlowTable, enrich, rules},
+    handshake::{HandshakeSource, HandshakeTracker},
     metadata,
     metrics::{FlowBatch, Locality, Metrics},
     proto,
@@ -39,7 +40,7 @@ pub(super) fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
     conntrack: &mut Conntrack,
-    dns: &mut DnsSource,
+    (dns, handshakes): (&mut DnsSource, &mut HandshakeSource),
     counters: &mut Tallies,
     entries: &mut Vec<FlowEntry>,
     out: &Outputs<'_>,
@@ -67,6 +68,10 @@ pub(super) fn flush_once(
     dns.read();
     dns.tracker
         .prepare(conntrack.translations(), clock.mono_now_ns);
+    handshakes.read();
+    handshakes
+        .tracker
+        .prepare(conntrack.translations(), clock.mono_now_ns);
     let wireguard = capture
         .interfaces()
         .iter()
@@ -85,11 +90,19 @@ pub(super) fn flush_once(
             conntrack.translations(),
             &mut records,
         );
-        publish_records(&mut records, wireguard, &mut dns.tracker, counters, out);
+        publish_records(
+            &mut records,
+            wireguard,
+            (&mut dns.tracker, &mut handshakes.tracker),
+            counters,
+            out,
+        );
         from = to;
     }
     dns.tracker.end_flush();
     counters.dns = dns.tracker.stats();
+    handshakes.tracker.end_flush();
+    counters.handshakes = handshakes.tracker.stats();
     table.evict(&clock);
     // Keep the allocation for the next flush, but not a burst's worth of it for ever.
     let len = entries.len();
@@ -117,7 +130,7 @@ pub(super) fn flush_once(
 fn publish_records(
     records: &mut Vec<proto::Flow>,
     wireguard: bool,
-    dns: &mut DnsTracker,
+    (dns, handshakes): (&mut DnsTracker, &mut HandshakeTracker),
     counters: &mut Tallies,
     out: &Outputs<'_>,
 ) {
@@ -127,6 +140,11 @@ fn publish_records(
     if !dns.is_idle() {
         for r in records.iter_mut() {
             dns.attach(r);
+        }
+    }
+    if !handshakes.is_idle() {
+        for r in records.iter_mut().filter(|r| r.protocol == 6) {
+            handshakes.attach(r);
         }
     }
     let node = out.node;
@@ -235,7 +253,14 @@ mod tests {
         ];
         let capacity = records.capacity();
         let mut dns = DnsTracker::new(crate::dns::DnsConfig::default());
-        publish_records(&mut records, true, &mut dns, &mut counters, &outputs);
+        let mut hs = HandshakeTracker::new(crate::handshake::HandshakeConfig::default());
+        publish_records(
+            &mut records,
+            true,
+            (&mut dns, &mut hs),
+            &mut counters,
+            &outputs,
+        );
         assert!(records.is_empty());
         assert_eq!(records.capacity(), capacity);
         let ports: Vec<u32> = hub

@@ -16,6 +16,7 @@ use crate::{
     conntrack::{Conntrack, pace::EventPacer},
     dns::{DnsConfig, DnsSource},
     flows::FlowTable,
+    handshake::{HandshakeConfig, HandshakeSource},
     metadata,
     metrics::{self, Metrics},
     report::error_chain,
@@ -44,6 +45,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut conntrack = tokio::task::block_in_place(|| Conntrack::start(cfg.conntrack))
         .map_err(|source| AgentError::Conntrack { source })?;
     let mut dns = DnsSource::new(capture.dns_events()?, DnsConfig::default());
+    let mut handshakes =
+        HandshakeSource::new(capture.handshake_events()?, HandshakeConfig::default());
 
     let hub = Hub::with_limits(cfg.buffer, cfg.buffer_bytes, cfg.buffer);
     let info = StatusInfo {
@@ -142,6 +145,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             woke = conntrack_pace.wait() => conntrack_pace.read(&mut conntrack, woke),
             // DNS messages likewise: read in batches while they come, never while quiet.
             () = dns.wait() => dns.read(),
+            () = handshakes.wait() => handshakes.read(),
             _ = resync.tick() => match capture.sync_interfaces() {
                 Ok(changes) => {
                     if forget_detached(&changes, &mut table) {
@@ -151,7 +155,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &mut conntrack, &mut dns, &mut tallies, &mut entries, &outputs);
+                flush_once(&mut capture, &mut table, &mut conntrack, (&mut dns, &mut handshakes), &mut tallies, &mut entries, &outputs);
                 tallies.export = exporter.as_ref().map(|e| e.stats());
                 tallies.conntrack = conntrack.stats();
                 update_metrics(&metrics, &capture, &table, &tallies);
@@ -170,7 +174,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         &mut capture,
         &mut table,
         &mut conntrack,
-        &mut dns,
+        (&mut dns, &mut handshakes),
         &mut tallies,
         &mut entries,
         &outputs,

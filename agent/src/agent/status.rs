@@ -8,6 +8,7 @@ use crate::{
     dns::DnsStats,
     export::{EXPORT_BUFFER_FULL, ExportStats},
     flows::FlowTable,
+    handshake::HandshakeStats,
     metrics::Metrics,
     proto,
     time::Clock,
@@ -32,6 +33,8 @@ pub(super) struct Tallies {
     pub(super) conntrack: ConntrackStats,
     /// The DNS tracker's counts.
     pub(super) dns: DnsStats,
+    /// The TCP handshake tracker's counts.
+    pub(super) handshakes: HandshakeStats,
 }
 
 impl Tallies {
@@ -245,6 +248,31 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::StatusCo
                 "messages",
             ),
             ("dns_lost", d.lost, "messages"),
+            (
+                "tcp_handshakes_timed",
+                counters.handshakes.matched,
+                "connections",
+            ),
+            (
+                "tcp_handshakes_unanswered",
+                counters.handshakes.unanswered,
+                "connections",
+            ),
+            (
+                "tcp_handshakes_evicted",
+                counters.handshakes.evicted,
+                "connections",
+            ),
+            (
+                "tcp_handshakes_unattached",
+                counters.handshakes.unattached,
+                "connections",
+            ),
+            (
+                "tcp_handshake_segments_lost",
+                counters.handshakes.lost,
+                "segments",
+            ),
         ]
         .into_iter()
         .map(|(name, value, unit)| proto::StatusCounter {

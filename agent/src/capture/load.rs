@@ -6,7 +6,7 @@ use aya::{
 };
 use podflow_ebpf::{
     CONFIG, Config, DNS_PORT, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS,
-    PROG_VETH_EGRESS, PROG_VETH_INGRESS, STATE, VETHS,
+    PROG_VETH_EGRESS, PROG_VETH_INGRESS, STATE, TCP_HANDSHAKES, VETHS,
 };
 
 use super::{
@@ -29,6 +29,7 @@ const PROGRAMS: [&str; 5] = [
 pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureError> {
     let entries = cfg.flow_map_entries.max(1);
     let dns_port = cfg.dns_port;
+    let handshakes = u8::from(cfg.handshakes);
     let pins = cfg
         .pin_dir
         .as_deref()
@@ -43,7 +44,9 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
             loader.map_pin_path(name, pins.map_path(name));
         }
     }
-    loader.override_global(DNS_PORT, &dns_port, true);
+    loader
+        .override_global(DNS_PORT, &dns_port, true)
+        .override_global(TCP_HANDSHAKES, &handshakes, true);
     let mut ebpf = loader.load(obj).map_err(|e| CaptureError::Load {
         source: Box::new(e),
     })?;
@@ -125,6 +128,7 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
         ebpf,
         logger,
         dns_port,
+        handshakes: handshakes != 0,
     })
 }
 

@@ -10,7 +10,10 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 
 use super::{
     schema::{Column, FLOW_COLUMNS, LOSS_COLUMNS},
-    view::{self, EndpointView, EventView, FlowView, LossView, Time, TranslationView, ViewError},
+    view::{
+        self, DnsView, EndpointView, EventView, FlowView, LossView, Time, TranslationView,
+        ViewError,
+    },
 };
 use crate::{flows::rules, net::ip_from_bytes};
 
@@ -312,6 +315,48 @@ fn endpoint(out: &mut BytesMut, e: Option<&EndpointView<'_>>) {
     }
 }
 
+/// A duration in nanoseconds (negative: 0).
+fn duration_ns(d: Time) -> u64 {
+    u64::try_from(d.seconds)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(d.nanos).unwrap_or(0))
+}
+
+/// The `dns.*` arrays, one element per message.
+fn dns_columns(out: &mut BytesMut, dns: &[DnsView<'_>]) {
+    let n = dns.len() as u64;
+    leb128(out, n);
+    for m in dns {
+        out.put_u16_le(narrow16(m.id));
+    }
+    leb128(out, n);
+    for m in dns {
+        out.put_u8(b(m.response));
+    }
+    strings(out, dns.iter().map(|m| m.qname));
+    leb128(out, n);
+    for m in dns {
+        out.put_u16_le(narrow16(m.qtype));
+    }
+    leb128(out, n);
+    for m in dns {
+        out.put_u8(narrow8(m.rcode));
+    }
+    leb128(out, n);
+    for m in dns {
+        out.put_u16_le(narrow16(m.answers));
+    }
+    leb128(out, n);
+    for m in dns {
+        out.put_u64_le(m.latency.map_or(0, duration_ns));
+    }
+    leb128(out, n);
+    for m in dns {
+        out.put_u8(u8::from(m.tcp) | u8::from(m.qname_truncated) << 1 | u8::from(m.malformed) << 2);
+    }
+}
+
 /// One `flows` row; returns its time (seconds, `end_time`).
 fn flow_row(out: &mut BytesMut, f: &FlowView<'_>, agent_id: &str, seq: u64, idx: u32) -> u32 {
     let (end, end_ns) = time(f.end_time);
@@ -353,6 +398,12 @@ fn flow_row(out: &mut BytesMut, f: &FlowView<'_>, agent_id: &str, seq: u64, idx:
     ip(out, t.snat_ip);
     out.put_u16_le(narrow16(t.snat_port));
     out.put_u8(b(t.reply));
+    dns_columns(out, &f.dns);
+    let h = f.tcp_handshake.clone().unwrap_or_default();
+    out.put_u32_le(h.count);
+    for d in [h.min, h.max, h.last] {
+        out.put_u64_le(d.map_or(0, duration_ns));
+    }
     match f.metadata_age {
         Some(age) => {
             out.put_u8(0);
@@ -431,9 +482,17 @@ mod tests {
                         at += n;
                     }
                 }
+                Ty::ArrayUInt8 => {
+                    let n = leb(&mut at);
+                    at += n;
+                }
                 Ty::ArrayUInt16 => {
                     let n = leb(&mut at);
                     at += 2 * n;
+                }
+                Ty::ArrayUInt64 => {
+                    let n = leb(&mut at);
+                    at += 8 * n;
                 }
             }
         }

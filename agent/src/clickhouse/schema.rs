@@ -48,7 +48,9 @@ pub enum Ty {
     /// A string with few distinct values (names of namespaces, workloads, nodes, reasons).
     LowString,
     ArrayString,
+    ArrayUInt8,
     ArrayUInt16,
+    ArrayUInt64,
 }
 
 impl Ty {
@@ -64,7 +66,9 @@ impl Ty {
             Ty::LowString if features.low_cardinality => "LowCardinality(String)",
             Ty::LowString => "String",
             Ty::ArrayString => "Array(String)",
+            Ty::ArrayUInt8 => "Array(UInt8)",
             Ty::ArrayUInt16 => "Array(UInt16)",
+            Ty::ArrayUInt64 => "Array(UInt64)",
         }
     }
 }
@@ -129,12 +133,28 @@ const FLOW_HEAD: [Column; 22] = [
 ];
 const SRC: [Column; 15] = endpoint_columns!("src");
 const DST: [Column; 15] = endpoint_columns!("dst");
-const FLOW_TAIL: [Column; 9] = [
+const FLOW_TAIL: [Column; 21] = [
     col("translation_service_ip", Ty::String),
     col("translation_service_port", Ty::UInt16),
     col("translation_snat_ip", Ty::String),
     col("translation_snat_port", Ty::UInt16),
     col("translation_reply", Ty::UInt8),
+    // The record's DNS messages (Flow.dns), one array element each (a `Nested`); qtype and
+    // rcode as numbers (1 A, 28 AAAA; 0 NOERROR, 3 NXDOMAIN), latency 0 when unknown, flags:
+    // bit 0 over TCP, bit 1 name truncated, bit 2 malformed.
+    col("dns.id", Ty::ArrayUInt16),
+    col("dns.response", Ty::ArrayUInt8),
+    col("dns.qname", Ty::ArrayString),
+    col("dns.qtype", Ty::ArrayUInt16),
+    col("dns.rcode", Ty::ArrayUInt8),
+    col("dns.answers", Ty::ArrayUInt16),
+    col("dns.latency_ns", Ty::ArrayUInt64),
+    col("dns.flags", Ty::ArrayUInt8),
+    // TCP handshakes of the record (Flow.tcp_handshake): how many, nanoseconds; 0 when none.
+    col("tcp_handshakes", Ty::UInt32),
+    col("tcp_handshake_min_ns", Ty::UInt64),
+    col("tcp_handshake_max_ns", Ty::UInt64),
+    col("tcp_handshake_last_ns", Ty::UInt64),
     col("metadata_age_seconds", Ty::OptFloat64),
     col("agent_id", Ty::String),
     col("seq", Ty::UInt64),
@@ -159,7 +179,7 @@ const fn concat<const N: usize>(parts: [&[Column]; 4]) -> [Column; N] {
 }
 
 /// The columns of `flows`, in the order [`super::rows`] writes them.
-pub const FLOW_COLUMNS: [Column; 61] = concat([&FLOW_HEAD, &SRC, &DST, &FLOW_TAIL]);
+pub const FLOW_COLUMNS: [Column; 73] = concat([&FLOW_HEAD, &SRC, &DST, &FLOW_TAIL]);
 
 /// The columns of `losses`, in the order [`super::rows`] writes them.
 pub const LOSS_COLUMNS: [Column; 11] = [

@@ -70,6 +70,31 @@ pub struct FlowView<'a> {
     pub plaintext_inter_node: bool,
     pub translation: Option<TranslationView<'a>>,
     pub reporter: &'a str,
+    pub dns: SmallVec<[DnsView<'a>; 2]>,
+    pub tcp_handshake: Option<HandshakeView>,
+}
+
+/// A `DnsMessage` (the names of qtype and rcode are not stored: they follow from the numbers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsView<'a> {
+    pub id: u32,
+    pub response: bool,
+    pub qname: &'a str,
+    pub qtype: u32,
+    pub rcode: u32,
+    pub answers: u32,
+    pub latency: Option<Time>,
+    pub tcp: bool,
+    pub qname_truncated: bool,
+    pub malformed: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandshakeView {
+    pub count: u32,
+    pub min: Option<Time>,
+    pub max: Option<Time>,
+    pub last: Option<Time>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -213,6 +238,47 @@ fn merge_flow<'a>(f: &mut FlowView<'a>, buf: &'a [u8]) -> Result<()> {
             21 => f.plaintext_inter_node = v.bool()?,
             22 => merge_translation(f.translation.get_or_insert_default(), v.bytes()?)?,
             23 => f.reporter = v.str()?,
+            24 => f.dns.push(dns(v.bytes()?)?),
+            25 => merge_handshake(f.tcp_handshake.get_or_insert_default(), v.bytes()?)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn dns(buf: &[u8]) -> Result<DnsView<'_>> {
+    let mut d = DnsView::default();
+    let mut fields = Fields::new(buf);
+    while let Some((tag, v)) = fields.next()? {
+        match tag {
+            1 => d.id = v.u32()?,
+            2 => d.response = v.bool()?,
+            3 => d.qname = v.str()?,
+            4 => d.qtype = v.u32()?,
+            // 5 and 7: the names of the type and the code.
+            5 | 7 => {
+                v.str()?;
+            }
+            6 => d.rcode = v.u32()?,
+            8 => d.answers = v.u32()?,
+            9 => merge_time(d.latency.get_or_insert_default(), v.bytes()?)?,
+            10 => d.tcp = v.bool()?,
+            11 => d.qname_truncated = v.bool()?,
+            12 => d.malformed = v.bool()?,
+            _ => {}
+        }
+    }
+    Ok(d)
+}
+
+fn merge_handshake(h: &mut HandshakeView, buf: &[u8]) -> Result<()> {
+    let mut fields = Fields::new(buf);
+    while let Some((tag, v)) = fields.next()? {
+        match tag {
+            1 => h.count = v.u32()?,
+            2 => merge_time(h.min.get_or_insert_default(), v.bytes()?)?,
+            3 => merge_time(h.max.get_or_insert_default(), v.bytes()?)?,
+            4 => merge_time(h.last.get_or_insert_default(), v.bytes()?)?,
             _ => {}
         }
     }
@@ -565,6 +631,21 @@ pub(crate) mod tests {
                 qname_truncated: false,
                 malformed: false,
             }],
+            tcp_handshake: Some(proto::TcpHandshake {
+                count: 2,
+                min: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 200_000,
+                }),
+                max: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 300_000,
+                }),
+                last: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 200_000,
+                }),
+            }),
         }
     }
 
@@ -635,6 +716,39 @@ pub(crate) mod tests {
                 reply: t.reply,
             }),
             reporter: &f.reporter,
+            dns: f
+                .dns
+                .iter()
+                .map(|m| DnsView {
+                    id: m.id,
+                    response: m.response,
+                    qname: &m.qname,
+                    qtype: m.qtype,
+                    rcode: m.rcode,
+                    answers: m.answers,
+                    latency: m.latency.as_ref().map(|d| Time {
+                        seconds: d.seconds,
+                        nanos: d.nanos,
+                    }),
+                    tcp: m.tcp,
+                    qname_truncated: m.qname_truncated,
+                    malformed: m.malformed,
+                })
+                .collect(),
+            tcp_handshake: f.tcp_handshake.as_ref().map(|h| {
+                let t = |d: &Option<prost_types::Duration>| {
+                    d.as_ref().map(|d| Time {
+                        seconds: d.seconds,
+                        nanos: d.nanos,
+                    })
+                };
+                HandshakeView {
+                    count: h.count,
+                    min: t(&h.min),
+                    max: t(&h.max),
+                    last: t(&h.last),
+                }
+            }),
         }
     }
 

@@ -27,6 +27,7 @@ fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
         sample_rate: 1,
         pin_dir: None,
         dns_port: 53,
+        handshakes: true,
     }
 }
 

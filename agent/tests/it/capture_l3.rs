@@ -60,6 +60,7 @@ fn l3_exact(mode: AttachModePref) {
             sample_rate: 1,
             pin_dir: None,
             dns_port: 53,
+            handshakes: true,
         })
         .expect("load");
         let changes = cap.sync_interfaces().expect("sync");

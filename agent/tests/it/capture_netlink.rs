@@ -26,6 +26,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
         sample_rate: 1,
         pin_dir: None,
         dns_port: 53,
+        handshakes: true,
     }
 }
 

@@ -31,6 +31,7 @@ mod e2e_clickhouse;
 mod e2e_collector;
 mod e2e_dns;
 mod e2e_forged;
+mod e2e_handshake;
 mod e2e_least_privilege;
 mod e2e_metadata;
 mod e2e_ownership;

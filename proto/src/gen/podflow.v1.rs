@@ -87,6 +87,24 @@ pub struct Flow {
     /// record; more are counted (the status's dns_messages_dropped).
     #[prost(message, repeated, tag = "24")]
     pub dns: ::prost::alloc::vec::Vec<DnsMessage>,
+    /// TCP: the handshakes of this connection in this record's interval, from the client's first
+    /// SYN to the server's SYN/ACK as the node saw them (on the client's record, client -> server).
+    /// Absent when none was seen whole.
+    #[prost(message, optional, tag = "25")]
+    pub tcp_handshake: ::core::option::Option<TcpHandshake>,
+}
+/// The TCP handshakes (SYN -> SYN/ACK) of one record: how many, the shortest, the longest and the
+/// last.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TcpHandshake {
+    #[prost(uint32, tag = "1")]
+    pub count: u32,
+    #[prost(message, optional, tag = "2")]
+    pub min: ::core::option::Option<::prost_types::Duration>,
+    #[prost(message, optional, tag = "3")]
+    pub max: ::core::option::Option<::prost_types::Duration>,
+    #[prost(message, optional, tag = "4")]
+    pub last: ::core::option::Option<::prost_types::Duration>,
 }
 /// One DNS message, read (bounded) from the first 256 bytes of the packet's payload.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -301,6 +319,9 @@ pub struct FlowFilter {
     /// ".name" ("example.com" matches "www.example.com"); case-insensitive.
     #[prost(string, repeated, tag = "18")]
     pub dns_name: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Only TCP flows with a handshake at least this long (tcp_handshake.max).
+    #[prost(message, optional, tag = "19")]
+    pub min_rtt: ::core::option::Option<::prost_types::Duration>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetFlowsRequest {

@@ -1,0 +1,158 @@
+//! The rings the veth programs put per-message events in (DNS messages, TCP handshakes): taken
+//! out of the object once, read by the agent's loop when the kernel says a ring holds events (at
+//! most every 100 ms while events come, never while it is quiet) and before each flush.
+use std::{
+    io,
+    marker::PhantomData,
+    os::fd::{AsFd as _, OwnedFd},
+    time::Duration,
+};
+
+use aya::maps::{Array, MapData, RingBuf};
+use podflow_ebpf::{DNS_EVENTS, DNS_LOST, DnsEvent, TCP_EVENTS, TCP_LOST, TcpEvent};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::{Instant, sleep_until},
+};
+
+use super::{Capture, CaptureError, load::open_map};
+
+/// Reads of a ring while events come are this far apart (the first event after a quiet spell
+/// wakes the loop; the read follows this long after, so a busy node costs ten wake-ups a second,
+/// not one per event).
+const READ_INTERVAL: Duration = Duration::from_millis(100);
+
+/// A ring of `T` (plain `#[repr(C)]` integers and bytes) and its loss count, paced.
+pub struct EventRing<T> {
+    ring: RingBuf<MapData>,
+    lost: Array<MapData, u64>,
+    /// The loss count already reported.
+    lost_seen: u64,
+    ready: Option<AsyncFd<OwnedFd>>,
+    read_at: Option<Instant>,
+    _t: PhantomData<T>,
+}
+
+impl<T> std::fmt::Debug for EventRing<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRing")
+            .field("lost_seen", &self.lost_seen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Types the rings hold: plain integers and byte arrays, every bit pattern valid.
+pub trait RingEvent: Copy {}
+impl RingEvent for DnsEvent {}
+impl RingEvent for TcpEvent {}
+
+impl Capture {
+    /// The DNS ring, or `None` when the programs do not copy DNS (`dns_port` 0) or it was taken
+    /// already. Registered with the calling thread's tokio runtime.
+    pub fn dns_events(&mut self) -> Result<Option<EventRing<DnsEvent>>, CaptureError> {
+        if self.dns_port == 0 {
+            return Ok(None);
+        }
+        self.ring(DNS_EVENTS, DNS_LOST)
+    }
+
+    /// The TCP handshake ring, or `None` when the programs do not time handshakes.
+    pub fn handshake_events(&mut self) -> Result<Option<EventRing<TcpEvent>>, CaptureError> {
+        if !self.handshakes {
+            return Ok(None);
+        }
+        self.ring(TCP_EVENTS, TCP_LOST)
+    }
+
+    fn ring<T>(
+        &mut self,
+        ring: &'static str,
+        lost: &'static str,
+    ) -> Result<Option<EventRing<T>>, CaptureError> {
+        if self.ebpf.map(ring).is_none() {
+            return Ok(None);
+        }
+        let ring: RingBuf<MapData> = open_map(&mut self.ebpf, ring)?;
+        let ready = match ring
+            .as_fd()
+            .try_clone_to_owned()
+            // SAFETY: an `OwnedFd` is open and refers to the same file description until
+            // dropped.
+            .and_then(|fd| {
+                unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                    .map_err(io::Error::from)
+            }) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot wait on an event ring; reading it at each flush only");
+                None
+            }
+        };
+        Ok(Some(EventRing {
+            ring,
+            lost: open_map(&mut self.ebpf, lost)?,
+            lost_seen: 0,
+            ready,
+            read_at: None,
+            _t: PhantomData,
+        }))
+    }
+}
+
+impl<T: RingEvent> EventRing<T> {
+    /// Calls `f` with every event queued now, in the order the kernel queued them; returns how
+    /// many.
+    pub fn read(&mut self, mut f: impl FnMut(&T)) -> u64 {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            if item.len() >= size_of::<T>() {
+                // SAFETY: `T` is plain integers and bytes (every bit pattern is valid, see
+                // `RingEvent`); the item holds at least its size; an unaligned read.
+                let ev = unsafe { item.as_ptr().cast::<T>().read_unaligned() };
+                f(&ev);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Events the ring had no room for since the last call.
+    pub fn newly_lost(&mut self) -> Result<u64, CaptureError> {
+        let lost = self.lost.get(&0, 0).map_err(|source| CaptureError::Map {
+            op: "read an event ring's loss count",
+            source,
+        })?;
+        let new = lost.saturating_sub(self.lost_seen);
+        self.lost_seen = lost;
+        Ok(new)
+    }
+
+    /// Waits until it is time to read: [`READ_INTERVAL`] after the kernel said the ring holds
+    /// events (it notifies when the reader had caught up); never while it is quiet. Cancel-safe.
+    pub async fn wait(&mut self) {
+        loop {
+            if let Some(at) = self.read_at {
+                sleep_until(at).await;
+                self.read_at = None;
+                return;
+            }
+            match &self.ready {
+                Some(fd) => {
+                    if let Ok(mut guard) = fd.readable().await {
+                        guard.clear_ready();
+                    }
+                    self.read_at = Some(Instant::now() + READ_INTERVAL);
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+}
+
+/// Waits on `ring` ([`EventRing::wait`]), or for ever without one.
+pub async fn wait_ring<T: RingEvent>(ring: Option<&mut EventRing<T>>) {
+    match ring {
+        Some(r) => r.wait().await,
+        None => std::future::pending().await,
+    }
+}
