@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, ensure};
 use podflow_testbed::{Netns, Node, unique_prefix, wait_for};
 
-pub use generator::Flows;
+pub use generator::{Flows, RawKind};
 
 use crate::harness::ChildGuard;
 

@@ -147,6 +147,10 @@ fn measure_on_bed(o: &Opts, results: &mut Results) -> anyhow::Result<()> {
         )),
         _ => None,
     };
+    results.features = o
+        .wants(Group::Features)
+        .then(|| measure::features::run(o, &bed, &stats))
+        .transpose()?;
     results.rss = o
         .wants(Group::Rss)
         .then(|| measure::rss::run(o, &bed))

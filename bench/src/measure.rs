@@ -2,6 +2,7 @@
 //! [`crate::report`] to turn into rows.
 pub mod churn;
 pub mod collector;
+pub mod features;
 pub mod hook;
 pub mod map;
 pub mod rss;
@@ -21,6 +22,7 @@ pub struct Results {
     pub rss: Option<rss::Rss>,
     pub map: Option<map::MapFigures>,
     pub collector: Option<collector::CollectorFigures>,
+    pub features: Option<features::Features>,
 }
 
 /// Starts the agent (default 5 s flush) and waits until it settled (see [`Agent::settle`]).

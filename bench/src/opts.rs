@@ -112,17 +112,20 @@ pub enum Group {
     Map,
     /// Records per second and CPU per record through the collector into ClickHouse.
     Collector,
+    /// The extra kernel ns and agent CPU of DNS messages and TCP handshakes.
+    Features,
 }
 
 impl Group {
     /// Every group by its name on the command line (`pairs` is an alias of `throughput,hook`).
-    const NAMES: [(&'static str, Group); 6] = [
+    const NAMES: [(&'static str, Group); 7] = [
         ("throughput", Group::Throughput),
         ("hook", Group::Hook),
         ("churn", Group::Churn),
         ("rss", Group::Rss),
         ("map", Group::Map),
         ("collector", Group::Collector),
+        ("features", Group::Features),
     ];
 
     /// Whether the group runs on the node of network namespaces (all but the collector, which

@@ -30,16 +30,44 @@ pub enum Flows {
     /// in front of `dst` ([`super::SERVICE_VIP`] port 80, a new source port each, from a raw
     /// socket), the others to `dst` as in `Unique`.
     HalfService { start: u64 },
+    /// Every packet is a new flow (a new source port, from a raw socket), numbered from
+    /// `start`, to `dst`: what [`RawKind`] says (the features' figures).
+    Raw { start: u64, kind: RawKind },
 }
 
-/// A raw UDP socket (the kernel adds the IP header): any source port, without a socket each.
+/// What a [`Flows::Raw`] packet is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawKind {
+    /// A UDP datagram to this port, the DNS query's size (the DNS figures' baseline).
+    Udp(u16),
+    /// A DNS query (A, 9-byte name) to port 53: copied into the DNS ring.
+    Dns,
+    /// A TCP segment with only ACK set to port 80 (the handshake figures' baseline).
+    TcpAck,
+    /// A TCP SYN to port 80: put into the handshake ring.
+    TcpSyn,
+}
+
+/// The DNS query `RawKind::Dns` sends (and the size `RawKind::Udp` sends): id 0x5a5a, RD,
+/// one question "pod.test" type A class IN.
+const DNS_QUERY: [u8; 26] = [
+    0x5a, 0x5a, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'p', b'o', b'd', 4, b't', b'e', b's', b't',
+    0, 0, 1, 0, 1,
+];
+
+/// A raw UDP (or TCP) socket (the kernel adds the IP header): any source port, without a socket
+/// each.
 struct RawUdp(std::os::fd::OwnedFd);
 
 impl RawUdp {
     fn open() -> anyhow::Result<RawUdp> {
+        Self::open_proto(libc::IPPROTO_UDP)
+    }
+
+    fn open_proto(proto: libc::c_int) -> anyhow::Result<RawUdp> {
         use std::os::fd::FromRawFd as _;
         // SAFETY: plain socket(2); the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, proto) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error()).context("raw UDP socket");
         }
@@ -49,13 +77,31 @@ impl RawUdp {
 
     /// One datagram from `src_port` to `to` (UDP checksum 0: none, as IPv4 allows).
     fn send(&self, src_port: u16, to: SocketAddrV4, payload: &[u8]) {
-        use std::os::fd::AsRawFd as _;
         let mut pkt = [0u8; 64];
         let len = 8 + payload.len().min(56);
         pkt[0..2].copy_from_slice(&src_port.to_be_bytes());
         pkt[2..4].copy_from_slice(&to.port().to_be_bytes());
         pkt[4..6].copy_from_slice(&(len as u16).to_be_bytes());
         pkt[8..len].copy_from_slice(&payload[..len - 8]);
+        self.send_l4(to, &pkt[..len]);
+    }
+
+    /// One 20-byte TCP header (checksum 0: the receiver drops it, after the tc programs saw it)
+    /// from `src_port` to `to` with `flags`.
+    fn send_tcp(&self, src_port: u16, to: SocketAddrV4, flags: u8) {
+        let mut h = [0u8; 20];
+        h[0..2].copy_from_slice(&src_port.to_be_bytes());
+        h[2..4].copy_from_slice(&to.port().to_be_bytes());
+        h[4..8].copy_from_slice(&1u32.to_be_bytes());
+        h[12] = 5 << 4;
+        h[13] = flags;
+        h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        self.send_l4(to, &h);
+    }
+
+    fn send_l4(&self, to: SocketAddrV4, pkt: &[u8]) {
+        use std::os::fd::AsRawFd as _;
+        let len = pkt.len();
         let addr = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
@@ -89,7 +135,7 @@ impl Bed {
         let dst = self.dst_ip;
         let max_index = match flows {
             Flows::Rotate(n) => n.max(1),
-            Flows::Unique { start } | Flows::HalfService { start } => {
+            Flows::Unique { start } | Flows::HalfService { start } | Flows::Raw { start, .. } => {
                 start + (rate as f64 * secs) as u64 + 1
             }
         };
@@ -101,7 +147,12 @@ impl Bed {
                 .context("binding generator sockets")?;
             let payload = [0x5au8; 22];
             let raw = match flows {
-                Flows::HalfService { .. } => Some(RawUdp::open()?),
+                Flows::HalfService { .. }
+                | Flows::Raw {
+                    kind: RawKind::Udp(_) | RawKind::Dns,
+                    ..
+                } => Some(RawUdp::open()?),
+                Flows::Raw { .. } => Some(RawUdp::open_proto(libc::IPPROTO_TCP)?),
                 _ => None,
             };
             let vip = SocketAddrV4::new(super::SERVICE_VIP, super::SERVICE_PORT);
@@ -120,8 +171,28 @@ impl Bed {
                 while sent < due {
                     let i = match flows {
                         Flows::Rotate(n) => sent % n.max(1),
-                        Flows::Unique { start } | Flows::HalfService { start } => start + sent,
+                        Flows::Unique { start }
+                        | Flows::HalfService { start }
+                        | Flows::Raw { start, .. } => start + sent,
                     };
+                    if let (Flows::Raw { kind, .. }, Some(raw)) = (flows, raw.as_ref()) {
+                        // Source ports 1024..65023: distinct within a window of ≤ 64 000 flows.
+                        let sport = 1024 + (i % 64_000) as u16;
+                        match kind {
+                            RawKind::Udp(port) => {
+                                raw.send(sport, SocketAddrV4::new(dst, port), &DNS_QUERY);
+                            }
+                            RawKind::Dns => raw.send(sport, SocketAddrV4::new(dst, 53), &DNS_QUERY),
+                            RawKind::TcpAck => {
+                                raw.send_tcp(sport, SocketAddrV4::new(dst, 80), 0x10)
+                            }
+                            RawKind::TcpSyn => {
+                                raw.send_tcp(sport, SocketAddrV4::new(dst, 80), 0x02)
+                            }
+                        }
+                        sent += 1;
+                        continue;
+                    }
                     if let Some(raw) = raw.as_ref().filter(|_| i % 2 == 1) {
                         // Source ports 1024..65023, distinct within a window of ≤ 64 000 flows.
                         raw.send(1024 + ((i / 2) % 64_000) as u16, vip, &payload);

@@ -99,8 +99,8 @@ impl Churn {
 }
 
 /// One run's figures.
-struct Run {
-    ns_per_flow: f64,
+pub(super) struct Run {
+    pub(super) ns_per_flow: f64,
     records: f64,
     achieved: f64,
     translated: f64,
@@ -108,7 +108,7 @@ struct Run {
 
 /// CPU per exported flow at a churn of `rate` new flows per second (fresh agent started with
 /// `extra` arguments), with the flows `flows` makes from a start index.
-fn once(
+pub(super) fn once(
     o: &Opts,
     bed: &Bed,
     rate: u64,

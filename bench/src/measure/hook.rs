@@ -15,8 +15,8 @@ use crate::{
 /// A kernel-cost window: ns per program run over all the programs, and per program (ns per
 /// run, runs) in the order of the ids given.
 #[derive(Debug, Clone)]
-struct HookWindow {
-    ns: f64,
+pub(super) struct HookWindow {
+    pub(super) ns: f64,
     per_prog: Vec<(f64, u64)>,
 }
 
@@ -41,7 +41,7 @@ pub struct Hooks {
 }
 
 /// Average ns per program run over a generator window.
-fn window(
+pub(super) fn window(
     bed: &Bed,
     ids: &[u32],
     flows: Flows,

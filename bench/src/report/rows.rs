@@ -3,13 +3,14 @@ use std::collections::BTreeMap;
 
 use super::{
     Row,
-    stats::{fmt_range, kilo, summarize, summary},
+    stats::{Summary, fmt_range, kilo, summarize, summary},
 };
 use crate::{
     measure::{
         Results,
         churn::Churn,
         collector::CollectorFigures,
+        features::Features,
         hook::Hooks,
         map::{MapFigures, MapMemory},
         rss::Rss,
@@ -41,7 +42,93 @@ pub fn rows(o: &Opts, r: &Results) -> anyhow::Result<Vec<Row>> {
     if let Some(c) = &r.collector {
         collector_rows(o, c, &mut rows)?;
     }
+    if let Some(f) = &r.features {
+        feature_rows(o, f, &mut rows)?;
+    }
     Ok(rows)
+}
+
+/// The extra cost of each feature (issue 16): the medians over the pairs of (with − baseline),
+/// with both sides' medians and the spread of the differences.
+fn feature_rows(o: &Opts, f: &Features, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let diff = |pairs: &[(f64, f64)]| -> anyhow::Result<(Summary, Summary, Summary)> {
+        let d: Vec<f64> = pairs.iter().map(|(b, w)| w - b).collect();
+        let b: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+        let w: Vec<f64> = pairs.iter().map(|p| p.1).collect();
+        Ok((summarize(&d)?, summarize(&b)?, summarize(&w)?))
+    };
+    let rate = crate::measure::features::CHURN_RATE;
+    for (name, feat, packet, base, kernel_limit, cpu_limit) in [
+        (
+            "dns",
+            &f.dns,
+            "DNS query to port 53 (copied into the DNS ring)",
+            "the same bytes to port 5354",
+            250.0,
+            2.0,
+        ),
+        (
+            "tcp_handshake",
+            &f.handshakes,
+            "TCP SYN (put into the handshake ring)",
+            "a TCP segment with only ACK",
+            100.0,
+            1.0,
+        ),
+    ] {
+        let (d, b, w) = diff(&feat.kernel_ns)?;
+        rows.push(Row {
+            key: if name == "dns" {
+                "kernel_ns_extra_dns"
+            } else {
+                "kernel_ns_extra_tcp_handshake"
+            },
+            figure: format!(
+                "extra kernel ns per packet: a {packet} against {base}, every packet a new flow, \
+                 {} pairs of {} s windows",
+                feat.kernel_ns.len(),
+                o.hook_secs
+            ),
+            value: Some(d.median),
+            unit: "ns",
+            target: format!("≤ {kernel_limit} ns"),
+            at_least: false,
+            limit: kernel_limit,
+            digits: 1,
+            detail: format!(
+                "difference {} ns; ns per run with {} against {}",
+                fmt_range(&d, 1),
+                fmt_range(&w, 1),
+                fmt_range(&b, 1)
+            ),
+        });
+        let (d, b, w) = diff(&feat.cpu_us_per_flow)?;
+        rows.push(Row {
+            key: if name == "dns" {
+                "cpu_per_flow_extra_dns"
+            } else {
+                "cpu_per_flow_extra_tcp_handshake"
+            },
+            figure: format!(
+                "extra agent CPU per exported flow at {rate} new flows/s, every flow one {packet} \
+                 against {base}, {} alternated runs each",
+                feat.cpu_us_per_flow.len()
+            ),
+            value: Some(d.median),
+            unit: "µs",
+            target: format!("≤ {cpu_limit} µs"),
+            at_least: false,
+            limit: cpu_limit,
+            digits: 2,
+            detail: format!(
+                "difference {} µs; µs per flow with {} against {}",
+                fmt_range(&d, 2),
+                fmt_range(&w, 2),
+                fmt_range(&b, 2)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// "name 95.1 ns × 200000 runs, ..." (medians over the pairs) for each program.

@@ -1,0 +1,96 @@
+//! The cost of the features that read payloads or segments (issue 16): DNS messages copied into
+//! the DNS ring, TCP SYN and SYN/ACK segments into the handshake ring.
+//!
+//! Kernel: ns per program run on packets the feature takes (DNS queries to port 53; TCP SYNs)
+//! against the same packets it does not (the same query bytes to port 5354; TCP segments with
+//! only ACK), every packet a new flow, in windows alternated within each pair (the order flips
+//! from pair to pair), on one agent. Agent: CPU per exported flow at 10 000 new flows/s when
+//! every flow is one such packet, against the same churn of the baseline packets, alternated.
+use crate::{
+    bed::{Bed, Flows, RawKind},
+    harness::{BpfStatsGuard, log},
+    measure::{churn, hook, start_settled},
+    opts::Opts,
+};
+
+/// One feature's figures: (baseline, with the feature) of each pair.
+#[derive(Debug, Default, Clone)]
+pub struct Feature {
+    pub kernel_ns: Vec<(f64, f64)>,
+    pub cpu_us_per_flow: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Features {
+    pub dns: Feature,
+    pub handshakes: Feature,
+}
+
+/// The churn rate of the CPU figures (as the low churn row).
+pub const CHURN_RATE: u64 = 10_000;
+
+pub fn run(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Features> {
+    let mut f = Features::default();
+    let kinds = [
+        (RawKind::Udp(5354), RawKind::Dns),
+        (RawKind::TcpAck, RawKind::TcpSyn),
+    ];
+    let mut start = 0u64;
+    for pair in 0..o.hook_pairs {
+        log(format!(
+            "features kernel pair {}/{}",
+            pair + 1,
+            o.hook_pairs
+        ));
+        let (agent, _) = start_settled(o, bed, o.hook_entries())?;
+        let ids = agent.prog_ids()?;
+        for (k, (base, with)) in kinds.into_iter().enumerate() {
+            let mut ns = [0.0; 2];
+            let order = if pair % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let kind = if which == 0 { base } else { with };
+                stats.set(true)?;
+                let w = hook::window(
+                    bed,
+                    &ids,
+                    Flows::Raw { start, kind },
+                    o.hook_rate,
+                    o.hook_secs,
+                );
+                stats.set(false)?;
+                ns[which] = w?.ns;
+                start += (o.hook_rate as f64 * o.hook_secs) as u64 + 1;
+            }
+            let fig = if k == 0 {
+                &mut f.dns
+            } else {
+                &mut f.handshakes
+            };
+            fig.kernel_ns.push((ns[0], ns[1]));
+        }
+        agent.stop()?;
+    }
+    for run in 0..o.churn_runs {
+        for (k, (base, with)) in kinds.into_iter().enumerate() {
+            let mut us = [0.0; 2];
+            let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+            for which in order {
+                let kind = if which == 0 { base } else { with };
+                log(format!(
+                    "features churn run {}/{}: {kind:?}",
+                    run + 1,
+                    o.churn_runs
+                ));
+                let r = churn::once(o, bed, CHURN_RATE, |s| Flows::Raw { start: s, kind }, &[])?;
+                us[which] = r.ns_per_flow / 1000.0;
+            }
+            let fig = if k == 0 {
+                &mut f.dns
+            } else {
+                &mut f.handshakes
+            };
+            fig.cpu_us_per_flow.push((us[0], us[1]));
+        }
+    }
+    Ok(f)
+}
