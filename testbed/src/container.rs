@@ -220,6 +220,24 @@ impl Containerd {
         self.dir.path().join("containerd.sock")
     }
 
+    /// Its directory (root, state, socket, runc's state, the IO fifos).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `ctr run` options that keep runc's state and the IO fifos in [`Containerd::dir`] rather
+    /// than under /run/containerd (ctr's defaults). containerd 1.6 still puts its shims' sockets
+    /// in /run/containerd/s (hard-coded), removed when the shims exit.
+    pub fn private_run_flags(&self) -> Vec<String> {
+        let d = self.dir.path();
+        vec![
+            "--runc-root".into(),
+            d.join("runc").display().to_string(),
+            "--fifo-dir".into(),
+            d.join("fifo").display().to_string(),
+        ]
+    }
+
     /// `ctr -a SOCKET -n podflow-test ARGS`.
     pub fn ctr(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
         Command::new("ctr")
@@ -279,8 +297,8 @@ impl Containerd {
         let child = Command::new("ctr")
             .arg("-a")
             .arg(self.socket())
-            .args(["-n", "podflow-test", "run", "--rm", "--runc-root"])
-            .arg(self.dir.path().join("runc"))
+            .args(["-n", "podflow-test", "run", "--rm"])
+            .args(self.private_run_flags())
             .args(&run.flags)
             .arg(image)
             .arg(id)
@@ -300,7 +318,8 @@ impl Containerd {
 
     /// The OCI runtime spec containerd gives container `id` created from `image` with `run`'s
     /// options (`ctr containers create`, then `info`; the container is deleted again): what the
-    /// runtime really gets, e.g. the seccomp profile of `--seccomp`.
+    /// runtime really gets, e.g. the seccomp profile of `--seccomp` (built for the capabilities
+    /// granted). The CPU flags, which apply to the task, are left out.
     pub fn spec_of(
         &self,
         image: &str,
@@ -308,7 +327,15 @@ impl Containerd {
         run: &CtrRun,
     ) -> Result<serde_json::Value, TestbedError> {
         let mut args: Vec<&str> = vec!["containers", "create"];
-        args.extend(run.flags.iter().map(String::as_str));
+        // `ctr containers create` lacks run's CPU flags (set on the task, not in the spec).
+        let mut flags = run.flags.iter().map(String::as_str);
+        while let Some(f) = flags.next() {
+            if matches!(f, "--cpus" | "--cpu-shares") {
+                flags.next();
+            } else {
+                args.push(f);
+            }
+        }
         args.extend([image, id]);
         args.extend(run.argv.iter().map(String::as_str));
         let created = self.ctr(&args)?;
@@ -329,6 +356,31 @@ impl Containerd {
             })?;
         Ok(v["Spec"].clone())
     }
+}
+
+/// What a stopped [`Containerd`] whose directory was `dir` left behind: mounts under `dir`
+/// and processes (containerd, shims, containers' `ctr`) that name it. Empty when it cleaned up.
+pub fn leftovers(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(|l| format!("mount: {l}"))
+        .collect();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            left.push(format!(
+                "process {}: {cmdline}",
+                p.file_name().to_string_lossy()
+            ));
+        }
+    }
+    left
 }
 
 /// A container run by [`Containerd::run`]: SIGKILLed and removed on drop.
@@ -391,18 +443,18 @@ impl Task<'_> {
 
 impl Drop for Task<'_> {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = self
-                    .runtime
-                    .ctr(&["tasks", "kill", "-s", "SIGKILL", &self.id]);
-                let gone = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
-                    child.try_wait().ok().flatten()
-                });
-                if gone.is_none() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+        if let Some(mut child) = self.child.take()
+            && matches!(child.try_wait(), Ok(None))
+        {
+            let _ = self
+                .runtime
+                .ctr(&["tasks", "kill", "-s", "SIGKILL", &self.id]);
+            let gone = wait_for(Duration::from_secs(10), Duration::from_millis(50), || {
+                child.try_wait().ok().flatten()
+            });
+            if gone.is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         let _ = self.runtime.ctr(&["tasks", "delete", "-f", &self.id]);

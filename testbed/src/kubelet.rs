@@ -18,7 +18,7 @@
 //! | `capabilities` `drop`/`add` | `--cap-drop`/`--cap-add` against containerd's default set ([`CONTAINERD_DEFAULT_CAPS`]; ctr takes no `ALL`) |
 //! | `privileged` | `--privileged` |
 //! | `allowPrivilegeEscalation` | no_new_privs (ctr's default) when `false`; `--allow-new-privs` otherwise (Kubernetes' default is `true`) |
-//! | `readOnlyRootFilesystem` | `--read-only` |
+//! | `readOnlyRootFilesystem` | `--read-only`, and the image's `/run` read-only over the tmpfs containerd's default spec puts there (the CRI removes that tmpfs) |
 //! | `seccompProfile` (container over pod) | `RuntimeDefault`: `--seccomp` (containerd's default profile); `Localhost`: `--seccomp --seccomp-profile` from [`Kubelet::seccomp_root`]; `Unconfined` or none: nothing |
 //! | `hostNetwork: true` | `--with-ns network:` the node's namespace; `false`: the pod sandbox's namespace the test gives |
 //! | `dnsPolicy` `ClusterFirst`/`ClusterFirstWithHostNet` | `/etc/hosts` with [`Kubelet::cluster_dns`]'s names (the cluster DNS stand-in) |
@@ -672,6 +672,24 @@ impl Kubelet {
         }
         for k in &order {
             flags.extend(["--env".into(), format!("{k}={}", env[k])]);
+        }
+
+        // containerd's default spec mounts a tmpfs on /run, which the CRI removes
+        // (`oci.WithoutRunMount`): under Kubernetes a container's /run is the image's. With a
+        // read-only root that is a read-only /run: the image's (mount points created, as runc
+        // creates them before it makes the root read-only), bound read-only over the tmpfs.
+        if csc.read_only_root_filesystem == Some(true) {
+            let run = pod_dir.join("image-run");
+            mkdir("/run", &run)?;
+            for m in c.volume_mounts.iter().flatten() {
+                if let Some(rel) = m.mount_path.strip_prefix("/run/") {
+                    mkdir(&m.name, &run.join(rel))?;
+                }
+            }
+            flags.extend([
+                "--mount".into(),
+                format!("type=bind,src={},dst=/run,options=rbind:ro", run.display()),
+            ]);
         }
 
         // Volumes.

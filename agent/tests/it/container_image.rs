@@ -194,7 +194,9 @@ fn the_image_runs_under_containerd_read_only_without_capabilities() {
     let image = runtime.import(&layout, "test").unwrap();
     // containerd's default capabilities, each dropped (ctr 1.6 takes no ALL); the process runs
     // as the image's configured user, nonroot (ctr 1.6 has no --user).
+    let private = runtime.private_run_flags();
     let mut args = vec!["run", "--rm", "--read-only", "--seccomp"];
+    args.extend(private.iter().map(String::as_str));
     for cap in podflow_testbed::kubelet::CONTAINERD_DEFAULT_CAPS {
         args.extend(["--cap-drop", cap]);
     }
@@ -212,4 +214,8 @@ fn the_image_runs_under_containerd_read_only_without_capabilities() {
         String::from_utf8_lossy(&run.stderr),
         runtime.log()
     );
+    // Stopped with nothing left: no mount, no process naming its directory.
+    let dir = runtime.dir().to_path_buf();
+    drop(runtime);
+    assert_eq!(container::leftovers(&dir), Vec::<String>::new());
 }

@@ -210,6 +210,11 @@ impl Bed {
     /// Runs container `name` of `spec` as the kubelet would; `netns` is the pod sandbox's
     /// network namespace (for a pod without hostNetwork).
     fn run(&self, spec: &PodSpec, name: &str, netns: Option<&Path>) -> Task<'_> {
+        self.run_as(spec, name, name, netns)
+    }
+
+    /// [`Bed::run`] as container id `<prefix>-<id>`.
+    fn run_as(&self, spec: &PodSpec, name: &str, id: &str, netns: Option<&Path>) -> Task<'_> {
         let run = self
             .kubelet
             .translate(
@@ -224,9 +229,26 @@ impl Bed {
             .images
             .get(&run.user)
             .unwrap_or_else(|| panic!("no image for user {:?}", run.user));
-        let id = format!("{}-{name}", self.prefix);
+        let id = format!("{}-{id}", self.prefix);
         let log = self.dir.path().join(format!("{id}.log"));
         self.runtime.run(image, &id, &run, &log).unwrap()
+    }
+
+    /// Drops everything, then checks containerd left no mount or process, and the node's
+    /// namespaces are gone.
+    fn assert_nothing_left(self) {
+        let dir = self.runtime.dir().to_path_buf();
+        let namespaces: Vec<String> = std::iter::once(self.node.ns.name().to_string())
+            .chain(self.node.pods.iter().map(|p| p.ns.name().to_string()))
+            .collect();
+        drop(self);
+        assert_eq!(container::leftovers(&dir), Vec::<String>::new());
+        for ns in namespaces {
+            assert!(
+                !Path::new("/var/run/netns").join(&ns).exists(),
+                "namespace {ns} left"
+            );
+        }
     }
 
     fn socket(&self) -> PathBuf {
@@ -305,8 +327,7 @@ fn proc_status(pid: u32) -> BTreeMap<String, String> {
 fn mount_options(pid: u32, path: &str) -> Option<String> {
     let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
     info.lines()
-        .filter(|l| l.split_whitespace().nth(4) == Some(path))
-        .last()
+        .rfind(|l| l.split_whitespace().nth(4) == Some(path))
         .and_then(|l| l.split_whitespace().nth(5).map(String::from))
 }
 
@@ -588,4 +609,118 @@ fn the_manifests_agent_and_collector_work_in_containerd() {
         "collector exit {st}:\n{}",
         collector.log_text()
     );
+    drop((agent, collector));
+    bed.assert_nothing_left();
+}
+
+/// Runs the agent container of `spec` (container id `id`) and expects it to exit, failing,
+/// within 30 s, with each of `needles` in its log; returns the log.
+fn expect_failure(bed: &Bed, spec: &PodSpec, id: &str, needles: &[&str]) -> String {
+    let mut task = bed.run_as(spec, "agent", id, None);
+    let st = task.wait_exit(Duration::from_secs(30));
+    let log = task.log_text();
+    let st = st.unwrap_or_else(|| panic!("{id}: the agent did not exit; log:\n{log}"));
+    assert!(!st.success(), "{id}: the agent exited {st}; log:\n{log}");
+    for n in needles {
+        assert!(log.contains(n), "{id}: {n:?} not in the log:\n{log}");
+    }
+    eprintln!("{id}: exit {st}, log:\n{log}");
+    log
+}
+
+/// The agent container's security context.
+fn sc(s: &mut PodSpec) -> &mut k8s_openapi::api::core::v1::SecurityContext {
+    s.containers[0].security_context.as_mut().unwrap()
+}
+
+#[test]
+fn the_manifests_agent_fails_well_in_containerd() {
+    if !privileged() || !available() {
+        return;
+    }
+    let bed = Bed::new("f", 72);
+    let base = bed.agent_spec();
+
+    // One capability fewer than the manifest adds: the start-up check names it.
+    for (missing, _) in required_capabilities() {
+        let mut spec = base.clone();
+        let add = sc(&mut spec)
+            .capabilities
+            .as_mut()
+            .unwrap()
+            .add
+            .as_mut()
+            .unwrap();
+        let before = add.len();
+        add.retain(|c| format!("CAP_{c}") != *missing);
+        assert_eq!(add.len(), before - 1, "{missing} is in the manifest's list");
+        let id = format!("no-{}", missing.to_ascii_lowercase().replace('_', "-"));
+        expect_failure(
+            &bed,
+            &spec,
+            &id,
+            &[&format!("missing capability {missing}")],
+        );
+    }
+
+    // The read-only root without the writable /run/podflow mount: the message names the mount.
+    let mut spec = base.clone();
+    spec.containers[0]
+        .volume_mounts
+        .as_mut()
+        .unwrap()
+        .retain(|m| m.mount_path != "/run/podflow");
+    spec.volumes.as_mut().unwrap().retain(|v| v.name != "run");
+    expect_failure(
+        &bed,
+        &spec,
+        "no-run-mount",
+        &["/run/podflow", "read-only", "mount"],
+    );
+
+    // seccomp: containerd's default profile for these settings, with bpf(2) taken out, as a
+    // Localhost profile. The message says seccomp blocks bpf, not a bare EPERM.
+    let run = bed
+        .kubelet
+        .translate(
+            &base,
+            "agent-pod",
+            "agent",
+            None,
+            &container::image_config(),
+        )
+        .unwrap();
+    let spec_json = bed
+        .runtime
+        .spec_of(
+            &bed.images[&run.user],
+            &format!("{}-spec", bed.prefix),
+            &run,
+        )
+        .unwrap();
+    let mut profile = spec_json["linux"]["seccomp"].clone();
+    let mut removed = 0;
+    for rule in profile["syscalls"].as_array_mut().expect("seccomp rules") {
+        if let Some(names) = rule["names"].as_array_mut() {
+            let before = names.len();
+            names.retain(|n| n != "bpf");
+            removed += before - names.len();
+        }
+    }
+    assert!(
+        removed > 0,
+        "containerd's default profile allows bpf: {profile}"
+    );
+    std::fs::write(
+        bed.kubelet.seccomp_root.join("podflow-no-bpf.json"),
+        serde_json::to_vec(&profile).unwrap(),
+    )
+    .unwrap();
+    let mut spec = base;
+    sc(&mut spec).seccomp_profile = Some(k8s_openapi::api::core::v1::SeccompProfile {
+        type_: "Localhost".into(),
+        localhost_profile: Some("podflow-no-bpf.json".into()),
+    });
+    expect_failure(&bed, &spec, "no-bpf-syscall", &["seccomp", "bpf(2)"]);
+    bed.assert_nothing_left();
 }

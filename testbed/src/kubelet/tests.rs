@@ -1,9 +1,3 @@
-#![expect(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    reason = "a test fails by panicking, with a message"
-)]
-
 use std::collections::BTreeMap;
 
 use super::*;
@@ -126,6 +120,7 @@ fn the_agent_daemonset_translates_to_ctr_options() {
         values(&run, "--mount"),
         [
             format!("type=bind,src={d}/agent-pod/hosts,dst=/etc/hosts,options=rbind:ro"),
+            format!("type=bind,src={d}/agent-pod/image-run,dst=/run,options=rbind:ro"),
             format!("type=bind,src={d}/host-run,dst=/run/podflow,options=rbind:rw"),
             format!("type=bind,src={d}/host-bpffs,dst=/sys/fs/bpf,options=rbind:rw"),
             format!("type=bind,src={d}/agent-pod/secret/tls,dst=/etc/podflow/tls,options=rbind:ro"),
@@ -307,7 +302,7 @@ fn expands_variables_as_the_kubelet_does() {
 #[test]
 fn parses_quantities() {
     assert_eq!(quantity_milli("1Gi"), Some(1000 << 30));
-    assert_eq!(quantity_milli("256Mi"), Some(1000 * 256 << 20));
+    assert_eq!(quantity_milli("256Mi"), Some((1000 * 256) << 20));
     assert_eq!(quantity_milli("100m"), Some(100));
     assert_eq!(quantity_milli("2"), Some(2000));
     assert_eq!(quantity_milli("0.5"), Some(500));
