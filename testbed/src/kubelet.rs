@@ -23,7 +23,7 @@
 //! | `hostNetwork: true` | `--with-ns network:` the node's namespace; `false`: the pod sandbox's namespace the test gives |
 //! | `dnsPolicy` `ClusterFirst`/`ClusterFirstWithHostNet` | `/etc/hosts` with [`Kubelet::cluster_dns`]'s names (the cluster DNS stand-in) |
 //! | volumes: `hostPath` | a bind of the test directory [`Kubelet::host_paths`] maps the path to (`DirectoryOrCreate` creates it) |
-//! | `emptyDir` | a bind of a fresh directory (mode 0777, as the kubelet makes it) |
+//! | `emptyDir` | a bind of a fresh directory (mode 0777, as the kubelet makes it; `medium: Memory` and `sizeLimit` not translated: a directory on disk) |
 //! | `secret`/`configMap` | a bind of a directory with one file per key, `defaultMode`, owned by root and `fsGroup` |
 //! | `volumeMounts` `readOnly` | bind options `rbind:ro` / `rbind:rw` |
 //! | `resources.limits` `memory`/`cpu`, `requests.cpu` | `--memory-limit`, `--cpus`, `--cpu-shares` (the kubelet's milli-CPU × 1024 / 1000) |
@@ -50,7 +50,10 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Probe};
+use k8s_openapi::{
+    api::core::v1::{Container, EnvVar, PodSecurityContext, PodSpec, Probe, SecurityContext},
+    apimachinery::pkg::api::resource::Quantity,
+};
 use serde_json::Value;
 
 /// The capabilities containerd 1.6 gives a container by default (`oci.WithDefaultUnixCaps`,
@@ -173,6 +176,23 @@ impl Manifest {
         let spec = self.object(kind, name)?["spec"]["template"]["spec"].clone();
         serde_yaml::from_value(spec).map_err(|source| KubeletError::Parse {
             what: format!("{kind} {name}'s pod template"),
+            source,
+        })
+    }
+
+    /// The pod template's annotations of the workload `kind` `name` (e.g. the scrape path).
+    pub fn pod_annotations(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<BTreeMap<String, String>, KubeletError> {
+        let annotations =
+            self.object(kind, name)?["spec"]["template"]["metadata"]["annotations"].clone();
+        if annotations.is_null() {
+            return Ok(BTreeMap::new());
+        }
+        serde_yaml::from_value(annotations).map_err(|source| KubeletError::Parse {
+            what: format!("{kind} {name}'s pod annotations"),
             source,
         })
     }
@@ -484,43 +504,37 @@ impl Kubelet {
                 kind: "container".into(),
                 name: container.into(),
             })?;
-        let cpath = format!("spec.containers[{index}]");
+        let pod = Pod {
+            spec,
+            c,
+            cpath: format!("spec.containers[{index}]"),
+            name: pod_name,
+            dir: self.dir.join(pod_name),
+        };
         let mut flags: Vec<String> = Vec::new();
-        let psc = spec.security_context.clone().unwrap_or_default();
-        let csc = c.security_context.clone().unwrap_or_default();
+        let (user, fs_group) = pod.user(image)?;
+        self.security(&pod, &mut flags)?;
+        self.network(&pod, sandbox_netns, &mut flags)?;
+        let env = self.environment(&pod, &mut flags)?;
+        self.mounts(&pod, fs_group, &mut flags)?;
+        pod.resources(&mut flags)?;
+        let argv = pod.process(image, &env)?;
+        let grace = Duration::from_secs(
+            spec.termination_grace_period_seconds
+                .map_or(30, |s| u64::try_from(s).unwrap_or(0)),
+        );
+        Ok(CtrRun {
+            flags,
+            argv,
+            user,
+            grace,
+        })
+    }
 
-        // The user.
-        let uid = csc
-            .run_as_user
-            .or(psc.run_as_user)
-            .map_or(Ok(image.user.0), u32::try_from)
-            .map_err(|_| unsupported(&cpath, csc.run_as_user, "runAsUser out of range"))?;
-        let gid = csc
-            .run_as_group
-            .or(psc.run_as_group)
-            .map_or(Ok(image.user.1), u32::try_from)
-            .map_err(|_| unsupported(&cpath, csc.run_as_group, "runAsGroup out of range"))?;
-        if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) && uid == 0 {
-            return Err(unsupported(
-                &format!("{cpath}.securityContext.runAsNonRoot"),
-                true,
-                "the process would run as UID 0: the kubelet refuses to start it",
-            ));
-        }
-        let fs_group = psc.fs_group.map(u32::try_from).transpose().map_err(|_| {
-            unsupported("spec.securityContext.fsGroup", psc.fs_group, "out of range")
-        })?;
-        if let Some(g) = fs_group
-            && g != gid
-        {
-            return Err(unsupported(
-                "spec.securityContext.fsGroup",
-                g,
-                "differs from the process's group, and ctr 1.6 sets no supplementary groups",
-            ));
-        }
-
-        // Privileges.
+    /// Capabilities, privileged, no_new_privs, the read-only root, seccomp.
+    fn security(&self, pod: &Pod<'_>, flags: &mut Vec<String>) -> Result<(), KubeletError> {
+        let (psc, csc) = pod.security_contexts();
+        let cpath = &pod.cpath;
         if csc.privileged == Some(true) {
             flags.push("--privileged".into());
         }
@@ -538,6 +552,13 @@ impl Kubelet {
         };
         let drop: BTreeSet<String> = caps.drop.iter().flatten().map(norm).collect();
         let add: BTreeSet<String> = caps.add.iter().flatten().map(norm).collect();
+        if add.contains("CAP_ALL") {
+            return Err(unsupported(
+                &format!("{cpath}.securityContext.capabilities.add"),
+                "ALL",
+                "not translated",
+            ));
+        }
         let mut have: BTreeSet<String> = if drop.contains("CAP_ALL") {
             BTreeSet::new()
         } else {
@@ -547,7 +568,7 @@ impl Kubelet {
                 .filter(|c| !drop.contains(c))
                 .collect()
         };
-        have.extend(add.iter().filter(|c| *c != "CAP_ALL").cloned());
+        have.extend(add);
         for d in CONTAINERD_DEFAULT_CAPS {
             if !have.contains(*d) {
                 flags.extend(["--cap-drop".into(), d.to_string()]);
@@ -586,9 +607,17 @@ impl Kubelet {
             }
             Some(other) => return Err(unsupported(&seccomp_path, other, "unknown profile")),
         }
+        Ok(())
+    }
 
-        // Network and name resolution.
-        let host_network = spec.host_network == Some(true);
+    /// The network namespace to join, and name resolution.
+    fn network(
+        &self,
+        pod: &Pod<'_>,
+        sandbox_netns: Option<&Path>,
+        flags: &mut Vec<String>,
+    ) -> Result<(), KubeletError> {
+        let host_network = pod.spec.host_network == Some(true);
         let netns = if host_network {
             self.node_netns.clone()
         } else {
@@ -603,19 +632,11 @@ impl Kubelet {
                 .to_path_buf()
         };
         flags.extend(["--with-ns".into(), format!("network:{}", netns.display())]);
-        let pod_dir = self.dir.join(pod_name);
-        let mkdir = |volume: &str, path: &Path| {
-            std::fs::create_dir_all(path).map_err(|source| KubeletError::Volume {
-                volume: volume.into(),
-                path: path.to_path_buf(),
-                source,
-            })
-        };
-        let dns = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+        let dns = pod.spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
         match (dns, host_network) {
             ("ClusterFirstWithHostNet", _) | ("ClusterFirst", false) => {
-                mkdir("/etc/hosts", &pod_dir)?;
-                let hosts = pod_dir.join("hosts");
+                mkdir("/etc/hosts", &pod.dir)?;
+                let hosts = pod.dir.join("hosts");
                 let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost\n");
                 for (name, addr) in &self.cluster_dns {
                     text.push_str(&format!("{addr}\t{name}\n"));
@@ -636,8 +657,18 @@ impl Kubelet {
             ("Default", _) | ("ClusterFirst", true) => {}
             (other, _) => return Err(unsupported("spec.dnsPolicy", other, "not translated")),
         }
+        Ok(())
+    }
 
-        // Environment, in the kubelet's order, each value expanded against those before it.
+    /// The environment, in the kubelet's order (envFrom, then env, each value expanded
+    /// against those before it), as `--env` flags; returned for the expansion of the args.
+    fn environment(
+        &self,
+        pod: &Pod<'_>,
+        flags: &mut Vec<String>,
+    ) -> Result<BTreeMap<String, String>, KubeletError> {
+        let c = pod.c;
+        let cpath = &pod.cpath;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         let mut order: Vec<String> = Vec::new();
         let mut set = |env: &mut BTreeMap<String, String>, k: String, v: String| {
@@ -667,19 +698,35 @@ impl Kubelet {
         }
         for (i, var) in c.env.iter().flatten().enumerate() {
             let path = format!("{cpath}.env[{i}]");
-            let value = self.env_value(var, pod_name, &env, &path)?;
+            let value = self.env_value(var, pod.name, &env, &path)?;
             set(&mut env, var.name.clone(), value);
         }
         for k in &order {
             flags.extend(["--env".into(), format!("{k}={}", env[k])]);
         }
+        Ok(env)
+    }
 
+    /// The volumes the container mounts, as binds of directories standing in for them.
+    fn mounts(
+        &self,
+        pod: &Pod<'_>,
+        fs_group: Option<u32>,
+        flags: &mut Vec<String>,
+    ) -> Result<(), KubeletError> {
+        let c = pod.c;
+        let cpath = &pod.cpath;
         // containerd's default spec mounts a tmpfs on /run, which the CRI removes
         // (`oci.WithoutRunMount`): under Kubernetes a container's /run is the image's. With a
         // read-only root that is a read-only /run: the image's (mount points created, as runc
         // creates them before it makes the root read-only), bound read-only over the tmpfs.
-        if csc.read_only_root_filesystem == Some(true) {
-            let run = pod_dir.join("image-run");
+        let read_only_root = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.read_only_root_filesystem)
+            == Some(true);
+        if read_only_root {
+            let run = pod.dir.join("image-run");
             mkdir("/run", &run)?;
             for m in c.volume_mounts.iter().flatten() {
                 if let Some(rel) = m.mount_path.strip_prefix("/run/") {
@@ -691,11 +738,10 @@ impl Kubelet {
                 format!("type=bind,src={},dst=/run,options=rbind:ro", run.display()),
             ]);
         }
-
-        // Volumes.
         for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
             let path = format!("{cpath}.volumeMounts[{i}]");
-            let v = spec
+            let v = pod
+                .spec
                 .volumes
                 .iter()
                 .flatten()
@@ -719,7 +765,8 @@ impl Kubelet {
                 }
                 dir.clone()
             } else if v.empty_dir.is_some() {
-                let dir = pod_dir.join("empty-dir").join(&v.name);
+                // medium and sizeLimit are not translated: a directory on disk.
+                let dir = pod.dir.join("empty-dir").join(&v.name);
                 mkdir(&m.name, &dir)?;
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).map_err(
                     |source| KubeletError::Volume {
@@ -735,8 +782,8 @@ impl Kubelet {
                     .secrets
                     .get(&name)
                     .ok_or_else(|| unsupported(&path, &name, "no such Secret given"))?;
-                let dir = pod_dir.join("secret").join(&v.name);
-                self.write_files(
+                let dir = pod.dir.join("secret").join(&v.name);
+                write_files(
                     &v.name,
                     &dir,
                     data,
@@ -752,8 +799,8 @@ impl Kubelet {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
                     .collect();
-                let dir = pod_dir.join("config-map").join(&v.name);
-                self.write_files(
+                let dir = pod.dir.join("config-map").join(&v.name);
+                write_files(
                     &v.name,
                     &dir,
                     &data,
@@ -778,65 +825,7 @@ impl Kubelet {
                 ),
             ]);
         }
-
-        // Resources.
-        if let Some(r) = &c.resources {
-            let q = |m: &Option<
-                BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
-            >,
-                     k: &str| {
-                m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
-            };
-            let bad = |k: &str, v: &str| {
-                unsupported(&format!("{cpath}.resources.{k}"), v, "not a quantity")
-            };
-            if let Some(mem) = q(&r.limits, "memory") {
-                let bytes = quantity_milli(&mem).ok_or_else(|| bad("limits.memory", &mem))? / 1000;
-                flags.extend(["--memory-limit".into(), bytes.to_string()]);
-            }
-            if let Some(cpu) = q(&r.limits, "cpu") {
-                let milli = quantity_milli(&cpu).ok_or_else(|| bad("limits.cpu", &cpu))?;
-                flags.extend(["--cpus".into(), format!("{}", milli as f64 / 1000.0)]);
-            }
-            if let Some(cpu) = q(&r.requests, "cpu") {
-                let milli = quantity_milli(&cpu).ok_or_else(|| bad("requests.cpu", &cpu))?;
-                flags.extend([
-                    "--cpu-shares".into(),
-                    (milli * 1024 / 1000).max(2).to_string(),
-                ]);
-            }
-            if let Some(mem) = q(&r.requests, "memory") {
-                // Scheduling only; still a valid quantity.
-                quantity_milli(&mem).ok_or_else(|| bad("requests.memory", &mem))?;
-            }
-        }
-
-        // The process.
-        let command = c
-            .command
-            .clone()
-            .unwrap_or_else(|| image.entrypoint.clone());
-        let args = match (&c.command, &c.args) {
-            (_, Some(a)) => a.clone(),
-            (Some(_), None) => Vec::new(),
-            (None, None) => image.cmd.clone(),
-        };
-        let argv = command
-            .iter()
-            .chain(&args)
-            .enumerate()
-            .map(|(i, a)| expand(a, &env, &format!("{cpath} argv[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let grace = Duration::from_secs(
-            spec.termination_grace_period_seconds
-                .map_or(30, |s| u64::try_from(s).unwrap_or(0)),
-        );
-        Ok(CtrRun {
-            flags,
-            argv,
-            user: (uid, gid),
-            grace,
-        })
+        Ok(())
     }
 
     fn env_value(
@@ -878,43 +867,170 @@ impl Kubelet {
         }
         Err(unsupported(path, &var.name, "valueFrom not translated"))
     }
+}
 
-    /// One file per key in `dir`, mode `mode`, owned by root and `group` (the pod's fsGroup).
-    fn write_files(
-        &self,
-        volume: &str,
-        dir: &Path,
-        data: &BTreeMap<String, Vec<u8>>,
-        mode: i32,
-        group: Option<u32>,
-    ) -> Result<(), KubeletError> {
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            let volume = volume.to_string();
-            move |source| KubeletError::Volume {
-                volume,
-                path,
-                source,
-            }
+/// One container of a pod spec being translated.
+struct Pod<'a> {
+    spec: &'a PodSpec,
+    c: &'a Container,
+    /// The container's path in the spec, for errors (`spec.containers[0]`).
+    cpath: String,
+    name: &'a str,
+    /// Where this pod's volumes and generated files go.
+    dir: PathBuf,
+}
+
+impl Pod<'_> {
+    /// The pod's and the container's security contexts (or empty ones).
+    fn security_contexts(&self) -> (PodSecurityContext, SecurityContext) {
+        (
+            self.spec.security_context.clone().unwrap_or_default(),
+            self.c.security_context.clone().unwrap_or_default(),
+        )
+    }
+
+    /// The UID and GID (the container's setting, else the pod's, else the image's), and the
+    /// fsGroup.
+    fn user(&self, image: &ImageConfig) -> Result<((u32, u32), Option<u32>), KubeletError> {
+        let (psc, csc) = self.security_contexts();
+        let cpath = &self.cpath;
+        let uid = csc
+            .run_as_user
+            .or(psc.run_as_user)
+            .map_or(Ok(image.user.0), u32::try_from)
+            .map_err(|_| unsupported(cpath, csc.run_as_user, "runAsUser out of range"))?;
+        let gid = csc
+            .run_as_group
+            .or(psc.run_as_group)
+            .map_or(Ok(image.user.1), u32::try_from)
+            .map_err(|_| unsupported(cpath, csc.run_as_group, "runAsGroup out of range"))?;
+        if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) && uid == 0 {
+            return Err(unsupported(
+                &format!("{cpath}.securityContext.runAsNonRoot"),
+                true,
+                "the process would run as UID 0: the kubelet refuses to start it",
+            ));
+        }
+        let fs_group = psc.fs_group.map(u32::try_from).transpose().map_err(|_| {
+            unsupported("spec.securityContext.fsGroup", psc.fs_group, "out of range")
+        })?;
+        if let Some(g) = fs_group
+            && g != gid
+        {
+            return Err(unsupported(
+                "spec.securityContext.fsGroup",
+                g,
+                "differs from the process's group, and ctr 1.6 sets no supplementary groups",
+            ));
+        }
+        Ok(((uid, gid), fs_group))
+    }
+
+    /// Memory and CPU limits, CPU requests as shares.
+    fn resources(&self, flags: &mut Vec<String>) -> Result<(), KubeletError> {
+        let Some(r) = &self.c.resources else {
+            return Ok(());
         };
-        std::fs::create_dir_all(dir).map_err(err(dir))?;
-        // The directory is traversable by the pod's process, whoever it is.
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err(dir))?;
-        for (k, v) in data {
-            let file = dir.join(k);
-            std::fs::write(&file, v).map_err(err(&file))?;
-            // As the kubelet (root) does; a non-root unit test keeps its own files.
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                std::os::unix::fs::chown(&file, Some(0), Some(group.unwrap_or(0)))
-                    .map_err(err(&file))?;
-            }
-            let mode = u32::try_from(mode).unwrap_or(0o644) & 0o777;
-            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
-                .map_err(err(&file))?;
+        let q = |m: &Option<BTreeMap<String, Quantity>>, k: &str| {
+            m.as_ref().and_then(|m| m.get(k)).map(|q| q.0.clone())
+        };
+        let bad = |k: &str, v: &str| {
+            unsupported(
+                &format!("{}.resources.{k}", self.cpath),
+                v,
+                "not a quantity",
+            )
+        };
+        if let Some(mem) = q(&r.limits, "memory") {
+            let bytes = quantity_milli(&mem).ok_or_else(|| bad("limits.memory", &mem))? / 1000;
+            flags.extend(["--memory-limit".into(), bytes.to_string()]);
+        }
+        if let Some(cpu) = q(&r.limits, "cpu") {
+            let milli = quantity_milli(&cpu).ok_or_else(|| bad("limits.cpu", &cpu))?;
+            flags.extend(["--cpus".into(), format!("{}", milli as f64 / 1000.0)]);
+        }
+        if let Some(cpu) = q(&r.requests, "cpu") {
+            let milli = quantity_milli(&cpu).ok_or_else(|| bad("requests.cpu", &cpu))?;
+            flags.extend([
+                "--cpu-shares".into(),
+                (milli * 1024 / 1000).max(2).to_string(),
+            ]);
+        }
+        if let Some(mem) = q(&r.requests, "memory") {
+            // Scheduling only; still a valid quantity.
+            quantity_milli(&mem).ok_or_else(|| bad("requests.memory", &mem))?;
         }
         Ok(())
     }
+
+    /// argv: `command` (else the image's entrypoint) and `args` (else the image's cmd, unless
+    /// `command` is set), `$(VAR)` expanded.
+    fn process(
+        &self,
+        image: &ImageConfig,
+        env: &BTreeMap<String, String>,
+    ) -> Result<Vec<String>, KubeletError> {
+        let c = self.c;
+        let command = c
+            .command
+            .clone()
+            .unwrap_or_else(|| image.entrypoint.clone());
+        let args = match (&c.command, &c.args) {
+            (_, Some(a)) => a.clone(),
+            (Some(_), None) => Vec::new(),
+            (None, None) => image.cmd.clone(),
+        };
+        command
+            .iter()
+            .chain(&args)
+            .enumerate()
+            .map(|(i, a)| expand(a, env, &format!("{} argv[{i}]", self.cpath)))
+            .collect()
+    }
+}
+
+fn mkdir(volume: &str, path: &Path) -> Result<(), KubeletError> {
+    std::fs::create_dir_all(path).map_err(|source| KubeletError::Volume {
+        volume: volume.into(),
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// One file per key in `dir`, mode `mode`, owned by root and `group` (the pod's fsGroup).
+fn write_files(
+    volume: &str,
+    dir: &Path,
+    data: &BTreeMap<String, Vec<u8>>,
+    mode: i32,
+    group: Option<u32>,
+) -> Result<(), KubeletError> {
+    let err = |path: &Path| {
+        let path = path.to_path_buf();
+        let volume = volume.to_string();
+        move |source| KubeletError::Volume {
+            volume,
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(dir).map_err(err(dir))?;
+    // The directory is traversable by the pod's process, whoever it is.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err(dir))?;
+    for (k, v) in data {
+        let file = dir.join(k);
+        std::fs::write(&file, v).map_err(err(&file))?;
+        // As the kubelet (root) does; a non-root unit test keeps its own files.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&file, Some(0), Some(group.unwrap_or(0)))
+                .map_err(err(&file))?;
+        }
+        let mode = u32::try_from(mode).unwrap_or(0o644) & 0o777;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+            .map_err(err(&file))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -92,6 +92,10 @@ fn the_agent_daemonset_translates_to_ctr_options() {
     );
     assert_eq!(run.user, (0, 0), "runAsUser/runAsGroup 0");
     assert_eq!(run.grace, Duration::from_secs(30));
+    assert_eq!(
+        m.pod_annotations("DaemonSet", "podflow-agent").unwrap()["prometheus.io/path"],
+        "/metrics"
+    );
     // drop: [ALL] then add: [BPF, NET_ADMIN, PERFMON].
     let mut drops = values(&run, "--cap-drop");
     drops.sort_unstable();
@@ -252,6 +256,18 @@ fn settings_that_cannot_run_are_refused() {
     });
     let err = k.translate(&s, "p", "agent", None, &image()).unwrap_err();
     assert!(err.to_string().contains("no profile at"), "{err}");
+    // capabilities.add: [ALL].
+    let mut s = base.clone();
+    let caps = s.containers[0]
+        .security_context
+        .as_mut()
+        .unwrap()
+        .capabilities
+        .as_mut()
+        .unwrap();
+    caps.add = Some(vec!["ALL".into()]);
+    let err = k.translate(&s, "p", "agent", None, &image()).unwrap_err();
+    assert!(err.to_string().contains("capabilities.add"), "{err}");
     // A hostPath the test gave no directory for.
     let mut k2 = k.clone();
     k2.host_paths.remove("/run/podflow");
