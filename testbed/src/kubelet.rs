@@ -36,12 +36,17 @@
 //! `--kubernetes auto` stays off) and the kubelet's Service environment variables.
 //!
 //! Why `ctr run` and not the CRI (containerd's CRI plugin with `RunPodSandbox` +
-//! `CreateContainer`, as the kubelet does): `crictl` is not packaged in Debian 12 (`cri-tools`
-//! is not in its archive), and a pod sandbox needs the pause image, which containerd pulls from
-//! registry.k8s.io — no registry here. The CRI plugin builds the same OCI spec options that
-//! `ctr run` takes here (the containerd default capability set, `WithDefaultProfile` seccomp,
-//! no_new_privs, bind mounts, a namespace path to join), so the runtime-side behaviour tested
-//! is the same; what is not tested is the kubelet's own code.
+//! `CreateContainer`, as the kubelet does), as found on this machine (Debian 12, containerd
+//! 1.6.20): `crictl` is not packaged (`cri-tools` is not in the archive), and building it is not
+//! possible either (the cri-tools releases the Go module proxy serves here, v1.34 and later, need
+//! a newer Go than Debian 12's 1.19); a pod sandbox needs the pause image, which containerd pulls
+//! from registry.k8s.io (no registry here); and the collector's pod (no hostNetwork) would need a
+//! CNI configuration and plugins. The CRI plugin builds its containers from the same containerd
+//! spec options `ctr run` takes here (the default capability set, `WithDefaultProfile` seccomp
+//! for `RuntimeDefault`, no_new_privs, bind mounts, a network namespace path to join). Known
+//! differences, besides the kubelet's own code not running: the CRI removes containerd's `/run`
+//! tmpfs (emulated above for a read-only root), and gives the container the sandbox's
+//! `/dev/shm`, `/etc/hostname` and `/etc/resolv.conf`, and its cgroup parent.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
