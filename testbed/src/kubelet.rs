@@ -38,8 +38,9 @@
 //! Why `ctr run` and not the CRI (containerd's CRI plugin with `RunPodSandbox` +
 //! `CreateContainer`, as the kubelet does), as found on this machine (Debian 12, containerd
 //! 1.6.20): `crictl` is not packaged (`cri-tools` is not in the archive), and building it is not
-//! possible either (the cri-tools releases the Go module proxy serves here, v1.34 and later, need
-//! a newer Go than Debian 12's 1.19); a pod sandbox needs the pause image, which containerd pulls
+//! possible either: the module proxy here serves cri-tools v1.34 and later, and its go.mod asked
+//! for a newer Go than Debian 12's 1.19 already at v1.27 (`go 1.20`); a pod sandbox needs the
+//! pause image, which containerd pulls
 //! from registry.k8s.io (no registry here); and the collector's pod (no hostNetwork) would need a
 //! CNI configuration and plugins. The CRI plugin builds its containers from the same containerd
 //! spec options `ctr run` takes here (the default capability set, `WithDefaultProfile` seccomp
