@@ -52,8 +52,9 @@ pub enum AgentError {
         #[source]
         source: crate::export::ExportError,
     },
-    /// The start-up check found a missing capability or limit.
-    #[error("insufficient privileges")]
+    /// The start-up check found a missing capability, limit, blocked syscall or unwritable
+    /// socket directory.
+    #[error("start-up check failed")]
     Privileges {
         #[source]
         source: crate::privileges::PrivilegeError,

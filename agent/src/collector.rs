@@ -80,6 +80,11 @@ pub struct CollectorArgs {
     /// Serve Prometheus metrics (GET /metrics) on this TCP address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve gRPC health checking (`grpc.health.v1.Health`, plaintext, nothing else) on this
+    /// TCP address, for the kubelet's `grpc:` probes, which speak no TLS: the `--listen` port
+    /// with TLS refuses them.
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
     /// Recent events kept in memory for consumers.
     #[arg(long, default_value_t = 65_536)]
     pub buffer: usize,
@@ -128,6 +133,7 @@ impl CollectorArgs {
             listen,
             socket: None,
             metrics_listen: None,
+            health_listen: None,
             buffer: 65_536,
             tls_cert: None,
             tls_key: None,
@@ -151,6 +157,13 @@ pub enum CollectorError {
     Metrics {
         #[source]
         source: crate::metrics::MetricsError,
+    },
+    /// The health endpoint's address could not be bound, or serving it failed.
+    #[error("health endpoint on {addr} failed")]
+    Health {
+        addr: SocketAddr,
+        #[source]
+        source: HealthError,
     },
     #[error(
         "refusing to serve plaintext on the non-loopback address {addr}: configure TLS \
@@ -248,6 +261,25 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
         }
         None => None,
     };
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel::<()>();
+    let health_task = match args.health_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| CollectorError::Health {
+                    addr,
+                    source: HealthError::Bind(source),
+                })?;
+            info!(%addr, "serving gRPC health checks");
+            Some((
+                addr,
+                tokio::spawn(serve_health(listener, async move {
+                    let _ = health_stopped.await;
+                })),
+            ))
+        }
+        None => None,
+    };
     let served = collector
         .serve(async move {
             tokio::select! {
@@ -257,12 +289,51 @@ pub async fn run(args: CollectorArgs) -> Result<(), CollectorError> {
         })
         .await;
     let _ = stop_metrics.send(());
+    let _ = stop_health.send(());
     if let Some(task) = metrics_task
         && let Ok(Err(source)) = task.await
     {
         return Err(CollectorError::Metrics { source });
     }
+    if let Some((addr, task)) = health_task
+        && let Ok(Err(source)) = task.await
+    {
+        return Err(CollectorError::Health {
+            addr,
+            source: HealthError::Serve(source),
+        });
+    }
     served
+}
+
+/// Why the health endpoint failed.
+#[derive(Debug, Error)]
+pub enum HealthError {
+    /// Its address could not be bound.
+    #[error("binding failed")]
+    Bind(#[source] io::Error),
+    /// The gRPC server failed.
+    #[error("serving failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+/// `grpc.health.v1.Health` alone on `listener`, overall status `SERVING` while the collector
+/// runs (it serves once bound), until `shutdown`.
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
 }
 
 /// A bound, not yet serving collector.

@@ -21,8 +21,18 @@
 //! - `/sys/fs/bpf`: only `--pin-dir` (maps and links outliving the agent) needs a bpffs; without
 //!   it the programs and maps live as long as the process, so a missing mount is a warning.
 //!
+//! Beyond capabilities, what a container's other settings can take away, each named rather than
+//! left to an `EPERM`/`EROFS` from deep inside:
+//!
+//! - `bpf(2)` itself: a seccomp profile without it (a custom or old `Localhost` profile) makes
+//!   the kernel answer `EPERM` whatever the capabilities. The check creates (and closes) a
+//!   one-entry array map; refused with the capabilities present, it says whether a seccomp
+//!   filter is installed (`Seccomp: 2` in /proc/self/status) or something else (an LSM) refused.
+//! - the API socket's directory ([`check_socket_dir`]): with `readOnlyRootFilesystem` it must be
+//!   a writable mount (the DaemonSet's hostPath `/run/podflow`).
+//!
 //! [`check`] reads the live process state; [`Privileges::check`] is the pure part, tested below.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `CAP_NET_ADMIN`, see capability(7).
 pub const CAP_NET_ADMIN: u32 = 12;
@@ -90,6 +100,36 @@ pub enum PrivilegeError {
         kernel.0, kernel.1
     )]
     MemlockTooLow { kernel: (u32, u32), soft: u64 },
+    /// `bpf(2)` is refused although the capabilities are there, and a seccomp filter is set.
+    #[error(
+        "bpf(2) is blocked by the container's seccomp profile (it fails with {errno} although \
+         CAP_BPF is held, and a seccomp filter is installed): use a profile that allows bpf, \
+         perf_event_open and membarrier, such as containerd's or Docker's RuntimeDefault \
+         (seccompProfile: {{type: RuntimeDefault}}), not a Localhost or older profile without it"
+    )]
+    SeccompBlocksBpf { errno: String },
+    /// `bpf(2)` is refused although the capabilities are there, without a seccomp filter.
+    #[error(
+        "bpf(2) fails with {errno} although CAP_BPF is held and no seccomp filter is set: a \
+         Linux security module (SELinux, AppArmor, lockdown) or the runtime refuses it"
+    )]
+    BpfRefused { errno: String },
+    /// The API socket's directory is on a read-only file system.
+    #[error(
+        "cannot create the API socket {}: {} is on a read-only file system (a read-only root \
+         filesystem without a writable mount there); mount a writable volume at {} (the \
+         DaemonSet mounts the node's /run/podflow there, a hostPath volume)",
+        socket.display(), dir.display(), dir.display()
+    )]
+    SocketDirReadOnly { socket: PathBuf, dir: PathBuf },
+    /// The API socket's directory is not writable for another reason.
+    #[error("cannot create the API socket {}: {} is not writable", socket.display(), dir.display())]
+    SocketDirNotWritable {
+        socket: PathBuf,
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 fn missing_message(missing: &[MissingCapability]) -> String {
@@ -142,6 +182,10 @@ pub struct Privileges {
     pub memlock_soft: Option<u64>,
     /// Whether /sys/fs/bpf is a bpffs mount.
     pub bpffs: bool,
+    /// Whether a seccomp filter is installed (`Seccomp: 2` in /proc/self/status).
+    pub seccomp_filter: bool,
+    /// What `bpf(2)` answered to creating a one-entry array map: `Ok`, or the errno.
+    pub bpf_probe: Result<(), i32>,
 }
 
 /// Memlock needed on kernels without memcg accounting: the flow maps are several MiB.
@@ -160,6 +204,8 @@ impl Privileges {
             kernel,
             memlock_soft: memlock_soft(),
             bpffs: is_bpffs(Path::new(BPFFS_PATH)),
+            seccomp_filter: parse_seccomp_mode(&status) == Some(2),
+            bpf_probe: probe_bpf(),
         })
     }
 
@@ -180,6 +226,18 @@ impl Privileges {
         {
             return Err(PrivilegeError::MemlockTooLow { kernel, soft });
         }
+        // Refused with the capabilities there: something else blocks the syscall. Other errors
+        // (e.g. ENOMEM) are the loader's to report, with their context.
+        if let Err(errno) = self.bpf_probe
+            && (errno == libc::EPERM || errno == libc::EACCES)
+        {
+            let errno = errno_name(errno).to_string();
+            return Err(if self.seccomp_filter {
+                PrivilegeError::SeccompBlocksBpf { errno }
+            } else {
+                PrivilegeError::BpfRefused { errno }
+            });
+        }
         let mut warnings = Vec::new();
         if has_cap(self.cap_eff, CAP_SYS_ADMIN) {
             warnings.push(PrivilegeWarning::SysAdmin);
@@ -196,6 +254,91 @@ pub fn check() -> Result<(), PrivilegeError> {
     for w in Privileges::read()?.check()? {
         tracing::warn!("{w}");
     }
+    Ok(())
+}
+
+/// Run at agent start, before anything is loaded: the directory of the API socket `socket` (or
+/// its nearest existing ancestor, the rest is created) must be writable.
+pub fn check_socket_dir(socket: &Path) -> Result<(), PrivilegeError> {
+    let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+    writable(existing).map_err(|source| socket_dir_error(socket, dir, source))
+}
+
+/// The error for a socket directory `dir` that `access(W_OK)` refused with `source`.
+pub fn socket_dir_error(socket: &Path, dir: &Path, source: std::io::Error) -> PrivilegeError {
+    if source.raw_os_error() == Some(libc::EROFS) {
+        PrivilegeError::SocketDirReadOnly {
+            socket: socket.to_path_buf(),
+            dir: dir.to_path_buf(),
+        }
+    } else {
+        PrivilegeError::SocketDirNotWritable {
+            socket: socket.to_path_buf(),
+            dir: dir.to_path_buf(),
+            source,
+        }
+    }
+}
+
+fn writable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated path; access(2) only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The `Seccomp:` mode of a `/proc/<pid>/status` text (0 none, 1 strict, 2 filter).
+pub fn parse_seccomp_mode(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        _ => "an error",
+    }
+}
+
+/// Creates and closes a one-entry array map (`BPF_MAP_CREATE`): whether `bpf(2)` is usable at
+/// all, before the loader's many calls; the errno when it is not.
+fn probe_bpf() -> Result<(), i32> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    // union bpf_attr's map-create part: map_type, key_size, value_size, max_entries, then
+    // zeros (the kernel accepts a larger attr whose tail is zero).
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_ARRAY, 4, 4, 1]);
+    // SAFETY: bpf(2) reads `size_of_val(&attr)` bytes of the attr, which we own; on success
+    // it returns a new file descriptor, closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EPERM));
+    }
+    // SAFETY: `fd` is the descriptor bpf(2) just returned to us, closed once.
+    unsafe { libc::close(fd as libc::c_int) };
     Ok(())
 }
 
@@ -306,6 +449,8 @@ mod tests {
             kernel: Some((6, 1)),
             memlock_soft: Some(8 << 20),
             bpffs: true,
+            seccomp_filter: true,
+            bpf_probe: Ok(()),
         }
     }
 
@@ -420,6 +565,81 @@ mod tests {
             ..old
         };
         assert!(new_low.check().is_ok());
+    }
+
+    #[test]
+    fn a_blocked_bpf_syscall_is_named_with_its_cause() {
+        let ok = caps(&[CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON]);
+        let blocked = Privileges {
+            bpf_probe: Err(libc::EPERM),
+            ..privs(ok)
+        };
+        let err = blocked.check().unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "bpf(2) is blocked by the container's seccomp profile (it fails with EPERM"
+            ),
+            "{err}"
+        );
+        assert!(err.contains("RuntimeDefault"), "{err}");
+        let no_filter = Privileges {
+            seccomp_filter: false,
+            ..blocked.clone()
+        };
+        let err = no_filter.check().unwrap_err().to_string();
+        assert!(
+            err.starts_with("bpf(2) fails with EPERM although CAP_BPF is held and no seccomp"),
+            "{err}"
+        );
+        // A missing capability is named first: that EPERM is the capability's.
+        let err = Privileges {
+            cap_eff: caps(&[CAP_NET_ADMIN, CAP_PERFMON]),
+            ..blocked.clone()
+        }
+        .check()
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("missing capability CAP_BPF"), "{err}");
+        // Other errors are left to the loader.
+        let nomem = Privileges {
+            bpf_probe: Err(libc::ENOMEM),
+            ..blocked
+        };
+        assert!(nomem.check().is_ok());
+    }
+
+    #[test]
+    fn parses_the_seccomp_mode() {
+        assert_eq!(
+            parse_seccomp_mode("Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\n"),
+            Some(2)
+        );
+        assert_eq!(parse_seccomp_mode("Seccomp:\t0\n"), Some(0));
+        assert_eq!(parse_seccomp_mode("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn an_unwritable_socket_directory_is_named() {
+        let socket = Path::new("/run/podflow/podflow.sock");
+        let dir = Path::new("/run/podflow");
+        let ro = socket_dir_error(socket, dir, std::io::Error::from_raw_os_error(libc::EROFS));
+        assert_eq!(
+            ro.to_string(),
+            "cannot create the API socket /run/podflow/podflow.sock: /run/podflow is on a \
+             read-only file system (a read-only root filesystem without a writable mount \
+             there); mount a writable volume at /run/podflow (the DaemonSet mounts the node's \
+             /run/podflow there, a hostPath volume)"
+        );
+        let denied = socket_dir_error(socket, dir, std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(matches!(
+            denied,
+            PrivilegeError::SocketDirNotWritable { .. }
+        ));
+        // A writable directory passes, and so does a directory yet to be created under one.
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(check_socket_dir(&tmp.path().join("podflow.sock")).is_ok());
+        assert!(check_socket_dir(&tmp.path().join("a/b/podflow.sock")).is_ok());
+        assert!(check_socket_dir(Path::new("podflow.sock")).is_ok());
     }
 
     #[test]

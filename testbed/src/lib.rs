@@ -27,6 +27,7 @@ pub mod clickhouse;
 pub mod container;
 pub mod demo;
 pub mod kube_proxy;
+pub mod kubelet;
 
 use std::{
     fs::File,

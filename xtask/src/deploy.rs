@@ -17,7 +17,8 @@
 //!   after dropping ALL, read-only root, no privilege escalation, RuntimeDefault seccomp,
 //!   hostNetwork, NODE_NAME from the downward API, only the /sys/fs/bpf and /run/podflow host
 //!   paths, gRPC probes on the `--health-listen` port, resources, priority class,
-//!   tolerate-everything, TLS files on a secret mount; the collector non-root with nothing added;
+//!   tolerate-everything, TLS files on a secret mount; the collector non-root with nothing added,
+//!   its gRPC probes on its plaintext `--health-listen` port (the kubelet's probes speak no TLS);
 //!   RBAC exactly get/list/watch on the agent's resources; every `$(VAR)` of the args defined and
 //!   none from a Secret; no Secret in the manifests;
 //! - checks the collector's ClickHouse store ([`clickhouse`], kustomize/components/clickhouse*)

@@ -27,6 +27,10 @@ use crate::{
 pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     tune_allocator();
     crate::privileges::check().map_err(|source| AgentError::Privileges { source })?;
+    if let Some(socket) = &cfg.api.unix_socket {
+        crate::privileges::check_socket_dir(socket)
+            .map_err(|source| AgentError::Privileges { source })?;
+    }
     // Before touching any filter: the filters of a live agent are not stale.
     // Nothing else runs yet: waiting here blocks no other task.
     let _lock = super::lock::acquire(Duration::from_secs(10))?;

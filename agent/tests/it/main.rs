@@ -24,6 +24,7 @@ mod collector_files;
 mod collector_refusals;
 mod conntrack_events;
 mod container_image;
+mod container_manifest;
 mod deploy_manifests;
 mod e2e_advise;
 mod e2e_capture;

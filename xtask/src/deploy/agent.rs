@@ -126,6 +126,15 @@ pub fn check_agent(p: &mut Problems, objects: &[Object], overlay: &Overlay) {
         p.expect(host_path == Some(*path), || {
             format!("agent: {path} must be mounted from the host's {path}")
         });
+        // The socket is created in /run/podflow and --pin-dir pins under /sys/fs/bpf: a
+        // read-only mount fails the agent at start (EROFS; seen in containerd).
+        let read_only = mounts
+            .iter()
+            .find(|m| m.mount_path == *path)
+            .and_then(|m| m.read_only);
+        p.expect(read_only != Some(true), || {
+            format!("agent: {path} must be mounted writable (the agent creates files there)")
+        });
     }
 
     // Flags.
@@ -292,6 +301,18 @@ mod tests {
         let pr = problems(&d);
         assert!(
             pr.contains("no resources.requests.cpu") && pr.contains("priority class low"),
+            "{pr}"
+        );
+
+        let mut d = committed();
+        for m in agent_container(&mut d).volume_mounts.iter_mut().flatten() {
+            if m.mount_path == "/sys/fs/bpf" {
+                m.read_only = Some(true);
+            }
+        }
+        let pr = problems(&d);
+        assert!(
+            pr.contains("agent: /sys/fs/bpf must be mounted writable"),
             "{pr}"
         );
 

@@ -10,7 +10,7 @@ use k8s_openapi::{
 use super::{
     COLLECTOR,
     clickhouse::check_clickhouse,
-    container::{args, check_arg_references, container_env, flag_values, named_port},
+    container::{args, check_arg_references, container_env, flag_values, named_port, port_of},
     hardening::check_container_hardening,
     objects::{Object, named},
     overlays::Overlay,
@@ -18,7 +18,7 @@ use super::{
     tls::check_tls,
 };
 
-/// The collector's gRPC port (`--listen`, probes, Service).
+/// The collector's gRPC port (`--listen`, Service).
 pub const COLLECTOR_PORT: i64 = 4245;
 
 /// The collector Deployment's pod spec.
@@ -91,14 +91,30 @@ pub fn check_collector(p: &mut Problems, objects: &[Object], overlay: &Overlay) 
             == Some(&format!("0.0.0.0:{COLLECTOR_PORT}")),
         || format!("collector: --listen=0.0.0.0:{COLLECTOR_PORT} expected"),
     );
+    // The kubelet's grpc probes speak no TLS: they go to the plaintext --health-listen port,
+    // never to the (mutual) TLS --listen port, which refuses them.
+    let health_port = flags
+        .get("health-listen")
+        .and_then(|v| v.first())
+        .filter(|h| h.starts_with("0.0.0.0:"))
+        .and_then(|h| port_of(h));
+    p.expect(
+        health_port.is_some() && health_port != Some(COLLECTOR_PORT),
+        || {
+            format!(
+                "collector: --health-listen=0.0.0.0:PORT needed, another port than \
+                 {COLLECTOR_PORT} (the kubelet's grpc probes speak no TLS)"
+            )
+        },
+    );
     for (probe, pr) in [
         ("livenessProbe", &c.liveness_probe),
         ("readinessProbe", &c.readiness_probe),
     ] {
         let grpc_port = pr.as_ref().and_then(|pr| pr.grpc.as_ref());
         p.expect(
-            grpc_port.map(|g| i64::from(g.port)) == Some(COLLECTOR_PORT),
-            || format!("collector: {probe} must be a grpc probe on {COLLECTOR_PORT}"),
+            health_port.is_some() && grpc_port.map(|g| i64::from(g.port)) == health_port,
+            || format!("collector: {probe} must be a grpc probe on the --health-listen port {health_port:?}"),
         );
     }
     check_tls(p, "collector", "tls-client-ca", &flags, pod, c);
@@ -154,6 +170,34 @@ mod tests {
         let pr = problems(&d);
         assert!(
             pr.contains("collector: hostNetwork") && pr.contains("runAsNonRoot"),
+            "{pr}"
+        );
+    }
+
+    #[test]
+    fn probes_go_to_the_plaintext_health_port() {
+        // A grpc probe on the mutual-TLS port: the kubelet's probe speaks no TLS.
+        let mut d = committed();
+        let c = &mut collector_pod(&mut d).containers[0];
+        if let Some(g) = c.liveness_probe.as_mut().and_then(|p| p.grpc.as_mut()) {
+            g.port = 4245;
+        }
+        let pr = problems(&d);
+        assert!(
+            pr.contains(
+                "collector: livenessProbe must be a grpc probe on the --health-listen port"
+            ),
+            "{pr}"
+        );
+        // No --health-listen at all.
+        let mut d = committed();
+        let c = &mut collector_pod(&mut d).containers[0];
+        if let Some(args) = c.args.as_mut() {
+            args.retain(|a| !a.starts_with("--health-listen"));
+        }
+        let pr = problems(&d);
+        assert!(
+            pr.contains("collector: --health-listen=0.0.0.0:PORT needed"),
             "{pr}"
         );
     }

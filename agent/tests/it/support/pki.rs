@@ -36,6 +36,19 @@ pub fn leaf(ca: &Ca, name: &str) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
+/// A leaf certificate for the names `dns` and addresses `ips` signed by `ca`: (cert pem, key pem).
+pub fn leaf_for(ca: &Ca, name: &str, dns: &[&str], ips: &[IpAddr]) -> (String, String) {
+    let key = KeyPair::generate().unwrap();
+    let mut params =
+        CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>()).unwrap();
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 pub fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, contents).unwrap();
