@@ -2,8 +2,10 @@
 //! namespaces (see [`crate`]), with pod metadata (a `kubectl get -o json` file: namespace `shop`,
 //! Deployments `frontend` and `backend`, StatefulSet `db`, labels) and a Service `shop/backend`
 //! whose ClusterIP the node translates as kube-proxy would (iptables mode): three "pods" behind veths, the agent attached to them inside the node
-//! namespace, steady traffic between the pods (TCP requests, UDP queries, pings over IPv4 and
-//! IPv6), and `podflow tail -f` printing the flows live. With `--clickhouse`, a ClickHouse server
+//! namespace, steady traffic between the pods (TCP requests after resolving the Service's name
+//! over DNS — `db` answers DNS too, NXDOMAIN for a misspelt name every fifth time —, UDP
+//! queries, pings over IPv4 and IPv6), and `podflow tail -f` printing the flows live: names,
+//! the Service, DNS questions and answers with their latency, TCP handshake times. With `--clickhouse`, a ClickHouse server
 //! (loopback, temporary data) and a collector storing into it, which the agent exports to, and the
 //! saved queries' answers printed every 15 s instead of the tail. Nothing outside the namespaces
 //! it creates is touched; everything is removed on exit (Ctrl-C, SIGTERM, or the end of
@@ -435,11 +437,42 @@ fn start_traffic(
             }
         }
     })?);
-    // frontend → backend through its Service: a request every 500 ms.
+    // db also answers DNS (as a cluster DNS pod would): the Service's name resolves to its
+    // ClusterIP, any other name does not exist.
+    let dns_addr = SocketAddr::new(IpAddr::V4(db.ipv4), 53);
+    let s = stop.clone();
+    threads.push(db.ns.spawn(move || {
+        let Ok(sock) = UdpSocket::bind(dns_addr) else {
+            return;
+        };
+        let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+        let mut buf = [0u8; 512];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf)
+                && let Some(reply) = dns_reply(&buf[..n])
+            {
+                let _ = sock.send_to(&reply, from);
+            }
+        }
+    })?);
+    // frontend → backend through its Service: a request every 500 ms, after resolving the
+    // Service's name (every fifth time a misspelt one: NXDOMAIN).
     let s = stop.clone();
     let be_addr = SocketAddr::new(IpAddr::V4(BACKEND_VIP), 80);
     threads.push(fe.ns.spawn(move || {
+        let mut n = 0u16;
         while !s.load(Ordering::Relaxed) {
+            n = n.wrapping_add(1);
+            let name = if n.is_multiple_of(5) {
+                "bakend.shop.svc.cluster.local"
+            } else {
+                "backend.shop.svc.cluster.local"
+            };
+            if let Ok(sock) = UdpSocket::bind("0.0.0.0:0") {
+                let _ = sock.set_read_timeout(Some(Duration::from_millis(500)));
+                let _ = sock.send_to(&dns_query(n, name), dns_addr);
+                let _ = sock.recv(&mut [0u8; 512]);
+            }
             if let Ok(mut c) = TcpStream::connect_timeout(&be_addr, Duration::from_secs(1)) {
                 let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
                 let _ = c.write_all(b"GET /cart HTTP/1.1\r\nhost: backend\r\n\r\n");
@@ -482,6 +515,39 @@ fn start_traffic(
         }
     }));
     Ok(threads)
+}
+
+/// A DNS query for `name` (type A, recursion desired).
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend(id.to_be_bytes());
+    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]);
+    q
+}
+
+/// The demo's DNS answer to `query`: the Service's name → its ClusterIP, anything else
+/// NXDOMAIN. `None` for what is not a one-question query.
+fn dns_reply(query: &[u8]) -> Option<Vec<u8>> {
+    if query.len() < 17 || query[2] & 0x80 != 0 || query[4..6] != [0, 1] {
+        return None;
+    }
+    let wanted = dns_query(0, "backend.shop.svc.cluster.local");
+    let found = query.get(12..)? == &wanted[12..];
+    let mut r = query.to_vec();
+    r[2] = 0x81;
+    r[3] = if found { 0x80 } else { 0x83 };
+    r[6..8].copy_from_slice(&u16::from(found).to_be_bytes());
+    if found {
+        // The name by pointer to the question, A, IN, TTL 30 s, the ClusterIP.
+        r.extend([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 30, 0, 4]);
+        r.extend(BACKEND_VIP.octets());
+    }
+    Some(r)
 }
 
 fn which_ping() -> Option<PathBuf> {
