@@ -182,6 +182,52 @@ pub struct TcpEvent {
 }
 const _: () = assert!(core::mem::size_of::<TcpEvent>() == 56);
 
+/// Packets the node's kernel dropped, with its reason: a BTF tracepoint on `kfree_skb` (every
+/// drop, `SKB_CONSUMED` frees are another tracepoint) reads the dropped packet's IP and transport
+/// headers and adds it to [`DROPS`] by its flow. Attached by user space when it follows drops.
+pub const PROG_KFREE_SKB: &str = "podflow_kfree_skb";
+/// The tracepoint.
+pub const TP_KFREE_SKB: &str = "kfree_skb";
+/// LRU hash map: [`FlowKey`] (observation point 0) → [`DropValue`].
+pub const DROPS: &str = "DROPS";
+pub const DROPS_ENTRIES: u32 = 16_384;
+/// Read-only global ([`DropOffsets`]) the loader sets from the kernel's BTF; zeros: off.
+pub const DROP_OFFSETS: &str = "DROP_OFFSETS";
+
+/// Where the drop program reads, in the running kernel's structures (from its BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropOffsets {
+    pub skb_head: u32,
+    pub skb_network_header: u32,
+    pub skb_transport_header: u32,
+    pub skb_len: u32,
+    pub skb_dev: u32,
+    pub dev_ifindex: u32,
+    /// `net_device.nd_net.net`.
+    pub dev_net: u32,
+    /// `net.ns.inum`: the network namespace's inode number.
+    pub net_inum: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropOffsets>() == 32);
+
+/// The drops of one flow since user space last read them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropValue {
+    pub packets: u64,
+    /// IP-layer bytes (the headers' lengths, as the flow records count).
+    pub bytes: u64,
+    /// The latest drop's `enum skb_drop_reason` value.
+    pub reason: u32,
+    /// Where the latest was dropped: the device the packet was on, and its network namespace's
+    /// inode number (the node's, or a pod's).
+    pub ifindex: u32,
+    pub netns: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DropValue>() == 32);
+
 /// Where a packet was observed. Part of the flow key.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -665,4 +711,8 @@ mod user {
     unsafe impl aya::Pod for super::VethSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DropValue {}
 }

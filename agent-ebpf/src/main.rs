@@ -25,6 +25,7 @@ mod programs {
     use core::{
         intrinsics::{AtomicOrdering, atomic_or, atomic_xadd},
         mem::MaybeUninit,
+        ptr::{read_volatile, write_unaligned},
     };
 
     use aya_ebpf::{
@@ -32,17 +33,18 @@ mod programs {
         check_bounds_signed,
         helpers::bpf_skb_load_bytes,
         helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
-        macros::{classifier, map},
-        maps::{Array, HashMap, PerCpuArray, RingBuf},
-        programs::TcContext,
+        macros::{btf_tracepoint, classifier, map},
+        maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+        programs::{BtfTracePointContext, TcContext},
     };
     use podflow_ebpf::{
         CACHE_FLUSH_BYTES, CACHE_FLUSH_PACKETS, CACHE_SLOTS, COUNTER_COUNT, CacheEntry,
         ClockSample, Config, DEFAULT_FLOW_MAP_ENTRIES, DNS_EVENTS_BYTES, DNS_F_TCP, DNS_MSG_BYTES,
-        DnsEvent, FAMILY_IPV4, FlowKey, FlowKeyV4, FlowKeyV6, FlowValue, IPPROTO_TCP, IPPROTO_UDP,
-        KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint, SPILL_BYTES,
-        SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, TCP_EVENTS_BYTES, TcpEvent, VALUE_BYTES_MASK,
-        VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
+        DROPS_ENTRIES, DnsEvent, DropOffsets, DropValue, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
+        FlowKeyV4, FlowKeyV6, FlowValue, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
+        IPPROTO_UDP, KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint,
+        SPILL_BYTES, SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, TCP_EVENTS_BYTES, TcpEvent,
+        VALUE_BYTES_MASK, VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -97,6 +99,20 @@ mod programs {
     #[unsafe(no_mangle)]
     static DNS_PORT: u16 = 0;
     #[map]
+    static DROPS: LruHashMap<FlowKey, DropValue> = LruHashMap::with_max_entries(DROPS_ENTRIES, 0);
+    /// See `podflow_ebpf::DROP_OFFSETS` (set by the loader; zeros: off).
+    #[unsafe(no_mangle)]
+    static DROP_OFFSETS: DropOffsets = DropOffsets {
+        skb_head: 0,
+        skb_network_header: 0,
+        skb_transport_header: 0,
+        skb_len: 0,
+        skb_dev: 0,
+        dev_ifindex: 0,
+        dev_net: 0,
+        net_inum: 0,
+    };
+    #[map]
     static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_BYTES, 0);
     #[map]
     static TCP_LOST: Array<u64> = Array::with_max_entries(1, 0);
@@ -138,6 +154,9 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::DNS_LOST, "DNS_LOST"));
     const _: () = assert!(str_eq(podflow_ebpf::DNS_PORT, "DNS_PORT"));
     const _: () = assert!(str_eq(podflow_ebpf::TCP_EVENTS, "TCP_EVENTS"));
+    const _: () = assert!(str_eq(podflow_ebpf::DROPS, "DROPS"));
+    const _: () = assert!(str_eq(podflow_ebpf::DROP_OFFSETS, "DROP_OFFSETS"));
+    const _: () = assert!(str_eq(podflow_ebpf::PROG_KFREE_SKB, "podflow_kfree_skb"));
     const _: () = assert!(str_eq(podflow_ebpf::TCP_LOST, "TCP_LOST"));
     const _: () = assert!(str_eq(podflow_ebpf::TCP_HANDSHAKES, "TCP_HANDSHAKES"));
 
@@ -421,6 +440,126 @@ mod programs {
         } else {
             e.discard(0);
         }
+    }
+
+    /// A packet the kernel dropped (`kfree_skb(skb, location, reason, ...)`): its IP and
+    /// transport headers read from the skb (BTF-checked, fault-safe loads at offsets the loader
+    /// set), added to its flow's drops with the reason and where it was (device, network
+    /// namespace). Not IP, or headers not set yet: ignored. Runs only for dropped packets.
+    #[btf_tracepoint(function = "kfree_skb")]
+    pub fn podflow_kfree_skb(ctx: BtfTracePointContext) -> i32 {
+        // SAFETY: a read-only global the loader set.
+        let o = unsafe { read_volatile(&DROP_OFFSETS) };
+        if o.skb_head == 0 {
+            return 0;
+        }
+        let skb: *const u8 = ctx.arg(0);
+        let reason: u32 = ctx.arg(2);
+        // SAFETY: every load below is of the traced skb (a BTF-typed pointer) or of memory it
+        // points to; the verifier checks them against BTF and makes them fault-safe.
+        unsafe {
+            let head = read_volatile(skb.add(o.skb_head as usize).cast::<*const u8>());
+            let nh = read_volatile(skb.add(o.skb_network_header as usize).cast::<u16>());
+            let th = read_volatile(skb.add(o.skb_transport_header as usize).cast::<u16>());
+            if head.is_null() || nh == 0xffff {
+                return 0;
+            }
+            let ip = head.add(usize::from(nh));
+            let mut key = FlowKey::default();
+            let v = read_volatile(ip) >> 4;
+            let (l4, bytes, fragment) = if v == 4 {
+                let ihl = usize::from(read_volatile(ip) & 0x0f) * 4;
+                key.family = FAMILY_IPV4;
+                key.protocol = read_volatile(ip.add(9));
+                key.src_addr[10] = 0xff;
+                key.src_addr[11] = 0xff;
+                key.dst_addr[10] = 0xff;
+                key.dst_addr[11] = 0xff;
+                write_unaligned(
+                    key.src_addr.as_mut_ptr().add(12).cast::<u32>(),
+                    read_volatile(ip.add(12).cast::<u32>()),
+                );
+                write_unaligned(
+                    key.dst_addr.as_mut_ptr().add(12).cast::<u32>(),
+                    read_volatile(ip.add(16).cast::<u32>()),
+                );
+                let tot = u16::from_be(read_volatile(ip.add(2).cast::<u16>()));
+                let frag = u16::from_be(read_volatile(ip.add(6).cast::<u16>())) & 0x1fff;
+                (ip.add(ihl), u64::from(tot), frag != 0)
+            } else if v == 6 {
+                key.family = FAMILY_IPV6;
+                key.protocol = read_volatile(ip.add(6));
+                let mut i = 0;
+                while i < 16 {
+                    write_unaligned(
+                        key.src_addr.as_mut_ptr().add(i).cast::<u32>(),
+                        read_volatile(ip.add(8 + i).cast::<u32>()),
+                    );
+                    write_unaligned(
+                        key.dst_addr.as_mut_ptr().add(i).cast::<u32>(),
+                        read_volatile(ip.add(24 + i).cast::<u32>()),
+                    );
+                    i += 4;
+                }
+                let plen = u16::from_be(read_volatile(ip.add(4).cast::<u16>()));
+                (ip.add(40), u64::from(plen) + 40, false)
+            } else {
+                return 0;
+            };
+            // The transport header where the stack set it, else right after the IP header.
+            let l4 = if th != 0xffff && th > nh {
+                head.add(usize::from(th))
+            } else {
+                l4
+            };
+            if !fragment {
+                match key.protocol {
+                    IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP => {
+                        key.src_port = u16::from_be(read_volatile(l4.cast::<u16>()));
+                        key.dst_port = u16::from_be(read_volatile(l4.add(2).cast::<u16>()));
+                    }
+                    IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+                        key.src_port = u16::from(read_volatile(l4));
+                        key.dst_port = u16::from(read_volatile(l4.add(1)));
+                    }
+                    _ => {}
+                }
+            }
+            let dev = read_volatile(skb.add(o.skb_dev as usize).cast::<*const u8>());
+            let (ifindex, netns) = if dev.is_null() {
+                (0, 0)
+            } else {
+                let ifindex = read_volatile(dev.add(o.dev_ifindex as usize).cast::<u32>());
+                let net = read_volatile(dev.add(o.dev_net as usize).cast::<*const u8>());
+                let inum = if net.is_null() {
+                    0
+                } else {
+                    read_volatile(net.add(o.net_inum as usize).cast::<u32>())
+                };
+                (ifindex, inum)
+            };
+            match DROPS.get_ptr_mut(&key) {
+                Some(d) => {
+                    fetch_add(&raw mut (*d).packets, 1);
+                    fetch_add(&raw mut (*d).bytes, bytes);
+                    (*d).reason = reason;
+                    (*d).ifindex = ifindex;
+                    (*d).netns = netns;
+                }
+                None => {
+                    let d = DropValue {
+                        packets: 1,
+                        bytes,
+                        reason,
+                        ifindex,
+                        netns,
+                        _pad: 0,
+                    };
+                    let _ = DROPS.insert(&key, &d, 0);
+                }
+            }
+        }
+        0
     }
 
     /// A SYN (a connection opening) or SYN/ACK (its acceptance) goes to the TCP ring, for the

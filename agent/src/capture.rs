@@ -41,8 +41,10 @@
 //! key of the old epoch), then reads the old epoch's entries and deletes exactly those. A packet is
 //! therefore in exactly one drain.
 mod attach;
+mod btf;
 pub mod clock;
 mod drain;
+mod drops;
 mod interfaces;
 mod load;
 mod netlink;
@@ -62,6 +64,8 @@ use self::{drain::Drainer, interfaces::Interfaces};
 pub use aya::programs::TcAttachType;
 
 pub use self::{
+    btf::BtfError,
+    drops::DropEvents,
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
     pattern::glob_match,
     persist::{
@@ -289,6 +293,12 @@ pub enum CaptureError {
         #[source]
         source: io::Error,
     },
+    /// The kernel's BTF could not be read, or lacks what a program needs.
+    #[error("reading the kernel's BTF failed")]
+    Btf {
+        #[source]
+        source: btf::BtfError,
+    },
     /// A raw `bpf(2)` command of the drain failed.
     #[error("draining the flow maps failed: {op}")]
     Drain {
@@ -314,6 +324,9 @@ pub struct Capture {
     dns_port: u16,
     /// [`CaptureConfig::handshakes`].
     handshakes: bool,
+    /// The kernel's drop reasons (value, name) as read from its BTF at load, for
+    /// [`Capture::follow_drops`] (which takes them).
+    drop_reasons: Option<Result<Vec<(u32, String)>, btf::BtfError>>,
 }
 
 impl std::fmt::Debug for Capture {

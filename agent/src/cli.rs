@@ -106,6 +106,9 @@ pub struct TailArgs {
     /// TCP flows with a handshake at least this long (e.g. `10ms`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub min_rtt: Option<std::time::Duration>,
+    /// Flows with packets the kernel dropped.
+    #[arg(long)]
+    pub dropped: bool,
     /// Only flows that went through WireGuard.
     #[arg(long, conflicts_with = "plaintext")]
     pub encrypted: bool,
@@ -244,6 +247,7 @@ pub async fn run_tail(args: TailArgs) -> Result<(), TailError> {
             seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nanos: d.subsec_nanos() as i32,
         }),
+        dropped: args.dropped,
     };
     // The server validates too; checking here gives the error before connecting.
     CompiledFilter::new(&filter)?;

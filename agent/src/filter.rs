@@ -142,6 +142,7 @@ pub struct CompiledFilter {
     dns_name: Vec<String>,
     /// Nanoseconds.
     min_rtt_ns: Option<u128>,
+    dropped: bool,
 }
 
 /// Splits "a/b" into (Some(a), b) and "b" into (None, b).
@@ -240,6 +241,7 @@ impl CompiledFilter {
                 .map(|n| n.trim_end_matches('.').to_ascii_lowercase())
                 .collect(),
             min_rtt_ns: filter.min_rtt.as_ref().map(duration_ns),
+            dropped: filter.dropped,
         })
     }
 
@@ -278,6 +280,7 @@ impl CompiledFilter {
             && matches_service(&self.from_service, &[flow.src.as_ref()])
             && (!self.encrypted || flow.encrypted)
             && (!self.plaintext || flow.plaintext_inter_node)
+            && (!self.dropped || flow.dropped_packets > 0)
             && self.min_rtt_ns.is_none_or(|min| {
                 flow.tcp_handshake
                     .as_ref()

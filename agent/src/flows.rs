@@ -648,6 +648,11 @@ fn record<O: Observed>(
         // Attached at the flush, from the DNS ring (see `dns`).
         dns: Vec::new(),
         tcp_handshake: None,
+        // Attached at the flush, from the kernel's drops (see `drops`).
+        dropped_packets: 0,
+        dropped_bytes: 0,
+        drop_reason: String::new(),
+        dropped_in_node: false,
     }
 }
 

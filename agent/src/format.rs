@@ -163,6 +163,20 @@ struct JsonFlow<'a> {
     /// The TCP handshakes timed on this (the client's) record; absent when none.
     #[serde(skip_serializing_if = "Option::is_none")]
     tcp_handshake: Option<JsonHandshake>,
+    /// Packets of the flow the kernel dropped (absent when none), the reason of the latest, and
+    /// whether it was in the node (else in the destination pod).
+    #[serde(skip_serializing_if = "is_zero")]
+    dropped_packets: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    dropped_bytes: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    drop_reason: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dropped_in_node: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// `{"count":1,"min_ms":0.21,"max_ms":0.21,"last_ms":0.21}`.
@@ -399,6 +413,10 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
             }),
             dns: flow.dns.iter().map(JsonDns::of).collect(),
             tcp_handshake: flow.tcp_handshake.as_ref().map(JsonHandshake::of),
+            dropped_packets: flow.dropped_packets,
+            dropped_bytes: flow.dropped_bytes,
+            drop_reason: &flow.drop_reason,
+            dropped_in_node: flow.dropped_in_node,
         })
         .map(Some),
         Some(Event::Loss(loss)) => serde_json::to_string(&JsonLossLine {
@@ -536,6 +554,23 @@ fn compact_flow(flow: &proto::Flow) -> String {
                 ms(h.max.as_ref())
             )
         });
+    }
+    if flow.dropped_packets > 0 {
+        fields.push(format!(
+            "DROPPED {} {} {} ({})",
+            flow.dropped_packets,
+            if flow.dropped_packets == 1 {
+                "pkt"
+            } else {
+                "pkts"
+            },
+            if flow.dropped_in_node {
+                "in the node"
+            } else {
+                "in the pod"
+            },
+            flow.drop_reason
+        ));
     }
     fields.extend(flow.dns.iter().map(compact_dns));
     fields.join("  ")

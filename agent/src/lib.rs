@@ -38,6 +38,7 @@ pub mod clickhouse;
 pub mod collector;
 pub mod conntrack;
 pub mod dns;
+pub mod drops;
 pub mod export;
 pub mod filter;
 pub mod flows;

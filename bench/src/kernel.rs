@@ -28,6 +28,22 @@ fn bpftool_json(args: &[&str]) -> anyhow::Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// The ids of the loaded programs whose name starts with `prefix` (bpftool shows names cut at
+/// 15 bytes).
+pub fn prog_ids_named(prefix: &str) -> anyhow::Result<Vec<u32>> {
+    let all = bpftool_json(&["prog", "show"])?;
+    Ok(all
+        .as_array()
+        .map(|progs| {
+            progs
+                .iter()
+                .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+                .filter_map(|p| p["id"].as_u64().and_then(|i| u32::try_from(i).ok()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 fn prog_show(id: u32) -> anyhow::Result<Value> {
     bpftool_json(&["prog", "show", "id", &id.to_string()])
 }

@@ -29,7 +29,17 @@ pub struct Results {
 /// Returns the agent and the seconds that took, `None` when it did not settle within the bound
 /// (measured anyway, and reported).
 fn start_settled(o: &Opts, bed: &Bed, entries: u32) -> anyhow::Result<(Agent, Option<f64>)> {
-    let agent = Agent::start(bed, &o.podflow, entries, "5s", &[])?;
+    start_settled_with(o, bed, entries, &[])
+}
+
+/// [`start_settled`] with extra agent arguments.
+fn start_settled_with(
+    o: &Opts,
+    bed: &Bed,
+    entries: u32,
+    extra: &[&str],
+) -> anyhow::Result<(Agent, Option<f64>)> {
+    let agent = Agent::start(bed, &o.podflow, entries, "5s", extra)?;
     let (took, settled) = agent.settle()?;
     if !settled {
         log(format!(

@@ -42,6 +42,13 @@ pub struct AgentArgs {
     /// Do not time TCP handshakes (SYN to SYN/ACK, on the client's records).
     #[arg(long)]
     pub no_tcp_handshakes: bool,
+    /// Follow the packets the kernel drops: a BTF tracepoint on kfree_skb puts dropped packets,
+    /// the kernel's reason and where (the node or the pod), on their flows' records. Off by
+    /// default: it costs ~0.9 µs in the kernel per dropped packet of a new flow and ~1.2 µs of
+    /// agent CPU per flow with drops (docs/BENCHMARKS.md), over the targets on a node that drops
+    /// much.
+    #[arg(long)]
+    pub drops: bool,
     /// Capacity of each kernel flow map, IPv4 and IPv6 (distinct flows per observation point and
     /// flush interval; 96 B per IPv4 and 120 B per IPv6 entry, preallocated).
     #[arg(long, default_value_t = podflow_ebpf::DEFAULT_FLOW_MAP_ENTRIES)]
@@ -170,6 +177,8 @@ pub struct AgentConfig {
     pub metadata: Option<(MetadataSource, IndexConfig)>,
     pub exporter: Option<ExporterConfig>,
     pub conntrack: ConntrackConfig,
+    /// Follow the kernel's drops.
+    pub drops: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
 }
@@ -246,6 +255,7 @@ impl AgentConfig {
                 .unwrap_or(u64::MAX),
             },
             metrics_listen: args.metrics_listen,
+            drops: args.drops,
             health_listen: args.health_listen,
         })
     }

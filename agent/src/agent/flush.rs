@@ -8,10 +8,11 @@ use crate::{
     api::Hub,
     capture::{Capture, FlowEntry, IfaceKind},
     conntrack::Conntrack,
-    dns::{DnsSource, DnsTracker},
+    dns::DnsSource,
+    drops::DropSource,
     export::ExporterHandle,
     flows::{FlowTable, enrich, rules},
-    handshake::{HandshakeSource, HandshakeTracker},
+    handshake::HandshakeSource,
     metadata,
     metrics::{FlowBatch, Locality, Metrics},
     proto,
@@ -28,6 +29,14 @@ pub(super) struct Outputs<'a> {
     pub(super) exporter: Option<&'a ExporterHandle>,
 }
 
+/// What the records carry beside their counts, from the kernel's other sources: DNS messages,
+/// TCP handshakes, drops.
+pub(super) struct Extras {
+    pub(super) dns: DnsSource,
+    pub(super) handshakes: HandshakeSource,
+    pub(super) drops: DropSource,
+}
+
 /// Records are made, enriched, counted and published this many at a time: a flush of 100 000
 /// flows never holds all of its records at once (they used to peak at ~100 MiB of short-lived
 /// heap, which glibc kept as resident memory).
@@ -40,7 +49,7 @@ pub(super) fn flush_once(
     capture: &mut Capture,
     table: &mut FlowTable,
     conntrack: &mut Conntrack,
-    (dns, handshakes): (&mut DnsSource, &mut HandshakeSource),
+    extras: &mut Extras,
     counters: &mut Tallies,
     entries: &mut Vec<FlowEntry>,
     out: &Outputs<'_>,
@@ -65,13 +74,13 @@ pub(super) fn flush_once(
     let clock = Clock::now();
     // Likewise the DNS messages of the drain's packets are in the ring: named by the real ends
     // (the translations just applied) before the records that carry them are made.
-    dns.read();
-    dns.tracker
-        .prepare(conntrack.translations(), clock.mono_now_ns);
-    handshakes.read();
-    handshakes
-        .tracker
-        .prepare(conntrack.translations(), clock.mono_now_ns);
+    let nat = conntrack.translations();
+    extras.dns.read();
+    extras.dns.tracker.prepare(nat, clock.mono_now_ns);
+    extras.handshakes.read();
+    extras.handshakes.tracker.prepare(nat, clock.mono_now_ns);
+    // The drops of the drain's packets are in the kernel's map by now (same reasoning).
+    extras.drops.read(nat);
     let wireguard = capture
         .interfaces()
         .iter()
@@ -90,19 +99,15 @@ pub(super) fn flush_once(
             conntrack.translations(),
             &mut records,
         );
-        publish_records(
-            &mut records,
-            wireguard,
-            (&mut dns.tracker, &mut handshakes.tracker),
-            counters,
-            out,
-        );
+        publish_records(&mut records, wireguard, extras, counters, out);
         from = to;
     }
-    dns.tracker.end_flush();
-    counters.dns = dns.tracker.stats();
-    handshakes.tracker.end_flush();
-    counters.handshakes = handshakes.tracker.stats();
+    extras.dns.tracker.end_flush();
+    counters.dns = extras.dns.tracker.stats();
+    extras.handshakes.tracker.end_flush();
+    counters.handshakes = extras.handshakes.tracker.stats();
+    extras.drops.tracker.end_flush();
+    counters.drops = extras.drops.tracker.stats().clone();
     table.evict(&clock);
     // Keep the allocation for the next flush, but not a burst's worth of it for ever.
     let len = entries.len();
@@ -130,21 +135,29 @@ pub(super) fn flush_once(
 fn publish_records(
     records: &mut Vec<proto::Flow>,
     wireguard: bool,
-    (dns, handshakes): (&mut DnsTracker, &mut HandshakeTracker),
+    extras: &mut Extras,
     counters: &mut Tallies,
     out: &Outputs<'_>,
 ) {
     if records.is_empty() {
         return;
     }
+    let dns = &mut extras.dns.tracker;
     if !dns.is_idle() {
         for r in records.iter_mut() {
             dns.attach(r);
         }
     }
+    let handshakes = &mut extras.handshakes.tracker;
     if !handshakes.is_idle() {
         for r in records.iter_mut().filter(|r| r.protocol == 6) {
             handshakes.attach(r);
+        }
+    }
+    let drops = &mut extras.drops.tracker;
+    if !drops.is_idle() {
+        for r in records.iter_mut() {
+            drops.attach(r);
         }
     }
     let node = out.node;
@@ -252,15 +265,12 @@ mod tests {
             record(3, "node-a", "node-a"),
         ];
         let capacity = records.capacity();
-        let mut dns = DnsTracker::new(crate::dns::DnsConfig::default());
-        let mut hs = HandshakeTracker::new(crate::handshake::HandshakeConfig::default());
-        publish_records(
-            &mut records,
-            true,
-            (&mut dns, &mut hs),
-            &mut counters,
-            &outputs,
-        );
+        let mut extras = Extras {
+            dns: DnsSource::new(None, crate::dns::DnsConfig::default()),
+            handshakes: HandshakeSource::new(None, crate::handshake::HandshakeConfig::default()),
+            drops: DropSource::new(None),
+        };
+        publish_records(&mut records, true, &mut extras, &mut counters, &outputs);
         assert!(records.is_empty());
         assert_eq!(records.capacity(), capacity);
         let ports: Vec<u32> = hub

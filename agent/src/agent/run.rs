@@ -7,7 +7,7 @@ use tracing::{info, warn};
 
 use super::{
     AgentConfig, AgentError, MetadataSource,
-    flush::{Outputs, flush_once},
+    flush::{Extras, Outputs, flush_once},
     status::{StatusInfo, Tallies, update_metrics},
 };
 use crate::{
@@ -15,6 +15,7 @@ use crate::{
     capture::{Capture, InterfaceChange, LinkWatcher},
     conntrack::{Conntrack, pace::EventPacer},
     dns::{DnsConfig, DnsSource},
+    drops::DropSource,
     flows::FlowTable,
     handshake::{HandshakeConfig, HandshakeSource},
     metadata,
@@ -48,9 +49,22 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut table = FlowTable::new(cfg.table.clone());
     let mut conntrack = tokio::task::block_in_place(|| Conntrack::start(cfg.conntrack))
         .map_err(|source| AgentError::Conntrack { source })?;
-    let mut dns = DnsSource::new(capture.dns_events()?, DnsConfig::default());
-    let mut handshakes =
-        HandshakeSource::new(capture.handshake_events()?, HandshakeConfig::default());
+    let drops = if cfg.drops {
+        match capture.follow_drops() {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "drops: cannot follow the kernel's drops; records carry no dropped_packets");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let mut extras = Extras {
+        dns: DnsSource::new(capture.dns_events()?, DnsConfig::default()),
+        handshakes: HandshakeSource::new(capture.handshake_events()?, HandshakeConfig::default()),
+        drops: DropSource::new(drops),
+    };
 
     let hub = Hub::with_limits(cfg.buffer, cfg.buffer_bytes, cfg.buffer);
     let info = StatusInfo {
@@ -148,8 +162,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             // seldom enough that a burst of connections costs a few wake-ups, not one each.
             woke = conntrack_pace.wait() => conntrack_pace.read(&mut conntrack, woke),
             // DNS messages likewise: read in batches while they come, never while quiet.
-            () = dns.wait() => dns.read(),
-            () = handshakes.wait() => handshakes.read(),
+            () = extras.dns.wait() => extras.dns.read(),
+            () = extras.handshakes.wait() => extras.handshakes.read(),
             _ = resync.tick() => match capture.sync_interfaces() {
                 Ok(changes) => {
                     if forget_detached(&changes, &mut table) {
@@ -159,7 +173,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
                 Err(e) => warn!(error = %error_chain(&e), "interface re-sync failed"),
             },
             _ = flush.tick() => {
-                flush_once(&mut capture, &mut table, &mut conntrack, (&mut dns, &mut handshakes), &mut tallies, &mut entries, &outputs);
+                flush_once(&mut capture, &mut table, &mut conntrack, &mut extras, &mut tallies, &mut entries, &outputs);
                 tallies.export = exporter.as_ref().map(|e| e.stats());
                 tallies.conntrack = conntrack.stats();
                 update_metrics(&metrics, &capture, &table, &tallies);
@@ -178,7 +192,7 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         &mut capture,
         &mut table,
         &mut conntrack,
-        (&mut dns, &mut handshakes),
+        &mut extras,
         &mut tallies,
         &mut entries,
         &outputs,

@@ -6,6 +6,7 @@ use crate::{
     capture::{Capture, Gap, KernelCounters},
     conntrack::ConntrackStats,
     dns::DnsStats,
+    drops::DropStats,
     export::{EXPORT_BUFFER_FULL, ExportStats},
     flows::FlowTable,
     handshake::HandshakeStats,
@@ -35,6 +36,8 @@ pub(super) struct Tallies {
     pub(super) dns: DnsStats,
     /// The TCP handshake tracker's counts.
     pub(super) handshakes: HandshakeStats,
+    /// The drop tracker's counts.
+    pub(super) drops: DropStats,
 }
 
 impl Tallies {
@@ -273,6 +276,16 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::StatusCo
                 counters.handshakes.lost,
                 "segments",
             ),
+            (
+                "dropped_packets_attached",
+                counters.drops.attached,
+                "packets",
+            ),
+            (
+                "dropped_packets_unattached",
+                counters.drops.unattached,
+                "packets",
+            ),
         ]
         .into_iter()
         .map(|(name, value, unit)| proto::StatusCounter {
@@ -311,6 +324,7 @@ pub(super) fn update_metrics(
         }
     }
     metrics.set_dns(&counters.dns);
+    metrics.set_drops(&counters.drops);
     metrics.set_translations(
         counters.translated_records,
         counters.conntrack.table.entries,

@@ -5,12 +5,13 @@ use aya::{
     programs::SchedClassifier,
 };
 use podflow_ebpf::{
-    CONFIG, Config, DNS_PORT, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS,
-    PROG_VETH_EGRESS, PROG_VETH_INGRESS, STATE, TCP_HANDSHAKES, VETHS,
+    CONFIG, Config, DNS_PORT, DROP_OFFSETS, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS,
+    PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS, STATE, TCP_HANDSHAKES, VETHS,
 };
 
 use super::{
     Capture, CaptureConfig, CaptureError,
+    btf::{Btf, BtfError},
     drain::Drainer,
     interfaces::Interfaces,
     persist::{self, PINNED_MAPS, State},
@@ -44,6 +45,22 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
             loader.map_pin_path(name, pins.map_path(name));
         }
     }
+    // The drop program's offsets; without them (no BTF, a layout it cannot read) it stays off.
+    let btf = Btf::from_sys_fs();
+    let drop_offsets = btf
+        .as_ref()
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.drop_offsets().map_err(|e| e.to_string()));
+    let drop_reasons = match &btf {
+        Ok(b) => b.enum_values("skb_drop_reason"),
+        Err(e) => Err(BtfError::Layout(e.to_string())),
+    };
+    let drop_reasons = match (&drop_offsets, drop_reasons) {
+        (Ok(_), r) => r,
+        (Err(e), _) => Err(BtfError::Layout(e.clone())),
+    };
+    let offsets = drop_offsets.unwrap_or_default();
+    loader.override_global(DROP_OFFSETS, &offsets, true);
     loader
         .override_global(DNS_PORT, &dns_port, true)
         .override_global(TCP_HANDSHAKES, &handshakes, true);
@@ -129,6 +146,7 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
         logger,
         dns_port,
         handshakes: handshakes != 0,
+        drop_reasons: Some(drop_reasons),
     })
 }
 

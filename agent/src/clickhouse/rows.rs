@@ -404,6 +404,10 @@ fn flow_row(out: &mut BytesMut, f: &FlowView<'_>, agent_id: &str, seq: u64, idx:
     for d in [h.min, h.max, h.last] {
         out.put_u64_le(d.map_or(0, duration_ns));
     }
+    out.put_u64_le(f.dropped_packets);
+    out.put_u64_le(f.dropped_bytes);
+    string(out, f.drop_reason);
+    out.put_u8(b(f.dropped_in_node));
     match f.metadata_age {
         Some(age) => {
             out.put_u8(0);

@@ -133,7 +133,7 @@ const FLOW_HEAD: [Column; 22] = [
 ];
 const SRC: [Column; 15] = endpoint_columns!("src");
 const DST: [Column; 15] = endpoint_columns!("dst");
-const FLOW_TAIL: [Column; 21] = [
+const FLOW_TAIL: [Column; 25] = [
     col("translation_service_ip", Ty::String),
     col("translation_service_port", Ty::UInt16),
     col("translation_snat_ip", Ty::String),
@@ -155,6 +155,11 @@ const FLOW_TAIL: [Column; 21] = [
     col("tcp_handshake_min_ns", Ty::UInt64),
     col("tcp_handshake_max_ns", Ty::UInt64),
     col("tcp_handshake_last_ns", Ty::UInt64),
+    // Packets of the flow the kernel dropped (Flow.dropped_*), the latest reason, in the node.
+    col("dropped_packets", Ty::UInt64),
+    col("dropped_bytes", Ty::UInt64),
+    col("drop_reason", Ty::LowString),
+    col("dropped_in_node", Ty::UInt8),
     col("metadata_age_seconds", Ty::OptFloat64),
     col("agent_id", Ty::String),
     col("seq", Ty::UInt64),
@@ -179,7 +184,7 @@ const fn concat<const N: usize>(parts: [&[Column]; 4]) -> [Column; N] {
 }
 
 /// The columns of `flows`, in the order [`super::rows`] writes them.
-pub const FLOW_COLUMNS: [Column; 73] = concat([&FLOW_HEAD, &SRC, &DST, &FLOW_TAIL]);
+pub const FLOW_COLUMNS: [Column; 77] = concat([&FLOW_HEAD, &SRC, &DST, &FLOW_TAIL]);
 
 /// The columns of `losses`, in the order [`super::rows`] writes them.
 pub const LOSS_COLUMNS: [Column; 11] = [

@@ -72,6 +72,10 @@ pub struct FlowView<'a> {
     pub reporter: &'a str,
     pub dns: SmallVec<[DnsView<'a>; 2]>,
     pub tcp_handshake: Option<HandshakeView>,
+    pub dropped_packets: u64,
+    pub dropped_bytes: u64,
+    pub drop_reason: &'a str,
+    pub dropped_in_node: bool,
 }
 
 /// A `DnsMessage` (the names of qtype and rcode are not stored: they follow from the numbers).
@@ -240,6 +244,10 @@ fn merge_flow<'a>(f: &mut FlowView<'a>, buf: &'a [u8]) -> Result<()> {
             23 => f.reporter = v.str()?,
             24 => f.dns.push(dns(v.bytes()?)?),
             25 => merge_handshake(f.tcp_handshake.get_or_insert_default(), v.bytes()?)?,
+            26 => f.dropped_packets = v.varint()?,
+            27 => f.dropped_bytes = v.varint()?,
+            28 => f.drop_reason = v.str()?,
+            29 => f.dropped_in_node = v.bool()?,
             _ => {}
         }
     }
@@ -646,6 +654,10 @@ pub(crate) mod tests {
                     nanos: 200_000,
                 }),
             }),
+            dropped_packets: 20,
+            dropped_bytes: 1 << 33,
+            drop_reason: "NETFILTER_DROP".into(),
+            dropped_in_node: true,
         }
     }
 
@@ -749,6 +761,10 @@ pub(crate) mod tests {
                     last: t(&h.last),
                 }
             }),
+            dropped_packets: f.dropped_packets,
+            dropped_bytes: f.dropped_bytes,
+            drop_reason: &f.drop_reason,
+            dropped_in_node: f.dropped_in_node,
         }
     }
 

@@ -92,6 +92,7 @@ pub struct Metrics {
     metadata_age: Gauge<f64, AtomicU64>,
     dns_messages: Family<KindLabels, Counter>,
     dns_responses: Family<RcodeLabels, Counter>,
+    dropped_packets: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -122,6 +123,13 @@ impl Metrics {
         let metadata_age = Gauge::<f64, AtomicU64>::default();
         let dns_messages = Family::<KindLabels, Counter>::default();
         let dns_responses = Family::<RcodeLabels, Counter>::default();
+        let dropped_packets = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "podflow_dropped_packets",
+            "Packets of flows the kernel dropped, by the kernel's reason (enum skb_drop_reason: a \
+             bounded set)",
+            dropped_packets.clone(),
+        );
         registry.register(
             "podflow_dns_messages",
             "DNS messages the pods sent or received, by kind (query, response, malformed, \
@@ -272,6 +280,7 @@ impl Metrics {
             metadata_age,
             dns_messages,
             dns_responses,
+            dropped_packets,
         })
     }
 
@@ -465,6 +474,16 @@ impl Metrics {
                 rcode: name.clone(),
             });
             c.inc_by(self.growth(&format!("dns_responses/{name}"), value));
+        }
+    }
+
+    /// The drop tracker's cumulative counts by reason.
+    pub fn set_drops(&self, s: &crate::drops::DropStats) {
+        for (reason, &value) in &s.by_reason {
+            let c = self.dropped_packets.get_or_create(&ReasonLabels {
+                reason: reason.clone(),
+            });
+            c.inc_by(self.growth(&format!("dropped_packets/{reason}"), value));
         }
     }
 

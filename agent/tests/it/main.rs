@@ -31,6 +31,7 @@ mod e2e_capture;
 mod e2e_clickhouse;
 mod e2e_collector;
 mod e2e_dns;
+mod e2e_drops;
 mod e2e_forged;
 mod e2e_handshake;
 mod e2e_least_privilege;

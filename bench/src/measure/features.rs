@@ -9,7 +9,7 @@
 use crate::{
     bed::{Bed, Flows, RawKind},
     harness::{BpfStatsGuard, log},
-    measure::{churn, hook, start_settled},
+    measure::{churn, hook, start_settled, start_settled_with},
     opts::Opts,
 };
 
@@ -24,6 +24,10 @@ pub struct Feature {
 pub struct Features {
     pub dns: Feature,
     pub handshakes: Feature,
+    /// Drops: the kernel figure is the drop program's own ns per run (one run per dropped
+    /// packet; the baseline 0); the CPU figure the churn of UDP packets `dst` drops (nothing
+    /// listens: NO_SOCKET), with `--drops` against without.
+    pub drops: Feature,
 }
 
 /// The churn rate of the CPU figures (as the low churn row).
@@ -69,8 +73,52 @@ pub fn run(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Feature
             fig.kernel_ns.push((ns[0], ns[1]));
         }
         agent.stop()?;
+        // Every packet of this window is dropped by `dst` (no socket on its port): the drop
+        // program (`--drops`) runs once per packet.
+        let (agent, _) = start_settled_with(o, bed, o.hook_entries(), &["--drops"])?;
+        let drop_ids = crate::kernel::prog_ids_named("podflow_kfree")?;
+        if !drop_ids.is_empty() {
+            stats.set(true)?;
+            let w = hook::window(
+                bed,
+                &drop_ids,
+                Flows::Raw {
+                    start,
+                    kind: RawKind::Udp(5354),
+                },
+                o.hook_rate,
+                o.hook_secs,
+            );
+            stats.set(false)?;
+            f.drops.kernel_ns.push((0.0, w?.ns));
+            start += (o.hook_rate as f64 * o.hook_secs) as u64 + 1;
+        }
+        agent.stop()?;
     }
     for run in 0..o.churn_runs {
+        let mut us = [0.0; 2];
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            log(format!(
+                "features churn run {}/{}: drops {}",
+                run + 1,
+                o.churn_runs,
+                if which == 0 { "off" } else { "on" }
+            ));
+            let extra: &[&str] = if which == 0 { &[] } else { &["--drops"] };
+            let r = churn::once(
+                o,
+                bed,
+                CHURN_RATE,
+                |s| Flows::Raw {
+                    start: s,
+                    kind: RawKind::Udp(5354),
+                },
+                extra,
+            )?;
+            us[which] = r.ns_per_flow / 1000.0;
+        }
+        f.drops.cpu_us_per_flow.push((us[0], us[1]));
         for (k, (base, with)) in kinds.into_iter().enumerate() {
             let mut us = [0.0; 2];
             let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };

@@ -75,13 +75,24 @@ fn feature_rows(o: &Opts, f: &Features, rows: &mut Vec<Row>) -> anyhow::Result<(
             100.0,
             1.0,
         ),
+        (
+            "drops",
+            &f.drops,
+            "dropped packet (the kfree_skb program's own run, against none)",
+            "no drop program",
+            150.0,
+            1.0,
+        ),
     ] {
+        if feat.kernel_ns.is_empty() {
+            continue;
+        }
         let (d, b, w) = diff(&feat.kernel_ns)?;
         rows.push(Row {
-            key: if name == "dns" {
-                "kernel_ns_extra_dns"
-            } else {
-                "kernel_ns_extra_tcp_handshake"
+            key: match name {
+                "dns" => "kernel_ns_extra_dns",
+                "drops" => "kernel_ns_extra_drop",
+                _ => "kernel_ns_extra_tcp_handshake",
             },
             figure: format!(
                 "extra kernel ns per packet: a {packet} against {base}, every packet a new flow, \
@@ -104,10 +115,10 @@ fn feature_rows(o: &Opts, f: &Features, rows: &mut Vec<Row>) -> anyhow::Result<(
         });
         let (d, b, w) = diff(&feat.cpu_us_per_flow)?;
         rows.push(Row {
-            key: if name == "dns" {
-                "cpu_per_flow_extra_dns"
-            } else {
-                "cpu_per_flow_extra_tcp_handshake"
+            key: match name {
+                "dns" => "cpu_per_flow_extra_dns",
+                "drops" => "cpu_per_flow_extra_drops",
+                _ => "cpu_per_flow_extra_tcp_handshake",
             },
             figure: format!(
                 "extra agent CPU per exported flow at {rate} new flows/s, every flow one {packet} \

@@ -92,6 +92,24 @@ pub struct Flow {
     /// Absent when none was seen whole.
     #[prost(message, optional, tag = "25")]
     pub tcp_handshake: ::core::option::Option<TcpHandshake>,
+    /// Packets of this flow (and their IP-layer bytes) that the kernel dropped in this record's
+    /// interval, as its kfree_skb tracepoint saw them: a NetworkPolicy or firewall rule
+    /// (NETFILTER_DROP), no route (IP_NOROUTE), a full socket buffer (SOCKET_RCVBUFF), ... The
+    /// packets are also in `packets` (they were counted where they entered the node, before the
+    /// drop).
+    #[prost(uint64, tag = "26")]
+    pub dropped_packets: u64,
+    #[prost(uint64, tag = "27")]
+    pub dropped_bytes: u64,
+    /// The kernel's reason for the latest drop (enum skb_drop_reason without its SKB_DROP_REASON\_
+    /// prefix).
+    #[prost(string, tag = "28")]
+    pub drop_reason: ::prost::alloc::string::String,
+    /// Where the latest drop happened: in the node's network namespace (then the packets never
+    /// reached the destination pod, and `interfaces` does not list its veth when all were dropped),
+    /// or in a pod's.
+    #[prost(bool, tag = "29")]
+    pub dropped_in_node: bool,
 }
 /// The TCP handshakes (SYN -> SYN/ACK) of one record: how many, the shortest, the longest and the
 /// last.
@@ -322,6 +340,9 @@ pub struct FlowFilter {
     /// Only TCP flows with a handshake at least this long (tcp_handshake.max).
     #[prost(message, optional, tag = "19")]
     pub min_rtt: ::core::option::Option<::prost_types::Duration>,
+    /// Only flows with packets the kernel dropped.
+    #[prost(bool, tag = "20")]
+    pub dropped: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GetFlowsRequest {
