@@ -228,6 +228,44 @@ pub struct DropValue {
 }
 const _: () = assert!(core::mem::size_of::<DropValue>() == 32);
 
+/// The smoothed RTT of TCP connections (`--tcp-rtt`): a BTF tracepoint on `tcp_probe` (every
+/// segment a socket of the node receives on an established connection) reads the socket's ends
+/// and `srtt_us` (BTF-checked loads; `bpf_skc_to_tcp_sock`) into [`RTTS`] by the socket's
+/// outgoing flow (local → remote).
+pub const PROG_TCP_PROBE: &str = "podflow_tcp_probe";
+pub const TP_TCP_PROBE: &str = "tcp_probe";
+/// LRU hash map: [`FlowKey`] (local → remote) → [`RttValue`].
+pub const RTTS: &str = "RTTS";
+pub const RTTS_ENTRIES: u32 = 16_384;
+/// Read-only global ([`RttOffsets`]) the loader sets from the kernel's BTF; zeros: off.
+pub const RTT_OFFSETS: &str = "RTT_OFFSETS";
+
+/// Where the RTT program reads: `struct sock_common` members and `tcp_sock.srtt_us`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttOffsets {
+    pub skc_family: u32,
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub srtt_us: u32,
+}
+const _: () = assert!(core::mem::size_of::<RttOffsets>() == 32);
+
+/// A connection's smoothed RTT samples since user space last read them (µs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttValue {
+    pub samples: u32,
+    pub min_us: u32,
+    pub max_us: u32,
+    pub last_us: u32,
+}
+const _: () = assert!(core::mem::size_of::<RttValue>() == 16);
+
 /// Where a packet was observed. Part of the flow key.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -715,4 +753,8 @@ mod user {
     unsafe impl aya::Pod for super::DropOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DropValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RttOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RttValue {}
 }

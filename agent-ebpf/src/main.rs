@@ -32,7 +32,7 @@ mod programs {
         bindings::BPF_NOEXIST,
         check_bounds_signed,
         helpers::bpf_skb_load_bytes,
-        helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns},
+        helpers::{bpf_get_prandom_u32, bpf_jiffies64, bpf_ktime_get_ns, bpf_skc_to_tcp_sock},
         macros::{btf_tracepoint, classifier, map},
         maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
         programs::{BtfTracePointContext, TcContext},
@@ -43,8 +43,9 @@ mod programs {
         DROPS_ENTRIES, DnsEvent, DropOffsets, DropValue, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
         FlowKeyV4, FlowKeyV6, FlowValue, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
         IPPROTO_UDP, KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint,
-        SPILL_BYTES, SPILL_MAP_ENTRIES, SPILL_PACKETS, SpillValue, TCP_EVENTS_BYTES, TcpEvent,
-        VALUE_BYTES_MASK, VALUE_PACKETS_SHIFT, VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
+        RTTS_ENTRIES, RttOffsets, RttValue, SPILL_BYTES, SPILL_MAP_ENTRIES, SPILL_PACKETS,
+        SpillValue, TCP_EVENTS_BYTES, TcpEvent, VALUE_BYTES_MASK, VALUE_PACKETS_SHIFT,
+        VALUE_TCP_FLAGS_SHIFT, VETHS_MAX, VethSlot,
     };
 
     use crate::parse::{self, Flow, Pkt};
@@ -113,6 +114,20 @@ mod programs {
         net_inum: 0,
     };
     #[map]
+    static RTTS: LruHashMap<FlowKey, RttValue> = LruHashMap::with_max_entries(RTTS_ENTRIES, 0);
+    /// See `podflow_ebpf::RTT_OFFSETS` (set by the loader; zeros: off).
+    #[unsafe(no_mangle)]
+    static RTT_OFFSETS: RttOffsets = RttOffsets {
+        skc_family: 0,
+        skc_daddr: 0,
+        skc_rcv_saddr: 0,
+        skc_dport: 0,
+        skc_num: 0,
+        skc_v6_daddr: 0,
+        skc_v6_rcv_saddr: 0,
+        srtt_us: 0,
+    };
+    #[map]
     static TCP_EVENTS: RingBuf = RingBuf::with_byte_size(TCP_EVENTS_BYTES, 0);
     #[map]
     static TCP_LOST: Array<u64> = Array::with_max_entries(1, 0);
@@ -155,6 +170,9 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::DNS_PORT, "DNS_PORT"));
     const _: () = assert!(str_eq(podflow_ebpf::TCP_EVENTS, "TCP_EVENTS"));
     const _: () = assert!(str_eq(podflow_ebpf::DROPS, "DROPS"));
+    const _: () = assert!(str_eq(podflow_ebpf::RTTS, "RTTS"));
+    const _: () = assert!(str_eq(podflow_ebpf::RTT_OFFSETS, "RTT_OFFSETS"));
+    const _: () = assert!(str_eq(podflow_ebpf::PROG_TCP_PROBE, "podflow_tcp_probe"));
     const _: () = assert!(str_eq(podflow_ebpf::DROP_OFFSETS, "DROP_OFFSETS"));
     const _: () = assert!(str_eq(podflow_ebpf::PROG_KFREE_SKB, "podflow_kfree_skb"));
     const _: () = assert!(str_eq(podflow_ebpf::TCP_LOST, "TCP_LOST"));
@@ -556,6 +574,90 @@ mod programs {
                         _pad: 0,
                     };
                     let _ = DROPS.insert(&key, &d, 0);
+                }
+            }
+        }
+        0
+    }
+
+    /// A TCP segment a socket of the node received on an established connection
+    /// (`tcp_probe(sk, skb)`): the socket's smoothed RTT goes to its outgoing flow's entry.
+    #[btf_tracepoint(function = "tcp_probe")]
+    pub fn podflow_tcp_probe(ctx: BtfTracePointContext) -> i32 {
+        const AF_INET: u16 = 2;
+        const AF_INET6: u16 = 10;
+        // SAFETY: a read-only global the loader set.
+        let o = unsafe { read_volatile(&RTT_OFFSETS) };
+        if o.srtt_us == 0 {
+            return 0;
+        }
+        let sk: *mut core::ffi::c_void = ctx.arg(0);
+        // SAFETY: the helper checks the socket's type; NULL when it is not a TCP socket.
+        let tp = unsafe { bpf_skc_to_tcp_sock(sk) }.cast::<u8>().cast_const();
+        if tp.is_null() {
+            return 0;
+        }
+        // SAFETY: BTF-typed loads of the traced socket at offsets the loader set.
+        unsafe {
+            let mut key = FlowKey {
+                protocol: IPPROTO_TCP,
+                ..FlowKey::default()
+            };
+            let family = read_volatile(tp.add(o.skc_family as usize).cast::<u16>());
+            if family == AF_INET {
+                key.family = FAMILY_IPV4;
+                key.src_addr[10] = 0xff;
+                key.src_addr[11] = 0xff;
+                key.dst_addr[10] = 0xff;
+                key.dst_addr[11] = 0xff;
+                write_unaligned(
+                    key.src_addr.as_mut_ptr().add(12).cast::<u32>(),
+                    read_volatile(tp.add(o.skc_rcv_saddr as usize).cast::<u32>()),
+                );
+                write_unaligned(
+                    key.dst_addr.as_mut_ptr().add(12).cast::<u32>(),
+                    read_volatile(tp.add(o.skc_daddr as usize).cast::<u32>()),
+                );
+            } else if family == AF_INET6 {
+                key.family = FAMILY_IPV6;
+                let mut i = 0;
+                while i < 16 {
+                    write_unaligned(
+                        key.src_addr.as_mut_ptr().add(i).cast::<u32>(),
+                        read_volatile(tp.add(o.skc_v6_rcv_saddr as usize + i).cast::<u32>()),
+                    );
+                    write_unaligned(
+                        key.dst_addr.as_mut_ptr().add(i).cast::<u32>(),
+                        read_volatile(tp.add(o.skc_v6_daddr as usize + i).cast::<u32>()),
+                    );
+                    i += 4;
+                }
+            } else {
+                return 0;
+            }
+            key.src_port = read_volatile(tp.add(o.skc_num as usize).cast::<u16>());
+            key.dst_port = u16::from_be(read_volatile(tp.add(o.skc_dport as usize).cast::<u16>()));
+            // srtt_us holds the smoothed RTT in µs << 3.
+            let srtt = read_volatile(tp.add(o.srtt_us as usize).cast::<u32>()) >> 3;
+            match RTTS.get_ptr_mut(&key) {
+                Some(v) => {
+                    (*v).samples = (*v).samples.wrapping_add(1);
+                    if srtt < (*v).min_us {
+                        (*v).min_us = srtt;
+                    }
+                    if srtt > (*v).max_us {
+                        (*v).max_us = srtt;
+                    }
+                    (*v).last_us = srtt;
+                }
+                None => {
+                    let v = RttValue {
+                        samples: 1,
+                        min_us: srtt,
+                        max_us: srtt,
+                        last_us: srtt,
+                    };
+                    let _ = RTTS.insert(&key, &v, 0);
                 }
             }
         }

@@ -65,7 +65,7 @@ pub use aya::programs::TcAttachType;
 
 pub use self::{
     btf::BtfError,
-    drops::DropEvents,
+    drops::{DropEvents, RttEvents},
     netlink::{LinkEvent, LinkInfo, LinkWatcher, dump_links},
     pattern::glob_match,
     persist::{
@@ -327,6 +327,8 @@ pub struct Capture {
     /// The kernel's drop reasons (value, name) as read from its BTF at load, for
     /// [`Capture::follow_drops`] (which takes them).
     drop_reasons: Option<Result<Vec<(u32, String)>, btf::BtfError>>,
+    /// Whether the RTT program's offsets were read (taken by [`Capture::follow_rtt`]).
+    rtt_offsets: Option<Result<(), btf::BtfError>>,
 }
 
 impl std::fmt::Debug for Capture {

@@ -10,10 +10,10 @@
 //! did not take. Entries wait at most two flushes for their record (then counted).
 use std::collections::HashMap;
 
-use podflow_ebpf::{DropValue, FlowKey};
+use podflow_ebpf::{DropValue, FlowKey, RttValue};
 
 use crate::{
-    capture::DropEvents,
+    capture::{DropEvents, RttEvents},
     dns::key_of,
     flows::{FlowId, Translate},
     hash::{FlowHashState, flow_hash_state},
@@ -165,6 +165,101 @@ impl DropSource {
             let reason = events.reason_name(v.reason);
             self.tracker.add(&k, &v, reason, nat);
         }
+    }
+}
+
+/// The smoothed RTT samples of TCP sockets (`--tcp-rtt`), by the socket's outgoing flow, from
+/// the kernel's map to the records (the same two-flush wait as drops).
+#[derive(Debug)]
+pub struct RttSource {
+    events: Option<RttEvents>,
+    current: HashMap<FlowId, RttValue, FlowHashState>,
+    previous: HashMap<FlowId, RttValue, FlowHashState>,
+    /// Samples put on records, and samples whose record did not come.
+    pub attached: u64,
+    pub unattached: u64,
+}
+
+impl RttSource {
+    pub fn new(events: Option<RttEvents>) -> RttSource {
+        RttSource {
+            events,
+            current: HashMap::with_hasher(flow_hash_state()),
+            previous: HashMap::with_hasher(flow_hash_state()),
+            attached: 0,
+            unattached: 0,
+        }
+    }
+
+    /// At a flush: takes the kernel's entries, named by their flows' real ends (`nat`: a
+    /// client's socket knows the ClusterIP it connected to).
+    pub fn read(&mut self, nat: &dyn Translate) {
+        let Some(events) = self.events.as_mut() else {
+            return;
+        };
+        let mut taken = Vec::new();
+        if let Err(e) = events.take(|k, v| taken.push((*k, *v))) {
+            tracing::warn!(error = %error_chain(&e), "tcp rtt: reading the kernel's map failed");
+        }
+        for (k, v) in taken {
+            let mut real = nat.translate(&k).map_or(k, |t| t.key);
+            real.obs = 0;
+            real.key_flags = 0;
+            let e = self.current.entry(FlowId::of(&real)).or_insert(RttValue {
+                samples: 0,
+                min_us: u32::MAX,
+                max_us: 0,
+                last_us: 0,
+            });
+            e.samples += v.samples;
+            e.min_us = e.min_us.min(v.min_us);
+            e.max_us = e.max_us.max(v.max_us);
+            e.last_us = v.last_us;
+        }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.current.is_empty() && self.previous.is_empty()
+    }
+
+    /// Puts the samples of `record`'s flow on it.
+    pub fn attach(&mut self, record: &mut proto::Flow) {
+        let Some(key) = key_of(record) else {
+            return;
+        };
+        let id = FlowId::of(&key);
+        let v = match (self.previous.remove(&id), self.current.remove(&id)) {
+            (Some(mut a), Some(b)) => {
+                a.samples += b.samples;
+                a.min_us = a.min_us.min(b.min_us);
+                a.max_us = a.max_us.max(b.max_us);
+                a.last_us = b.last_us;
+                a
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return,
+        };
+        self.attached += u64::from(v.samples);
+        let d = |us: u32| prost_types::Duration {
+            seconds: i64::from(us / 1_000_000),
+            nanos: ((us % 1_000_000) * 1000) as i32,
+        };
+        record.tcp_srtt = Some(proto::TcpRtt {
+            samples: v.samples,
+            min: Some(d(v.min_us)),
+            max: Some(d(v.max_us)),
+            last: Some(d(v.last_us)),
+        });
+    }
+
+    pub fn end_flush(&mut self) {
+        self.unattached += self
+            .previous
+            .values()
+            .map(|v| u64::from(v.samples))
+            .sum::<u64>();
+        self.previous = std::mem::take(&mut self.current);
+        self.previous.shrink_to_fit();
     }
 }
 

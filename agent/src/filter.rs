@@ -282,10 +282,11 @@ impl CompiledFilter {
             && (!self.plaintext || flow.plaintext_inter_node)
             && (!self.dropped || flow.dropped_packets > 0)
             && self.min_rtt_ns.is_none_or(|min| {
-                flow.tcp_handshake
-                    .as_ref()
-                    .and_then(|h| h.max.as_ref())
-                    .is_some_and(|max| duration_ns(max) >= min)
+                let at_least = |d: Option<&prost_types::Duration>| {
+                    d.is_some_and(|max| duration_ns(max) >= min)
+                };
+                at_least(flow.tcp_handshake.as_ref().and_then(|h| h.max.as_ref()))
+                    || at_least(flow.tcp_srtt.as_ref().and_then(|r| r.max.as_ref()))
             })
             && (self.dns_name.is_empty()
                 || flow.dns.iter().any(|m| {

@@ -653,6 +653,7 @@ fn record<O: Observed>(
         dropped_bytes: 0,
         drop_reason: String::new(),
         dropped_in_node: false,
+        tcp_srtt: None,
     }
 }
 

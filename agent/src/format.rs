@@ -173,6 +173,18 @@ struct JsonFlow<'a> {
     drop_reason: &'a str,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dropped_in_node: bool,
+    /// The smoothed RTT of the sending socket (`--tcp-rtt`); absent when not sampled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tcp_srtt: Option<JsonSrtt>,
+}
+
+/// `{"samples":40,"min_ms":0.03,"max_ms":0.09,"last_ms":0.05}`.
+#[derive(Serialize)]
+struct JsonSrtt {
+    samples: u32,
+    min_ms: f64,
+    max_ms: f64,
+    last_ms: f64,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -417,6 +429,15 @@ pub fn json_line(event: &proto::FlowEvent) -> Result<Option<String>, serde_json:
             dropped_bytes: flow.dropped_bytes,
             drop_reason: &flow.drop_reason,
             dropped_in_node: flow.dropped_in_node,
+            tcp_srtt: flow.tcp_srtt.as_ref().map(|r| {
+                let ms = |d: Option<&prost_types::Duration>| d.map_or(0.0, duration_ms);
+                JsonSrtt {
+                    samples: r.samples,
+                    min_ms: ms(r.min.as_ref()),
+                    max_ms: ms(r.max.as_ref()),
+                    last_ms: ms(r.last.as_ref()),
+                }
+            }),
         })
         .map(Some),
         Some(Event::Loss(loss)) => serde_json::to_string(&JsonLossLine {
@@ -554,6 +575,10 @@ fn compact_flow(flow: &proto::Flow) -> String {
                 ms(h.max.as_ref())
             )
         });
+    }
+    if let Some(r) = &flow.tcp_srtt {
+        let ms = |d: Option<&prost_types::Duration>| d.map_or(0.0, duration_ms);
+        fields.push(format!("srtt {:.2}ms", ms(r.last.as_ref())));
     }
     if flow.dropped_packets > 0 {
         fields.push(format!(

@@ -44,11 +44,16 @@ pub struct AgentArgs {
     pub no_tcp_handshakes: bool,
     /// Follow the packets the kernel drops: a BTF tracepoint on kfree_skb puts dropped packets,
     /// the kernel's reason and where (the node or the pod), on their flows' records. Off by
-    /// default: it costs ~0.9 µs in the kernel per dropped packet of a new flow and ~1.2 µs of
+    /// default: it costs ~0.8 µs in the kernel per dropped packet of a new flow and ~1.6 µs of
     /// agent CPU per flow with drops (docs/BENCHMARKS.md), over the targets on a node that drops
     /// much.
     #[arg(long)]
     pub drops: bool,
+    /// Read the smoothed RTT of TCP connections (a BTF tracepoint on tcp_probe: it runs for
+    /// every TCP segment a socket of the node receives) onto the records (`tcp_srtt`). Off by
+    /// default: its cost is per received segment (docs/BENCHMARKS.md).
+    #[arg(long)]
+    pub tcp_rtt: bool,
     /// Capacity of each kernel flow map, IPv4 and IPv6 (distinct flows per observation point and
     /// flush interval; 96 B per IPv4 and 120 B per IPv6 entry, preallocated).
     #[arg(long, default_value_t = podflow_ebpf::DEFAULT_FLOW_MAP_ENTRIES)]
@@ -179,6 +184,8 @@ pub struct AgentConfig {
     pub conntrack: ConntrackConfig,
     /// Follow the kernel's drops.
     pub drops: bool,
+    /// Read the sockets' smoothed RTT.
+    pub tcp_rtt: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
 }
@@ -256,6 +263,7 @@ impl AgentConfig {
             },
             metrics_listen: args.metrics_listen,
             drops: args.drops,
+            tcp_rtt: args.tcp_rtt,
             health_listen: args.health_listen,
         })
     }

@@ -9,7 +9,7 @@ use crate::{
     capture::{Capture, FlowEntry, IfaceKind},
     conntrack::Conntrack,
     dns::DnsSource,
-    drops::DropSource,
+    drops::{DropSource, RttSource},
     export::ExporterHandle,
     flows::{FlowTable, enrich, rules},
     handshake::HandshakeSource,
@@ -35,6 +35,7 @@ pub(super) struct Extras {
     pub(super) dns: DnsSource,
     pub(super) handshakes: HandshakeSource,
     pub(super) drops: DropSource,
+    pub(super) rtt: RttSource,
 }
 
 /// Records are made, enriched, counted and published this many at a time: a flush of 100 000
@@ -81,6 +82,7 @@ pub(super) fn flush_once(
     extras.handshakes.tracker.prepare(nat, clock.mono_now_ns);
     // The drops of the drain's packets are in the kernel's map by now (same reasoning).
     extras.drops.read(nat);
+    extras.rtt.read(nat);
     let wireguard = capture
         .interfaces()
         .iter()
@@ -107,6 +109,8 @@ pub(super) fn flush_once(
     extras.handshakes.tracker.end_flush();
     counters.handshakes = extras.handshakes.tracker.stats();
     extras.drops.tracker.end_flush();
+    extras.rtt.end_flush();
+    counters.rtt = (extras.rtt.attached, extras.rtt.unattached);
     counters.drops = extras.drops.tracker.stats().clone();
     table.evict(&clock);
     // Keep the allocation for the next flush, but not a burst's worth of it for ever.
@@ -158,6 +162,12 @@ fn publish_records(
     if !drops.is_idle() {
         for r in records.iter_mut() {
             drops.attach(r);
+        }
+    }
+    let rtt = &mut extras.rtt;
+    if !rtt.is_idle() {
+        for r in records.iter_mut().filter(|r| r.protocol == 6) {
+            rtt.attach(r);
         }
     }
     let node = out.node;
@@ -269,6 +279,7 @@ mod tests {
             dns: DnsSource::new(None, crate::dns::DnsConfig::default()),
             handshakes: HandshakeSource::new(None, crate::handshake::HandshakeConfig::default()),
             drops: DropSource::new(None),
+            rtt: RttSource::new(None),
         };
         publish_records(&mut records, true, &mut extras, &mut counters, &outputs);
         assert!(records.is_empty());

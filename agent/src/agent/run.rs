@@ -15,7 +15,7 @@ use crate::{
     capture::{Capture, InterfaceChange, LinkWatcher},
     conntrack::{Conntrack, pace::EventPacer},
     dns::{DnsConfig, DnsSource},
-    drops::DropSource,
+    drops::{DropSource, RttSource},
     flows::FlowTable,
     handshake::{HandshakeConfig, HandshakeSource},
     metadata,
@@ -60,10 +60,22 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     } else {
         None
     };
+    let rtt = if cfg.tcp_rtt {
+        match capture.follow_rtt() {
+            Ok(r) => Some(r),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "tcp rtt: cannot read the sockets' smoothed RTT; records carry no tcp_srtt");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut extras = Extras {
         dns: DnsSource::new(capture.dns_events()?, DnsConfig::default()),
         handshakes: HandshakeSource::new(capture.handshake_events()?, HandshakeConfig::default()),
         drops: DropSource::new(drops),
+        rtt: RttSource::new(rtt),
     };
 
     let hub = Hub::with_limits(cfg.buffer, cfg.buffer_bytes, cfg.buffer);

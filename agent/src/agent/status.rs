@@ -38,6 +38,8 @@ pub(super) struct Tallies {
     pub(super) handshakes: HandshakeStats,
     /// The drop tracker's counts.
     pub(super) drops: DropStats,
+    /// RTT samples put on records, and those whose record did not come.
+    pub(super) rtt: (u64, u64),
 }
 
 impl Tallies {
@@ -286,6 +288,8 @@ fn status_counters(counters: &Tallies, table: &FlowTable) -> Vec<proto::StatusCo
                 counters.drops.unattached,
                 "packets",
             ),
+            ("tcp_srtt_samples_attached", counters.rtt.0, "samples"),
+            ("tcp_srtt_samples_unattached", counters.rtt.1, "samples"),
         ]
         .into_iter()
         .map(|(name, value, unit)| proto::StatusCounter {

@@ -8,7 +8,7 @@
 //!
 //! Only the parts of the format (`Documentation/bpf/btf.rst`) needed to walk the type section
 //! and read struct members: every kind's size is known so that the walk stays aligned.
-use podflow_ebpf::DropOffsets;
+use podflow_ebpf::{DropOffsets, RttOffsets};
 
 /// Errors of reading BTF.
 #[derive(Debug, thiserror::Error)]
@@ -238,6 +238,31 @@ impl Btf {
         })
     }
 
+    /// Where the RTT program reads (see `podflow_ebpf::RttOffsets`), each load size checked.
+    pub fn rtt_offsets(&self) -> Result<RttOffsets, BtfError> {
+        let layout = |what: String| BtfError::Layout(what);
+        let field = |st: &str, path: &[&str], size: usize| -> Result<u32, BtfError> {
+            let (off, ty) = self.offset_of(st, path)?;
+            if self.size_of(ty) != Some(size) {
+                return Err(layout(format!(
+                    "{st}.{} is not {size} bytes",
+                    path.join(".")
+                )));
+            }
+            u32::try_from(off).map_err(|_| layout("offset too large".into()))
+        };
+        Ok(RttOffsets {
+            skc_family: field("sock_common", &["skc_family"], 2)?,
+            skc_daddr: field("sock_common", &["skc_daddr"], 4)?,
+            skc_rcv_saddr: field("sock_common", &["skc_rcv_saddr"], 4)?,
+            skc_dport: field("sock_common", &["skc_dport"], 2)?,
+            skc_num: field("sock_common", &["skc_num"], 2)?,
+            skc_v6_daddr: field("sock_common", &["skc_v6_daddr"], 16)?,
+            skc_v6_rcv_saddr: field("sock_common", &["skc_v6_rcv_saddr"], 16)?,
+            srtt_us: field("tcp_sock", &["srtt_us"], 4)?,
+        })
+    }
+
     /// The values and names of the enum `name` (`ENUM` or `ENUM64`, values that fit 32 bits).
     pub fn enum_values(&self, name: &str) -> Result<Vec<(u32, String)>, BtfError> {
         let t = self
@@ -270,6 +295,9 @@ mod tests {
         // The header offsets sit next to each other, before head.
         assert!(o.skb_transport_header < o.skb_head && o.skb_network_header < o.skb_head);
         assert_ne!(o.skb_transport_header, o.skb_network_header);
+        let rtt = btf.rtt_offsets().unwrap_or_else(|e| panic!("{e}"));
+        // struct sock starts with struct sock_common; tcp_sock embeds struct sock first.
+        assert!(rtt.srtt_us > rtt.skc_v6_rcv_saddr && rtt.skc_num == rtt.skc_dport + 2);
         let reasons = btf
             .enum_values("skb_drop_reason")
             .unwrap_or_else(|e| panic!("{e}"));

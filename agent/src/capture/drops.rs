@@ -7,9 +7,77 @@ use aya::{
     maps::{HashMap, IterableMap as _, MapData},
     programs::BtfTracePoint,
 };
-use podflow_ebpf::{DROPS, DropValue, FlowKey, PROG_KFREE_SKB, TP_KFREE_SKB};
+use podflow_ebpf::{
+    DROPS, DropValue, FlowKey, PROG_KFREE_SKB, PROG_TCP_PROBE, RTTS, RttValue, TP_KFREE_SKB,
+    TP_TCP_PROBE,
+};
 
 use super::{Capture, CaptureError, btf::BtfError, load::open_map, sys};
+
+/// Reads every entry of `map` in batches (`BPF_MAP_LOOKUP_BATCH`, 256 a call) and deletes them in
+/// one `BPF_MAP_DELETE_BATCH`; `keys` is scratch space. An update between the read and the delete
+/// of its entry is lost (microseconds).
+fn take_all<V: aya::Pod + Default>(
+    map: &HashMap<MapData, FlowKey, V>,
+    keys: &mut Vec<FlowKey>,
+    what: &'static str,
+    mut f: impl FnMut(&FlowKey, &V),
+) -> Result<u64, CaptureError> {
+    let fd = map.map().fd().as_fd();
+    keys.clear();
+    let mut chunk = 256;
+    let (mut kbuf, mut vbuf) = (vec![FlowKey::default(); chunk], vec![V::default(); chunk]);
+    let (mut token, mut first) = (0u64, true);
+    loop {
+        let (n, res) = sys::lookup_batch(fd, first, &mut token, &mut kbuf, &mut vbuf);
+        match res.as_ref().err().and_then(std::io::Error::raw_os_error) {
+            None | Some(libc::ENOENT) => {}
+            Some(libc::ENOSPC) if n == 0 => {
+                // One bucket holds more entries than `chunk`: grow and retry it.
+                chunk *= 2;
+                kbuf.resize(chunk, FlowKey::default());
+                vbuf.resize(chunk, V::default());
+                continue;
+            }
+            Some(_) => {
+                return Err(CaptureError::Drain {
+                    op: what,
+                    source: res.err().unwrap_or_else(|| std::io::Error::other("?")),
+                });
+            }
+        }
+        for (k, v) in kbuf[..n].iter().zip(&vbuf[..n]) {
+            f(k, v);
+        }
+        keys.extend_from_slice(&kbuf[..n]);
+        if res.is_err() {
+            break;
+        }
+        first = false;
+    }
+    let (_, deleted) = sys::delete_batch(fd, keys);
+    deleted.map_err(|source| CaptureError::Drain { op: what, source })?;
+    Ok(keys.len() as u64)
+}
+
+/// The smoothed-RTT map (`--tcp-rtt`).
+pub struct RttEvents {
+    map: HashMap<MapData, FlowKey, RttValue>,
+    keys: Vec<FlowKey>,
+}
+
+impl std::fmt::Debug for RttEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RttEvents").finish_non_exhaustive()
+    }
+}
+
+impl RttEvents {
+    /// Takes every connection's RTT samples since the last call.
+    pub fn take(&mut self, f: impl FnMut(&FlowKey, &RttValue)) -> Result<u64, CaptureError> {
+        take_all(&self.map, &mut self.keys, "reading the RTT map", f)
+    }
+}
 
 /// The drops map and the names of the kernel's drop reasons.
 pub struct DropEvents {
@@ -71,53 +139,48 @@ impl Capture {
     }
 }
 
-impl DropEvents {
-    /// Takes every flow's drops counted since the last call: read in batches
-    /// (`BPF_MAP_LOOKUP_BATCH`, 256 entries a call), then deleted in one `BPF_MAP_DELETE_BATCH`.
-    /// A drop counted between the read and the delete of its entry is lost (microseconds; the
-    /// LRU map also evicts the oldest flows when 16 384 flows dropped packets within a flush).
-    pub fn take(&mut self, mut f: impl FnMut(&FlowKey, &DropValue)) -> Result<u64, CaptureError> {
-        let fd = self.map.map().fd().as_fd();
-        self.keys.clear();
-        let mut chunk = 256;
-        let (mut keys, mut vals) = (
-            vec![FlowKey::default(); chunk],
-            vec![DropValue::default(); chunk],
-        );
-        let (mut token, mut first) = (0u64, true);
-        loop {
-            let (n, res) = sys::lookup_batch(fd, first, &mut token, &mut keys, &mut vals);
-            match res.as_ref().err().and_then(std::io::Error::raw_os_error) {
-                None | Some(libc::ENOENT) => {}
-                Some(libc::ENOSPC) if n == 0 => {
-                    // One bucket holds more entries than `chunk`: grow and retry it.
-                    chunk *= 2;
-                    keys.resize(chunk, FlowKey::default());
-                    vals.resize(chunk, DropValue::default());
-                    continue;
-                }
-                Some(_) => {
-                    return Err(CaptureError::Drain {
-                        op: "BPF_MAP_LOOKUP_BATCH (drops)",
-                        source: res.err().unwrap_or_else(|| std::io::Error::other("?")),
-                    });
-                }
+impl Capture {
+    /// Attaches the RTT program (`tcp_probe`; offsets from the kernel's BTF at load) and returns
+    /// its map.
+    pub fn follow_rtt(&mut self) -> Result<RttEvents, CaptureError> {
+        match self.rtt_offsets.take() {
+            Some(Ok(())) => {}
+            Some(Err(source)) => return Err(CaptureError::Btf { source }),
+            None => {
+                return Err(CaptureError::Btf {
+                    source: BtfError::Malformed("the RTT program is attached already"),
+                });
             }
-            for (k, v) in keys[..n].iter().zip(&vals[..n]) {
-                f(k, v);
-            }
-            self.keys.extend_from_slice(&keys[..n]);
-            if res.is_err() {
-                break;
-            }
-            first = false;
         }
-        let (_, deleted) = sys::delete_batch(fd, &self.keys);
-        deleted.map_err(|source| CaptureError::Drain {
-            op: "BPF_MAP_DELETE_BATCH (drops)",
-            source,
+        let btf = aya::Btf::from_sys_fs().map_err(|_| CaptureError::Btf {
+            source: BtfError::Malformed("aya cannot read the kernel's BTF"),
         })?;
-        Ok(self.keys.len() as u64)
+        let err = |e| CaptureError::LoadProgram {
+            name: PROG_TCP_PROBE,
+            source: Box::new(e),
+        };
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(PROG_TCP_PROBE)
+            .ok_or(CaptureError::MissingProgram {
+                name: PROG_TCP_PROBE,
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.load(TP_TCP_PROBE, &btf).map_err(err)?;
+        prog.attach().map_err(err)?;
+        Ok(RttEvents {
+            map: open_map(&mut self.ebpf, RTTS)?,
+            keys: Vec::new(),
+        })
+    }
+}
+
+impl DropEvents {
+    /// Takes every flow's drops counted since the last call (see `take_all`; the LRU map also
+    /// evicts the oldest flows when 16 384 flows dropped packets within a flush).
+    pub fn take(&mut self, f: impl FnMut(&FlowKey, &DropValue)) -> Result<u64, CaptureError> {
+        take_all(&self.map, &mut self.keys, "reading the drops map", f)
     }
 
     /// The kernel's name of a drop reason (`NETFILTER_DROP`, `NO_SOCKET`, ...), or its number.

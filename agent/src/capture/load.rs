@@ -6,7 +6,8 @@ use aya::{
 };
 use podflow_ebpf::{
     CONFIG, Config, DNS_PORT, DROP_OFFSETS, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS,
-    PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS, STATE, TCP_HANDSHAKES, VETHS,
+    PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS, RTT_OFFSETS, STATE, TCP_HANDSHAKES,
+    VETHS,
 };
 
 use super::{
@@ -61,6 +62,12 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
     };
     let offsets = drop_offsets.unwrap_or_default();
     loader.override_global(DROP_OFFSETS, &offsets, true);
+    let rtt_offsets = match &btf {
+        Ok(b) => b.rtt_offsets(),
+        Err(e) => Err(BtfError::Layout(e.to_string())),
+    };
+    let rtt = rtt_offsets.as_ref().copied().unwrap_or_default();
+    loader.override_global(RTT_OFFSETS, &rtt, true);
     loader
         .override_global(DNS_PORT, &dns_port, true)
         .override_global(TCP_HANDSHAKES, &handshakes, true);
@@ -147,6 +154,7 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
         dns_port,
         handshakes: handshakes != 0,
         drop_reasons: Some(drop_reasons),
+        rtt_offsets: Some(rtt_offsets.map(|_| ())),
     })
 }
 

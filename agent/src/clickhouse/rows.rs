@@ -408,6 +408,11 @@ fn flow_row(out: &mut BytesMut, f: &FlowView<'_>, agent_id: &str, seq: u64, idx:
     out.put_u64_le(f.dropped_bytes);
     string(out, f.drop_reason);
     out.put_u8(b(f.dropped_in_node));
+    let r = f.tcp_srtt.clone().unwrap_or_default();
+    out.put_u32_le(r.count);
+    for d in [r.min, r.max, r.last] {
+        out.put_u32_le(u32::try_from(d.map_or(0, duration_ns) / 1000).unwrap_or(u32::MAX));
+    }
     match f.metadata_age {
         Some(age) => {
             out.put_u8(0);

@@ -133,7 +133,7 @@ const FLOW_HEAD: [Column; 22] = [
 ];
 const SRC: [Column; 15] = endpoint_columns!("src");
 const DST: [Column; 15] = endpoint_columns!("dst");
-const FLOW_TAIL: [Column; 25] = [
+const FLOW_TAIL: [Column; 29] = [
     col("translation_service_ip", Ty::String),
     col("translation_service_port", Ty::UInt16),
     col("translation_snat_ip", Ty::String),
@@ -160,6 +160,11 @@ const FLOW_TAIL: [Column; 25] = [
     col("dropped_bytes", Ty::UInt64),
     col("drop_reason", Ty::LowString),
     col("dropped_in_node", Ty::UInt8),
+    // The sending socket's smoothed RTT (Flow.tcp_srtt), µs; 0 samples when not sampled.
+    col("tcp_srtt_samples", Ty::UInt32),
+    col("tcp_srtt_min_us", Ty::UInt32),
+    col("tcp_srtt_max_us", Ty::UInt32),
+    col("tcp_srtt_last_us", Ty::UInt32),
     col("metadata_age_seconds", Ty::OptFloat64),
     col("agent_id", Ty::String),
     col("seq", Ty::UInt64),
@@ -184,7 +189,7 @@ const fn concat<const N: usize>(parts: [&[Column]; 4]) -> [Column; N] {
 }
 
 /// The columns of `flows`, in the order [`super::rows`] writes them.
-pub const FLOW_COLUMNS: [Column; 77] = concat([&FLOW_HEAD, &SRC, &DST, &FLOW_TAIL]);
+pub const FLOW_COLUMNS: [Column; 81] = concat([&FLOW_HEAD, &SRC, &DST, &FLOW_TAIL]);
 
 /// The columns of `losses`, in the order [`super::rows`] writes them.
 pub const LOSS_COLUMNS: [Column; 11] = [

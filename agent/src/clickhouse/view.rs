@@ -76,6 +76,7 @@ pub struct FlowView<'a> {
     pub dropped_bytes: u64,
     pub drop_reason: &'a str,
     pub dropped_in_node: bool,
+    pub tcp_srtt: Option<HandshakeView>,
 }
 
 /// A `DnsMessage` (the names of qtype and rcode are not stored: they follow from the numbers).
@@ -248,6 +249,8 @@ fn merge_flow<'a>(f: &mut FlowView<'a>, buf: &'a [u8]) -> Result<()> {
             27 => f.dropped_bytes = v.varint()?,
             28 => f.drop_reason = v.str()?,
             29 => f.dropped_in_node = v.bool()?,
+            // The same shape as a TcpHandshake (count = samples).
+            30 => merge_handshake(f.tcp_srtt.get_or_insert_default(), v.bytes()?)?,
             _ => {}
         }
     }
@@ -658,6 +661,21 @@ pub(crate) mod tests {
             dropped_bytes: 1 << 33,
             drop_reason: "NETFILTER_DROP".into(),
             dropped_in_node: true,
+            tcp_srtt: Some(proto::TcpRtt {
+                samples: 40,
+                min: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 30_000,
+                }),
+                max: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 90_000,
+                }),
+                last: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 50_000,
+                }),
+            }),
         }
     }
 
@@ -765,6 +783,20 @@ pub(crate) mod tests {
             dropped_bytes: f.dropped_bytes,
             drop_reason: &f.drop_reason,
             dropped_in_node: f.dropped_in_node,
+            tcp_srtt: f.tcp_srtt.as_ref().map(|r| {
+                let t = |d: &Option<prost_types::Duration>| {
+                    d.as_ref().map(|d| Time {
+                        seconds: d.seconds,
+                        nanos: d.nanos,
+                    })
+                };
+                HandshakeView {
+                    count: r.samples,
+                    min: t(&r.min),
+                    max: t(&r.max),
+                    last: t(&r.last),
+                }
+            }),
         }
     }
 

@@ -18,6 +18,8 @@ use crate::support::{
 
 const FAST: u16 = 9000;
 const SLOW: u16 = 9001;
+/// An echo server: 20 round trips, each socket's smoothed RTT sampled (`--tcp-rtt`).
+const ECHO: u16 = 9002;
 
 fn handshake(records: &[Value], port: u16) -> Option<Value> {
     records
@@ -69,7 +71,23 @@ fn the_clients_record_carries_its_handshakes_a_retransmitted_syn_included() {
                 .expect("listener thread")
         })
         .collect();
-    let agent = Agent::start(&node, &[]);
+    let echo = server_ns
+        .spawn(move || {
+            let l = TcpListener::bind(("0.0.0.0", ECHO)).expect("bind echo");
+            if let Ok((mut s, _)) = l.accept() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = [0u8; 100];
+                for _ in 0..20 {
+                    if s.read_exact(&mut buf).is_err()
+                        || std::io::Write::write_all(&mut s, &buf).is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        })
+        .expect("echo thread");
+    let agent = Agent::start(&node, &["--tcp-rtt"]);
     agent.wait_attached(&[&vc, &vs], Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     node.pod("client")
@@ -81,11 +99,21 @@ fn the_clients_record_carries_its_handshakes_a_retransmitted_syn_included() {
                 let s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
                 drop(s);
             }
+            let to = SocketAddr::from((server, ECHO));
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [7u8; 100];
+            for _ in 0..20 {
+                std::io::Write::write_all(&mut s, &buf).expect("write");
+                s.read_exact(&mut buf).expect("read");
+            }
         })
         .expect("client thread");
     for l in listeners {
         l.join().expect("listener");
     }
+    echo.join().expect("echo");
 
     let mut records = Vec::new();
     let found = wait_for(Duration::from_secs(10), Duration::from_millis(250), || {
@@ -135,5 +163,28 @@ fn the_clients_record_carries_its_handshakes_a_retransmitted_syn_included() {
         .unwrap_or_else(|| panic!("no handshake in {text}"));
     assert!((shown - slow_ms).abs() < 0.01, "{line}");
     assert!(agent.counter("tcp_handshakes_timed") >= 2);
+
+    // The smoothed RTT of both sockets of the echo connection, each on its outgoing flow.
+    let srtt = |pick: &dyn Fn(&Value) -> bool| -> Option<Value> {
+        agent
+            .flows(&[])
+            .into_iter()
+            .filter(|r| pick(r) && r["tcp_srtt"].is_object())
+            .map(|r| r["tcp_srtt"].clone())
+            .next()
+    };
+    let mut both = None;
+    let _ = wait_for(Duration::from_secs(10), Duration::from_millis(250), || {
+        both = srtt(&|r| r["dst_port"] == ECHO).zip(srtt(&|r| r["src_port"] == ECHO));
+        both.as_ref().map(|_| ())
+    });
+    let (client_side, server_side) = both.expect("tcp_srtt on both records of the echo connection");
+    for s in [&client_side, &server_side] {
+        assert!(s["samples"].as_u64() >= Some(5), "{s}");
+        let last = s["last_ms"].as_f64().unwrap();
+        assert!(last > 0.0 && last < 200.0, "{s}");
+        assert!(s["min_ms"].as_f64() <= s["max_ms"].as_f64(), "{s}");
+    }
+    assert!(agent.counter("tcp_srtt_samples_attached") >= 10);
     assert_eq!(agent.counter("tcp_handshake_segments_lost"), 0);
 }

@@ -49,16 +49,16 @@ fn agent_works_with_only_the_manifest_capabilities() {
 
     let wrapper = setpriv_with(&manifest_caps());
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    // Every feature on, drops too (a BTF tracepoint: CAP_BPF and CAP_PERFMON, no CAP_SYS_ADMIN).
-    let mut agent = Agent::start_wrapped(&node, "e2e-node", &wrapper, &["--drops"]);
+    // Every feature on, drops and the smoothed RTT too (BTF tracepoints: CAP_BPF and CAP_PERFMON,
+    // no CAP_SYS_ADMIN).
+    let mut agent = Agent::start_wrapped(&node, "e2e-node", &wrapper, &["--drops", "--tcp-rtt"]);
     agent.wait_attached(&[&va, &vb], Duration::from_secs(10));
-    assert!(
-        !agent
-            .log_text()
-            .contains("cannot follow the kernel's drops"),
-        "{}",
-        agent.log_text()
-    );
+    for refused in [
+        "cannot follow the kernel's drops",
+        "cannot read the sockets' smoothed RTT",
+    ] {
+        assert!(!agent.log_text().contains(refused), "{}", agent.log_text());
+    }
     // Really running with only those: CapEff of the agent process.
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
     let capeff = status

@@ -1383,3 +1383,62 @@ fn dns_messages_never_change_a_verdict_or_a_count() {
     }
     assert_eq!(got, expected_events);
 }
+
+/// TCP segments with malformed options (issue 16's corpus): a data offset past the segment, an
+/// option whose length runs past the header, a zero-length option. The programs never read
+/// options: the verdict, the packet and the counts are those of any TCP segment, and a SYN among
+/// them still goes to the handshake ring (its flags are in the fixed header).
+#[test]
+fn malformed_tcp_options_never_change_a_verdict_or_a_count() {
+    use podflow_ebpf::{TCP_EVENTS, TCP_HANDSHAKES, TcpEvent};
+    let Some(mut h) = Harness::with_loader(|l| {
+        l.override_global(TCP_HANDSHAKES, &1u8, true);
+    }) else {
+        return;
+    };
+    let with_options = |sport: u16, flags: u8, doff: u8, options: &[u8]| {
+        let mut t = tcp_doff(sport, 80, flags, doff, 0);
+        let end = (20 + options.len()).min(t.len());
+        t[20..end].copy_from_slice(&options[..end - 20]);
+        t
+    };
+    let cases = [
+        // MSS whose length byte says 40 (past the 24-byte header).
+        with_options(42_000, SYN, 6, &[2, 40, 5, 0xb4]),
+        // A zero-length option (a parser that trusts it loops for ever).
+        with_options(42_001, SYN, 6, &[8, 0, 1, 1]),
+        // Window scale, SACK-permitted cut by the header's end.
+        with_options(42_002, SYN | ACK, 6, &[3, 3, 7, 4]),
+    ];
+    let mut expected = Vec::new();
+    for seg in &cases {
+        h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(A, B, TCP, seg)));
+        let sport = u16::from_be_bytes([seg[0], seg[1]]);
+        expected.push((
+            flow_key(VethIngress, A, B, TCP, sport, 80, 0),
+            1,
+            20 + seg.len() as u64,
+            seg[13],
+        ));
+    }
+    // A data offset past the segment: the transport header is cut, counted as such.
+    let cut = tcp_doff(42_003, 80, SYN, 15, 0)[..24].to_vec();
+    h.run(VETH_IN, &eth(ETH_P_IP, &ipv4(A, B, TCP, &cut)));
+    expected.push((
+        flow_key(VethIngress, A, B, TCP, 0, 0, KEY_F_L4_TRUNCATED),
+        1,
+        20 + 24,
+        0,
+    ));
+    h.assert_flows(&expected);
+    let mut ring: aya::maps::RingBuf<_> =
+        aya::maps::RingBuf::try_from(h.ebpf.map_mut(TCP_EVENTS).expect("TCP_EVENTS"))
+            .expect("ring");
+    let mut syns = Vec::new();
+    while let Some(item) = ring.next() {
+        // SAFETY: plain integers and bytes; an unaligned read of the item's bytes.
+        let ev = unsafe { item.as_ptr().cast::<TcpEvent>().read_unaligned() };
+        syns.push((ev.key.src_port, ev.tcp_flags));
+    }
+    assert_eq!(syns, [(42_000, SYN), (42_001, SYN), (42_002, SYN | ACK)]);
+}

@@ -28,6 +28,10 @@ pub struct Features {
     /// packet; the baseline 0); the CPU figure the churn of UDP packets `dst` drops (nothing
     /// listens: NO_SOCKET), with `--drops` against without.
     pub drops: Feature,
+    /// Smoothed RTT (`--tcp-rtt`): the tcp_probe program's own ns per run (one run per TCP
+    /// segment a socket of the node receives) during an iperf3 TCP stream, and that stream's
+    /// Gbit/s without the agent and with it (`cpu_us_per_flow` holds (Gbit/s without, with)).
+    pub rtt: Feature,
 }
 
 /// The churn rate of the CPU figures (as the low churn row).
@@ -119,6 +123,8 @@ pub fn run(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Feature
             us[which] = r.ns_per_flow / 1000.0;
         }
         f.drops.cpu_us_per_flow.push((us[0], us[1]));
+    }
+    for run in 0..o.churn_runs {
         for (k, (base, with)) in kinds.into_iter().enumerate() {
             let mut us = [0.0; 2];
             let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
@@ -139,6 +145,38 @@ pub fn run(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Feature
             };
             fig.cpu_us_per_flow.push((us[0], us[1]));
         }
+    }
+    // Smoothed RTT: the program's cost per received TCP segment, and a TCP stream's rate
+    // without the agent and with `--tcp-rtt` (alternated).
+    for pair in 0..o.hook_pairs {
+        log(format!(
+            "features tcp rtt pair {}/{}",
+            pair + 1,
+            o.hook_pairs
+        ));
+        let without = bed.tcp_gbps(2)?;
+        let (agent, _) = start_settled_with(o, bed, o.hook_entries(), &["--tcp-rtt"])?;
+        let ids = crate::kernel::prog_ids_named("podflow_tcp_pro")?;
+        // The rate with statistics off (they add two clock reads to every program run), then
+        // the program's cost in a second stream with them on.
+        let with = bed.tcp_gbps(2);
+        stats.set(true)?;
+        let before = crate::kernel::prog_stats(&ids);
+        let stream = bed.tcp_gbps(2);
+        let after = crate::kernel::prog_stats(&ids);
+        stats.set(false)?;
+        agent.stop()?;
+        let (before, after, with, _) = (before?, after?, with?, stream?);
+        let (t, c) = before.iter().zip(&after).fold((0u64, 0u64), |acc, (b, a)| {
+            (
+                acc.0 + a.0.saturating_sub(b.0),
+                acc.1 + a.1.saturating_sub(b.1),
+            )
+        });
+        if c > 0 {
+            f.rtt.kernel_ns.push((0.0, t as f64 / c as f64));
+        }
+        f.rtt.cpu_us_per_flow.push((without, with));
     }
     Ok(f)
 }

@@ -139,6 +139,33 @@ fn feature_rows(o: &Opts, f: &Features, rows: &mut Vec<Row>) -> anyhow::Result<(
             ),
         });
     }
+    if !f.rtt.kernel_ns.is_empty() {
+        let (d, _, _) = diff(&f.rtt.kernel_ns)?;
+        let (g, without, with) = diff(&f.rtt.cpu_us_per_flow)?;
+        rows.push(Row {
+            key: "kernel_ns_tcp_rtt",
+            figure: format!(
+                "kernel ns per received TCP segment of the tcp_probe program (`--tcp-rtt`), \
+                 during a 2 s iperf3 TCP stream between the pods, {} pairs",
+                f.rtt.kernel_ns.len()
+            ),
+            value: Some(d.median),
+            unit: "ns",
+            target: "≤ 150 ns".into(),
+            at_least: false,
+            limit: 150.0,
+            digits: 1,
+            detail: format!(
+                "{} ns; the stream's rate without the agent {} Gbit/s, with the agent and \
+                 --tcp-rtt {} Gbit/s (difference {}; one 2 s stream each, statistics off: the \
+                 whole agent, not the RTT program alone)",
+                fmt_range(&d, 1),
+                fmt_range(&without, 2),
+                fmt_range(&with, 2),
+                fmt_range(&g, 2)
+            ),
+        });
+    }
     Ok(())
 }
 

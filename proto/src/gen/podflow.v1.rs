@@ -110,6 +110,23 @@ pub struct Flow {
     /// or in a pod's.
     #[prost(bool, tag = "29")]
     pub dropped_in_node: bool,
+    /// TCP (`--tcp-rtt`): the smoothed RTT (srtt) of the socket whose outgoing flow this record is
+    /// (the client's on client -> server, the server's on server -> client), sampled at each
+    /// segment it received in this record's interval: how many samples, the lowest, the highest,
+    /// the last.
+    #[prost(message, optional, tag = "30")]
+    pub tcp_srtt: ::core::option::Option<TcpRtt>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct TcpRtt {
+    #[prost(uint32, tag = "1")]
+    pub samples: u32,
+    #[prost(message, optional, tag = "2")]
+    pub min: ::core::option::Option<::prost_types::Duration>,
+    #[prost(message, optional, tag = "3")]
+    pub max: ::core::option::Option<::prost_types::Duration>,
+    #[prost(message, optional, tag = "4")]
+    pub last: ::core::option::Option<::prost_types::Duration>,
 }
 /// The TCP handshakes (SYN -> SYN/ACK) of one record: how many, the shortest, the longest and the
 /// last.
@@ -337,7 +354,8 @@ pub struct FlowFilter {
     /// ".name" ("example.com" matches "www.example.com"); case-insensitive.
     #[prost(string, repeated, tag = "18")]
     pub dns_name: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-    /// Only TCP flows with a handshake at least this long (tcp_handshake.max).
+    /// Only TCP flows with a handshake (tcp_handshake.max) or a smoothed RTT (tcp_srtt.max) at
+    /// least this long.
     #[prost(message, optional, tag = "19")]
     pub min_rtt: ::core::option::Option<::prost_types::Duration>,
     /// Only flows with packets the kernel dropped.
