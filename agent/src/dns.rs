@@ -24,10 +24,9 @@ use podflow_ebpf::{DNS_F_TCP, DNS_MSG_BYTES, DnsEvent, FlowKey};
 
 use crate::{
     capture::{EventRing, wait_ring},
-    flows::{FlowId, Translate},
+    flows::{NoTranslation, Translate, Waiting},
     hash::{FlowHashState, flow_hash_state},
     proto,
-    report::error_chain,
 };
 
 /// Messages attached to one record at most; the others are counted
@@ -107,10 +106,9 @@ pub struct DnsTracker {
     pending: HashMap<PendingKey, u64, FlowHashState>,
     /// The same, in arrival order (entries already answered are skipped when met).
     order: VecDeque<(u64, PendingKey)>,
-    /// Messages by the flow (real ends) whose record they go on: read at this flush, and at the
-    /// previous one (the oldest generation's leftovers are counted unattached).
-    current: HashMap<FlowId, Vec<proto::DnsMessage>, FlowHashState>,
-    previous: HashMap<FlowId, Vec<proto::DnsMessage>, FlowHashState>,
+    /// Messages by the flow (real ends) whose record they go on (what waits two flushes is
+    /// counted unattached).
+    waiting: Waiting<Vec<proto::DnsMessage>>,
     stats: DnsStats,
 }
 
@@ -121,8 +119,7 @@ impl DnsTracker {
             unhandled: Vec::new(),
             pending: HashMap::with_hasher(flow_hash_state()),
             order: VecDeque::new(),
-            current: HashMap::with_hasher(flow_hash_state()),
-            previous: HashMap::with_hasher(flow_hash_state()),
+            waiting: Waiting::default(),
             stats: DnsStats::default(),
         }
     }
@@ -171,10 +168,7 @@ impl DnsTracker {
             if !msg.malformed {
                 self.pair(&key, u.ts_ns, &mut msg);
             }
-            let mut real = key;
-            real.obs = 0;
-            real.key_flags = 0;
-            self.current.entry(FlowId::of(&real)).or_default().push(msg);
+            self.waiting.entry(&key, &NoTranslation, Vec::new).push(msg);
         }
         let timeout = u64::try_from(self.cfg.timeout.as_nanos()).unwrap_or(u64::MAX);
         while let Some(&(at, k)) = self.order.front() {
@@ -237,19 +231,14 @@ impl DnsTracker {
 
     /// Whether no message waits for a record (then [`DnsTracker::attach`] need not be called).
     pub fn is_idle(&self) -> bool {
-        self.current.is_empty() && self.previous.is_empty()
+        self.waiting.is_idle()
     }
 
     /// Puts the messages of `record`'s flow on it.
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let Some(key) = key_of(record) else {
-            return;
-        };
-        let id = FlowId::of(&key);
-        let mut msgs = self.previous.remove(&id).unwrap_or_default();
-        if let Some(now) = self.current.remove(&id) {
-            msgs.extend(now);
-        }
+        let (before, now) = self.waiting.take(record);
+        let mut msgs = before.unwrap_or_default();
+        msgs.extend(now.unwrap_or_default());
         if msgs.len() > MAX_PER_RECORD {
             self.stats.dropped_per_record += (msgs.len() - MAX_PER_RECORD) as u64;
             msgs.truncate(MAX_PER_RECORD);
@@ -259,9 +248,9 @@ impl DnsTracker {
 
     /// After a flush's records: what waited two flushes for its record is counted and dropped.
     pub fn end_flush(&mut self) {
-        self.stats.unattached += self.previous.values().map(|v| v.len() as u64).sum::<u64>();
-        self.previous = std::mem::take(&mut self.current);
-        self.previous.shrink_to_fit();
+        let mut unattached = 0;
+        self.waiting.end_flush(|v| unattached += v.len() as u64);
+        self.stats.unattached += unattached;
     }
 }
 
@@ -292,42 +281,9 @@ impl DnsSource {
             return;
         };
         let tracker = &mut self.tracker;
-        events.read(|ev| tracker.push(ev));
-        match events.newly_lost() {
-            Ok(0) => {}
-            Ok(n) => {
-                tracker.lost(n);
-                tracing::warn!(lost = n, "dns: the kernel's ring was full; messages lost");
-            }
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "dns: reading the ring's loss count failed")
-            }
-        }
+        let n = events.drain("dns", |ev| tracker.push(ev));
+        tracker.lost(n);
     }
-}
-
-/// The flow key of a record's real ends (as [`DnsTracker::prepare`] names messages).
-pub(crate) fn key_of(r: &proto::Flow) -> Option<FlowKey> {
-    let addr = |b: &[u8]| -> Option<([u8; 16], u8)> {
-        match b.len() {
-            4 => Some((
-                podflow_ebpf::ipv4_mapped([b[0], b[1], b[2], b[3]]),
-                podflow_ebpf::FAMILY_IPV4,
-            )),
-            16 => Some((b.try_into().ok()?, podflow_ebpf::FAMILY_IPV6)),
-            _ => None,
-        }
-    };
-    let ((src_addr, family), (dst_addr, _)) = (addr(&r.src_ip)?, addr(&r.dst_ip)?);
-    Some(FlowKey {
-        src_addr,
-        dst_addr,
-        src_port: u16::try_from(r.src_port).ok()?,
-        dst_port: u16::try_from(r.dst_port).ok()?,
-        protocol: u8::try_from(r.protocol).ok()?,
-        family,
-        ..FlowKey::default()
-    })
 }
 
 /// Why a message is not DNS.

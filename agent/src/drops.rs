@@ -8,15 +8,11 @@
 //! dropped in the node's namespace never reached the destination: it no longer lists the
 //! destination's veth (which the counting point inferred), so it never claims a path its packets
 //! did not take. Entries wait at most two flushes for their record (then counted).
-use std::collections::HashMap;
-
 use podflow_ebpf::{DropValue, FlowKey, RttValue};
 
 use crate::{
     capture::{DropEvents, RttEvents},
-    dns::key_of,
-    flows::{FlowId, Translate},
-    hash::{FlowHashState, flow_hash_state},
+    flows::{Translate, Waiting},
     proto,
     report::error_chain,
 };
@@ -49,8 +45,7 @@ struct Dropped {
 pub struct DropTracker {
     /// This agent's network namespace (the node's), by inode number.
     node_netns: u32,
-    current: HashMap<FlowId, Dropped, FlowHashState>,
-    previous: HashMap<FlowId, Dropped, FlowHashState>,
+    waiting: Waiting<Dropped>,
     stats: DropStats,
 }
 
@@ -58,8 +53,7 @@ impl DropTracker {
     pub fn new(node_netns: u32) -> DropTracker {
         DropTracker {
             node_netns,
-            current: HashMap::with_hasher(flow_hash_state()),
-            previous: HashMap::with_hasher(flow_hash_state()),
+            waiting: Waiting::default(),
             stats: DropStats::default(),
         }
     }
@@ -70,15 +64,9 @@ impl DropTracker {
 
     /// One flow's drops (its key as the dropped packet carried it), named by `nat`.
     pub fn add(&mut self, key: &FlowKey, v: &DropValue, reason: String, nat: &dyn Translate) {
-        let mut k = *key;
-        k.obs = 0;
-        k.key_flags = 0;
-        let mut real = nat.translate(&k).map_or(k, |t| t.key);
-        real.obs = 0;
-        real.key_flags = 0;
         *self.stats.by_reason.entry(reason.clone()).or_default() += v.packets;
         let in_node = v.netns != 0 && v.netns == self.node_netns;
-        let d = self.current.entry(FlowId::of(&real)).or_insert(Dropped {
+        let d = self.waiting.entry(key, nat, || Dropped {
             packets: 0,
             bytes: 0,
             reason: String::new(),
@@ -91,32 +79,23 @@ impl DropTracker {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.current.is_empty() && self.previous.is_empty()
+        self.waiting.is_idle()
     }
 
     /// Puts the drops of `record`'s flow on it; a record all of whose packets were dropped in the
     /// node keeps only the interfaces its packets were seen on (the first: where they were
     /// counted).
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let Some(key) = key_of(record) else {
-            return;
-        };
-        let id = FlowId::of(&key);
-        let mut d = self.previous.remove(&id);
-        if let Some(now) = self.current.remove(&id) {
-            d = Some(match d {
-                Some(mut old) => {
-                    old.packets += now.packets;
-                    old.bytes += now.bytes;
-                    old.reason = now.reason;
-                    old.in_node = now.in_node;
-                    old
-                }
-                None => now,
-            });
-        }
-        let Some(d) = d else {
-            return;
+        let d = match self.waiting.take(record) {
+            (Some(mut before), Some(now)) => {
+                before.packets += now.packets;
+                before.bytes += now.bytes;
+                before.reason = now.reason;
+                before.in_node = now.in_node;
+                before
+            }
+            (Some(d), None) | (None, Some(d)) => d,
+            (None, None) => return,
         };
         self.stats.attached += d.packets;
         record.dropped_packets += d.packets;
@@ -130,9 +109,9 @@ impl DropTracker {
 
     /// After a flush's records.
     pub fn end_flush(&mut self) {
-        self.stats.unattached += self.previous.values().map(|d| d.packets).sum::<u64>();
-        self.previous = std::mem::take(&mut self.current);
-        self.previous.shrink_to_fit();
+        let mut unattached = 0;
+        self.waiting.end_flush(|d| unattached += d.packets);
+        self.stats.unattached += unattached;
     }
 }
 
@@ -173,8 +152,7 @@ impl DropSource {
 #[derive(Debug)]
 pub struct RttSource {
     events: Option<RttEvents>,
-    current: HashMap<FlowId, RttValue, FlowHashState>,
-    previous: HashMap<FlowId, RttValue, FlowHashState>,
+    waiting: Waiting<RttValue>,
     /// Samples put on records, and samples whose record did not come.
     pub attached: u64,
     pub unattached: u64,
@@ -184,8 +162,7 @@ impl RttSource {
     pub fn new(events: Option<RttEvents>) -> RttSource {
         RttSource {
             events,
-            current: HashMap::with_hasher(flow_hash_state()),
-            previous: HashMap::with_hasher(flow_hash_state()),
+            waiting: Waiting::default(),
             attached: 0,
             unattached: 0,
         }
@@ -202,10 +179,7 @@ impl RttSource {
             tracing::warn!(error = %error_chain(&e), "tcp rtt: reading the kernel's map failed");
         }
         for (k, v) in taken {
-            let mut real = nat.translate(&k).map_or(k, |t| t.key);
-            real.obs = 0;
-            real.key_flags = 0;
-            let e = self.current.entry(FlowId::of(&real)).or_insert(RttValue {
+            let e = self.waiting.entry(&k, nat, || RttValue {
                 samples: 0,
                 min_us: u32::MAX,
                 max_us: 0,
@@ -219,16 +193,12 @@ impl RttSource {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.current.is_empty() && self.previous.is_empty()
+        self.waiting.is_idle()
     }
 
     /// Puts the samples of `record`'s flow on it.
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let Some(key) = key_of(record) else {
-            return;
-        };
-        let id = FlowId::of(&key);
-        let v = match (self.previous.remove(&id), self.current.remove(&id)) {
+        let v = match self.waiting.take(record) {
             (Some(mut a), Some(b)) => {
                 a.samples += b.samples;
                 a.min_us = a.min_us.min(b.min_us);
@@ -253,13 +223,10 @@ impl RttSource {
     }
 
     pub fn end_flush(&mut self) {
-        self.unattached += self
-            .previous
-            .values()
-            .map(|v| u64::from(v.samples))
-            .sum::<u64>();
-        self.previous = std::mem::take(&mut self.current);
-        self.previous.shrink_to_fit();
+        let mut unattached = 0;
+        self.waiting
+            .end_flush(|v| unattached += u64::from(v.samples));
+        self.unattached += unattached;
     }
 }
 

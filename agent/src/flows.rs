@@ -32,12 +32,14 @@ mod id;
 mod observation;
 pub mod rules;
 mod translate;
+mod waiting;
 
 use self::id::addr_key;
 pub use self::{
     id::FlowId,
     observation::{Observation, Observed},
     translate::{NoTranslation, Translate, Translated},
+    waiting::{Waiting, record_key},
 };
 
 use podflow_ebpf::{FAMILY_IPV4, FlowStats, KEY_F_FRAGMENT, ObsPoint};

@@ -22,11 +22,9 @@ use podflow_ebpf::{FlowKey, TcpEvent};
 
 use crate::{
     capture::{EventRing, wait_ring},
-    dns::key_of,
-    flows::{FlowId, Translate},
+    flows::{NoTranslation, Translate, Waiting},
     hash::{FlowHashState, flow_hash_state},
     proto,
-    report::error_chain,
 };
 
 const ACK: u8 = 0x10;
@@ -124,8 +122,8 @@ pub struct HandshakeTracker {
     /// Connections waiting for their SYN/ACK: when their first SYN was seen.
     pending: HashMap<Conn, u64, FlowHashState>,
     order: VecDeque<(u64, Conn)>,
-    current: HashMap<FlowId, Rtts, FlowHashState>,
-    previous: HashMap<FlowId, Rtts, FlowHashState>,
+    /// Handshake times by the client's flow (real ends), until its record comes.
+    waiting: Waiting<Rtts>,
     stats: HandshakeStats,
 }
 
@@ -136,8 +134,7 @@ impl HandshakeTracker {
             unhandled: Vec::new(),
             pending: HashMap::with_hasher(flow_hash_state()),
             order: VecDeque::new(),
-            current: HashMap::with_hasher(flow_hash_state()),
-            previous: HashMap::with_hasher(flow_hash_state()),
+            waiting: Waiting::default(),
             stats: HandshakeStats::default(),
         }
     }
@@ -205,9 +202,8 @@ impl HandshakeTracker {
             client_key.dst_addr = real.src_addr;
             client_key.dst_port = real.src_port;
             let ns = ts.saturating_sub(sent);
-            self.current
-                .entry(FlowId::of(&client_key))
-                .or_insert(Rtts {
+            self.waiting
+                .entry(&client_key, &NoTranslation, || Rtts {
                     count: 0,
                     min_ns: u64::MAX,
                     max_ns: 0,
@@ -235,22 +231,18 @@ impl HandshakeTracker {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.current.is_empty() && self.previous.is_empty()
+        self.waiting.is_idle()
     }
 
     /// Puts the handshakes of `record`'s connection on it (the client's record).
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let Some(key) = key_of(record) else {
-            return;
-        };
-        let id = FlowId::of(&key);
-        let mut rtts = self.previous.remove(&id);
-        if let Some(now) = self.current.remove(&id) {
-            match rtts.as_mut() {
-                Some(r) => r.merge(&now),
-                None => rtts = Some(now),
+        let rtts = match self.waiting.take(record) {
+            (Some(mut before), Some(now)) => {
+                before.merge(&now);
+                Some(before)
             }
-        }
+            (before, now) => before.or(now),
+        };
         if let Some(r) = rtts {
             record.tcp_handshake = Some(r.to_proto());
         }
@@ -258,9 +250,9 @@ impl HandshakeTracker {
 
     /// After a flush's records.
     pub fn end_flush(&mut self) {
-        self.stats.unattached += self.previous.len() as u64;
-        self.previous = std::mem::take(&mut self.current);
-        self.previous.shrink_to_fit();
+        let mut unattached = 0;
+        self.waiting.end_flush(|_| unattached += 1);
+        self.stats.unattached += unattached;
     }
 }
 
@@ -290,20 +282,8 @@ impl HandshakeSource {
             return;
         };
         let tracker = &mut self.tracker;
-        events.read(|ev| tracker.push(ev));
-        match events.newly_lost() {
-            Ok(0) => {}
-            Ok(n) => {
-                tracker.stats.lost += n;
-                tracing::warn!(
-                    lost = n,
-                    "tcp handshakes: the kernel's ring was full; segments lost"
-                );
-            }
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "tcp handshakes: reading the ring's loss count failed")
-            }
-        }
+        let n = events.drain("tcp handshakes", |ev| tracker.push(ev));
+        tracker.stats.lost += n;
     }
 }
 

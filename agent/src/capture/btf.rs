@@ -213,19 +213,22 @@ impl Btf {
         }
     }
 
+    /// The offset of `path` in struct `st`, checked to be `size` bytes (the load the program
+    /// makes there).
+    fn field(&self, st: &str, path: &[&str], size: usize) -> Result<u32, BtfError> {
+        let (off, ty) = self.offset_of(st, path)?;
+        if self.size_of(ty) != Some(size) {
+            return Err(BtfError::Layout(format!(
+                "{st}.{} is not {size} bytes",
+                path.join(".")
+            )));
+        }
+        u32::try_from(off).map_err(|_| BtfError::Layout("offset too large".into()))
+    }
+
     /// Where the drop program reads (see `podflow_ebpf::DropOffsets`), each load size checked.
     pub fn drop_offsets(&self) -> Result<DropOffsets, BtfError> {
-        let layout = |what: String| BtfError::Layout(what);
-        let field = |st: &str, path: &[&str], size: usize| -> Result<u32, BtfError> {
-            let (off, ty) = self.offset_of(st, path)?;
-            if self.size_of(ty) != Some(size) {
-                return Err(layout(format!(
-                    "{st}.{} is not {size} bytes",
-                    path.join(".")
-                )));
-            }
-            u32::try_from(off).map_err(|_| layout("offset too large".into()))
-        };
+        let field = |st: &str, path: &[&str], size| self.field(st, path, size);
         Ok(DropOffsets {
             skb_head: field("sk_buff", &["head"], 8)?,
             skb_network_header: field("sk_buff", &["network_header"], 2)?,
@@ -240,17 +243,7 @@ impl Btf {
 
     /// Where the RTT program reads (see `podflow_ebpf::RttOffsets`), each load size checked.
     pub fn rtt_offsets(&self) -> Result<RttOffsets, BtfError> {
-        let layout = |what: String| BtfError::Layout(what);
-        let field = |st: &str, path: &[&str], size: usize| -> Result<u32, BtfError> {
-            let (off, ty) = self.offset_of(st, path)?;
-            if self.size_of(ty) != Some(size) {
-                return Err(layout(format!(
-                    "{st}.{} is not {size} bytes",
-                    path.join(".")
-                )));
-            }
-            u32::try_from(off).map_err(|_| layout("offset too large".into()))
-        };
+        let field = |st: &str, path: &[&str], size| self.field(st, path, size);
         Ok(RttOffsets {
             skc_family: field("sock_common", &["skc_family"], 2)?,
             skc_daddr: field("sock_common", &["skc_daddr"], 4)?,

@@ -116,6 +116,23 @@ impl<T: RingEvent> EventRing<T> {
         n
     }
 
+    /// Calls `f` with every event queued now; returns how many the ring had no room for since
+    /// the last call (logged as `what`'s loss; a failure to read the count is logged, 0).
+    pub fn drain(&mut self, what: &str, f: impl FnMut(&T)) -> u64 {
+        self.read(f);
+        match self.newly_lost() {
+            Ok(0) => 0,
+            Ok(n) => {
+                tracing::warn!(lost = n, "{what}: the kernel's ring was full; events lost");
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::report::error_chain(&e), "{what}: reading the ring's loss count failed");
+                0
+            }
+        }
+    }
+
     /// Events the ring had no room for since the last call.
     pub fn newly_lost(&mut self) -> Result<u64, CaptureError> {
         let lost = self.lost.get(&0, 0).map_err(|source| CaptureError::Map {

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::support::{
     agent::{Agent, tail},
-    privileged,
+    nft, privileged,
 };
 
 /// Sends `n` datagrams of `size` bytes from pod `from` (source port `sport`) to `to`.
@@ -53,16 +53,7 @@ fn dropped_packets_carry_the_kernels_reason_and_where() {
     // A firewall rule in the node: UDP to port 7000 is dropped on its way through.
     let rules = "table inet pf {\n chain forward_drop {\n  type filter hook forward priority 0;\n  \
                  udp dport 7000 drop\n }\n}\n";
-    let mut nft = node
-        .ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    std::io::Write::write_all(nft.stdin.as_mut().expect("stdin"), rules.as_bytes()).expect("rules");
-    drop(nft.stdin.take());
-    assert!(nft.wait().expect("nft").success(), "nft rules");
+    nft(&node.ns, rules);
     // A prefix of the node's own pod range that goes nowhere.
     node.ns
         .ip(&["route", "add", "unreachable", "10.75.200.0/24"])

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::support::{
     agent::{Agent, tail},
-    privileged,
+    nft, privileged,
 };
 
 const FAST: u16 = 9000;
@@ -46,15 +46,7 @@ fn the_clients_record_carries_its_handshakes_a_retransmitted_syn_included() {
         "table inet hs {{\n chain input {{\n  type filter hook input priority 0;\n  \
          tcp dport {SLOW} tcp flags syn quota until 100 bytes drop\n }}\n}}\n"
     );
-    let mut nft = server_ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    std::io::Write::write_all(nft.stdin.as_mut().expect("stdin"), rules.as_bytes()).expect("rules");
-    drop(nft.stdin.take());
-    assert!(nft.wait().expect("nft").success(), "nft rules");
+    nft(server_ns, &rules);
     // Listeners: each accepts one connection and reads it to the end.
     let listeners: Vec<_> = [FAST, SLOW]
         .into_iter()

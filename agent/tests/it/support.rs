@@ -45,6 +45,19 @@ pub fn one_test(path: &str) -> [&str; 4] {
     ["--exact", path, "--nocapture", "--test-threads=1"]
 }
 
+/// Loads the nftables `rules` (`nft -f -`) in the network namespace `ns`; panics if nft refuses.
+pub fn nft(ns: &podflow_testbed::Netns, rules: &str) {
+    let mut nft = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    std::io::Write::write_all(nft.stdin.as_mut().expect("stdin"), rules.as_bytes()).expect("rules");
+    drop(nft.stdin.take());
+    assert!(nft.wait().expect("nft").success(), "nft refused:\n{rules}");
+}
+
 /// Whether a privileged test may run ([`podflow_testbed::privileged`]); panics when it may not
 /// be skipped.
 pub fn privileged() -> bool {
