@@ -122,9 +122,11 @@ pub const PROG_EMPTY: &str = "podflow_empty";
 /// DNS messages the veth programs saw (see [`DnsEvent`]): a ring buffer user space reads at
 /// most every 100 ms while messages come (and before each flush).
 pub const DNS_EVENTS: &str = "DNS_EVENTS";
-/// Its size: ~27 000 messages, more than a node's pods send in the 100 ms between two reads
-/// at 100 000 queries per second.
-pub const DNS_EVENTS_BYTES: u32 = 8 << 20;
+/// Its size: ~6 500 messages, what a node's pods send in the 100 ms between two reads at 65 000
+/// messages per second (beyond, the loss is counted). Small on purpose: the kernel maps a ring's
+/// pages into the reader twice and at once, so its size is the agent's resident memory (an
+/// 8 MiB ring cost 16 MiB of VmRSS).
+pub const DNS_EVENTS_BYTES: u32 = 2 << 20;
 /// Array of one u64: DNS messages the ring had no room for (atomically added).
 pub const DNS_LOST: &str = "DNS_LOST";
 /// Read-only global the loader sets: the DNS server port (53 unless configured; 0 turns the
@@ -158,9 +160,9 @@ const _: () = assert!(core::mem::size_of::<DnsEvent>() == 56 + DNS_MSG_BYTES);
 
 /// TCP connection openings the veth programs saw (see [`TcpEvent`]): SYN and SYN/ACK segments.
 pub const TCP_EVENTS: &str = "TCP_EVENTS";
-/// Its size: ~37 000 segments, more than the 100 ms between two reads hold at 100 000 new
-/// connections per second.
-pub const TCP_EVENTS_BYTES: u32 = 2 << 20;
+/// Its size: ~9 000 segments, what the 100 ms between two reads hold at 90 000 new connections
+/// per second (beyond, the loss is counted); small for the reason [`DNS_EVENTS_BYTES`] says.
+pub const TCP_EVENTS_BYTES: u32 = 512 << 10;
 /// Array of one u64: segments the ring had no room for.
 pub const TCP_LOST: &str = "TCP_LOST";
 /// Read-only global the loader sets: 1 to time TCP handshakes, 0 off.
