@@ -105,6 +105,9 @@ pub struct CaptureConfig {
     /// Time TCP handshakes: the programs put SYN and SYN/ACK segments in a ring for user space
     /// to pair.
     pub handshakes: bool,
+    /// The BTF tracepoint programs (drops, smoothed RTT) may be attached: only then is the
+    /// kernel's BTF read at load for their offsets.
+    pub tracepoints: bool,
 }
 
 impl Default for CaptureConfig {
@@ -121,6 +124,7 @@ impl Default for CaptureConfig {
             pin_dir: None,
             dns_port: 53,
             handshakes: true,
+            tracepoints: false,
         }
     }
 }

@@ -207,6 +207,7 @@ impl AgentConfig {
         capture.sample_rate = args.sample_rate;
         capture.dns_port = args.dns_port;
         capture.handshakes = !args.no_tcp_handshakes;
+        capture.tracepoints = args.drops || args.tcp_rtt;
         capture.pin_dir = args.pin_dir.clone();
         let metadata = metadata_source(&args).map(|source| {
             Ok::<_, AgentError>((

@@ -46,8 +46,15 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
             loader.map_pin_path(name, pins.map_path(name));
         }
     }
-    // The drop program's offsets; without them (no BTF, a layout it cannot read) it stays off.
-    let btf = Btf::from_sys_fs();
+    // The tracepoint programs' offsets, read from the kernel's BTF only when one of them may be
+    // attached (a 6 MB file to parse: not at every start); without them they stay off.
+    let btf = if cfg.tracepoints {
+        Btf::from_sys_fs()
+    } else {
+        Err(BtfError::Malformed(
+            "no tracepoint program was asked for (--drops, --tcp-rtt)",
+        ))
+    };
     let drop_offsets = btf
         .as_ref()
         .map_err(|e| e.to_string())

@@ -24,6 +24,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
         pin_dir: None,
         dns_port: 53,
         handshakes: true,
+        tracepoints: false,
     }
 }
 

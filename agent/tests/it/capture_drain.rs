@@ -28,6 +28,7 @@ fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
         pin_dir: None,
         dns_port: 53,
         handshakes: true,
+        tracepoints: false,
     }
 }
 

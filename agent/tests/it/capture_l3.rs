@@ -61,6 +61,7 @@ fn l3_exact(mode: AttachModePref) {
             pin_dir: None,
             dns_port: 53,
             handshakes: true,
+            tracepoints: false,
         })
         .expect("load");
         let changes = cap.sync_interfaces().expect("sync");
