@@ -264,7 +264,7 @@ pub fn reversed(k: &FlowKey) -> FlowKey {
 
 /// The type of the answer to an ICMP(v6) query type, and back (echo, timestamp, information,
 /// address mask; ICMPv6 echo); other types are kept.
-fn icmp_reply_type(protocol: u8, ty: u16) -> u16 {
+pub(super) fn icmp_reply_type(protocol: u8, ty: u16) -> u16 {
     let pairs: &[(u16, u16)] = if protocol == IPPROTO_ICMP {
         &[(8, 0), (13, 14), (15, 16), (17, 18)]
     } else {

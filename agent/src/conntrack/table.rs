@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 
 use podflow_ebpf::{FlowKey, IPPROTO_ICMP, IPPROTO_ICMPV6};
 
-use super::message::{Conn, IPS_DST_NAT, IPS_SRC_NAT, Kind, reversed};
+use super::message::{Conn, IPS_DST_NAT, IPS_SRC_NAT, Kind, icmp_reply_type, reversed};
 use crate::{
     flows::{FlowId, Translate, Translated},
     hash::{FlowHashState, flow_hash_state},
@@ -43,26 +43,43 @@ struct Entry {
 }
 
 impl Entry {
-    /// The four tuples a record of the connection can be counted under, and whether each is of
-    /// the reply direction: the request before the node translated it (at the client's veth),
-    /// the reply before the reverse translation (at the backend's veth), the reply after it (at
-    /// the client's veth), the request after the translation (at the backend's veth: a client
-    /// from outside the node).
-    fn views(&self) -> [(FlowId, bool); 4] {
-        [
-            (FlowId::of(&self.orig), false),
-            (FlowId::of(&self.reply), true),
-            (FlowId::of(&reversed(&self.orig)), true),
-            (FlowId::of(&reversed(&self.reply)), false),
-        ]
+    /// The keys of the four tuples a record of the connection can be counted under: the request
+    /// before the node translated it (at the client's veth) and the reply after the reverse
+    /// translation (at the client's veth) share the first; the reply before the reverse
+    /// translation (at the backend's veth) and the request after the translation (at the
+    /// backend's veth: a client from outside the node) the second. Two hash entries per
+    /// connection, not four: inserting and removing them was most of the cost of following
+    /// conntrack.
+    fn views(&self) -> [FlowId; 2] {
+        [pair_id(&self.orig), pair_id(&self.reply)]
+    }
+
+    /// Whether `observed`, one of the four tuples, is of the reply direction.
+    fn is_reply(&self, observed: &FlowKey) -> bool {
+        !(same_tuple(observed, &self.orig) || same_tuple(observed, &reversed(&self.reply)))
     }
 }
 
-/// Where a tuple leads: an entry's slot and whether the tuple is of the reply direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct View {
-    slot: u32,
-    reply: bool,
+/// The key of a tuple and its reverse (the packets of both directions of one leg of a
+/// connection): the two ends in a fixed order; ICMP with the query's type for the answer's.
+fn pair_id(k: &FlowKey) -> FlowId {
+    let mut c = normal(k);
+    if matches!(k.protocol, IPPROTO_ICMP | IPPROTO_ICMPV6) {
+        c.src_port = c.src_port.min(icmp_reply_type(k.protocol, c.src_port));
+        if c.src_addr > c.dst_addr {
+            (c.src_addr, c.dst_addr) = (c.dst_addr, c.src_addr);
+        }
+    } else if (c.src_addr, c.src_port) > (c.dst_addr, c.dst_port) {
+        (c.src_addr, c.dst_addr) = (c.dst_addr, c.src_addr);
+        (c.src_port, c.dst_port) = (c.dst_port, c.src_port);
+    }
+    FlowId::of(&c)
+}
+
+/// The same ends, ports and protocol (the observation point and flags aside).
+fn same_tuple(a: &FlowKey, b: &FlowKey) -> bool {
+    (a.src_addr, a.dst_addr, a.src_port, a.dst_port, a.protocol)
+        == (b.src_addr, b.dst_addr, b.src_port, b.dst_port, b.protocol)
 }
 
 /// The node's translated conntrack entries, found by any of the four tuples a record can carry
@@ -72,7 +89,8 @@ pub struct NatTable {
     /// The entries; `None` in free slots.
     slots: Vec<Option<Entry>>,
     free: Vec<u32>,
-    views: HashMap<FlowId, View, FlowHashState>,
+    /// [`Entry::views`] → slot.
+    views: HashMap<FlowId, u32, FlowHashState>,
     /// Destroyed entries in destroy order: (when, slot, entry id).
     ended: VecDeque<(u64, u32, u32)>,
     max_entries: usize,
@@ -115,13 +133,9 @@ impl NatTable {
     /// The slot of the entry whose original tuple is `orig`.
     fn slot_of(&self, orig: &FlowKey) -> Option<u32> {
         self.views
-            .get(&FlowId::of(&normal(orig)))
-            .filter(|v| !v.reply)
-            .map(|v| v.slot)
-            .filter(|&slot| {
-                self.entry(slot)
-                    .is_some_and(|e| FlowId::of(&e.orig) == FlowId::of(&normal(orig)))
-            })
+            .get(&pair_id(orig))
+            .copied()
+            .filter(|&slot| self.entry(slot).is_some_and(|e| same_tuple(&e.orig, orig)))
     }
 
     fn entry(&self, slot: u32) -> Option<&Entry> {
@@ -192,8 +206,8 @@ impl NatTable {
                 }
             }
         };
-        for (id, reply) in entry.views() {
-            self.views.insert(id, View { slot, reply });
+        for id in entry.views() {
+            self.views.insert(id, slot);
         }
         if let Some(s) = self.slots.get_mut(slot as usize) {
             *s = Some(entry);
@@ -208,8 +222,8 @@ impl NatTable {
         let Some(e) = self.entry(slot).copied() else {
             return;
         };
-        for (id, _) in e.views() {
-            if self.views.get(&id).is_some_and(|v| v.slot == slot) {
+        for id in e.views() {
+            if self.views.get(&id) == Some(&slot) {
                 self.views.remove(&id);
             }
         }
@@ -253,10 +267,14 @@ impl NatTable {
             self.views.shrink_to(2 * self.views.len());
         }
         // Free slots at the end of the slab give their memory back.
+        // (One pass over the free list for all of them: one per slot was quadratic.)
+        let used = self.slots.len();
         while self.slots.last().is_some_and(Option::is_none) {
             self.slots.pop();
-            let last = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
-            self.free.retain(|&s| s != last);
+        }
+        if self.slots.len() < used {
+            let end = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+            self.free.retain(|&s| s < end);
         }
     }
 
@@ -335,9 +353,9 @@ impl Translate for NatTable {
         if self.views.is_empty() {
             return None;
         }
-        let v = self.views.get(&FlowId::of(&normal(key)))?;
-        let e = self.entry(v.slot)?;
-        Some(Self::translated(e, key, v.reply))
+        let &slot = self.views.get(&pair_id(key))?;
+        let e = self.entry(slot)?;
+        Some(Self::translated(e, key, e.is_reply(key)))
     }
 }
 
@@ -442,6 +460,54 @@ mod tests {
         assert_eq!(x.service, None);
         assert_eq!(x.snat, Some((ipv4_mapped(NODE), 41000)));
         assert_eq!(ends(&x), (ipv4_mapped(C), 41000, ipv4_mapped(EXT), 443));
+    }
+
+    /// The direction of each of the four tuples, for an entry whose tuples sort either way.
+    fn directions(t: &NatTable, orig: &FlowKey, reply: &FlowKey) -> [Option<bool>; 4] {
+        [*orig, *reply, reversed(orig), reversed(reply)].map(|k| t.translate(&k).map(|x| x.reply))
+    }
+
+    #[test]
+    fn a_hairpin_and_icmp_find_every_view_in_its_direction() {
+        let mut t = NatTable::new(16, 1_000);
+        // A pod reaching itself through its Service: DNATed to itself, masqueraded to the node.
+        let orig = key(C, 40000, VIP, 80);
+        let reply = key(C, 8080, NODE, 61000);
+        t.apply(
+            &conn(Kind::Present, orig, reply, IPS_DST_NAT | IPS_SRC_NAT, 1),
+            0,
+        );
+        assert_eq!(
+            directions(&t, &orig, &reply),
+            [Some(false), Some(true), Some(true), Some(false)]
+        );
+        let x = t
+            .translate(&reversed(&reply))
+            .unwrap_or_else(|| panic!("the request at the pod's veth"));
+        assert_eq!(ends(&x), (ipv4_mapped(C), 40000, ipv4_mapped(C), 8080));
+        // A ping to the outside, masqueraded: the echo request's and reply's types.
+        let mut o = key(C, 8, EXT, 77);
+        let mut r = key(EXT, 0, NODE, 77);
+        o.protocol = IPPROTO_ICMP;
+        r.protocol = IPPROTO_ICMP;
+        t.apply(&conn(Kind::Present, o, r, IPS_SRC_NAT, 2), 0);
+        assert_eq!(
+            directions(&t, &o, &r),
+            [Some(false), Some(true), Some(true), Some(false)]
+        );
+        // The same tuples in the other order of addresses (the entry sorts the other way).
+        let (o2, r2) = (key(EXT, 5000, C, 80), key(B, 8080, EXT, 5000));
+        t.apply(&conn(Kind::Present, o2, r2, IPS_DST_NAT, 3), 0);
+        assert_eq!(
+            directions(&t, &o2, &r2),
+            [Some(false), Some(true), Some(true), Some(false)]
+        );
+        assert_eq!(t.stats().entries, 3);
+        // Other ports of the same ends are other connections.
+        let mut other = o;
+        other.dst_port = 78;
+        assert!(t.translate(&other).is_none());
+        assert!(t.translate(&key(C, 40000, VIP, 81)).is_none());
     }
 
     #[test]
