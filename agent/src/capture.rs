@@ -71,7 +71,7 @@ pub use self::{
     persist::{
         AGENT_RESTART_GAP, DETACHED_GAP, Gap, REATTACH_GAP, layout_name, netns_dir, remove_all,
     },
-    ring::{EventRing, wait_ring},
+    ring::{EventRing, RingConsumer, RingSource},
     testing::{EmptyProgram, tcx_ingress_links},
 };
 

@@ -23,7 +23,7 @@ use std::{
 use podflow_ebpf::{DNS_F_TCP, DNS_MSG_BYTES, DnsEvent, FlowKey};
 
 use crate::{
-    capture::{EventRing, wait_ring},
+    capture::{RingConsumer, RingSource},
     flows::{NoTranslation, Translate, Waiting},
     hash::{FlowHashState, flow_hash_state},
     proto,
@@ -254,35 +254,18 @@ impl DnsTracker {
     }
 }
 
-/// The kernel's ring and the tracker, as the agent's loop drives them.
-#[derive(Debug)]
-pub struct DnsSource {
-    events: Option<EventRing<DnsEvent>>,
-    pub tracker: DnsTracker,
-}
+/// The kernel's DNS ring and the tracker, as the agent's loop drives them.
+pub type DnsSource = RingSource<DnsEvent, DnsTracker>;
 
-impl DnsSource {
-    /// `events`: the ring (`None`: DNS off).
-    pub fn new(events: Option<EventRing<DnsEvent>>, cfg: DnsConfig) -> DnsSource {
-        DnsSource {
-            events,
-            tracker: DnsTracker::new(cfg),
-        }
+impl RingConsumer<DnsEvent> for DnsTracker {
+    const WHAT: &'static str = "dns";
+
+    fn push(&mut self, ev: &DnsEvent) {
+        DnsTracker::push(self, ev);
     }
 
-    /// Waits until it is time to read the ring (see [`EventRing::wait`]). Cancel-safe.
-    pub async fn wait(&mut self) {
-        wait_ring(self.events.as_mut()).await;
-    }
-
-    /// Moves every queued message into the tracker, and counts what the ring lost.
-    pub fn read(&mut self) {
-        let Some(events) = self.events.as_mut() else {
-            return;
-        };
-        let tracker = &mut self.tracker;
-        let n = events.drain("dns", |ev| tracker.push(ev));
-        tracker.lost(n);
+    fn lost(&mut self, n: u64) {
+        DnsTracker::lost(self, n);
     }
 }
 

@@ -21,7 +21,7 @@ use std::{
 use podflow_ebpf::{FlowKey, TcpEvent};
 
 use crate::{
-    capture::{EventRing, wait_ring},
+    capture::{RingConsumer, RingSource},
     flows::{NoTranslation, Translate, Waiting},
     hash::{FlowHashState, flow_hash_state},
     proto,
@@ -256,34 +256,18 @@ impl HandshakeTracker {
     }
 }
 
-/// The kernel's ring and the tracker, as the agent's loop drives them.
-#[derive(Debug)]
-pub struct HandshakeSource {
-    events: Option<EventRing<TcpEvent>>,
-    pub tracker: HandshakeTracker,
-}
+/// The kernel's SYN ring and the tracker, as the agent's loop drives them.
+pub type HandshakeSource = RingSource<TcpEvent, HandshakeTracker>;
 
-impl HandshakeSource {
-    pub fn new(events: Option<EventRing<TcpEvent>>, cfg: HandshakeConfig) -> HandshakeSource {
-        HandshakeSource {
-            events,
-            tracker: HandshakeTracker::new(cfg),
-        }
+impl RingConsumer<TcpEvent> for HandshakeTracker {
+    const WHAT: &'static str = "tcp handshakes";
+
+    fn push(&mut self, ev: &TcpEvent) {
+        HandshakeTracker::push(self, ev);
     }
 
-    /// Waits until it is time to read the ring. Cancel-safe.
-    pub async fn wait(&mut self) {
-        wait_ring(self.events.as_mut()).await;
-    }
-
-    /// Moves every queued segment into the tracker, and counts what the ring lost.
-    pub fn read(&mut self) {
-        let Some(events) = self.events.as_mut() else {
-            return;
-        };
-        let tracker = &mut self.tracker;
-        let n = events.drain("tcp handshakes", |ev| tracker.push(ev));
-        tracker.stats.lost += n;
+    fn lost(&mut self, n: u64) {
+        self.stats.lost += n;
     }
 }
 

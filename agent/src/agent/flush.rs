@@ -276,8 +276,16 @@ mod tests {
         ];
         let capacity = records.capacity();
         let mut extras = Extras {
-            dns: DnsSource::new(None, crate::dns::DnsConfig::default()),
-            handshakes: HandshakeSource::new(None, crate::handshake::HandshakeConfig::default()),
+            dns: DnsSource::new(
+                None,
+                crate::dns::DnsTracker::new(crate::dns::DnsConfig::default()),
+            ),
+            handshakes: HandshakeSource::new(
+                None,
+                crate::handshake::HandshakeTracker::new(
+                    crate::handshake::HandshakeConfig::default(),
+                ),
+            ),
             drops: DropSource::new(None),
             rtt: RttSource::new(None),
         };

@@ -14,10 +14,10 @@ use crate::{
     api::{self, Hub},
     capture::{Capture, InterfaceChange, LinkWatcher},
     conntrack::{Conntrack, pace::EventPacer},
-    dns::{DnsConfig, DnsSource},
+    dns::{DnsConfig, DnsSource, DnsTracker},
     drops::{DropSource, RttSource},
     flows::FlowTable,
-    handshake::{HandshakeConfig, HandshakeSource},
+    handshake::{HandshakeConfig, HandshakeSource, HandshakeTracker},
     metadata,
     metrics::{self, Metrics},
     report::error_chain,
@@ -72,8 +72,11 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
         None
     };
     let mut extras = Extras {
-        dns: DnsSource::new(capture.dns_events()?, DnsConfig::default()),
-        handshakes: HandshakeSource::new(capture.handshake_events()?, HandshakeConfig::default()),
+        dns: DnsSource::new(capture.dns_events()?, DnsTracker::new(DnsConfig::default())),
+        handshakes: HandshakeSource::new(
+            capture.handshake_events()?,
+            HandshakeTracker::new(HandshakeConfig::default()),
+        ),
         drops: DropSource::new(drops),
         rtt: RttSource::new(rtt),
     };

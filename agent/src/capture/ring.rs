@@ -166,10 +166,45 @@ impl<T: RingEvent> EventRing<T> {
     }
 }
 
-/// Waits on `ring` ([`EventRing::wait`]), or for ever without one.
-pub async fn wait_ring<T: RingEvent>(ring: Option<&mut EventRing<T>>) {
-    match ring {
-        Some(r) => r.wait().await,
-        None => std::future::pending().await,
+/// What a ring's events go to: a tracker that keeps them for the records of the next flush.
+pub trait RingConsumer<T> {
+    /// The events' name in log lines.
+    const WHAT: &'static str;
+    /// One event from the kernel.
+    fn push(&mut self, ev: &T);
+    /// `n` events the kernel could not queue (the ring was full).
+    fn lost(&mut self, n: u64);
+}
+
+/// A ring (`None`: the feature is off) and the tracker its events go to, as the agent's loop
+/// drives them: wait until it is time to read, read.
+#[derive(Debug)]
+pub struct RingSource<T, C> {
+    events: Option<EventRing<T>>,
+    pub tracker: C,
+}
+
+impl<T: RingEvent, C: RingConsumer<T>> RingSource<T, C> {
+    pub fn new(events: Option<EventRing<T>>, tracker: C) -> RingSource<T, C> {
+        RingSource { events, tracker }
+    }
+
+    /// Waits until it is time to read the ring ([`EventRing::wait`]); for ever without one.
+    /// Cancel-safe.
+    pub async fn wait(&mut self) {
+        match self.events.as_mut() {
+            Some(r) => r.wait().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Moves every queued event into the tracker, and counts what the ring lost.
+    pub fn read(&mut self) {
+        let Some(events) = self.events.as_mut() else {
+            return;
+        };
+        let tracker = &mut self.tracker;
+        let n = events.drain(C::WHAT, |ev| tracker.push(ev));
+        tracker.lost(n);
     }
 }
