@@ -685,6 +685,12 @@ pub(crate) mod tests {
             seconds: t.seconds,
             nanos: t.nanos,
         };
+        let duration = |d: &Option<prost_types::Duration>| {
+            d.as_ref().map(|d| Time {
+                seconds: d.seconds,
+                nanos: d.nanos,
+            })
+        };
         fn endpoint(e: &proto::Endpoint) -> EndpointView<'_> {
             EndpointView {
                 kind: &e.kind,
@@ -733,10 +739,7 @@ pub(crate) mod tests {
             inter_node: f.inter_node,
             src: f.src.as_ref().map(endpoint),
             dst: f.dst.as_ref().map(endpoint),
-            metadata_age: f.metadata_age.as_ref().map(|d| Time {
-                seconds: d.seconds,
-                nanos: d.nanos,
-            }),
+            metadata_age: duration(&f.metadata_age),
             plaintext_inter_node: f.plaintext_inter_node,
             translation: f.translation.as_ref().map(|t| TranslationView {
                 service_ip: &t.service_ip,
@@ -756,46 +759,27 @@ pub(crate) mod tests {
                     qtype: m.qtype,
                     rcode: m.rcode,
                     answers: m.answers,
-                    latency: m.latency.as_ref().map(|d| Time {
-                        seconds: d.seconds,
-                        nanos: d.nanos,
-                    }),
+                    latency: duration(&m.latency),
                     tcp: m.tcp,
                     qname_truncated: m.qname_truncated,
                     malformed: m.malformed,
                 })
                 .collect(),
-            tcp_handshake: f.tcp_handshake.as_ref().map(|h| {
-                let t = |d: &Option<prost_types::Duration>| {
-                    d.as_ref().map(|d| Time {
-                        seconds: d.seconds,
-                        nanos: d.nanos,
-                    })
-                };
-                HandshakeView {
-                    count: h.count,
-                    min: t(&h.min),
-                    max: t(&h.max),
-                    last: t(&h.last),
-                }
+            tcp_handshake: f.tcp_handshake.as_ref().map(|h| HandshakeView {
+                count: h.count,
+                min: duration(&h.min),
+                max: duration(&h.max),
+                last: duration(&h.last),
             }),
             dropped_packets: f.dropped_packets,
             dropped_bytes: f.dropped_bytes,
             drop_reason: &f.drop_reason,
             dropped_in_node: f.dropped_in_node,
-            tcp_srtt: f.tcp_srtt.as_ref().map(|r| {
-                let t = |d: &Option<prost_types::Duration>| {
-                    d.as_ref().map(|d| Time {
-                        seconds: d.seconds,
-                        nanos: d.nanos,
-                    })
-                };
-                HandshakeView {
-                    count: r.samples,
-                    min: t(&r.min),
-                    max: t(&r.max),
-                    last: t(&r.last),
-                }
+            tcp_srtt: f.tcp_srtt.as_ref().map(|r| HandshakeView {
+                count: r.samples,
+                min: duration(&r.min),
+                max: duration(&r.max),
+                last: duration(&r.last),
             }),
         }
     }
