@@ -130,6 +130,18 @@ impl Bed {
         Ok(path)
     }
 
+    /// Sets how long the node's conntrack keeps an unanswered UDP connection (a per-namespace
+    /// sysctl of the node's namespace).
+    pub fn set_udp_conntrack_timeout(&self, secs: u32) -> anyhow::Result<()> {
+        podflow_testbed::run_checked(self.node.ns.command("sysctl").args([
+            "-q",
+            "-w",
+            &format!("net.netfilter.nf_conntrack_udp_timeout={secs}"),
+        ]))
+        .context("setting the node's conntrack UDP timeout")?;
+        Ok(())
+    }
+
     /// Forgets the node's connections (`conntrack -F`), so that the next run's flows are new.
     pub fn flush_conntrack(&self) -> anyhow::Result<()> {
         podflow_testbed::run_checked(self.node.ns.command("conntrack").arg("-F"))

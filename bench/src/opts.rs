@@ -185,6 +185,9 @@ pub struct Opts {
     /// Flow churn rates (new flows per second) and the window of each.
     pub churn_rates: Vec<u64>,
     pub churn_secs: f64,
+    /// Seconds at the rate before a churn window (steady state: see
+    /// [`crate::measure::churn::STEADY_WARMUP_SECS`]).
+    pub churn_warmup_secs: f64,
     /// Active flows for the resident memory figure.
     pub rss_flows: u64,
     /// Flow map capacity for the 50 % occupancy loss figure.
@@ -249,6 +252,8 @@ impl Opts {
                 hook_map_entries: None,
                 churn_rates: vec![2_000, 10_000],
                 churn_secs: 1.0,
+                // The smoke checks the harness, not the steady state.
+                churn_warmup_secs: 2.0,
                 rss_flows: 10_000,
                 loss_map_entries: 16_384,
                 collector_windows: 1,
@@ -280,6 +285,7 @@ impl Opts {
                 hook_map_entries: None,
                 churn_rates: vec![10_000, 100_000],
                 churn_secs: 5.0,
+                churn_warmup_secs: crate::measure::churn::STEADY_WARMUP_SECS,
                 rss_flows: 100_000,
                 loss_map_entries: 131_072,
                 collector_windows: 5,

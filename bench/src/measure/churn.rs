@@ -29,14 +29,46 @@ pub struct Churn {
     pub translated: Vec<f64>,
 }
 
-/// `o.churn_runs` runs of each churn rate, a fresh agent each.
+/// How long an agent of the churn rows has run at the rate before the window: past the idle
+/// timeout the rows give it ([`STEADY_IDLE_TIMEOUT`]), and past the Service bed's conntrack UDP
+/// timeout plus the agent's grace for destroyed entries (5 s + 2 flushes + 10 s), so that the
+/// window sees as many flows and translations end as begin: the cost of a node that has run at
+/// that rate for a while, not of an agent whose tables are still growing.
+pub const STEADY_WARMUP_SECS: f64 = 20.0;
+/// The idle timeout of the churn rows' agents (the default is 2 minutes: a steady state only
+/// after 2 minutes at the rate, with 1.2 million flows tracked at 10 000 new flows/s).
+pub const STEADY_IDLE_TIMEOUT: &str = "5s";
+/// The Service bed's conntrack timeout of unanswered UDP (the kernel's default is 30 s): the
+/// generator reuses a source port every 12.8 s, which must then be a new connection.
+pub const STEADY_UDP_CT_TIMEOUT_SECS: u32 = 5;
+
+/// How a churn run's window is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warm {
+    /// A fresh agent: 1 s of flows, 2.5 s for their flushes, then the window and 2.5 s for its
+    /// records. Its tables grow through the window (the cost of an agent's first seconds).
+    Fresh,
+    /// `o.churn_warmup_secs` ([`STEADY_WARMUP_SECS`]; `--smoke`: 2 s) at the rate, then the
+    /// window right after, the agent's CPU and
+    /// records read at its two ends (see [`STEADY_WARMUP_SECS`]).
+    Steady,
+}
+
+/// `o.churn_runs` runs of each churn rate, a fresh agent each, measured in steady state.
 pub fn run(o: &Opts, bed: &Bed) -> anyhow::Result<Vec<Churn>> {
     let mut out = Vec::new();
     for &rate in &o.churn_rates {
         let mut c = Churn::new(rate);
         for i in 0..o.churn_runs {
             log(format!("churn {rate}/s, run {}/{}", i + 1, o.churn_runs));
-            c.push(once(o, bed, rate, |start| Flows::Unique { start }, &[])?);
+            c.push(once(
+                o,
+                bed,
+                rate,
+                |start| Flows::Unique { start },
+                &[],
+                Warm::Steady,
+            )?);
         }
         out.push(c);
     }
@@ -48,6 +80,7 @@ pub fn run(o: &Opts, bed: &Bed) -> anyhow::Result<Vec<Churn>> {
 /// (a metadata file). On a bed of its own, whose namespace has conntrack on.
 pub fn run_service(o: &Opts, rate: u64, named: bool) -> anyhow::Result<Churn> {
     let bed = Bed::build()?;
+    bed.set_udp_conntrack_timeout(STEADY_UDP_CT_TIMEOUT_SECS)?;
     let dir = tempfile::Builder::new()
         .prefix("podflow-bench-svc-")
         .tempdir()
@@ -74,6 +107,7 @@ pub fn run_service(o: &Opts, rate: u64, named: bool) -> anyhow::Result<Churn> {
             rate,
             |start| Flows::HalfService { start },
             extra,
+            Warm::Steady,
         )?);
     }
     Ok(c)
@@ -107,21 +141,35 @@ pub(super) struct Run {
 }
 
 /// CPU per exported flow at a churn of `rate` new flows per second (fresh agent started with
-/// `extra` arguments), with the flows `flows` makes from a start index.
+/// `extra` arguments), with the flows `flows` makes from a start index, the window taken as
+/// `warm` says.
 pub(super) fn once(
     o: &Opts,
     bed: &Bed,
     rate: u64,
     flows: impl Fn(u64) -> Flows,
     extra: &[&str],
+    warm: Warm,
 ) -> anyhow::Result<Run> {
     let entries = ((rate as f64 * 2.0 * 1.5) as u64)
         .next_power_of_two()
         .max(65_536) as u32;
-    let agent = Agent::start(bed, &o.podflow, entries, "1s", extra)?;
-    // Warm up (first flush, lazy allocations) outside the window.
-    bed.generate(flows(0), rate, 1.0)?;
-    sleep(Duration::from_millis(2_500))?;
+    let mut args = extra.to_vec();
+    if warm == Warm::Steady {
+        args.extend(["--idle-timeout", STEADY_IDLE_TIMEOUT]);
+    }
+    let agent = Agent::start(bed, &o.podflow, entries, "1s", &args)?;
+    match warm {
+        Warm::Fresh => {
+            // Warm up (first flush, lazy allocations) outside the window.
+            bed.generate(flows(0), rate, 1.0)?;
+            sleep(Duration::from_millis(2_500))?;
+        }
+        // Straight into the window: a pause would let the tables shrink.
+        Warm::Steady => {
+            bed.generate(flows(0), rate, o.churn_warmup_secs)?;
+        }
+    }
     let (cpu0, rec0) = (agent.cpu_ns()?, agent.records_exported()?);
     // Agents older than Service attribution have no such counter: 0.
     let translated0 = agent.counter("translated_records").unwrap_or(0);
@@ -162,8 +210,10 @@ pub(super) fn once(
         None => None,
     };
     let g = bed.generate(flows(1_000_000), rate, o.churn_secs)?;
-    // Two flushes after the last packet: every flow of the window has become a record.
-    sleep(Duration::from_millis(2_500))?;
+    if warm == Warm::Fresh {
+        // Two flushes after the last packet: every flow of the window has become a record.
+        sleep(Duration::from_millis(2_500))?;
+    }
     let (cpu1, rec1) = (agent.cpu_ns()?, agent.records_exported()?);
     let translated = agent.counter("translated_records").unwrap_or(0) - translated0;
     if let Some(c) = perf.as_mut().and_then(ChildGuard::get_mut) {

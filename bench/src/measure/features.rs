@@ -119,6 +119,7 @@ pub fn run(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Feature
                     kind: RawKind::Udp(5354),
                 },
                 extra,
+                churn::Warm::Fresh,
             )?;
             us[which] = r.ns_per_flow / 1000.0;
         }
@@ -135,7 +136,14 @@ pub fn run(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Feature
                     run + 1,
                     o.churn_runs
                 ));
-                let r = churn::once(o, bed, CHURN_RATE, |s| Flows::Raw { start: s, kind }, &[])?;
+                let r = churn::once(
+                    o,
+                    bed,
+                    CHURN_RATE,
+                    |s| Flows::Raw { start: s, kind },
+                    &[],
+                    churn::Warm::Fresh,
+                )?;
                 us[which] = r.ns_per_flow / 1000.0;
             }
             let fig = if k == 0 {

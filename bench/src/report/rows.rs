@@ -353,8 +353,8 @@ fn churn_row(o: &Opts, c: &Churn, key: &'static str, what: &str) -> anyhow::Resu
     Ok(Row {
         key,
         figure: format!(
-            "agent CPU (utime+stime) per exported flow, churn {} new flows/s{what}, {} s window",
-            c.rate, o.churn_secs
+            "agent CPU (utime+stime) per exported flow, churn {} new flows/s{what}, {} s window after {} s at the rate (steady state)",
+            c.rate, o.churn_secs, o.churn_warmup_secs
         ),
         value: Some(p.median),
         unit: "µs",
