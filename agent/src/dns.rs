@@ -236,9 +236,10 @@ impl DnsTracker {
 
     /// Puts the messages of `record`'s flow on it.
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let (before, now) = self.waiting.take(record);
-        let mut msgs = before.unwrap_or_default();
-        msgs.extend(now.unwrap_or_default());
+        let mut msgs = self
+            .waiting
+            .take(record, |earlier, later| earlier.extend(later))
+            .unwrap_or_default();
         if msgs.len() > MAX_PER_RECORD {
             self.stats.dropped_per_record += (msgs.len() - MAX_PER_RECORD) as u64;
             msgs.truncate(MAX_PER_RECORD);

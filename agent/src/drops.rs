@@ -32,12 +32,30 @@ pub struct DropStats {
 }
 
 /// One flow's drops, as the record gets them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Dropped {
     packets: u64,
     bytes: u64,
     reason: String,
     in_node: bool,
+}
+
+impl Dropped {
+    /// Adds later drops of the flow: their counts, and their reason and place as the last.
+    fn merge(&mut self, later: Dropped) {
+        self.packets += later.packets;
+        self.bytes += later.bytes;
+        self.reason = later.reason;
+        self.in_node = later.in_node;
+    }
+}
+
+/// Adds a flow's later RTT samples: their count and extremes, and the last.
+fn merge_rtt(earlier: &mut RttValue, later: &RttValue) {
+    earlier.samples += later.samples;
+    earlier.min_us = earlier.min_us.min(later.min_us);
+    earlier.max_us = earlier.max_us.max(later.max_us);
+    earlier.last_us = later.last_us;
 }
 
 /// Drops between the kernel's map and the records.
@@ -66,16 +84,14 @@ impl DropTracker {
     pub fn add(&mut self, key: &FlowKey, v: &DropValue, reason: String, nat: &dyn Translate) {
         *self.stats.by_reason.entry(reason.clone()).or_default() += v.packets;
         let in_node = v.netns != 0 && v.netns == self.node_netns;
-        let d = self.waiting.entry(key, nat, || Dropped {
-            packets: 0,
-            bytes: 0,
-            reason: String::new(),
-            in_node,
-        });
-        d.packets += v.packets;
-        d.bytes += v.bytes;
-        d.reason = reason;
-        d.in_node = in_node;
+        self.waiting
+            .entry(key, nat, Dropped::default)
+            .merge(Dropped {
+                packets: v.packets,
+                bytes: v.bytes,
+                reason,
+                in_node,
+            });
     }
 
     pub fn is_idle(&self) -> bool {
@@ -86,16 +102,8 @@ impl DropTracker {
     /// node keeps only the interfaces its packets were seen on (the first: where they were
     /// counted).
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let d = match self.waiting.take(record) {
-            (Some(mut before), Some(now)) => {
-                before.packets += now.packets;
-                before.bytes += now.bytes;
-                before.reason = now.reason;
-                before.in_node = now.in_node;
-                before
-            }
-            (Some(d), None) | (None, Some(d)) => d,
-            (None, None) => return,
+        let Some(d) = self.waiting.take(record, Dropped::merge) else {
+            return;
         };
         self.stats.attached += d.packets;
         record.dropped_packets += d.packets;
@@ -185,10 +193,7 @@ impl RttSource {
                 max_us: 0,
                 last_us: 0,
             });
-            e.samples += v.samples;
-            e.min_us = e.min_us.min(v.min_us);
-            e.max_us = e.max_us.max(v.max_us);
-            e.last_us = v.last_us;
+            merge_rtt(e, &v);
         }
     }
 
@@ -198,16 +203,11 @@ impl RttSource {
 
     /// Puts the samples of `record`'s flow on it.
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let v = match self.waiting.take(record) {
-            (Some(mut a), Some(b)) => {
-                a.samples += b.samples;
-                a.min_us = a.min_us.min(b.min_us);
-                a.max_us = a.max_us.max(b.max_us);
-                a.last_us = b.last_us;
-                a
-            }
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => return,
+        let Some(v) = self
+            .waiting
+            .take(record, |earlier, later| merge_rtt(earlier, &later))
+        else {
+            return;
         };
         self.attached += u64::from(v.samples);
         let d = |us: u32| prost_types::Duration {

@@ -236,14 +236,10 @@ impl HandshakeTracker {
 
     /// Puts the handshakes of `record`'s connection on it (the client's record).
     pub fn attach(&mut self, record: &mut proto::Flow) {
-        let rtts = match self.waiting.take(record) {
-            (Some(mut before), Some(now)) => {
-                before.merge(&now);
-                Some(before)
-            }
-            (before, now) => before.or(now),
-        };
-        if let Some(r) = rtts {
+        if let Some(r) = self
+            .waiting
+            .take(record, |earlier, later| earlier.merge(&later))
+        {
             record.tcp_handshake = Some(r.to_proto());
         }
     }

@@ -99,32 +99,11 @@ impl Capture {
     /// its map. Fails where the kernel's BTF lacks what it reads or BTF tracepoints cannot be
     /// attached: the caller goes on without drops, and says so.
     pub fn follow_drops(&mut self) -> Result<DropEvents, CaptureError> {
-        let reasons = match self.drop_reasons.take() {
-            Some(Ok(r)) => r,
-            Some(Err(source)) => return Err(CaptureError::Btf { source }),
-            None => {
-                return Err(CaptureError::Btf {
-                    source: BtfError::Malformed("the drop program is attached already"),
-                });
-            }
-        };
-        let btf = aya::Btf::from_sys_fs().map_err(|_| CaptureError::Btf {
-            source: BtfError::Malformed("aya cannot read the kernel's BTF"),
-        })?;
-        let err = |e| CaptureError::LoadProgram {
-            name: PROG_KFREE_SKB,
-            source: Box::new(e),
-        };
-        let prog: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(PROG_KFREE_SKB)
-            .ok_or(CaptureError::MissingProgram {
-                name: PROG_KFREE_SKB,
-            })?
-            .try_into()
-            .map_err(err)?;
-        prog.load(TP_KFREE_SKB, &btf).map_err(err)?;
-        prog.attach().map_err(err)?;
+        let reasons = prepared(
+            &mut self.drop_reasons,
+            "the drop program is attached already",
+        )?;
+        self.attach_btf_tracepoint(PROG_KFREE_SKB, TP_KFREE_SKB)?;
         Ok(DropEvents {
             map: open_map(&mut self.ebpf, DROPS)?,
             reasons: reasons
@@ -143,36 +122,51 @@ impl Capture {
     /// Attaches the RTT program (`tcp_probe`; offsets from the kernel's BTF at load) and returns
     /// its map.
     pub fn follow_rtt(&mut self) -> Result<RttEvents, CaptureError> {
-        match self.rtt_offsets.take() {
-            Some(Ok(())) => {}
-            Some(Err(source)) => return Err(CaptureError::Btf { source }),
-            None => {
-                return Err(CaptureError::Btf {
-                    source: BtfError::Malformed("the RTT program is attached already"),
-                });
-            }
-        }
-        let btf = aya::Btf::from_sys_fs().map_err(|_| CaptureError::Btf {
-            source: BtfError::Malformed("aya cannot read the kernel's BTF"),
-        })?;
-        let err = |e| CaptureError::LoadProgram {
-            name: PROG_TCP_PROBE,
-            source: Box::new(e),
-        };
-        let prog: &mut BtfTracePoint = self
-            .ebpf
-            .program_mut(PROG_TCP_PROBE)
-            .ok_or(CaptureError::MissingProgram {
-                name: PROG_TCP_PROBE,
-            })?
-            .try_into()
-            .map_err(err)?;
-        prog.load(TP_TCP_PROBE, &btf).map_err(err)?;
-        prog.attach().map_err(err)?;
+        prepared(&mut self.rtt_offsets, "the RTT program is attached already")?;
+        self.attach_btf_tracepoint(PROG_TCP_PROBE, TP_TCP_PROBE)?;
         Ok(RttEvents {
             map: open_map(&mut self.ebpf, RTTS)?,
             keys: Vec::new(),
         })
+    }
+
+    /// Loads the BTF tracepoint program `name` for the kernel's tracepoint `tracepoint` (typed
+    /// by the kernel's BTF) and attaches it.
+    fn attach_btf_tracepoint(
+        &mut self,
+        name: &'static str,
+        tracepoint: &str,
+    ) -> Result<(), CaptureError> {
+        let btf = aya::Btf::from_sys_fs().map_err(|_| CaptureError::Btf {
+            source: BtfError::Malformed("aya cannot read the kernel's BTF"),
+        })?;
+        let err = |e| CaptureError::LoadProgram {
+            name,
+            source: Box::new(e),
+        };
+        let prog: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::MissingProgram { name })?
+            .try_into()
+            .map_err(err)?;
+        prog.load(tracepoint, &btf).map_err(err)?;
+        prog.attach().map_err(err)?;
+        Ok(())
+    }
+}
+
+/// What the load prepared from the kernel's BTF for a tracepoint program, taken once: its
+/// error, or `attached` if it was taken already.
+fn prepared<T>(
+    slot: &mut Option<Result<T, BtfError>>,
+    attached: &'static str,
+) -> Result<T, CaptureError> {
+    match slot.take() {
+        Some(r) => r.map_err(|source| CaptureError::Btf { source }),
+        None => Err(CaptureError::Btf {
+            source: BtfError::Malformed(attached),
+        }),
     }
 }
 

@@ -38,13 +38,17 @@ impl<V> Waiting<V> {
         self.current.entry(FlowId::of(&real)).or_insert_with(new)
     }
 
-    /// The facts waiting for `record`'s flow: (from the previous flush, from this one).
-    pub fn take(&mut self, record: &proto::Flow) -> (Option<V>, Option<V>) {
-        let Some(key) = record_key(record) else {
-            return (None, None);
-        };
-        let id = FlowId::of(&key);
-        (self.previous.remove(&id), self.current.remove(&id))
+    /// The fact waiting for `record`'s flow: the previous flush's and this one's, put together by
+    /// `merge` (called with the earlier one) when both wait.
+    pub fn take(&mut self, record: &proto::Flow, merge: impl FnOnce(&mut V, V)) -> Option<V> {
+        let id = FlowId::of(&record_key(record)?);
+        match (self.previous.remove(&id), self.current.remove(&id)) {
+            (Some(mut earlier), Some(later)) => {
+                merge(&mut earlier, later);
+                Some(earlier)
+            }
+            (earlier, later) => earlier.or(later),
+        }
     }
 
     /// Whether nothing waits (then no record need be looked up).
@@ -122,7 +126,9 @@ mod tests {
         *w.entry(&key, &NoTranslation, || 0) += 3;
         w.end_flush(|_| panic!("nothing is two flushes old"));
         *w.entry(&key, &NoTranslation, || 0) += 1;
-        assert_eq!(w.take(&record), (Some(5), Some(1)));
+        let mut merged = None;
+        let taken = w.take(&record, |earlier, later| merged = Some((*earlier, later)));
+        assert_eq!((merged, taken), (Some((5, 1)), Some(5)));
         assert!(w.is_idle());
         *w.entry(&key, &NoTranslation, || 0) += 7;
         let mut gone = Vec::new();
