@@ -502,7 +502,10 @@ pub struct FlowValue {
     /// OR of the TCP flags bytes (FIN=0x01 SYN=0x02 RST=0x04 PSH=0x08 ACK=0x10 URG=0x20 ECE=0x40
     /// CWR=0x80).
     pub tcp_flags: u8,
-    pub _pad: u8,
+    /// The conntrack lookup of the flow (see [`CT_OFFSETS`]), made when its first piece of the
+    /// epoch enters the map: [`CT_FOUND`] (and [`CT_PLAIN`]) or [`CT_MISSING`]; 0 in a cache
+    /// slot, and when the lookups are off.
+    pub ct: u8,
     /// Bits 16–31 of the ifindex the packets were seen on.
     pub ifindex_hi: u16,
 }
@@ -612,7 +615,10 @@ pub struct FlowStats {
     pub ifindex: u32,
     /// OR of the TCP flags bytes.
     pub tcp_flags: u8,
-    pub _pad: [u8; 3],
+    /// The `CT_*` bits of its pieces, OR-ed (0: never looked up, e.g. a flow only the cache
+    /// held).
+    pub ct: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Runtime configuration, written by user space into [`CONFIG`] index 0.
@@ -759,4 +765,89 @@ mod user {
     unsafe impl aya::Pod for super::RttOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RttValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtOffsets {}
 }
+
+/// Conntrack entries the node translated (see [`CtEvent`]), as the tc programs found them with
+/// the kernel's `bpf_skb_ct_lookup`: a ring buffer user space reads at most every 100 ms while
+/// entries come (and before each flush).
+pub const CT_EVENTS: &str = "CT_EVENTS";
+/// Its size: ~2 900 entries, what the 100 ms between two reads hold at 29 000 new translated
+/// connections per second (beyond, the loss is counted; a connection's entry is found again by
+/// its next flow of a later drain).
+pub const CT_EVENTS_BYTES: u32 = 256 << 10;
+/// Array of one u64: entries the ring had no room for.
+pub const CT_LOST: &str = "CT_LOST";
+/// Read-only global ([`CtOffsets`]) the loader sets from the kernel's BTF when it linked the
+/// conntrack kfuncs; zeros: the programs never look conntrack up.
+pub const CT_OFFSETS: &str = "CT_OFFSETS";
+
+/// [`FlowValue::ct`]: the flow's conntrack lookup found no entry (it was the flow's first
+/// packet, counted before conntrack saw it; conntrack does not track it; or the protocol is not
+/// one `bpf_skb_ct_lookup` takes).
+pub const CT_MISSING: u8 = 0x80;
+/// [`FlowValue::ct`]: the lookup found the flow's connection, and the node did not translate
+/// it (user space need not look its records up among the translations).
+pub const CT_PLAIN: u8 = 0x40;
+/// [`FlowValue::ct`]: the lookup found the flow's connection (translated: in [`CT_EVENTS`]).
+pub const CT_FOUND: u8 = 0x20;
+
+/// Array of one u32 user space sets: non-zero while conntrack tracks connections in the node's
+/// namespace, so that on a node without conntrack the programs never look it up (a lookup that
+/// cannot find anything still probes conntrack's hash table, a cache miss per new flow).
+pub const CT_SWITCH: &str = "CT_SWITCH";
+
+/// Placeholder helper numbers the programs call where they mean a kernel function (kfunc): the
+/// loader rewrites each such call into a kfunc call to the function's BTF id in the running
+/// kernel (Rust's BPF target cannot emit kfunc calls itself), or into `r0 = 0` where the kernel
+/// has no such function.
+pub const KFUNC_SKB_CT_LOOKUP: u32 = 0x7066_0001;
+/// See [`KFUNC_SKB_CT_LOOKUP`]: `bpf_ct_release`.
+pub const KFUNC_CT_RELEASE: u32 = 0x7066_0002;
+
+/// Where the programs read a `struct nf_conn` (from the kernel's BTF). The tuples'
+/// `struct nf_conntrack_tuple` layout is fixed: source address (16 bytes) at 0, source port or
+/// ICMP id at 16, destination address at 20, destination port (or ICMP type and code) at 36,
+/// protocol at 38.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtOffsets {
+    /// `tuplehash[IP_CT_DIR_ORIGINAL].tuple`.
+    pub orig: u32,
+    /// `tuplehash[IP_CT_DIR_REPLY].tuple`.
+    pub reply: u32,
+    /// `status` (8 bytes).
+    pub status: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtOffsets>() == 16);
+
+/// One direction of a conntrack entry, as the kernel keeps it (ports in network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtTuple {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub protocol: u8,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<CtTuple>() == 40);
+
+/// A conntrack entry the node translated (`IPS_SRC_NAT` or `IPS_DST_NAT` in its status), found
+/// by a program for a packet it saw: the original and the reply tuple, and the status.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEvent {
+    pub orig: CtTuple,
+    pub reply: CtTuple,
+    pub status: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtEvent>() == 88);

@@ -38,8 +38,9 @@ mod programs {
         programs::{BtfTracePointContext, TcContext},
     };
     use podflow_ebpf::{
-        CACHE_FLUSH_BYTES, CACHE_FLUSH_PACKETS, CACHE_SLOTS, COUNTER_COUNT, CacheEntry,
-        ClockSample, Config, DEFAULT_FLOW_MAP_ENTRIES, DNS_EVENTS_BYTES, DNS_F_TCP, DNS_MSG_BYTES,
+        CACHE_FLUSH_BYTES, CACHE_FLUSH_PACKETS, CACHE_SLOTS, COUNTER_COUNT, CT_EVENTS_BYTES,
+        CT_FOUND, CT_MISSING, CT_PLAIN, CacheEntry, ClockSample, Config, CtEvent, CtOffsets,
+        CtTuple, DEFAULT_FLOW_MAP_ENTRIES, DNS_EVENTS_BYTES, DNS_F_TCP, DNS_MSG_BYTES,
         DROPS_ENTRIES, DnsEvent, DropOffsets, DropValue, FAMILY_IPV4, FAMILY_IPV6, FlowKey,
         FlowKeyV4, FlowKeyV6, FlowValue, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
         IPPROTO_UDP, KEY_F_EPOCH, KernelCounter, META_FLAGS_MASK, META_OBS_SHIFT, ObsPoint,
@@ -135,6 +136,22 @@ mod programs {
     #[unsafe(no_mangle)]
     static TCP_HANDSHAKES: u8 = 0;
 
+    #[map]
+    static CT_EVENTS: RingBuf = RingBuf::with_byte_size(CT_EVENTS_BYTES, 0);
+    #[map]
+    static CT_LOST: Array<u64> = Array::with_max_entries(1, 0);
+    /// See `podflow_ebpf::CT_SWITCH`.
+    #[map]
+    static CT_SWITCH: Array<u32> = Array::with_max_entries(1, 0);
+    /// See `podflow_ebpf::CT_OFFSETS` (set by the loader; zeros: off).
+    #[unsafe(no_mangle)]
+    static CT_OFFSETS: CtOffsets = CtOffsets {
+        orig: 0,
+        reply: 0,
+        status: 0,
+        _pad: 0,
+    };
+
     const fn str_eq(a: &str, b: &str) -> bool {
         let (a, b) = (a.as_bytes(), b.as_bytes());
         if a.len() != b.len() {
@@ -177,6 +194,10 @@ mod programs {
     const _: () = assert!(str_eq(podflow_ebpf::PROG_KFREE_SKB, "podflow_kfree_skb"));
     const _: () = assert!(str_eq(podflow_ebpf::TCP_LOST, "TCP_LOST"));
     const _: () = assert!(str_eq(podflow_ebpf::TCP_HANDSHAKES, "TCP_HANDSHAKES"));
+    const _: () = assert!(str_eq(podflow_ebpf::CT_EVENTS, "CT_EVENTS"));
+    const _: () = assert!(str_eq(podflow_ebpf::CT_LOST, "CT_LOST"));
+    const _: () = assert!(str_eq(podflow_ebpf::CT_OFFSETS, "CT_OFFSETS"));
+    const _: () = assert!(str_eq(podflow_ebpf::CT_SWITCH, "CT_SWITCH"));
 
     #[classifier]
     pub fn podflow_veth_in(ctx: TcContext) -> i32 {
@@ -385,7 +406,7 @@ mod programs {
                 let dst = (*k.add(3) >> 32) as u32;
                 [u64::from(src) | (u64::from(dst) << 32), tail]
             };
-            count_cached(&CACHE_V4, &FLOWS_V4, &SPILL_V4, &k4, &u, parity)
+            count_cached(ctx, &CACHE_V4, &FLOWS_V4, &SPILL_V4, &k4, &u, parity)
         } else {
             // SAFETY: FlowKeyV6 is FlowKey with its last word replaced by the tail: turned into
             // one in place (the FlowKey is not used afterwards).
@@ -393,9 +414,212 @@ mod programs {
                 k.add(4).write(tail);
                 &*(k as *const [u64; 5])
             };
-            count_cached(&CACHE_V6, &FLOWS_V6, &SPILL_V6, k6, &u, parity)
+            count_cached(ctx, &CACHE_V6, &FLOWS_V6, &SPILL_V6, k6, &u, parity)
         };
         bump(res);
+    }
+
+    /// What a conntrack lookup found.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Ct {
+        /// No entry: conntrack has not seen the connection (yet), or the node has none.
+        Missing,
+        /// An entry the node translated (put into the ring).
+        Translated,
+        /// An entry the node did not translate.
+        Untranslated,
+    }
+
+    /// The `nf_conn` offsets, when the loader linked the conntrack kfuncs.
+    #[inline(always)]
+    fn ct_offsets() -> Option<CtOffsets> {
+        // SAFETY: a read-only global the loader set (a constant to the verifier: with zeros,
+        // every path below is removed before the program runs).
+        let o = unsafe { read_volatile(&CT_OFFSETS) };
+        (o.status != 0).then_some(o)
+    }
+
+    /// Whether user space switched the lookups on (conntrack tracks connections in the node's
+    /// namespace).
+    #[inline(always)]
+    fn ct_switched_on() -> bool {
+        // SAFETY: array value pointer from the kernel, valid for the program's run.
+        CT_SWITCH.get_ptr(0).is_some_and(|p| unsafe { *p } != 0)
+    }
+
+    /// `struct bpf_ct_opts` (16 bytes, Linux 6.8+; the kernel takes 12 or 16).
+    #[repr(C)]
+    struct CtOpts {
+        netns_id: i32,
+        error: i32,
+        l4proto: u8,
+        dir: u8,
+        zone_id: u16,
+        zone_dir: u8,
+        reserved: [u8; 3],
+    }
+
+    /// `BPF_F_CURRENT_NETNS`: the namespace of the packet's device.
+    const CURRENT_NETNS: i32 = -1;
+    /// `IPS_SRC_NAT | IPS_DST_NAT`.
+    const IPS_NAT: u64 = 0x30;
+
+    /// The conntrack bits (`FlowValue::ct`) of the flow whose kernel key is `key` (`N` words:
+    /// [`FlowKeyV4`] 2, [`FlowKeyV6`] 5): looks its connection up in the node's conntrack, by
+    /// the key's tuple where it was counted before conntrack (ingress), by its reverse after
+    /// (egress: the translated packet's reverse is the entry's reply tuple); puts the entry
+    /// into [`CT_EVENTS`] when the node translated it. 0 when the lookups are off. TCP and UDP
+    /// only (what `bpf_skb_ct_lookup` takes).
+    #[inline(always)]
+    fn ct_bits<const N: usize>(ctx: &TcContext, key: &[u64; N]) -> u8 {
+        let Some(o) = ct_offsets() else {
+            return 0;
+        };
+        if !ct_switched_on() {
+            return 0;
+        }
+        let tail = key[N - 1];
+        let (sp, dp) = (tail as u16, (tail >> 16) as u16);
+        let proto = (tail >> 32) as u8;
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return CT_MISSING;
+        }
+        let obs = ((tail >> 40) as u8 >> META_OBS_SHIFT) & 3;
+        let reversed = obs == ObsPoint::VethEgress as u8 || obs == ObsPoint::L3Egress as u8;
+        let ports = if reversed {
+            u32::from(dp.to_be()) | (u32::from(sp.to_be()) << 16)
+        } else {
+            u32::from(sp.to_be()) | (u32::from(dp.to_be()) << 16)
+        };
+        // `struct bpf_sock_tuple`: saddr, daddr (4 or 16 bytes each), sport, dport.
+        let mut t = [0u32; 9];
+        let size = if N == 2 {
+            let (a, b) = (key[0] as u32, (key[0] >> 32) as u32);
+            (t[0], t[1]) = if reversed { (b, a) } else { (a, b) };
+            t[2] = ports;
+            12
+        } else {
+            let w = |i: usize, hi: bool| {
+                let x = key[if i < N { i } else { 0 }];
+                if hi { (x >> 32) as u32 } else { x as u32 }
+            };
+            let (s, d) = if reversed { (2, 0) } else { (0, 2) };
+            t[0] = w(s, false);
+            t[1] = w(s, true);
+            t[2] = w(s + 1, false);
+            t[3] = w(s + 1, true);
+            t[4] = w(d, false);
+            t[5] = w(d, true);
+            t[6] = w(d + 1, false);
+            t[7] = w(d + 1, true);
+            t[8] = ports;
+            36
+        };
+        match ct_lookup(ctx, &mut t, size, proto, &o) {
+            Ct::Translated => CT_FOUND,
+            Ct::Untranslated => CT_FOUND | CT_PLAIN,
+            Ct::Missing => CT_MISSING,
+        }
+    }
+
+    /// Looks the tuple `t` (`size` bytes of a `struct bpf_sock_tuple`) up in the node's
+    /// conntrack; when the node translated the entry, puts it into [`CT_EVENTS`].
+    #[inline(always)]
+    fn ct_lookup(ctx: &TcContext, t: &mut [u32; 9], size: u32, proto: u8, o: &CtOffsets) -> Ct {
+        let mut opts = CtOpts {
+            netns_id: CURRENT_NETNS,
+            error: 0,
+            l4proto: proto,
+            dir: 0,
+            zone_id: 0,
+            zone_dir: 0,
+            reserved: [0; 3],
+        };
+        // SAFETY: the placeholders the loader rewrites into calls of `bpf_skb_ct_lookup` and
+        // `bpf_ct_release` (see podflow_ebpf::KFUNC_SKB_CT_LOOKUP).
+        let (lookup, release) = unsafe {
+            let lookup: unsafe extern "C" fn(
+                *mut core::ffi::c_void,
+                *mut u32,
+                u32,
+                *mut CtOpts,
+                u32,
+            ) -> *const u8 = core::mem::transmute(podflow_ebpf::KFUNC_SKB_CT_LOOKUP as usize);
+            let release: unsafe extern "C" fn(*const u8) =
+                core::mem::transmute(podflow_ebpf::KFUNC_CT_RELEASE as usize);
+            (lookup, release)
+        };
+        // SAFETY: the context, and stack memory of the sizes given.
+        let ct = unsafe {
+            lookup(
+                ctx.skb.skb.cast(),
+                t.as_mut_ptr(),
+                size,
+                &mut opts,
+                size_of::<CtOpts>() as u32,
+            )
+        };
+        if ct.is_null() {
+            return Ct::Missing;
+        }
+        // SAFETY: loads of the referenced nf_conn at offsets from its BTF (checked by the
+        // verifier); the reference is released on every path.
+        let translated = unsafe {
+            let status = read_volatile(ct.add(o.status as usize).cast::<u64>());
+            if status & IPS_NAT != 0 {
+                if let Some(mut e) = CT_EVENTS.reserve::<CtEvent>(0) {
+                    let ev = e.as_mut_ptr();
+                    ct_tuple(ct.add(o.orig as usize), &mut (*ev).orig);
+                    ct_tuple(ct.add(o.reply as usize), &mut (*ev).reply);
+                    (*ev).status = status as u32;
+                    (*ev)._pad = 0;
+                    e.submit(0);
+                } else if let Some(lost) = CT_LOST.get_ptr_mut(0) {
+                    fetch_add(lost, 1);
+                }
+            }
+            release(ct);
+            status & IPS_NAT != 0
+        };
+        if translated {
+            Ct::Translated
+        } else {
+            Ct::Untranslated
+        }
+    }
+
+    /// Copies a `struct nf_conntrack_tuple` at `p` (see `podflow_ebpf::CtOffsets`).
+    ///
+    /// # Safety
+    /// `p` points into a referenced `nf_conn` at one of its tuples; `t` is writable.
+    #[inline(always)]
+    unsafe fn ct_tuple(p: *const u8, t: *mut CtTuple) {
+        // SAFETY: see the function's contract.
+        unsafe {
+            let (s, d) = ((*t).src.as_mut_ptr(), (*t).dst.as_mut_ptr());
+            let mut i = 0;
+            while i < 16 {
+                write_unaligned(
+                    s.add(i).cast::<u32>(),
+                    read_volatile(p.add(i).cast::<u32>()),
+                );
+                write_unaligned(
+                    d.add(i).cast::<u32>(),
+                    read_volatile(p.add(20 + i).cast::<u32>()),
+                );
+                i += 4;
+            }
+            (*t).src_port = read_volatile(p.add(16).cast::<u16>());
+            (*t).dst_port = read_volatile(p.add(36).cast::<u16>());
+            (*t).protocol = read_volatile(p.add(38));
+            // `src.l3num`: AF_INET (2) or AF_INET6.
+            (*t).family = if read_volatile(p.add(18).cast::<u16>()) == 2 {
+                FAMILY_IPV4
+            } else {
+                FAMILY_IPV6
+            };
+            (*t)._pad = 0;
+        }
     }
 
     /// A DNS message (to or from the configured port, over UDP or TCP) goes to the DNS ring, its
@@ -737,6 +961,7 @@ mod programs {
     /// slot's flow to the flow map and takes the slot.
     #[inline(always)]
     fn count_cached<K, const N: usize>(
+        ctx: &TcContext,
         cache: &PerCpuArray<CacheEntry<K>>,
         map: &HashMap<K, FlowValue>,
         spill: &HashMap<K, SpillValue>,
@@ -745,8 +970,6 @@ mod programs {
         parity: u32,
     ) -> KernelCounter {
         const _: () = assert!(CACHE_SLOTS.is_power_of_two());
-        // SAFETY: K is N words (asserted by the callers' types: FlowKeyV4 16 B, FlowKeyV6 40 B).
-        let kref = unsafe { &*(key as *const [u64; N] as *const K) };
         let mut h = 0u64;
         let mut i = 0;
         while i < N {
@@ -755,7 +978,7 @@ mod programs {
         }
         let slot = (h >> (64 - CACHE_SLOTS.trailing_zeros())) as u32;
         let Some(e) = cache.get_ptr_mut(parity * CACHE_SLOTS + slot) else {
-            return record(map, spill, kref, u);
+            return record(ctx, map, spill, key, u);
         };
         let ew = e.cast::<u64>();
         // SAFETY: this CPU's slot (per-CPU array value, 8-aligned, N + 2 words), valid for the
@@ -785,23 +1008,23 @@ mod programs {
                 piece.inc = c;
                 piece.last = u.last;
                 piece.tcp_flags |= u.tcp_flags;
-                return match record(map, spill, kref, &piece) {
+                return match record(ctx, map, spill, key, &piece) {
                     KernelCounter::Recorded => {
                         *v = 0;
                         KernelCounter::Recorded
                     }
                     // The slot keeps what it had; the packet alone is lost (map full).
-                    _ => record(map, spill, kref, u),
+                    _ => record(ctx, map, spill, key, u),
                 };
             }
             if counts != 0 {
                 // Another flow holds the slot: move it to the map first.
                 let piece = Update::of(&*value);
                 // SAFETY: the slot's key, N words like `key`.
-                let held = &*(e as *const K);
-                if record(map, spill, held, &piece) != KernelCounter::Recorded {
+                let held = &*(e as *const [u64; N]);
+                if record(ctx, map, spill, held, &piece) != KernelCounter::Recorded {
                     // The map is full: the held flow stays; this packet goes to the map alone.
-                    return record(map, spill, kref, u);
+                    return record(ctx, map, spill, key, u);
                 }
             }
             let mut i = 0;
@@ -923,12 +1146,15 @@ mod programs {
     /// Adds an update to the flow map (lookup, else insert). Out of line: the cache makes it the
     /// rare path, and the hot path stays compact (live runs pay for code that is not in cache).
     #[inline(never)]
-    fn record<K>(
+    fn record<K, const N: usize>(
+        ctx: &TcContext,
         map: &HashMap<K, FlowValue>,
         spill: &HashMap<K, SpillValue>,
-        key: &K,
+        words: &[u64; N],
         u: &Update,
     ) -> KernelCounter {
+        // SAFETY: K is N words (asserted by the callers' types: FlowKeyV4 16 B, FlowKeyV6 40 B).
+        let key = unsafe { &*(words as *const [u64; N] as *const K) };
         if let Some(v) = map.get_ptr_mut(key) {
             apply(spill, key, v, u);
             return KernelCounter::Recorded;
@@ -941,9 +1167,13 @@ mod programs {
         // ifindex bits 16..32 (little-endian words). What one update adds is far below the
         // spill thresholds (a packet: < 2^16 segments, < 2^32 bytes; a cached piece: below
         // CACHE_FLUSH_PACKETS/BYTES plus one packet).
+        // The flow's first entry this epoch: the node's translation of its connection, once
+        // per flow and drain (conntrack has seen the flow's first packet by now, unless this is
+        // it, counted at its pod's veth ingress; see `ct_bits`).
+        let ct = u64::from(ct_bits(ctx, words));
         unsafe {
             w.write(u.inc);
-            w.add(1).write(u.word1());
+            w.add(1).write(u.word1() | (ct << 40));
         }
         // SAFETY: fully initialized above.
         let fresh = unsafe { fresh.assume_init_ref() };

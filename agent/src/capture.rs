@@ -46,6 +46,7 @@ pub mod clock;
 mod drain;
 mod drops;
 mod interfaces;
+pub mod kfunc;
 mod load;
 mod netlink;
 pub mod object;
@@ -108,6 +109,9 @@ pub struct CaptureConfig {
     /// The BTF tracepoint programs (drops, smoothed RTT) may be attached: only then is the
     /// kernel's BTF read at load for their offsets.
     pub tracepoints: bool,
+    /// Link the conntrack kfuncs (where the kernel has them), so the programs look up the
+    /// node's translation of each new flow (see [`crate::conntrack`]).
+    pub conntrack: bool,
 }
 
 impl Default for CaptureConfig {
@@ -125,6 +129,7 @@ impl Default for CaptureConfig {
             dns_port: 53,
             handshakes: true,
             tracepoints: false,
+            conntrack: false,
         }
     }
 }
@@ -228,6 +233,9 @@ pub enum CaptureError {
         #[source]
         source: Box<aya::EbpfError>,
     },
+    /// The object could not be prepared for loading.
+    #[error("the ebpf object is malformed: {0}")]
+    Object(&'static str),
     /// A program the agent needs is not in the object.
     #[error("the ebpf object has no program {name}")]
     MissingProgram { name: &'static str },
@@ -333,6 +341,8 @@ pub struct Capture {
     drop_reasons: Option<Result<Vec<(u32, String)>, btf::BtfError>>,
     /// Whether the RTT program's offsets were read (taken by [`Capture::follow_rtt`]).
     rtt_offsets: Option<Result<(), btf::BtfError>>,
+    /// Whether the programs look conntrack up (the kfuncs linked), or why not.
+    kernel_conntrack: Result<(), String>,
 }
 
 impl std::fmt::Debug for Capture {
@@ -361,6 +371,31 @@ impl Capture {
     /// drains), as the kernel created it.
     pub fn flow_map_capacity(&self) -> u32 {
         self.drainer.capacity()
+    }
+
+    /// Switches the programs' conntrack lookups on or off (see `podflow_ebpf::CT_SWITCH`); a
+    /// no-op when they were not linked.
+    pub fn set_conntrack_lookups(&mut self, on: bool) -> Result<(), CaptureError> {
+        if self.kernel_conntrack.is_err() {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut(podflow_ebpf::CT_SWITCH)
+            .ok_or(CaptureError::MissingMap {
+                name: podflow_ebpf::CT_SWITCH,
+            })?;
+        let mut switch: aya::maps::Array<&mut aya::maps::MapData, u32> =
+            aya::maps::Array::try_from(map).map_err(|source| CaptureError::OpenMap {
+                name: podflow_ebpf::CT_SWITCH,
+                source,
+            })?;
+        switch
+            .set(0, u32::from(on), 0)
+            .map_err(|source| CaptureError::Map {
+                op: "switch the conntrack lookups",
+                source,
+            })
     }
 
     /// The interfaces attached right now, by ifindex.

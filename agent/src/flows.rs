@@ -276,6 +276,53 @@ impl FlowTable {
         ep.last_seen_ns = ep.last_seen_ns.max(seen_ns);
     }
 
+    /// The flows of `entries` the programs did not find in conntrack — flows the per-CPU cache
+    /// held for the whole drain (never looked up), a flow whose only packet was met before
+    /// conntrack saw it — that `nat` does not translate and that are not between two pods of
+    /// this node (which the node does not translate: no ctnetlink round trip per local flow).
+    /// Their tuples as conntrack knows them (the reverse of a flow counted after conntrack, at
+    /// an egress; observation point and flags cleared), TCP and UDP only, go to `out`.
+    pub fn unfound(
+        &self,
+        entries: &[crate::capture::FlowEntry],
+        nat: &dyn Translate,
+        out: &mut Vec<podflow_ebpf::FlowKey>,
+    ) {
+        out.clear();
+        for e in entries {
+            let k = &e.key;
+            if e.stats.ct & podflow_ebpf::CT_FOUND == 0
+                && matches!(
+                    k.protocol,
+                    podflow_ebpf::IPPROTO_TCP | podflow_ebpf::IPPROTO_UDP
+                )
+                && !(self.local.contains_key(&addr_key(&k.src_addr))
+                    && self.local.contains_key(&addr_key(&k.dst_addr)))
+                && nat.translate(k).is_none()
+            {
+                let k = podflow_ebpf::FlowKey {
+                    obs: 0,
+                    key_flags: 0,
+                    ..*k
+                };
+                let egress = matches!(
+                    ObsPoint::from_u8(e.key.obs),
+                    Some(ObsPoint::VethEgress | ObsPoint::L3Egress)
+                );
+                out.push(if egress {
+                    crate::conntrack::reversed(&k)
+                } else {
+                    k
+                });
+            }
+        }
+        out.sort_unstable_by(|a, b| {
+            (a.src_addr, a.dst_addr, a.src_port, a.dst_port, a.protocol)
+                .cmp(&(b.src_addr, b.dst_addr, b.src_port, b.dst_port, b.protocol))
+        });
+        out.dedup();
+    }
+
     /// Step 1 of ingesting a drain: learns the local pods, groups the observations of each flow,
     /// updates the tracking state and decides which flows get a record. Returns the number of
     /// records the drain makes, to be produced with [`FlowTable::records`] from the same
@@ -473,7 +520,8 @@ impl FlowTable {
                     last_ns: counted.last_ns(),
                     ifindex: counted.ifindex(),
                     tcp_flags: counted.tcp_flags(),
-                    _pad: [0; 3],
+                    ct: counted.ct(),
+                    _pad: [0; 2],
                 },
             };
             let mut extra = Vec::new();
@@ -492,6 +540,7 @@ impl FlowTable {
                     m.first_ns = m.first_ns.min(o.first_ns());
                     m.last_ns = m.last_ns.max(o.last_ns());
                     m.tcp_flags |= o.tcp_flags();
+                    m.ct |= o.ct();
                 }
             }
             out.push(record(
@@ -597,8 +646,13 @@ fn record<O: Observed>(
             interfaces.push(n.name.clone());
         }
     }
-    // The real ends of a flow the node translated (a Service's backend, a masqueraded client).
-    let translated = nat.translate(counted.key());
+    // The real ends of a flow the node translated (a Service's backend, a masqueraded client);
+    // not looked for when the programs found its connection untranslated.
+    let translated = if counted.ct() & podflow_ebpf::CT_PLAIN != 0 {
+        None
+    } else {
+        nat.translate(counted.key())
+    };
     let key = translated.as_ref().map_or(counted.key(), |t| &t.key);
     // Counted where it entered from a pod: a packet to a pod of this node also left through that
     // pod's veth, whose egress program (seeing it counted upstream) did not count it again.

@@ -149,6 +149,23 @@ impl Bed {
         Ok(())
     }
 
+    /// Makes the node's conntrack track every forwarded packet (a kube-proxy node's state: one
+    /// stateful iptables rule, as `kube-proxy` and most CNIs install), until the guard drops.
+    pub fn track_connections(&self) -> anyhow::Result<ConntrackOn<'_>> {
+        let rule = [
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
+        ];
+        podflow_testbed::run_checked(self.node.ns.command("iptables").arg("-A").args(rule))
+            .context("iptables -A FORWARD (conntrack)")?;
+        Ok(ConntrackOn { bed: self, rule })
+    }
+
     /// The node namespace: the agent runs and the programs attach there.
     pub fn node_ns(&self) -> &Netns {
         &self.node.ns
@@ -156,5 +173,25 @@ impl Bed {
 
     fn src(&self) -> anyhow::Result<&Netns> {
         Ok(&self.node.pod("src")?.ns)
+    }
+}
+
+/// See [`Bed::track_connections`]: removes the rule on drop.
+pub struct ConntrackOn<'a> {
+    bed: &'a Bed,
+    rule: [&'static str; 7],
+}
+
+impl Drop for ConntrackOn<'_> {
+    fn drop(&mut self) {
+        let _ = podflow_testbed::run_checked(
+            self.bed
+                .node
+                .ns
+                .command("iptables")
+                .arg("-D")
+                .args(self.rule),
+        );
+        let _ = self.bed.flush_conntrack();
     }
 }

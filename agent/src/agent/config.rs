@@ -137,8 +137,9 @@ pub struct AgentArgs {
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<std::path::PathBuf>,
     /// Read the node's address translations (kube-proxy's Service DNAT, masquerade) from
-    /// conntrack, so records name the backend behind a Service: `auto` uses ctnetlink where it
-    /// works, `on` refuses to start without it.
+    /// conntrack, so records name the backend behind a Service: `auto` has the programs look
+    /// each new flow up (conntrack kfuncs) where the kernel lets them, else follows ctnetlink
+    /// events; `on` refuses to start without either; `netlink` only follows ctnetlink events.
     #[arg(long, value_enum, default_value_t = ConntrackMode::Auto)]
     pub conntrack: ConntrackMode,
     /// Translated connections kept at most (~250 B each); beyond, new ones go untranslated and
@@ -208,6 +209,7 @@ impl AgentConfig {
         capture.dns_port = args.dns_port;
         capture.handshakes = !args.no_tcp_handshakes;
         capture.tracepoints = args.drops || args.tcp_rtt;
+        capture.conntrack = args.conntrack.kernel_lookups();
         capture.pin_dir = args.pin_dir.clone();
         let metadata = metadata_source(&args).map(|source| {
             Ok::<_, AgentError>((
@@ -259,6 +261,12 @@ impl AgentConfig {
                 // A destroyed entry's last packets are in the next drain at the latest.
                 grace_ns: u64::try_from(
                     (2 * args.flush_interval + Duration::from_secs(10)).as_nanos(),
+                )
+                .unwrap_or(u64::MAX),
+                // Found again by each drain with packets of the connection: kept for the drain
+                // after the last (its records and the DNS and handshake trackers use it there).
+                found_grace_ns: u64::try_from(
+                    (2 * args.flush_interval + Duration::from_secs(1)).as_nanos(),
                 )
                 .unwrap_or(u64::MAX),
             },

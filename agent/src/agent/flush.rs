@@ -7,7 +7,7 @@ use super::status::{Tallies, gap_events, loss_events};
 use crate::{
     api::Hub,
     capture::{Capture, FlowEntry, IfaceKind},
-    conntrack::Conntrack,
+    conntrack::{Conntrack, ConntrackSource},
     dns::DnsSource,
     drops::{DropSource, RttSource},
     export::ExporterHandle,
@@ -72,6 +72,18 @@ pub(super) fn flush_once(
     // The events of every connection the drain holds packets of are queued by now (see
     // `conntrack`): apply them before the records are made.
     let _ = conntrack.catch_up();
+    // (Checked here too: flows of the first second of a node's first connections were counted
+    // before the programs' lookups were switched on; they are asked for.)
+    if conntrack.stats().source == ConntrackSource::Kernel {
+        conntrack.check_tracking();
+    }
+    if conntrack.asks() {
+        let mut unfound = Vec::new();
+        table.unfound(entries, conntrack.translations(), &mut unfound);
+        if !unfound.is_empty() {
+            tokio::task::block_in_place(|| conntrack.ask(&unfound));
+        }
+    }
     let clock = Clock::now();
     // Likewise the DNS messages of the drain's packets are in the ring: named by the real ends
     // (the translations just applied) before the records that carry them are made.

@@ -13,7 +13,7 @@ use super::{
 use crate::{
     api::{self, Hub},
     capture::{Capture, InterfaceChange, LinkWatcher},
-    conntrack::{Conntrack, pace::EventPacer},
+    conntrack::{Conntrack, ConntrackSource, LookupSwitch, pace::EventPacer},
     dns::{DnsConfig, DnsSource, DnsTracker},
     drops::{DropSource, RttSource},
     flows::FlowTable,
@@ -47,7 +47,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut links = LinkWatcher::new()?;
     capture.sync_interfaces()?;
     let mut table = FlowTable::new(cfg.table.clone());
-    let mut conntrack = tokio::task::block_in_place(|| Conntrack::start(cfg.conntrack))
+    let found = capture.conntrack_events();
+    let mut conntrack = tokio::task::block_in_place(|| Conntrack::start(cfg.conntrack, found))
         .map_err(|source| AgentError::Conntrack { source })?;
     let drops = if cfg.drops {
         match capture.follow_drops() {
@@ -139,6 +140,15 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
     let mut resync = tokio::time::interval(cfg.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    // Whether conntrack tracks anything in the node's namespace, every second: the programs
+    // look it up only then (see `LookupSwitch`).
+    let mut ct_check = tokio::time::interval(Duration::from_secs(1));
+    ct_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lookups = LookupSwitch::default();
+    let kernel_ct = conntrack.stats().source == ConntrackSource::Kernel;
+    if kernel_ct {
+        switch_lookups(&mut capture, &mut conntrack, &mut lookups);
+    }
 
     let mut tallies = Tallies::default();
     if let Some(reported) = capture.reported_before() {
@@ -176,6 +186,8 @@ pub(super) async fn run(cfg: AgentConfig) -> Result<(), AgentError> {
             // Events are read in batches: often enough that the socket's buffer never fills,
             // seldom enough that a burst of connections costs a few wake-ups, not one each.
             woke = conntrack_pace.wait() => conntrack_pace.read(&mut conntrack, woke),
+            () = conntrack.wait_found() => { conntrack.catch_up(); }
+            _ = ct_check.tick(), if kernel_ct => switch_lookups(&mut capture, &mut conntrack, &mut lookups),
             // DNS messages likewise: read in batches while they come, never while quiet.
             () = extras.dns.wait() => extras.dns.read(),
             () = extras.handshakes.wait() => extras.handshakes.read(),
@@ -324,4 +336,19 @@ async fn serve_health(
         .serve_with_shutdown(addr, shutdown)
         .await
         .map_err(|source| AgentError::Health { addr, source })
+}
+
+/// Checks whether conntrack tracks connections in the node's namespace and switches the
+/// programs' lookups accordingly (see [`LookupSwitch`]).
+fn switch_lookups(capture: &mut Capture, conntrack: &mut Conntrack, lookups: &mut LookupSwitch) {
+    let Some(on) = lookups.next(conntrack.check_tracking()) else {
+        return;
+    };
+    match capture.set_conntrack_lookups(on) {
+        Ok(()) => info!(on, "conntrack: the programs' lookups switched"),
+        Err(e) => {
+            lookups.failed();
+            warn!(error = %error_chain(&e), "conntrack: switching the programs' lookups failed");
+        }
+    }
 }

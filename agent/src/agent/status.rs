@@ -54,11 +54,13 @@ impl Tallies {
 
     /// Counters of Service attribution, cumulative: (name, value, unit). Those that say where
     /// a flow could not be attributed are the `attribution_gaps` of the metrics.
-    pub(super) fn attribution(&self) -> [(&'static str, u64, &'static str); 8] {
+    pub(super) fn attribution(&self) -> [(&'static str, u64, &'static str); 10] {
         let c = &self.conntrack;
         [
             ("translated_records", self.translated_records, "records"),
             ("conntrack_translations", c.table.added, "connections"),
+            ("conntrack_found", c.found, "entries"),
+            ("conntrack_asked", c.asked, "connections"),
             ("conntrack_entries", c.table.entries, "connections"),
             ("conntrack_table_full", c.table.table_full, "connections"),
             ("conntrack_events_dropped", c.overflows, "times"),

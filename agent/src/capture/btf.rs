@@ -8,7 +8,7 @@
 //!
 //! Only the parts of the format (`Documentation/bpf/btf.rst`) needed to walk the type section
 //! and read struct members: every kind's size is known so that the walk stays aligned.
-use podflow_ebpf::{DropOffsets, RttOffsets};
+use podflow_ebpf::{CtOffsets, DropOffsets, RttOffsets};
 
 /// Errors of reading BTF.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,7 @@ const KIND_ARRAY: u32 = 3;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC: u32 = 12;
 const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
@@ -256,6 +257,50 @@ impl Btf {
         })
     }
 
+    /// Where the programs read a `struct nf_conn` (see `podflow_ebpf::CtOffsets`), the
+    /// tuple layout the programs assume checked member by member.
+    pub fn ct_offsets(&self) -> Result<CtOffsets, BtfError> {
+        let (tuplehash, ty) = self.offset_of("nf_conn", &["tuplehash"])?;
+        let (tuple, _) = self.offset_of("nf_conntrack_tuple_hash", &["tuple"])?;
+        let entry = self
+            .size_of(ty)
+            .map(|n| n / 2)
+            .ok_or_else(|| BtfError::Layout("nf_conn.tuplehash has no size".into()))?;
+        let layout = [
+            (&["src", "u3"][..], 0, 16),
+            (&["src", "u", "all"][..], 16, 2),
+            (&["src", "l3num"][..], 18, 2),
+            (&["dst", "u3"][..], 20, 16),
+            (&["dst", "u", "all"][..], 36, 2),
+            (&["dst", "protonum"][..], 38, 1),
+        ];
+        for (path, at, size) in layout {
+            if self.field("nf_conntrack_tuple", path, size)? != at {
+                return Err(BtfError::Layout(format!(
+                    "nf_conntrack_tuple.{} is not at {at}",
+                    path.join(".")
+                )));
+            }
+        }
+        let at =
+            |n: usize| u32::try_from(n).map_err(|_| BtfError::Layout("offset too large".into()));
+        Ok(CtOffsets {
+            orig: at(tuplehash + tuple)?,
+            reply: at(tuplehash + entry + tuple)?,
+            status: self.field("nf_conn", &["status"], 8)?,
+            _pad: 0,
+        })
+    }
+
+    /// The type id of the kernel function `name` (a `FUNC`: what a kfunc call names).
+    pub fn func_id(&self, name: &str) -> Result<u32, BtfError> {
+        self.types
+            .iter()
+            .position(|t| t.kind == KIND_FUNC && self.name(t.name_off) == name.as_bytes())
+            .map(|i| i as u32 + 1)
+            .ok_or_else(|| BtfError::Missing(format!("function {name}")))
+    }
+
     /// The values and names of the enum `name` (`ENUM` or `ENUM64`, values that fit 32 bits).
     pub fn enum_values(&self, name: &str) -> Result<Vec<(u32, String)>, BtfError> {
         let t = self
@@ -291,6 +336,18 @@ mod tests {
         let rtt = btf.rtt_offsets().unwrap_or_else(|e| panic!("{e}"));
         // struct sock starts with struct sock_common; tcp_sock embeds struct sock first.
         assert!(rtt.srtt_us > rtt.skc_v6_rcv_saddr && rtt.skc_num == rtt.skc_dport + 2);
+        // The conntrack kfuncs and where nf_conn keeps its tuples: the reply tuple one
+        // `nf_conntrack_tuple_hash` (56 bytes) after the original, both before the status.
+        let ct = btf.ct_offsets().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ct.reply - ct.orig, 56);
+        assert!(ct.status >= ct.reply + 40);
+        for f in ["bpf_skb_ct_lookup", "bpf_ct_release"] {
+            assert!(btf.func_id(f).is_ok_and(|id| id > 0), "{f}");
+        }
+        assert!(matches!(
+            btf.func_id("no_such_kfunc"),
+            Err(BtfError::Missing(_))
+        ));
         let reasons = btf
             .enum_values("skb_drop_reason")
             .unwrap_or_else(|e| panic!("{e}"));

@@ -149,7 +149,8 @@ impl JiffyClock {
             last_ns: self.mono_ns(last),
             ifindex: v.ifindex(tail),
             tcp_flags: v.tcp_flags,
-            _pad: [0; 3],
+            ct: v.ct & (podflow_ebpf::CT_MISSING | podflow_ebpf::CT_PLAIN | podflow_ebpf::CT_FOUND),
+            _pad: [0; 2],
         }
     }
 }
@@ -284,7 +285,7 @@ mod tests {
             first_jiffies: first as u16,
             last_jiffies: last as u16,
             tcp_flags,
-            _pad: 0,
+            ct: 0,
             ifindex_hi,
         }
     }

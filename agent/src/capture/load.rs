@@ -5,9 +5,9 @@ use aya::{
     programs::SchedClassifier,
 };
 use podflow_ebpf::{
-    CONFIG, Config, DNS_PORT, DROP_OFFSETS, FLOWS_V4, FLOWS_V6, PROG_CLOCK, PROG_L3_EGRESS,
-    PROG_L3_INGRESS, PROG_VETH_EGRESS, PROG_VETH_INGRESS, RTT_OFFSETS, STATE, TCP_HANDSHAKES,
-    VETHS,
+    CONFIG, CT_OFFSETS, Config, CtOffsets, DNS_PORT, DROP_OFFSETS, FLOWS_V4, FLOWS_V6,
+    KFUNC_CT_RELEASE, KFUNC_SKB_CT_LOOKUP, PROG_CLOCK, PROG_L3_EGRESS, PROG_L3_INGRESS,
+    PROG_VETH_EGRESS, PROG_VETH_INGRESS, RTT_OFFSETS, STATE, TCP_HANDSHAKES, VETHS,
 };
 
 use super::{
@@ -15,6 +15,7 @@ use super::{
     btf::{Btf, BtfError},
     drain::Drainer,
     interfaces::Interfaces,
+    kfunc,
     persist::{self, PINNED_MAPS, State},
 };
 
@@ -46,15 +47,34 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
             loader.map_pin_path(name, pins.map_path(name));
         }
     }
-    // The tracepoint programs' offsets, read from the kernel's BTF only when one of them may be
-    // attached (a 6 MB file to parse: not at every start); without them they stay off.
-    let btf = if cfg.tracepoints {
+    // The tracepoint programs' and the conntrack lookups' offsets, read from the kernel's BTF
+    // only when one of them may be used (a 6 MB file to parse: not at every start); without
+    // them they stay off.
+    let btf = if cfg.tracepoints || cfg.conntrack {
         Btf::from_sys_fs()
     } else {
         Err(BtfError::Malformed(
             "no tracepoint program was asked for (--drops, --tcp-rtt)",
         ))
     };
+    let (kfuncs, ct_offsets) = if cfg.conntrack {
+        conntrack_kfuncs(&btf)
+    } else {
+        (Err("conntrack is off".to_owned()), CtOffsets::default())
+    };
+    let table = match &kfuncs {
+        Ok((lookup, release)) => [
+            (KFUNC_SKB_CT_LOOKUP, kfunc::Target::Kfunc(*lookup)),
+            (KFUNC_CT_RELEASE, kfunc::Target::Kfunc(*release)),
+        ],
+        Err(_) => [
+            (KFUNC_SKB_CT_LOOKUP, kfunc::Target::Null),
+            (KFUNC_CT_RELEASE, kfunc::Target::Null),
+        ],
+    };
+    let patched =
+        kfunc::patch(obj, &table).ok_or(CaptureError::Object("not a little-endian ELF64 file"))?;
+    loader.override_global(CT_OFFSETS, &ct_offsets, true);
     let drop_offsets = btf
         .as_ref()
         .map_err(|e| e.to_string())
@@ -78,9 +98,11 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
     loader
         .override_global(DNS_PORT, &dns_port, true)
         .override_global(TCP_HANDSHAKES, &handshakes, true);
-    let mut ebpf = loader.load(obj).map_err(|e| CaptureError::Load {
-        source: Box::new(e),
-    })?;
+    let mut ebpf = loader
+        .load(patched.bytes())
+        .map_err(|e| CaptureError::Load {
+            source: Box::new(e),
+        })?;
 
     // aya-log: only if the object logs at all.
     let logger = if ebpf.map("AYA_LOGS").is_some() {
@@ -162,7 +184,28 @@ pub(super) fn load(obj: &[u8], cfg: CaptureConfig) -> Result<Capture, CaptureErr
         handshakes: handshakes != 0,
         drop_reasons: Some(drop_reasons),
         rtt_offsets: Some(rtt_offsets.map(|_| ())),
+        kernel_conntrack: kfuncs.map(|_| ()),
     })
+}
+
+/// The BTF ids of `bpf_skb_ct_lookup` and `bpf_ct_release` and where `struct nf_conn` keeps
+/// its tuples and status; the reason when the kernel cannot give them (no BTF, conntrack not
+/// built in or not loaded, a kernel before 6.0).
+fn conntrack_kfuncs(btf: &Result<Btf, BtfError>) -> (Result<(u32, u32), String>, CtOffsets) {
+    let found = btf.as_ref().map_err(|e| e.to_string()).and_then(|b| {
+        let ids = (|| {
+            Ok::<_, BtfError>((
+                b.func_id("bpf_skb_ct_lookup")?,
+                b.func_id("bpf_ct_release")?,
+            ))
+        })();
+        ids.and_then(|ids| Ok((ids, b.ct_offsets()?)))
+            .map_err(|e| e.to_string())
+    });
+    match found {
+        Ok((ids, offsets)) => (Ok(ids), offsets),
+        Err(e) => (Err(e), CtOffsets::default()),
+    }
 }
 
 /// Takes the map `name` out of the object as a `T` (a typed aya map).

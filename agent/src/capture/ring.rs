@@ -9,7 +9,9 @@ use std::{
 };
 
 use aya::maps::{Array, MapData, RingBuf};
-use podflow_ebpf::{DNS_EVENTS, DNS_LOST, DnsEvent, TCP_EVENTS, TCP_LOST, TcpEvent};
+use podflow_ebpf::{
+    CT_EVENTS, CT_LOST, CtEvent, DNS_EVENTS, DNS_LOST, DnsEvent, TCP_EVENTS, TCP_LOST, TcpEvent,
+};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     time::{Instant, sleep_until},
@@ -45,6 +47,7 @@ impl<T> std::fmt::Debug for EventRing<T> {
 pub trait RingEvent: Copy {}
 impl RingEvent for DnsEvent {}
 impl RingEvent for TcpEvent {}
+impl RingEvent for CtEvent {}
 
 impl Capture {
     /// The DNS ring, or `None` when the programs do not copy DNS (`dns_port` 0) or it was taken
@@ -62,6 +65,17 @@ impl Capture {
             return Ok(None);
         }
         self.ring(TCP_EVENTS, TCP_LOST)
+    }
+
+    /// The ring of translated conntrack entries the programs found, or why there is none (the
+    /// kernel has no conntrack kfuncs, conntrack is off, or it was taken already).
+    pub fn conntrack_events(&mut self) -> Result<EventRing<CtEvent>, String> {
+        self.kernel_conntrack.clone()?;
+        match self.ring(CT_EVENTS, CT_LOST) {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err("the conntrack ring was taken already".into()),
+            Err(e) => Err(crate::report::error_chain(&e)),
+        }
     }
 
     fn ring<T>(

@@ -95,7 +95,12 @@ pub enum Message {
 
 /// Splits a datagram into messages. A truncated or malformed message ends the datagram (its
 /// length cannot be trusted) as a [`Message::Skipped`].
-pub fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message> + '_ {
+pub fn messages(buf: &[u8]) -> impl Iterator<Item = Message> + '_ {
+    answers(buf).map(|(_, m)| m)
+}
+
+/// [`messages`] with each message's sequence number (0 for a malformed one).
+pub fn answers(mut buf: &[u8]) -> impl Iterator<Item = (u32, Message)> + '_ {
     std::iter::from_fn(move || {
         if buf.len() < NLMSG_HDR {
             return None;
@@ -103,12 +108,12 @@ pub fn messages(mut buf: &[u8]) -> impl Iterator<Item = Message> + '_ {
         let len = u32_ne(buf, 0) as usize;
         if len < NLMSG_HDR || len > buf.len() {
             buf = &[];
-            return Some(Message::Skipped("bad netlink message length"));
+            return Some((0, Message::Skipped("bad netlink message length")));
         }
         let msg = &buf[..len];
         // Messages are 4-byte aligned within a datagram.
         buf = buf.get(align4(len)..).unwrap_or(&[]);
-        Some(parse(msg))
+        Some((u32_ne(msg, 8), parse(msg)))
     })
 }
 
@@ -247,6 +252,66 @@ pub fn dump_request(seq: u32) -> [u8; 20] {
     m
 }
 
+/// An attribute: length, type, payload, padded to 4 bytes.
+fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(align4(4 + payload.len()));
+    v.extend_from_slice(&u16::try_from(4 + payload.len()).unwrap_or(0).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(payload);
+    v.resize(align4(v.len()), 0);
+    v
+}
+
+/// A nested attribute (`NLA_F_NESTED`).
+fn nested(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
+    attr(ty | 0x8000, &parts.concat())
+}
+
+/// Appends to `out` a request for the entry whose original tuple is `key` (`IPCTNL_MSG_CT_GET`
+/// without `NLM_F_DUMP`: the kernel answers with the entry, or an error such as `ENOENT`). TCP,
+/// UDP and the like: ports in `key`'s ports.
+pub fn get_request(out: &mut Vec<u8>, seq: u32, key: &FlowKey) {
+    let ip = if key.family == FAMILY_IPV4 {
+        nested(
+            CTA_TUPLE_IP,
+            &[
+                attr(CTA_IP_V4_SRC, &key.src_addr[12..]),
+                attr(CTA_IP_V4_DST, &key.dst_addr[12..]),
+            ],
+        )
+    } else {
+        nested(
+            CTA_TUPLE_IP,
+            &[
+                attr(CTA_IP_V6_SRC, &key.src_addr),
+                attr(CTA_IP_V6_DST, &key.dst_addr),
+            ],
+        )
+    };
+    let proto = nested(
+        CTA_TUPLE_PROTO,
+        &[
+            attr(CTA_PROTO_NUM, &[key.protocol]),
+            attr(CTA_PROTO_SRC_PORT, &key.src_port.to_be_bytes()),
+            attr(CTA_PROTO_DST_PORT, &key.dst_port.to_be_bytes()),
+        ],
+    );
+    let body = nested(CTA_TUPLE_ORIG, &[ip, proto]);
+    let len = u32::try_from(ATTRS_AT + body.len()).unwrap_or(0);
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET).to_ne_bytes());
+    out.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    let family = if key.family == FAMILY_IPV4 {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    out.extend_from_slice(&[family as u8, 0, 0, 0]);
+    out.extend_from_slice(&body);
+}
+
 /// The reverse of a flow key: the packets of the other direction, as they would be keyed (ICMP:
 /// the reply's type for the request's, and back).
 pub fn reversed(k: &FlowKey) -> FlowKey {
@@ -313,21 +378,6 @@ pub(crate) mod tests {
     use podflow_ebpf::{IPPROTO_TCP, IPPROTO_UDP};
 
     use super::*;
-
-    fn attr(ty: u16, payload: &[u8]) -> Vec<u8> {
-        let mut v = Vec::new();
-        v.extend_from_slice(&u16::try_from(4 + payload.len()).unwrap_or(0).to_ne_bytes());
-        v.extend_from_slice(&ty.to_ne_bytes());
-        v.extend_from_slice(payload);
-        while v.len() % 4 != 0 {
-            v.push(0);
-        }
-        v
-    }
-
-    fn nested(ty: u16, parts: &[Vec<u8>]) -> Vec<u8> {
-        attr(ty | 0x8000, &parts.concat())
-    }
 
     /// A ctnetlink message as the kernel builds one: IPv4 tuples `orig` and `reply` as
     /// `(src, dst, sport, dport)`.
@@ -466,6 +516,47 @@ pub(crate) mod tests {
         assert_eq!((reversed(&echo).src_port, reversed(&echo).dst_port), (0, 0));
         assert_eq!(icmp_reply_type(IPPROTO_ICMPV6, 129), 128);
         assert_eq!(icmp_reply_type(IPPROTO_ICMP, 3), 3);
+    }
+
+    #[test]
+    fn a_get_request_names_the_original_tuple() {
+        let mut out = vec![0xee; 3]; // appended to what is there
+        let k = FlowKey {
+            src_addr: podflow_ebpf::ipv4_mapped(C),
+            dst_addr: podflow_ebpf::ipv4_mapped(VIP),
+            src_port: 40000,
+            dst_port: 80,
+            protocol: IPPROTO_UDP,
+            family: FAMILY_IPV4,
+            ..FlowKey::default()
+        };
+        get_request(&mut out, 77, &k);
+        let m = &out[3..];
+        assert_eq!(u32_ne(m, 0) as usize, m.len());
+        assert_eq!(u16_ne(m, 4), 0x101, "IPCTNL_MSG_CT_GET");
+        assert_eq!(u16_ne(m, 6), 1, "a request, not a dump");
+        assert_eq!(u32_ne(m, 8), 77);
+        assert_eq!(m[16], 2, "AF_INET");
+        // The kernel's answer has the same layout as an event: read the tuple back with the
+        // event parser.
+        let mut key = FlowKey::default();
+        let (ty, nest) = attrs(&m[ATTRS_AT..]).next().unwrap_or((0, &[]));
+        assert_eq!(ty, CTA_TUPLE_ORIG);
+        assert!(tuple(nest, FAMILY_IPV4, &mut key));
+        assert_eq!(key, k);
+        let six = FlowKey {
+            src_addr: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            dst_addr: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3],
+            family: FAMILY_IPV6,
+            protocol: IPPROTO_TCP,
+            ..k
+        };
+        out.clear();
+        get_request(&mut out, 1, &six);
+        assert_eq!(out[16], 10, "AF_INET6");
+        let (_, nest) = attrs(&out[ATTRS_AT..]).next().unwrap_or((0, &[]));
+        assert!(tuple(nest, FAMILY_IPV6, &mut key));
+        assert_eq!(key, six);
     }
 
     #[test]

@@ -117,9 +117,78 @@ impl EventPacer {
     }
 }
 
+/// Checks in a row that must find conntrack idle before the programs' lookups are switched off.
+const IDLE_CHECKS: u32 = 10;
+
+/// When the programs look conntrack up: while conntrack tracks connections in the node's
+/// namespace (at once when a check finds it tracking), and until it has tracked nothing for
+/// [`IDLE_CHECKS`] checks in a row. A node without conntrack never looks it up. Flows counted
+/// while the lookups were off (the first second of traffic on a node that had none) are asked
+/// for over ctnetlink ([`super::Conntrack::asks`]).
+#[derive(Debug, Default)]
+pub struct LookupSwitch {
+    /// What the programs were told (`None`: nothing yet).
+    told: Option<bool>,
+    idle: u32,
+}
+
+impl LookupSwitch {
+    /// What to tell the programs after a check that found conntrack `tracking`, if anything.
+    pub fn next(&mut self, tracking: bool) -> Option<bool> {
+        self.idle = if tracking {
+            0
+        } else {
+            self.idle.saturating_add(1)
+        };
+        let want = tracking || (self.told == Some(true) && self.idle < IDLE_CHECKS);
+        (self.told != Some(want)).then(|| {
+            self.told = Some(want);
+            want
+        })
+    }
+
+    /// The last change could not be told: try again at the next check.
+    pub fn failed(&mut self) {
+        self.told = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_follow_conntrack_and_go_off_after_ten_idle_checks() {
+        let mut s = LookupSwitch::default();
+        assert_eq!(s.next(false), Some(false), "told once at the start: off");
+        assert_eq!(s.next(false), None);
+        assert_eq!(
+            s.next(true),
+            Some(true),
+            "on at the first check that finds it tracking"
+        );
+        for _ in 0..IDLE_CHECKS - 1 {
+            assert_eq!(s.next(false), None);
+        }
+        assert_eq!(
+            s.next(true),
+            None,
+            "tracking again before the tenth: stays on"
+        );
+        for _ in 0..IDLE_CHECKS - 1 {
+            assert_eq!(s.next(false), None);
+        }
+        assert_eq!(s.next(false), Some(false), "the tenth idle check in a row");
+        assert_eq!(s.next(false), None);
+        let mut t = LookupSwitch::default();
+        assert_eq!(
+            t.next(true),
+            Some(true),
+            "on from the start on a node with conntrack"
+        );
+        t.failed();
+        assert_eq!(t.next(true), Some(true), "told again after a failure");
+    }
 
     #[test]
     fn events_move_to_the_timer_and_a_quiet_read_back_to_the_socket() {

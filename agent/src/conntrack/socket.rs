@@ -1,5 +1,6 @@
 //! The ctnetlink sockets: one subscribed to translated entries' `NEW` and `DESTROY` events, read
-//! without blocking; one for dumps, opened when a dump is needed.
+//! without blocking; one for dumps, opened when a dump is needed; one for asking for single
+//! entries ([`ConntrackQuery`]).
 use std::{
     io,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
@@ -12,8 +13,8 @@ use tokio::io::{Interest, unix::AsyncFd};
 use super::{
     ConntrackError, NatTable,
     message::{
-        Message, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW, dump_request,
-        messages,
+        Conn, Message, NETLINK_NETFILTER, NFNLGRP_CONNTRACK_DESTROY, NFNLGRP_CONNTRACK_NEW,
+        answers, dump_request, get_request, messages,
     },
     sys,
 };
@@ -172,5 +173,77 @@ impl ConntrackWatcher {
                 }
             }
         }
+    }
+}
+
+/// Requests sent in one datagram, and answers awaited before the next.
+const QUERY_BATCH: usize = 64;
+/// An answer that takes longer than this ends the query (counted as an error).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Asks the kernel for single entries by their original tuple (`IPCTNL_MSG_CT_GET`).
+#[derive(Debug)]
+pub struct ConntrackQuery {
+    sock: Socket,
+    seq: u32,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl ConntrackQuery {
+    /// Opens the socket in the calling thread's network namespace.
+    pub fn open() -> Result<ConntrackQuery, ConntrackError> {
+        let unavailable = |op| move |source| ConntrackError::Unavailable { op, source };
+        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(unavailable("socket"))?;
+        sock.bind_auto().map_err(unavailable("bind"))?;
+        sys::recv_timeout(sock.as_raw_fd(), QUERY_TIMEOUT)
+            .map_err(unavailable("set a receive timeout"))?;
+        Ok(ConntrackQuery {
+            sock,
+            seq: 0,
+            out: Vec::with_capacity(QUERY_BATCH * 96),
+            buf: Vec::with_capacity(RECV_BUF),
+        })
+    }
+
+    /// Asks for the entry of each of `keys` (original tuples, TCP or UDP) and calls `found`
+    /// with each the kernel has. Returns how many it had.
+    pub fn ask(
+        &mut self,
+        keys: &[podflow_ebpf::FlowKey],
+        mut found: impl FnMut(&Conn),
+    ) -> Result<u64, ConntrackError> {
+        let read = |op| move |source| ConntrackError::Read { op, source };
+        let mut had = 0;
+        for batch in keys.chunks(QUERY_BATCH) {
+            self.out.clear();
+            let first = self.seq.wrapping_add(1);
+            for k in batch {
+                self.seq = self.seq.wrapping_add(1);
+                get_request(&mut self.out, self.seq, k);
+            }
+            self.sock
+                .send(&self.out, 0)
+                .map_err(read("ask for conntrack entries"))?;
+            // One answer per request: the entry, or an error (ENOENT: none).
+            let mut answered = 0;
+            while answered < batch.len() {
+                self.buf.clear();
+                self.sock
+                    .recv(&mut self.buf, 0)
+                    .map_err(read("receive conntrack entries"))?;
+                for (seq, m) in answers(&self.buf) {
+                    if seq.wrapping_sub(first) >= batch.len() as u32 {
+                        continue; // an answer to an abandoned query
+                    }
+                    answered += 1;
+                    if let Message::Conn(c) = m {
+                        found(&c);
+                        had += 1;
+                    }
+                }
+            }
+        }
+        Ok(had)
     }
 }

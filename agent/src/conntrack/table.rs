@@ -98,6 +98,8 @@ pub struct NatTable {
     generation: u32,
     /// Live entries known only from a dump.
     dump_only_live: u64,
+    /// The id of the last entry found by the programs (they have no kernel id; never 0).
+    found_id: u32,
     stats: NatStats,
 }
 
@@ -114,6 +116,7 @@ impl NatTable {
             grace_ns,
             generation: 0,
             dump_only_live: 0,
+            found_id: 0,
             stats: NatStats::default(),
         }
     }
@@ -153,7 +156,9 @@ impl NatTable {
             return;
         }
         match conn.kind {
-            Kind::Present => self.insert(conn, false),
+            Kind::Present => {
+                self.insert(conn, false);
+            }
             Kind::Destroyed => {
                 let Some(slot) = self.slot_of(&conn.orig) else {
                     return;
@@ -175,7 +180,35 @@ impl NatTable {
         }
     }
 
-    fn insert(&mut self, conn: &Conn, dump_only: bool) {
+    /// Applies an entry the programs found for a packet at `now_ns` (see
+    /// [`crate::conntrack`]): the kernel never says when it ends, so it is kept until the grace
+    /// period has passed since it was last found (every drain that holds packets of the
+    /// connection finds it again). Entries without translation are ignored.
+    pub fn apply_found(&mut self, conn: &Conn, now_ns: u64) {
+        if !conn.is_nat() {
+            return;
+        }
+        let reply = normal(&conn.reply);
+        if let Some(slot) = self.slot_of(&conn.orig)
+            && let Some(e) = self.entry_mut(slot)
+            && same_tuple(&e.reply, &reply)
+        {
+            e.ended_ns = Some(now_ns);
+            e.status |= conn.status;
+            return;
+        }
+        self.found_id = self.found_id.wrapping_add(1).max(1);
+        let id = self.found_id;
+        if let Some(slot) = self.insert(&Conn { id, ..*conn }, false)
+            && let Some(e) = self.entry_mut(slot)
+        {
+            e.ended_ns = Some(now_ns);
+            self.ended.push_back((now_ns, slot, id));
+        }
+    }
+
+    /// Adds (or replaces) the entry; its slot, `None` when the table is full.
+    fn insert(&mut self, conn: &Conn, dump_only: bool) -> Option<u32> {
         let entry = Entry {
             orig: normal(&conn.orig),
             reply: normal(&conn.reply),
@@ -195,7 +228,7 @@ impl NatTable {
             None => {
                 if self.len() >= self.max_entries && !self.evict_oldest_ended() {
                     self.stats.table_full += 1;
-                    return;
+                    return None;
                 }
                 match self.free.pop() {
                     Some(slot) => slot,
@@ -214,6 +247,7 @@ impl NatTable {
         }
         self.dump_only_live += u64::from(dump_only);
         self.stats.added += 1;
+        Some(slot)
     }
 
     /// Removes an entry's tuples (those still leading to it) and its dump-only count; the slot
@@ -223,8 +257,11 @@ impl NatTable {
             return;
         };
         for id in e.views() {
-            if self.views.get(&id) == Some(&slot) {
-                self.views.remove(&id);
+            // One probe: the view may lead to a newer entry of the same tuple.
+            if let std::collections::hash_map::Entry::Occupied(v) = self.views.entry(id)
+                && *v.get() == slot
+            {
+                v.remove();
             }
         }
         self.dump_only_live -= u64::from(e.dump_only && e.ended_ns.is_none());
@@ -261,6 +298,15 @@ impl NatTable {
                 break;
             }
             self.ended.pop_front();
+            // Found again since (an entry the programs found): back in the queue as of then.
+            if let Some(e) = self.entry(slot)
+                && e.id == entry_id
+                && let Some(seen) = e.ended_ns
+                && seen > at
+            {
+                self.ended.push_back((seen, slot, entry_id));
+                continue;
+            }
             self.remove_if_ended(slot, entry_id);
         }
         if self.views.capacity() > 4 * self.views.len().max(4096) {
@@ -317,7 +363,7 @@ impl NatTable {
                 same
             });
         if !seen {
-            self.insert(conn, true);
+            let _ = self.insert(conn, true);
         }
     }
 
@@ -460,6 +506,50 @@ mod tests {
         assert_eq!(x.service, None);
         assert_eq!(x.snat, Some((ipv4_mapped(NODE), 41000)));
         assert_eq!(ends(&x), (ipv4_mapped(C), 41000, ipv4_mapped(EXT), 443));
+    }
+
+    #[test]
+    fn entries_the_programs_found_live_until_the_grace_period_after_the_last_find() {
+        let grace = 1_000;
+        let mut t = NatTable::new(16, grace);
+        let orig = key(C, 40000, VIP, 80);
+        let reply = key(B, 8080, C, 40000);
+        let found = conn(Kind::Present, orig, reply, IPS_DST_NAT, 0);
+        t.apply_found(&found, 0);
+        // Untranslated entries are not kept.
+        t.apply_found(
+            &conn(Kind::Present, key(C, 1, B, 2), key(B, 2, C, 1), 0, 0),
+            0,
+        );
+        assert_eq!((t.stats().entries, t.stats().added), (1, 1));
+        // Found again by every drain with packets: one entry, kept.
+        for now in [600, 1_200, 1_800] {
+            t.apply_found(&found, now);
+            t.expire(now);
+        }
+        assert_eq!((t.stats().entries, t.stats().added), (1, 1));
+        assert!(t.translate(&orig).is_some());
+        t.expire(1_800 + grace - 1);
+        assert!(
+            t.translate(&reversed(&reply)).is_some(),
+            "within the grace period"
+        );
+        t.expire(1_800 + grace);
+        assert!(t.translate(&orig).is_none(), "forgotten");
+        assert_eq!(t.stats().entries, 0);
+        // The same tuple, a new connection to another backend: replaces the first.
+        t.apply_found(&found, 5_000);
+        let other = key([10, 44, 0, 9], 8080, C, 40000);
+        t.apply_found(&conn(Kind::Present, orig, other, IPS_DST_NAT, 0), 5_100);
+        let x = t
+            .translate(&orig)
+            .unwrap_or_else(|| panic!("no translation"));
+        assert_eq!(x.key.dst_addr, ipv4_mapped([10, 44, 0, 9]));
+        assert!(
+            t.translate(&reversed(&reply)).is_none(),
+            "the old backend's view is gone"
+        );
+        assert_eq!(t.stats().entries, 1);
     }
 
     /// The direction of each of the four tuples, for an entry whose tuples sort either way.

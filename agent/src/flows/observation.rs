@@ -20,6 +20,8 @@ pub trait Observed {
     fn last_ns(&self) -> u64;
     fn ifindex(&self) -> u32;
     fn tcp_flags(&self) -> u8;
+    /// The programs' conntrack bits (`podflow_ebpf::CT_PLAIN`, `CT_MISSING`).
+    fn ct(&self) -> u8;
 }
 
 macro_rules! impl_observed {
@@ -45,6 +47,9 @@ macro_rules! impl_observed {
             }
             fn tcp_flags(&self) -> u8 {
                 self.stats.tcp_flags
+            }
+            fn ct(&self) -> u8 {
+                self.stats.ct
             }
         }
     };

@@ -43,7 +43,8 @@ fn obs(
             last_ns: t.1,
             ifindex,
             tcp_flags: 0x12,
-            _pad: [0; 3],
+            ct: 0,
+            _pad: [0; 2],
         },
     }
 }
@@ -827,4 +828,60 @@ fn a_service_reply_is_reported_by_the_side_it_was_counted_on() {
         assert!(sides.contains(&(true, "DEST")), "{what}: {sides:?}");
         assert!(sides.contains(&(false, "SRC")), "{what}: {sides:?}");
     }
+}
+
+#[test]
+fn flows_the_programs_could_not_find_in_conntrack() {
+    let mut t = table();
+    t.learn_local(FAMILY_IPV4, &mapped(POD_A), VETH_A, 0);
+    t.learn_local(FAMILY_IPV4, &mapped(POD_B), VETH_B, 0);
+    let entry = |src: [u8; 4], dst: [u8; 4], point: ObsPoint, ct: u8, protocol: u8| {
+        let o = obs(src, dst, point, VETH_A, 1, 60, (S, S));
+        crate::capture::FlowEntry {
+            key: FlowKey { protocol, ..o.key },
+            stats: FlowStats { ct, ..o.stats },
+        }
+    };
+    let missing = podflow_ebpf::CT_MISSING;
+    let (found, plain) = (podflow_ebpf::CT_FOUND, podflow_ebpf::CT_PLAIN);
+    let vip = [10, 96, 0, 10];
+    let (ingress, egress) = (ObsPoint::VethIngress, ObsPoint::VethEgress);
+    let entries = [
+        entry(POD_A, REMOTE, ingress, missing, IPPROTO_UDP),
+        entry(POD_A, REMOTE, ingress, missing, IPPROTO_UDP), // the same flow twice
+        entry(POD_A, vip, ingress, 0, IPPROTO_TCP),          // never looked up (cache only)
+        entry(POD_A, POD_B, ingress, 0, IPPROTO_UDP),        // between two pods of the node
+        entry(POD_A, REMOTE, ingress, found | plain, IPPROTO_TCP), // found
+        entry(POD_A, vip, ingress, found, IPPROTO_UDP),      // found, translated
+        entry(REMOTE, POD_B, egress, 0, IPPROTO_UDP),        // after conntrack: its reverse
+        entry(POD_A, REMOTE, ingress, missing, 1),           // ICMP: not asked for
+    ];
+    let mut out = vec![FlowKey::default()];
+    t.unfound(&entries, &NoTranslation, &mut out);
+    let tuples: Vec<_> = out
+        .iter()
+        .map(|k| (k.src_addr, k.dst_addr, k.src_port, k.protocol, k.obs))
+        .collect();
+    assert_eq!(
+        tuples,
+        [
+            (mapped(POD_A), mapped(REMOTE), 40000, IPPROTO_UDP, 0),
+            (mapped(POD_A), mapped(vip), 40000, IPPROTO_TCP, 0),
+            (mapped(POD_B), mapped(REMOTE), 80, IPPROTO_UDP, 0),
+        ]
+    );
+    // Already translated: not asked for again.
+    struct All;
+    impl Translate for All {
+        fn translate(&self, key: &FlowKey) -> Option<Translated> {
+            Some(Translated {
+                key: *key,
+                service: None,
+                snat: None,
+                reply: false,
+            })
+        }
+    }
+    t.unfound(&entries, &All, &mut out);
+    assert!(out.is_empty());
 }

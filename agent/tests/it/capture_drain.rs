@@ -29,6 +29,7 @@ fn cfg(mode: AttachModePref, entries: u32) -> CaptureConfig {
         dns_port: 53,
         handshakes: true,
         tracepoints: false,
+        conntrack: false,
     }
 }
 

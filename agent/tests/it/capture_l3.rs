@@ -62,6 +62,7 @@ fn l3_exact(mode: AttachModePref) {
             dns_port: 53,
             handshakes: true,
             tracepoints: false,
+            conntrack: false,
         })
         .expect("load");
         let changes = cap.sync_interfaces().expect("sync");

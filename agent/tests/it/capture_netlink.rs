@@ -28,6 +28,7 @@ fn cfg(mode: AttachModePref) -> CaptureConfig {
         dns_port: 53,
         handshakes: true,
         tracepoints: false,
+        conntrack: false,
     }
 }
 

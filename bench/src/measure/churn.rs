@@ -27,6 +27,28 @@ pub struct Churn {
     pub achieved: Vec<f64>,
     /// Records of flows the node translated (the Service churn), of each run.
     pub translated: Vec<f64>,
+    /// The whole machine's busy CPU (every CPU, `/proc/stat`: the generator, the packets' way
+    /// through the kernel, conntrack, the agent) µs per exported flow, of each run: what the
+    /// agent's figure leaves out (its programs and conntrack's events run in the packets'
+    /// softirqs).
+    pub machine_us_per_flow: Vec<f64>,
+}
+
+/// Busy time of every CPU so far (`/proc/stat`: all but idle and iowait), in ns.
+fn machine_busy_ns() -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let (total, idle): (u64, u64) = (
+        ticks.iter().take(8).sum(),
+        ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0),
+    );
+    // USER_HZ is 100 on Linux.
+    Ok((total - idle) * 10_000_000)
 }
 
 /// How long an agent of the churn rows has run at the rate before the window: past the idle
@@ -121,10 +143,13 @@ impl Churn {
             records: Vec::new(),
             achieved: Vec::new(),
             translated: Vec::new(),
+            machine_us_per_flow: Vec::new(),
         }
     }
 
     fn push(&mut self, run: Run) {
+        self.machine_us_per_flow
+            .push(run.machine_ns_per_flow / 1000.0);
         self.us_per_flow.push(run.ns_per_flow / 1000.0);
         self.records.push(run.records);
         self.achieved.push(run.achieved);
@@ -138,6 +163,7 @@ pub(super) struct Run {
     records: f64,
     achieved: f64,
     translated: f64,
+    machine_ns_per_flow: f64,
 }
 
 /// CPU per exported flow at a churn of `rate` new flows per second (fresh agent started with
@@ -171,6 +197,7 @@ pub(super) fn once(
         }
     }
     let (cpu0, rec0) = (agent.cpu_ns()?, agent.records_exported()?);
+    let busy0 = machine_busy_ns()?;
     // Agents older than Service attribution have no such counter: 0.
     let translated0 = agent.counter("translated_records").unwrap_or(0);
     // PODFLOW_BENCH_PERF=DIR: profile the agent during each churn window (perf record -g), at
@@ -215,6 +242,7 @@ pub(super) fn once(
         sleep(Duration::from_millis(2_500))?;
     }
     let (cpu1, rec1) = (agent.cpu_ns()?, agent.records_exported()?);
+    let busy1 = machine_busy_ns()?;
     let translated = agent.counter("translated_records").unwrap_or(0) - translated0;
     if let Some(c) = perf.as_mut().and_then(ChildGuard::get_mut) {
         // perf stops by itself (sleep); bounded wait, then the guard kills it.
@@ -236,5 +264,6 @@ pub(super) fn once(
         records,
         achieved: g.sent as f64 / g.secs,
         translated: translated as f64,
+        machine_ns_per_flow: busy1.saturating_sub(busy0) as f64 / records,
     })
 }

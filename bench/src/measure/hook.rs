@@ -88,6 +88,15 @@ pub fn run(o: &Opts, bed: &Bed, stats: &BpfStatsGuard) -> anyhow::Result<Hooks> 
     };
     let est = Flows::Rotate(16);
     let many = Flows::Rotate(o.many_flows);
+    // PODFLOW_BENCH_HOOK_CONNTRACK=1: the node's conntrack tracks the windows' packets (both the
+    // agent's and the empty program's windows), so the agent's programs look each new flow up
+    // and find it, as on a node with kube-proxy.
+    let _tracking = if std::env::var_os("PODFLOW_BENCH_HOOK_CONNTRACK").is_some() {
+        log("hook: conntrack tracks the node's forwarded packets (PODFLOW_BENCH_HOOK_CONNTRACK)");
+        Some(bed.track_connections()?)
+    } else {
+        None
+    };
     // The memory floor of a lookup in maps that size: FLOWS_V4's buckets (16 B) and elements
     // (80 B) for `entries`, as the kernel lays them out (vmalloc, 4 KiB pages).
     h.mem_latency_bytes = h.entries as usize * (16 + 80);

@@ -326,12 +326,12 @@ fn service_churn_row(o: &Opts, c: &Churn, named: bool) -> anyhow::Result<Row> {
     let (key, what) = if named {
         (
             "cpu_per_flow_service_churn_named",
-            " with every other one through a Service the node translates (conntrack events), and metadata naming the pods and the Service (the other rows run without metadata)",
+            " with every other one through a Service the node translates (the agent follows conntrack its default way), and metadata naming the pods and the Service (the other rows run without metadata)",
         )
     } else {
         (
             "cpu_per_flow_service_churn",
-            " with every other one through a Service the node translates (conntrack events)",
+            " with every other one through a Service the node translates (the agent follows conntrack its default way)",
         )
     };
     churn_row(o, c, key, what)
@@ -363,10 +363,17 @@ fn churn_row(o: &Opts, c: &Churn, key: &'static str, what: &str) -> anyhow::Resu
         limit: 2.0,
         digits: 2,
         detail: format!(
-            "{} µs; records per window {}{translated}; achieved {} flows/s",
+            "{} µs; records per window {}{translated}; achieved {} flows/s{}",
             fmt_range(&p, 2),
             fmt_range(&r, 0),
-            fmt_range(&a, 0)
+            fmt_range(&a, 0),
+            match summarize(&c.machine_us_per_flow) {
+                Ok(m) => format!(
+                    "; the whole machine's busy CPU (generator, kernel, agent) {} µs per flow",
+                    fmt_range(&m, 2)
+                ),
+                Err(_) => String::new(),
+            }
         ),
     })
 }

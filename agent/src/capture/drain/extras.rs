@@ -123,6 +123,7 @@ fn merge_stats(a: &mut FlowStats, b: &FlowStats) {
     a.first_ns = a.first_ns.min(b.first_ns);
     a.last_ns = a.last_ns.max(b.last_ns);
     a.tcp_flags |= b.tcp_flags;
+    a.ct |= b.ct;
 }
 
 /// `stats` (a flow-map entry) with the drain's extras of the same key taken out and added.
