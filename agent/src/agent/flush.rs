@@ -7,7 +7,7 @@ use super::status::{Tallies, gap_events, loss_events};
 use crate::{
     api::Hub,
     capture::{Capture, FlowEntry, IfaceKind},
-    conntrack::{Conntrack, ConntrackSource},
+    conntrack::Conntrack,
     dns::DnsSource,
     drops::{DropSource, RttSource},
     export::ExporterHandle,
@@ -73,10 +73,9 @@ pub(super) fn flush_once(
     // `conntrack`): apply them before the records are made.
     let _ = conntrack.catch_up();
     // (Checked here too: flows of the first second of a node's first connections were counted
-    // before the programs' lookups were switched on; they are asked for.)
-    if conntrack.stats().source == ConntrackSource::Kernel {
-        conntrack.check_tracking();
-    }
+    // before the programs' lookups were switched on; they are asked for. Without the programs'
+    // lookups this reads nothing.)
+    conntrack.check_tracking();
     if conntrack.asks() {
         let mut unfound = Vec::new();
         table.unfound(entries, conntrack.translations(), &mut unfound);

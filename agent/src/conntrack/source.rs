@@ -146,7 +146,7 @@ impl Conntrack {
                     match ConntrackQuery::open() {
                         Ok(q) => ct.query = Some(q),
                         Err(e) => tracing::warn!(error = %error_chain(&e),
-                            "conntrack: cannot ask ctnetlink; flows whose first packets leave the node through a device podflow is not attached to are named as the wire carried them until a later packet is found"),
+                            "conntrack: cannot ask ctnetlink; flows the programs did not look up or find are named as the wire carried them"),
                     }
                     ct.stats.source = ConntrackSource::Kernel;
                     tracing::info!(
